@@ -1,0 +1,17 @@
+"""The exceptions srnas raises for bad input. The CLI turns them into one clear line and exit code 2."""
+
+
+class SrnasError(Exception):
+    """Base class: a problem the user can fix (bad file, bad key, bad value)."""
+
+
+class ConfigError(SrnasError):
+    """A configuration key is missing, unknown or has a bad value. The message names the key."""
+
+
+class ImageError(SrnasError):
+    """An image file cannot be used. The message names the file and what is wrong."""
+
+
+class DataError(SrnasError):
+    """A dataset (folder, archive, download) cannot be used. The message names it."""
