@@ -88,21 +88,58 @@ def _check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
 @dataclass(frozen=True)
 class Div2kConfig:
-    """Where DIV2K comes from. Hashes are checked before extraction."""
+    """Where DIV2K comes from (the ``data.div2k`` section). Archives are SHA-256 checked before extraction.
+
+    The default hashes are those of the official archives (also listed in TensorFlow Datasets'
+    ``div2k/checksums.tsv``): ``DIV2K_train_HR.zip`` 3,530,603,713 bytes, ``DIV2K_valid_HR.zip`` 448,993,893 bytes.
+    An empty hash makes the div2k source refuse to run (a download is never used unverified).
+    """
 
     base_url: str = "https://data.vision.ee.ethz.ch/cvl/DIV2K"
     train_archive: str = "DIV2K_train_HR.zip"
-    train_sha256: str = "ad2b1d2ebd8d6be8b0dc0ed4fa6e2a3a2d7a3a6b7e01ea9d9e3e1b7a1f2bfbbd"
+    train_sha256: str = "9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335"
     valid_archive: str = "DIV2K_valid_HR.zip"
-    valid_sha256: str = "b1ae9e2a3cd20a1a1a1f8e8d2fdc1b4f2b6e98fd1c2b4e06dd2b8f9e0b7d7f3f"
+    valid_sha256: str = "20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc"
     cache_dir: str = ".srnas/downloads"
+    max_train_images: int = 0
+    max_val_images: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.base_url.startswith(("http://", "https://")), "base_url", f"expected an http(s) URL, got {self.base_url!r}")
+        for key in ("train_archive", "valid_archive"):
+            name = getattr(self, key)
+            _check(name not in ("", ".", "..") and "/" not in name and "\\" not in name, key, f"{name!r} is not a plain file name")
+        for key in ("train_sha256", "valid_sha256"):
+            value = getattr(self, key)
+            _check(value == "" or _is_sha256(value), key, f"expected 64 hexadecimal digits (or empty), got {value!r}")
+        _check(bool(self.cache_dir), "cache_dir", "must name a folder")
+        _check(self.max_train_images >= 0, "max_train_images", "must be 0 (all) or a positive count")
+        _check(self.max_val_images >= 0, "max_val_images", "must be 0 (all) or a positive count")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The ``data`` section: which images, which scales, how strict."""
+    """The ``data`` section: which images, which scales, how strict.
+
+    Splits by source:
+    - ``skimage``: the 8 colour photographs in scikit-image's wheel; the last ``val_images`` of the fixed
+      list in ``srnas.data.sources.SKIMAGE_PHOTOS`` are held out as set ``val``, the rest is ``train``.
+    - ``folder``: ``train`` from ``root/train_set``; one eval set per name in ``eval_sets`` from
+      ``root/<name>``. With ``eval_sets`` empty, the last ``val_images`` images of the train folder
+      (sorted by file name) are held out as set ``val``.
+    - ``div2k``: ``train`` from the train archive, ``val`` from the valid archive
+      (``div2k.max_train_images`` / ``div2k.max_val_images`` keep the first N; ``val_images`` is unused).
+
+    ``min_size`` (the training patch size) is the smallest allowed side of an HR image after cropping
+    to a multiple of the scale; ``skip_bad_images`` skips unreadable or too-small images with a warning
+    instead of stopping.
+    """
 
     source: str = "skimage"
     root: str = ""
@@ -124,15 +161,20 @@ class DataConfig:
         _check(self.min_size >= 1, "min_size", "must be at least 1")
         if self.source == "folder":
             _check(bool(self.root), "root", "the folder source needs a root folder (e.g. ../shared/data)")
-        for name in (self.train_set, *self.eval_sets):
-            _check(name not in ("", ".", "..") and "/" not in name, "eval_sets", f"{name!r} is not a plain folder name")
+        _check(self.train_set not in ("", ".", "..") and "/" not in self.train_set and "\\" not in self.train_set,
+               "train_set", f"{self.train_set!r} is not a plain folder name")
+        for name in self.eval_sets:
+            _check(name not in ("", ".", "..") and "/" not in name and "\\" not in name,
+                   "eval_sets", f"{name!r} is not a plain folder name")
         _check("train" not in self.eval_sets, "eval_sets", "'train' is reserved for the training split")
+        _check(len(set(self.eval_sets)) == len(self.eval_sets), "eval_sets", f"duplicate names in {list(self.eval_sets)}")
 
     @property
     def eval_set_names(self) -> tuple[str, ...]:
-        """Evaluation sets produced by prepare_data: the held-out split for skimage/div2k, else the named folders."""
-        if self.source == "folder":
-            return self.eval_sets or ("val",)
+        """Evaluation sets produced by prepare_data: the named folders for ``folder`` with ``eval_sets``,
+        else the held-out set ``val`` (skimage, div2k, or ``val_images`` taken from the folder train set)."""
+        if self.source == "folder" and self.eval_sets:
+            return self.eval_sets
         return ("val",)
 
 
@@ -144,3 +186,14 @@ class TrackingConfig:
     experiment: str = "srnas"
     artifact_location: str = "mlartifacts"
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """The ``baselines`` section: hand-designed models that go through train, export, profile and evaluate."""
+
+    models: tuple[str, ...] = ("bicubic",)
+
+    def __post_init__(self) -> None:
+        _check(len(self.models) > 0, "models", "list at least one model (bicubic needs no training)")
+        _check(len(set(self.models)) == len(self.models), "models", f"duplicate models in {list(self.models)}")

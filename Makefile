@@ -1,0 +1,38 @@
+# Two entry points (see README): `make run` (set up + main job) and `make test` (set up + test suite).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.srnas-installed
+# Large activations: keep glibc from returning memory to the OS on every forward (DESIGN.md section 5).
+export MALLOC_MMAP_THRESHOLD_ := 1073741824
+export MALLOC_TRIM_THRESHOLD_ := 1073741824
+export PATH := $(BIN):$(PATH)
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+
+.PHONY: setup run test lint smoke benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+run: setup  ## the main job: the whole pipeline on the embedded default data
+	$(BIN)/snakemake --cores all
+
+smoke: setup  ## the pipeline on the tiny smoke profile
+	$(BIN)/snakemake --cores all --configfile config/smoke.yaml
+
+benchmark: setup  ## the benchmark profile (T91 train; Set5, Set14, B100 eval); DATA_ROOT=../shared/data
+	$(BIN)/snakemake --cores all --configfile config/benchmark.yaml --config "data={root: $(or $(DATA_ROOT),../shared/data)}"
+
+test: setup  ## the test suite
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results/prepare_data results/train_baseline results/export results/profile_model results/evaluate results/report* results/metrics.json logs benchmarks

@@ -1,0 +1,20 @@
+# srnas: one DAG from data to report. This file is a table of contents:
+# helpers and config validation live in workflow/rules/common.smk, logic lives in the srnas package.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/report.md",
+    default_target: True

@@ -1,0 +1,87 @@
+"""The ``srnas`` command: one subcommand per pipeline stage, plus tools for users.
+
+Every subcommand has ``--help``. Bad input exits with status 2 and one line naming the file or key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from srnas import __version__
+from srnas.errors import SrnasError
+
+LOG = logging.getLogger("srnas")
+
+# Each entry: module in srnas.commands exposing ``add_parser(subparsers)``; imported lazily so
+# ``srnas --help`` does not pay for torch or mlflow.
+COMMANDS = (
+    "prepare_data",
+    "evaluate",
+    "pipeline",
+    "report",
+    "config_cmd",
+)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every stage: where the configuration and the log go."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file (default: %(default)s)")
+    group.add_argument(
+        "--overlay",
+        type=Path,
+        action="append",
+        default=[],
+        help="YAML merged on top of --params, e.g. config/smoke.yaml (repeatable)",
+    )
+    group.add_argument("--config-json", help="the whole configuration as JSON (Snakemake passes this; replaces --params)")
+    parser.add_argument("--log", type=Path, help="also write the log to this file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="srnas",
+        description="Real-time super-resolution by neural architecture and pruning search.",
+    )
+    parser.add_argument("--version", action="version", version=f"srnas {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"srnas.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def _setup_logging(verbose: bool, log_file: Path | None) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    logging.captureWarnings(True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, getattr(args, "log", None))
+    try:
+        result = args.handler(args)
+    except SrnasError as exc:
+        print(f"srnas: error: {exc}", file=sys.stderr)
+        LOG.debug("details", exc_info=True)
+        return 2
+    except KeyboardInterrupt:
+        print("srnas: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``srnas`` subcommand: argument parsing plus a thin call into the library."""

@@ -1,0 +1,101 @@
+"""``srnas config``: show the merged configuration, its JSON schema, or DVC ``-S`` overrides for a profile."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from srnas.commands.common import settings_from_args
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_./:-]+$")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from srnas.cli import add_settings_arguments
+
+    parser = subparsers.add_parser("config", help="show, validate or translate the configuration")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="validate and print the merged configuration as YAML")
+    add_settings_arguments(show)
+    show.set_defaults(handler=run_show)
+    schema = actions.add_parser("schema", help="print the JSON schema of params.yaml (YAML)")
+    schema.set_defaults(handler=run_schema)
+    dvc_args = actions.add_parser(
+        "dvc-args",
+        help="print `-S key=value` arguments that select a profile with `dvc exp run`",
+        description="Example: dvc exp run $(srnas config dvc-args config/benchmark.yaml --set data.root=../shared/data)",
+    )
+    dvc_args.add_argument("overlay", type=Path, help="profile YAML, e.g. config/smoke.yaml")
+    dvc_args.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override (repeatable)")
+    dvc_args.set_defaults(handler=run_dvc_args)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    settings = settings_from_args(args)
+    print(yaml.safe_dump(_plain(dataclasses.asdict(settings)), sort_keys=False), end="")
+    return 0
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    from srnas.schema import settings_schema
+
+    print(yaml.safe_dump(settings_schema(), sort_keys=False), end="")
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    text = str(value)
+    return text if _PLAIN.match(text) else "'" + text.replace("'", "\\'") + "'"
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def dvc_overrides(overlay: Mapping[str, Any], extra: list[str]) -> list[str]:
+    from srnas.errors import ConfigError
+
+    pairs = {key: _override_value(value) for key, value in flatten(overlay).items()}
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        pairs[key] = value
+    return [f"-S {key}={value}" for key, value in pairs.items()]
+
+
+def run_dvc_args(args: argparse.Namespace) -> int:
+    from srnas.settings import read_yaml_mapping
+
+    print(" ".join(dvc_overrides(read_yaml_mapping(args.overlay), args.set)))
+    return 0

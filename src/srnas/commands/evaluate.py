@@ -1,0 +1,107 @@
+"""``srnas evaluate``: PSNR/SSIM with the SR protocol (Y channel, border = scale, uint8)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from srnas.commands.common import print_json, settings_from_args
+
+LOG = logging.getLogger("srnas.evaluate")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from srnas.cli import add_settings_arguments
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a model with PSNR/SSIM (stage evaluate)",
+        description="Score a model with the SR protocol: PSNR and SSIM on the BT.601 Y channel, both images as uint8, "
+        "a border of `scale` pixels cropped, SSIM with an 11x11 Gaussian window (sigma 1.5).\n\n"
+        "Ad hoc: --hr-dir DIR scores a folder of HR images (LR made with MATLAB bicubic, like prepare-data).\n"
+        "Pipeline: without --hr-dir, every evaluation set in --data-dir is scored and --out gets the metrics JSON.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_arguments(parser)
+    parser.add_argument("--model", required=True, help="model name (bicubic needs no checkpoint)")
+    parser.add_argument("--scale", type=int, required=True, choices=(2, 3, 4))
+    parser.add_argument("--checkpoint", type=Path, help="trained weights (model.pt) for models other than bicubic")
+    parser.add_argument("--hr-dir", type=Path, help="ad hoc: a folder of HR images to score")
+    parser.add_argument("--skip-bad-images", action="store_true", help="ad hoc: warn and skip unreadable images")
+    parser.add_argument("--data-dir", type=Path, default=Path("results/prepare_data"), help="prepared data (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="pipeline: write metrics JSON here")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    parser.set_defaults(handler=run)
+
+
+def make_upscaler(model: str, scale: int, checkpoint: Path | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The ``LR uint8 -> SR uint8`` function for ``model``; bicubic is the protocol's MATLAB bicubic."""
+    from srnas.errors import ConfigError
+
+    if model == "bicubic":
+        from srnas.evaluation import bicubic_upscaler
+
+        return bicubic_upscaler(scale)
+    if checkpoint is None:
+        raise ConfigError(f"--checkpoint: model {model!r} needs its trained weights (model.pt)")
+    from srnas.inference import torch_upscaler
+    from srnas.training import load_trained
+
+    return torch_upscaler(load_trained(checkpoint))
+
+
+def prepared_pairs(data_dir: Path, set_name: str, scale: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, hr, lr)`` for one prepared evaluation set and scale."""
+    from srnas.errors import DataError
+    from srnas.images import list_images, read_rgb
+
+    hr_dir = data_dir / set_name / f"x{scale}" / "hr"
+    lr_dir = data_dir / set_name / f"x{scale}" / "lr"
+    if not hr_dir.is_dir():
+        raise DataError(f"{hr_dir}: prepared evaluation set not found (run prepare-data with scale {scale})")
+    for hr_path in list_images(hr_dir):
+        yield hr_path.stem, read_rgb(hr_path), read_rgb(lr_dir / hr_path.name)
+
+
+def metric_name(kind: str, set_name: str, scale: int) -> str:
+    """``psnr_set5_x2``: the metric naming every stage and MLflow share."""
+    return f"{kind}_{set_name.lower()}_x{scale}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from srnas import atomic, tracking
+    from srnas.evaluation import evaluate_hr_folder, evaluate_pairs
+
+    upscale = make_upscaler(args.model, args.scale, args.checkpoint)
+    if args.hr_dir is not None:
+        result = evaluate_hr_folder(upscale, args.hr_dir, args.scale, skip_bad_images=args.skip_bad_images)
+        summary = {"psnr": result.psnr, "ssim": result.ssim, "images": result.images}
+        if args.json:
+            print_json(summary)
+        else:
+            print(f"{args.model} x{args.scale} on {args.hr_dir}: PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}  ({result.images} images)")
+        return 0
+
+    settings = settings_from_args(args)
+    metrics: dict[str, float] = {}
+    per_set: dict[str, dict] = {}
+    tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
+    with tracking.stage_run(settings.tracking, "evaluate", {"model": args.model, "scale": args.scale, "data": dataclasses.asdict(settings.data)}, tags) as stage:
+        for set_name in settings.data.eval_set_names:
+            result = evaluate_pairs(upscale, prepared_pairs(args.data_dir, set_name, args.scale), args.scale)
+            metrics[metric_name("psnr", set_name, args.scale)] = result.psnr
+            metrics[metric_name("ssim", set_name, args.scale)] = result.ssim
+            per_set[set_name] = {"psnr": result.psnr, "ssim": result.ssim, "images": result.images}
+            LOG.info("%s x%d %s: PSNR %.2f dB SSIM %.4f (%d images)", args.model, args.scale, set_name, result.psnr, result.ssim, result.images)
+        stage.log_metrics(metrics)
+        payload = {"model": args.model, "scale": args.scale, "metrics": metrics, "sets": per_set}
+        if args.out is not None:
+            atomic.write_json(args.out, payload)
+    if args.json:
+        print_json(payload)
+    return 0

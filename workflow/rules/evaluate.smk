@@ -1,0 +1,17 @@
+rule evaluate:
+    input:
+        data="results/prepare_data",
+        code=package_files("evaluation.py", "metrics.py", "inference.py"),
+    output:
+        metrics="results/evaluate/{model}_x{scale}.json",
+    params:
+        config=config_json(),
+    log:
+        "logs/evaluate/{model}_x{scale}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}_x{scale}.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas evaluate --model {wildcards.model} --scale {wildcards.scale} --data-dir {input.data}"
+        " --out {output.metrics} --config-json {params.config:q} --log {log}"
