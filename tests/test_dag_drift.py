@@ -1,0 +1,72 @@
+"""The Snakemake DAG and dvc.yaml must describe the same stages, deps and outs (they cannot drift)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _snakemake_jobs() -> dict[frozenset[str], tuple[str, frozenset[str]]]:
+    """outputs -> (rule, inputs) for every job of a forced dry run on the default config."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "--forceall", "--dry-run", "--detailed-summary", "--quiet", "all"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout[proc.stdout.index("output_file"):]
+    by_rule_inputs: dict[tuple[str, frozenset[str]], set[str]] = {}
+    for row in csv.DictReader(io.StringIO(table), delimiter="\t"):
+        inputs = frozenset(p for p in row["input-file(s)"].split(",") if p and p != "-")
+        by_rule_inputs.setdefault((row["rule"], inputs), set()).add(row["output_file"])
+    return {frozenset(outs): key for key, outs in by_rule_inputs.items()}
+
+
+def _expand(path: str, all_outs: set[str]) -> set[str]:
+    """A DVC directory dep means every file Snakemake would name: outs of other stages under it, or source files."""
+    under = {out for out in all_outs if out.startswith(path.rstrip("/") + "/")}
+    if under:
+        return under
+    full = ROOT / path
+    if full.is_dir():
+        return {str(p.relative_to(ROOT)) for p in sorted(full.glob("*.py"))}
+    return {path}
+
+
+def _dvc_stages() -> dict[frozenset[str], tuple[str, frozenset[str]]]:
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        stages = list(repo.index.stages)
+        rel = lambda p: os.path.relpath(str(p.fs_path), ROOT)  # noqa: E731
+        all_outs = {rel(out) for stage in stages for out in stage.outs}
+        result = {}
+        for stage in stages:
+            deps: set[str] = set()
+            for dep in stage.deps:
+                if not isinstance(dep, ParamsDependency):
+                    deps |= _expand(rel(dep), all_outs)
+            result[frozenset(rel(out) for out in stage.outs)] = (stage.name.split("@")[0], frozenset(deps))
+        return result
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="DVC needs git")
+def test_snakemake_and_dvc_describe_the_same_dag() -> None:
+    snakemake = _snakemake_jobs()
+    dvc = _dvc_stages()
+    assert set(snakemake) == set(dvc), f"outputs differ:\nsnakemake only {set(snakemake) - set(dvc)}\ndvc only {set(dvc) - set(snakemake)}"
+    for outs, (rule, inputs) in snakemake.items():
+        stage, deps = dvc[outs]
+        assert rule == stage, f"{sorted(outs)}: snakemake rule {rule!r} vs dvc stage {stage!r}"
+        assert inputs == deps, f"{stage}: deps differ\nsnakemake only {sorted(inputs - deps)}\ndvc only {sorted(deps - inputs)}"
