@@ -1,0 +1,628 @@
+"""MLflow tracking: one parent run per pipeline run, a child run per stage, nested runs per candidate.
+
+This is the only module that imports mlflow, and it does so lazily (importing mlflow costs about
+2 s of CPU), so ``import srnas.tracking`` is cheap and a disabled configuration never loads it.
+
+Stages are separate processes (Snakemake jobs, ``dvc repro`` stages), so the parent run is found
+through a small state file, :data:`STATE_FILE` (relative to the working directory), keyed by
+tracking URI and experiment:
+
+- :func:`start_pipeline` creates the parent run and records it; :func:`end_pipeline` terminates
+  it and forgets it (Snakemake's onstart / onsuccess / onerror hooks, DVC's ``report`` stage).
+- :func:`stage_run` joins the recorded parent, or creates and records one when there is none (a
+  lone ``dvc repro`` stage), so later stages join it. ``SRNAS_PIPELINE_RUN_ID`` overrides the file.
+- A stage that raises ends FAILED, marks the parent FAILED and forgets it.
+
+Only :class:`mlflow.MlflowClient` is used (never the fluent ``mlflow.start_run``), so no active
+run is left behind in any process. With ``TrackingConfig.enabled = False`` every function is a
+cheap no-op with the same API, so library code never branches on tracking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from srnas.atomic import write_json
+from srnas.config import TrackingConfig
+from srnas.errors import SrnasError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = [
+    "PIPELINE_RUN_ENV",
+    "STATE_FILE",
+    "StageRun",
+    "TrackingError",
+    "current_pipeline",
+    "end_pipeline",
+    "flatten_params",
+    "query_runs",
+    "stage_run",
+    "start_pipeline",
+]
+
+_log = logging.getLogger(__name__)
+
+STATE_FILE = Path(".srnas/pipeline_run.json")
+LOCK_FILE = Path(".srnas/tracking.lock")
+PIPELINE_RUN_ENV = "SRNAS_PIPELINE_RUN_ID"
+
+PARENT_TAG = "mlflow.parentRunId"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+KIND_TAG = "srnas.kind"  # "pipeline" | "stage" | "candidate"
+STAGE_TAG = "srnas.stage"
+PIPELINE_TAG = "srnas.pipeline"
+CANDIDATE_TAG = "srnas.candidate"
+
+# mlflow.utils.validation limits (a test checks they still match).
+MAX_PARAM_VAL_LENGTH = 6000
+MAX_TAG_VAL_LENGTH = 8000
+_MAX_PARAMS_TAGS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+
+END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+class TrackingError(SrnasError):
+    """The tracking store or the recorded pipeline run cannot be used. The message names it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Plain helpers (no mlflow)
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        try:
+            text = json.dumps(list(value), default=str)
+        except (TypeError, ValueError):
+            text = str(list(value))
+    elif isinstance(value, os.PathLike):
+        text = os.fspath(value)
+    else:
+        text = str(value)
+    return text[:MAX_PARAM_VAL_LENGTH]
+
+
+def flatten_params(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, str]:
+    """Nested mappings (and dataclasses) become dotted keys; lists become JSON; values are truncated."""
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        params = dataclasses.asdict(params)
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}."))
+        elif isinstance(value, Mapping):
+            flat[name] = "{}"
+        else:
+            flat[name] = _param_value(value)
+    return flat
+
+
+def _tag_values(tags: Mapping[str, Any] | None) -> dict[str, str]:
+    return {str(key): str(value)[:MAX_TAG_VAL_LENGTH] for key, value in (tags or {}).items() if value is not None}
+
+
+def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for key, value in metrics.items():
+        if value is None:
+            continue
+        try:
+            values[str(key)] = float(value)  # numpy scalars, 0-d arrays, tensors
+        except (TypeError, ValueError):
+            raise TypeError(f"metric {key!r}: {value!r} is not a number") from None
+    return values
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@functools.lru_cache(maxsize=8)
+def _git_commit(cwd: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None
+
+
+def _base_tags(kind: str) -> dict[str, str]:
+    tags = {KIND_TAG: kind}
+    commit = _git_commit(os.getcwd())
+    if commit:
+        tags[GIT_COMMIT_TAG] = commit
+    return tags
+
+
+def _resolve_uri(uri: str) -> str:
+    """A relative ``sqlite:///file.db`` becomes absolute, so every process and cwd change agree on it."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return uri
+    path, sep, query = uri[len(prefix) :].partition("?")
+    if not path or path == ":memory:" or os.path.isabs(path):
+        return uri
+    return f"{prefix}{os.path.abspath(path)}{sep}{query}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = uri[len(prefix) :].partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _artifact_uri(location: str) -> str | None:
+    if not location:
+        return None
+    if "://" in location or location.startswith("file:"):
+        return location
+    return Path(location).expanduser().resolve().as_uri()
+
+
+# --------------------------------------------------------------------------------------------
+# State file: {"<tracking uri> <experiment>": {"run_id": ..., "tracking_uri": ..., "experiment": ...}}
+
+
+def _state_key(cfg: TrackingConfig) -> str:
+    return f"{_resolve_uri(cfg.uri)} {cfg.experiment}"
+
+
+def _read_state() -> dict[str, Any]:
+    try:
+        state = json.loads(STATE_FILE.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        _log.warning("ignoring unreadable pipeline state file %s (%s)", STATE_FILE, exc)
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _recorded_run_id(cfg: TrackingConfig) -> str | None:
+    entry = _read_state().get(_state_key(cfg))
+    if isinstance(entry, Mapping) and isinstance(entry.get("run_id"), str):
+        return entry["run_id"]
+    return None
+
+
+def _record(cfg: TrackingConfig, run_id: str) -> None:
+    state = _read_state()
+    state[_state_key(cfg)] = {"run_id": run_id, "tracking_uri": _resolve_uri(cfg.uri), "experiment": cfg.experiment}
+    write_json(STATE_FILE, state)
+
+
+def _forget(cfg: TrackingConfig, run_id: str | None = None) -> None:
+    """Drop this pipeline's entry (only if it still names ``run_id``, when given); no entries left: no file."""
+    state = _read_state()
+    entry = state.get(_state_key(cfg))
+    if entry is None or (run_id is not None and isinstance(entry, Mapping) and entry.get("run_id") != run_id):
+        return
+    del state[_state_key(cfg)]
+    if state:
+        write_json(STATE_FILE, state)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            STATE_FILE.unlink()
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Serialise parent discovery/creation (and first database creation) across processes."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_FILE, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------
+# mlflow access
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic", "sqlalchemy", "huey"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _client(cfg: TrackingConfig) -> MlflowClient:
+    uri = _resolve_uri(cfg.uri)
+    db_path = _sqlite_path(uri)
+    if db_path is not None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # pipelines run offline; respect an explicit choice
+    from mlflow import MlflowClient
+
+    _quiet_mlflow()
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.get_experiment_by_name(cfg.experiment)  # opens (or creates) the store now, under the caller's lock
+    except Exception as exc:
+        raise TrackingError(f"tracking.uri {cfg.uri!r}: cannot open the MLflow tracking store ({exc})") from exc
+    finally:
+        _quiet_mlflow()  # the store's first use may have configured more loggers
+    return client
+
+
+def _experiment_id(client: MlflowClient, cfg: TrackingConfig) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        try:
+            return client.create_experiment(cfg.experiment, artifact_location=_artifact_uri(cfg.artifact_location))
+        except MlflowException:
+            experiment = client.get_experiment_by_name(cfg.experiment)  # created meanwhile by another process
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise TrackingError(
+            f"tracking.experiment {cfg.experiment!r} is deleted in {cfg.uri}; restore it "
+            f"(mlflow experiments restore) or choose another name"
+        )
+    return experiment.experiment_id
+
+
+def _run_status(client: MlflowClient, run_id: str) -> str | None:
+    """The run's status, or None when the store has no such (active) run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    if run.info.lifecycle_stage != "active":
+        return None
+    return run.info.status
+
+
+def _env_parent(client: MlflowClient) -> str | None:
+    run_id = os.environ.get(PIPELINE_RUN_ENV, "").strip()
+    if not run_id:
+        return None
+    if _run_status(client, run_id) is None:
+        raise TrackingError(f"{PIPELINE_RUN_ENV}={run_id}: no such MLflow run in this tracking store")
+    return run_id
+
+
+def _live_recorded_parent(client: MlflowClient, cfg: TrackingConfig) -> str | None:
+    """The recorded parent if it is still RUNNING; a stale entry (finished, deleted, other store) is dropped."""
+    run_id = _recorded_run_id(cfg)
+    if run_id is None:
+        return None
+    if _run_status(client, run_id) == "RUNNING":
+        return run_id
+    _forget(cfg, run_id)
+    return None
+
+
+def _create_parent(client: MlflowClient, cfg: TrackingConfig, experiment_id: str, name: str, tags: Mapping[str, Any] | None) -> str:
+    all_tags = {**_base_tags("pipeline"), PIPELINE_TAG: "true", **_tag_values(tags)}
+    run = client.create_run(experiment_id, tags=all_tags, run_name=name)
+    _record(cfg, run.info.run_id)
+    return run.info.run_id
+
+
+def _terminate(client: MlflowClient, run_id: str, status: str) -> None:
+    client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
+
+
+def _fail_pipeline(cfg: TrackingConfig, client: MlflowClient, parent_id: str) -> None:
+    with _locked():
+        if _run_status(client, parent_id) == "RUNNING":
+            _terminate(client, parent_id, "FAILED")
+        _forget(cfg, parent_id)
+
+
+def _failure_status(exc: BaseException) -> str | None:
+    """How a run ends when ``exc`` leaves it; None when it is not a failure (``sys.exit(0)``)."""
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return None
+    if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+        return "KILLED"
+    return "FAILED"
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+class StageRun:
+    """One MLflow run (a stage or a search candidate). Methods log straight to the tracking store."""
+
+    def __init__(self, client: MlflowClient | None, run_id: str, experiment_id: str = "", tags: Mapping[str, str] | None = None) -> None:
+        self._client = client
+        self._run_id = run_id
+        self._experiment_id = experiment_id
+        self._tags = dict(tags or {})
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run id ("" when tracking is disabled)."""
+        return self._run_id
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log float metrics (numpy/torch scalars converted; None skipped; NaN/inf logged as MLflow stores them)."""
+        from mlflow.entities import Metric
+
+        assert self._client is not None
+        timestamp = int(time.time() * 1000)
+        entries = [Metric(key, value, timestamp, step or 0) for key, value in _metric_values(metrics).items()]
+        for chunk in _chunks(entries, _MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self._run_id, metrics=chunk)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params: nested mappings/dataclasses flattened to dotted keys, lists as JSON, values truncated."""
+        from mlflow.entities import Param
+
+        assert self._client is not None
+        entries = [Param(key, value) for key, value in flatten_params(params).items()]
+        for chunk in _chunks(entries, _MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, params=chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        assert self._client is not None
+        entries = [RunTag(key, value) for key, value in _tag_values(tags).items()]
+        for chunk in _chunks(entries, _MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, tags=chunk)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Copy a file (or a whole folder) into the run's artifacts, under ``artifact_path`` if given."""
+        assert self._client is not None
+        local = Path(path)
+        if local.is_dir():
+            self._client.log_artifacts(self._run_id, str(local), artifact_path)
+        elif local.is_file():
+            self._client.log_artifact(self._run_id, str(local), artifact_path)
+        else:
+            raise FileNotFoundError(f"{local}: no such file or folder to log as an artifact")
+
+    @contextlib.contextmanager
+    def candidate(self, name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
+        """A nested run (e.g. a search candidate) whose ``mlflow.parentRunId`` is this run.
+
+        It inherits this run's ``srnas.*`` tags; it ends FAILED if the block raises (and the exception
+        propagates, so the stage fails too unless the caller catches it).
+        """
+        assert self._client is not None
+        inherited = {key: value for key, value in self._tags.items() if key.startswith("srnas.") and key != KIND_TAG}
+        run_tags = {
+            **_base_tags("candidate"),
+            **inherited,
+            PARENT_TAG: self._run_id,
+            CANDIDATE_TAG: name,
+            **_tag_values(tags),
+        }
+        run = self._client.create_run(self._experiment_id, tags=run_tags, run_name=name)
+        child = StageRun(self._client, run.info.run_id, self._experiment_id, run_tags)
+        with _run_scope(self._client, child.run_id):
+            if params:
+                child.log_params(params)
+            yield child
+
+
+class _DisabledRun(StageRun):
+    """Tracking disabled: the same API, doing nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(None, "")
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def candidate(self, name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
+        yield self
+
+
+_DISABLED = _DisabledRun()
+
+
+@contextlib.contextmanager
+def _run_scope(client: MlflowClient, run_id: str, on_failure: Any = None) -> Iterator[None]:
+    """End ``run_id`` FINISHED, or FAILED/KILLED when the block raises (then call ``on_failure`` and re-raise)."""
+    try:
+        yield
+    except BaseException as exc:
+        status = _failure_status(exc)
+        if status is None:
+            _terminate(client, run_id, "FINISHED")
+            raise
+        try:
+            _terminate(client, run_id, status)
+            if on_failure is not None:
+                on_failure()
+        except Exception as tracking_exc:  # never hide the stage's own error behind a tracking one
+            _log.warning("could not record the failure of MLflow run %s: %s", run_id, tracking_exc)
+        raise
+    _terminate(client, run_id, "FINISHED")
+
+
+def start_pipeline(cfg: TrackingConfig, name: str, tags: Mapping[str, Any] | None = None) -> str:
+    """Create the parent run (RUNNING, tag ``srnas.pipeline=true``), record it in :data:`STATE_FILE`, return its id.
+
+    A still-RUNNING parent recorded earlier (an abandoned run) is ended KILLED first. When
+    ``SRNAS_PIPELINE_RUN_ID`` is set, that run is the pipeline run: nothing is created and its id is
+    returned. Disabled tracking returns "".
+    """
+    if not cfg.enabled:
+        return ""
+    with _locked():
+        client = _client(cfg)
+        env_parent = _env_parent(client)
+        if env_parent is not None:
+            return env_parent
+        stale = _live_recorded_parent(client, cfg)
+        if stale is not None:
+            _log.warning("ending abandoned pipeline run %s as KILLED", stale)
+            _terminate(client, stale, "KILLED")
+            _forget(cfg, stale)
+        return _create_parent(client, cfg, _experiment_id(client, cfg), name, tags)
+
+
+def end_pipeline(cfg: TrackingConfig, status: str = "FINISHED") -> str | None:
+    """Terminate the pipeline run (``SRNAS_PIPELINE_RUN_ID`` or the recorded one) and forget it.
+
+    ``status`` is "FINISHED" or "FAILED" (or "KILLED"). Only a RUNNING run changes: a parent already
+    marked FAILED by a failed stage stays FAILED. Returns the run id, or None when there was no pipeline run to end (then
+    mlflow is not even imported).
+    """
+    if status not in END_STATUSES:
+        raise ValueError(f"end_pipeline: status must be one of {', '.join(END_STATUSES)}, got {status!r}")
+    if not cfg.enabled:
+        return None
+    if not os.environ.get(PIPELINE_RUN_ENV, "").strip() and _recorded_run_id(cfg) is None:
+        return None
+    with _locked():
+        client = _client(cfg)
+        run_id = _env_parent(client) or _recorded_run_id(cfg)
+        if run_id is None:
+            return None
+        if _run_status(client, run_id) == "RUNNING":
+            _terminate(client, run_id, status)
+        _forget(cfg, run_id)
+        return run_id
+
+
+def current_pipeline(cfg: TrackingConfig) -> str | None:
+    """The pipeline run id stages would join now (env var, else the state file), without checking the store."""
+    if not cfg.enabled:
+        return None
+    return os.environ.get(PIPELINE_RUN_ENV, "").strip() or _recorded_run_id(cfg)
+
+
+@contextlib.contextmanager
+def stage_run(
+    cfg: TrackingConfig,
+    stage: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[StageRun]:
+    """A child run of the pipeline run for one stage; yields a :class:`StageRun`.
+
+    Joins ``SRNAS_PIPELINE_RUN_ID`` or the recorded parent, else creates and records one. Logs
+    ``params`` (flattened) and tags ``srnas.stage``, ``mlflow.parentRunId`` and the git commit.
+    If the block raises, the run ends FAILED, the parent is marked FAILED and forgotten, and the
+    exception propagates; otherwise the run ends FINISHED (the parent stays RUNNING).
+    """
+    if not cfg.enabled:
+        yield _DISABLED
+        return
+    with _locked():
+        client = _client(cfg)
+        experiment_id = _experiment_id(client, cfg)
+        parent_id = _env_parent(client) or _live_recorded_parent(client, cfg)
+        if parent_id is None:
+            parent_id = _create_parent(client, cfg, experiment_id, "pipeline", None)
+    user_tags = _tag_values(tags)
+    run_tags = {**_base_tags("stage"), **user_tags, STAGE_TAG: stage, PARENT_TAG: parent_id}
+    model = user_tags.get("srnas.model")
+    run = client.create_run(experiment_id, tags=run_tags, run_name=f"{stage}:{model}" if model else stage)
+    current = StageRun(client, run.info.run_id, experiment_id, run_tags)
+    with _run_scope(client, current.run_id, on_failure=lambda: _fail_pipeline(cfg, client, parent_id)):
+        if params:
+            current.log_params(params)
+        yield current
+
+
+def query_runs(cfg: TrackingConfig, experiments: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every FINISHED stage run in ``experiments`` (names; all active ones if None), oldest first.
+
+    Each item: ``run_id``, ``run_name``, ``experiment``, ``stage``, ``pipeline_run_id``,
+    ``start_time``/``end_time`` (ms), ``tags`` (the ``srnas.*`` tags: ``srnas.model``,
+    ``srnas.scale``, ``srnas.data``, ...), ``params`` (str) and ``metrics`` (float, latest value).
+    Disabled tracking, or a SQLite store that does not exist yet, gives ``[]`` (and creates nothing).
+    """
+    if not cfg.enabled:
+        return []
+    db_path = _sqlite_path(_resolve_uri(cfg.uri))
+    if db_path is not None and not db_path.exists():
+        if experiments:
+            raise TrackingError(f"tracking.uri {cfg.uri!r}: no tracking database yet, so no experiment {experiments[0]!r}")
+        return []
+    from mlflow.entities import ViewType
+
+    client = _client(cfg)
+    if experiments is None:
+        found = client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+    else:
+        found = []
+        for name in experiments:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None or experiment.lifecycle_stage != "active":
+                known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
+                raise TrackingError(f"experiment {name!r} not found in {cfg.uri}; known: {', '.join(known) or 'none'}")
+            found.append(experiment)
+    if not found:
+        return []
+    names = {e.experiment_id: e.name for e in found}
+    rows: list[dict[str, Any]] = []
+    page_token = None
+    while True:
+        page = client.search_runs(
+            list(names),
+            filter_string=f"tags.`{KIND_TAG}` = 'stage' and attributes.status = 'FINISHED'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=page_token,
+        )
+        for run in page:
+            tags = run.data.tags
+            rows.append(
+                {
+                    "run_id": run.info.run_id,
+                    "run_name": run.info.run_name,
+                    "experiment": names[run.info.experiment_id],
+                    "stage": tags.get(STAGE_TAG, ""),
+                    "pipeline_run_id": tags.get(PARENT_TAG),
+                    "start_time": run.info.start_time,
+                    "end_time": run.info.end_time,
+                    "tags": {key: value for key, value in tags.items() if key.startswith("srnas.")},
+                    "params": dict(run.data.params),
+                    "metrics": {key: float(value) for key, value in run.data.metrics.items()},
+                }
+            )
+        page_token = page.token
+        if not page_token:
+            break
+    return rows
