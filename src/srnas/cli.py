@@ -23,6 +23,7 @@ COMMANDS = (
     "evaluate",
     "pipeline",
     "report",
+    "compare",
     "config_cmd",
 )
 

@@ -1,0 +1,102 @@
+"""The whole DAG on the smoke profile, through both front doors (Snakemake and DVC), with MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PROJECT_FILES = ("Snakefile", "workflow", "dvc.yaml", "params.yaml", "config", "src", ".dvcignore")
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SRNAS_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def _copy_project(dest: Path) -> Path:
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def _smoke_params(project: Path) -> None:
+    """Make the smoke profile the project's params.yaml, so DVC (which reads params.yaml) runs it too."""
+    import yaml
+
+    from srnas.settings import deep_merge, read_yaml_mapping
+
+    merged = deep_merge(read_yaml_mapping(project / "params.yaml"), read_yaml_mapping(project / "config" / "smoke.yaml"))
+    (project / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+
+
+def _stage_runs(project: Path) -> list[dict]:
+    from srnas import tracking
+    from srnas.config import TrackingConfig
+
+    cwd = Path.cwd()
+    os.chdir(project)
+    try:
+        return tracking.query_runs(TrackingConfig(uri="sqlite:///mlflow.db", experiment="srnas-smoke"))
+    finally:
+        os.chdir(cwd)
+
+
+def test_snakemake_smoke_pipeline(tmp_path: Path) -> None:
+    project = _copy_project(tmp_path)
+    _run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "config/smoke.yaml"], project)
+
+    report = (project / "results" / "report.md").read_text()
+    assert "## x2" in report and "bicubic" in report
+    metrics = json.loads((project / "results" / "metrics.json").read_text())
+    assert metrics["bicubic_x2"]["psnr_val_x2"] > 20.0
+    manifest = json.loads((project / "results" / "prepare_data" / "manifest.json").read_text())
+    assert manifest["files"]
+    assert (project / "logs" / "prepare_data" / "prepare_data.log").exists()
+
+    runs = _stage_runs(project)
+    stages = {run["stage"] for run in runs}
+    assert {"prepare_data", "evaluate", "report"} <= stages
+    parents = {run["pipeline_run_id"] for run in runs}
+    assert len(parents) == 1 and None not in parents, "all stages belong to one pipeline run"
+    evaluate = next(run for run in runs if run["stage"] == "evaluate")
+    assert evaluate["metrics"]["psnr_val_x2"] == pytest.approx(metrics["bicubic_x2"]["psnr_val_x2"])
+
+    dry = _run([str(BIN / "snakemake"), "-n", "--configfile", "config/smoke.yaml"], project)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_dvc_repro_smoke_pipeline(tmp_path: Path) -> None:
+    project = _copy_project(tmp_path)
+    _smoke_params(project)
+    _run(["git", "init", "-q"], project)
+    _run([str(BIN / "dvc"), "init", "-q"], project)
+    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], project)
+    _run([str(BIN / "dvc"), "repro"], project)
+    assert (project / "results" / "report.md").exists()
+    assert (project / "dvc.lock").exists()
+    again = _run([str(BIN / "dvc"), "repro"], project)
+    assert "didn't change, skipping" in again.stdout or "up to date" in again.stdout
+    assert "Running stage" not in again.stdout
+    shown = _run([str(BIN / "dvc"), "metrics", "show", "--json"], project)
+    assert "psnr_val_x2" in shown.stdout
