@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,16 +19,20 @@ def _snakemake_jobs() -> dict[frozenset[str], tuple[str, frozenset[str]]]:
     """outputs -> (rule, inputs) for every job of a forced dry run on the default config."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
-        [str(BIN / "snakemake"), "--forceall", "--dry-run", "--detailed-summary", "--quiet", "all"],
+        [str(BIN / "snakemake"), "--forceall", "--dry-run", "all"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    table = proc.stdout[proc.stdout.index("output_file"):]
-    by_rule_inputs: dict[tuple[str, frozenset[str]], set[str]] = {}
-    for row in csv.DictReader(io.StringIO(table), delimiter="\t"):
-        inputs = frozenset(p for p in row["input-file(s)"].split(",") if p and p != "-")
-        by_rule_inputs.setdefault((row["rule"], inputs), set()).add(row["output_file"])
-    return {frozenset(outs): key for key, outs in by_rule_inputs.items()}
+    jobs: dict[frozenset[str], tuple[str, frozenset[str]]] = {}
+    for block in re.split(r"^rule ", proc.stdout + proc.stderr, flags=re.MULTILINE)[1:]:
+        rule = block.split(":", 1)[0]
+        fields = dict(re.findall(r"^    (input|output): (.*)$", block, flags=re.MULTILINE))
+        if rule == "all":
+            continue
+        split = lambda text: frozenset(p.strip() for p in text.split(",") if p.strip())  # noqa: E731
+        jobs[split(fields["output"])] = (rule, split(fields.get("input", "")))
+    assert jobs, proc.stdout
+    return jobs
 
 
 def _expand(path: str, all_outs: set[str]) -> set[str]:
