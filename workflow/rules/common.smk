@@ -2,7 +2,7 @@
 import glob
 import json
 import os
-import shlex
+import subprocess
 
 from snakemake.utils import validate
 
@@ -31,13 +31,18 @@ def package_files(*relative):
     return files
 
 
+def pipeline_hook(*args):
+    """Open or close the parent MLflow run (``srnas pipeline ...``); a tracking failure must not hide the workflow's."""
+    subprocess.run(["srnas", "pipeline", *args, "--config-json", config_json()], check=False)
+
+
 onstart:
-    shell(f"srnas pipeline start --runner snakemake --config-json {shlex.quote(config_json())}")
+    pipeline_hook("start", "--runner", "snakemake")
 
 
 onsuccess:
-    shell(f"srnas pipeline end --status FINISHED --config-json {shlex.quote(config_json())}")
+    pipeline_hook("end", "--status", "FINISHED")
 
 
 onerror:
-    shell(f"srnas pipeline end --status FAILED --config-json {shlex.quote(config_json())}")
+    pipeline_hook("end", "--status", "FAILED")
