@@ -40,16 +40,6 @@ def _copy_project(dest: Path) -> Path:
     return dest
 
 
-def _smoke_params(project: Path) -> None:
-    """Make the smoke profile the project's params.yaml, so DVC (which reads params.yaml) runs it too."""
-    import yaml
-
-    from srnas.settings import deep_merge, read_yaml_mapping
-
-    merged = deep_merge(read_yaml_mapping(project / "params.yaml"), read_yaml_mapping(project / "config" / "smoke.yaml"))
-    (project / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
-
-
 def _stage_runs(project: Path) -> list[dict]:
     from srnas import tracking
     from srnas.config import TrackingConfig
@@ -86,17 +76,28 @@ def test_snakemake_smoke_pipeline(tmp_path: Path) -> None:
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
-def test_dvc_repro_smoke_pipeline(tmp_path: Path) -> None:
+def test_dvc_exp_run_selects_the_smoke_profile(tmp_path: Path) -> None:
     project = _copy_project(tmp_path)
-    _smoke_params(project)
-    _run(["git", "init", "-q"], project)
-    _run([str(BIN / "dvc"), "init", "-q"], project)
-    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], project)
-    _run([str(BIN / "dvc"), "repro"], project)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "ci@example.invalid"],
+        ["git", "config", "user.name", "ci"],
+        [str(BIN / "dvc"), "init", "-q"],
+        [str(BIN / "dvc"), "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "project"],
+    ):
+        _run(cmd, project)
+    overrides = _run([str(BIN / "srnas"), "config", "dvc-args", "config/smoke.yaml"], project).stdout.split()
+    _run([str(BIN / "dvc"), "exp", "run", *overrides], project)
     assert (project / "results" / "report.md").exists()
     assert (project / "dvc.lock").exists()
+    assert "srnas-smoke" in (project / "params.yaml").read_text()
+
     again = _run([str(BIN / "dvc"), "repro"], project)
-    assert "didn't change, skipping" in again.stdout or "up to date" in again.stdout
-    assert "Running stage" not in again.stdout
+    assert "Running stage" not in again.stdout, again.stdout
     shown = _run([str(BIN / "dvc"), "metrics", "show", "--json"], project)
     assert "psnr_val_x2" in shown.stdout
+    runs = _stage_runs(project)
+    assert {"prepare_data", "evaluate", "report"} <= {run["stage"] for run in runs}
+    assert len({run["pipeline_run_id"] for run in runs}) == 1

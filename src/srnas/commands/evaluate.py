@@ -56,16 +56,12 @@ def make_upscaler(model: str, scale: int, checkpoint: Path | None) -> Callable[[
 
 
 def prepared_pairs(data_dir: Path, set_name: str, scale: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, hr, lr)`` for one prepared evaluation set and scale."""
-    from srnas.errors import DataError
-    from srnas.images import list_images, read_rgb
+    """``(name, hr, lr)`` arrays for one prepared evaluation set and scale."""
+    from srnas.data.prepare import image_pairs
+    from srnas.images import read_rgb
 
-    hr_dir = data_dir / set_name / f"x{scale}" / "hr"
-    lr_dir = data_dir / set_name / f"x{scale}" / "lr"
-    if not hr_dir.is_dir():
-        raise DataError(f"{hr_dir}: prepared evaluation set not found (run prepare-data with scale {scale})")
-    for hr_path in list_images(hr_dir):
-        yield hr_path.stem, read_rgb(hr_path), read_rgb(lr_dir / hr_path.name)
+    for name, hr_path, lr_path in image_pairs(data_dir, set_name, scale):
+        yield name, read_rgb(hr_path), read_rgb(lr_path)
 
 
 def metric_name(kind: str, set_name: str, scale: int) -> str:
