@@ -197,3 +197,55 @@ class BaselinesConfig:
     def __post_init__(self) -> None:
         _check(len(self.models) > 0, "models", "list at least one model (bicubic needs no training)")
         _check(len(set(self.models)) == len(self.models), "models", f"duplicate models in {list(self.models)}")
+
+
+PROFILE_RUNTIMES = ("torch_fp32", "torch_bf16", "onnxruntime_fp32", "executorch_xnnpack", "torch_cuda")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The ``export`` section: ONNX (always) and ExecuTorch ``.pte`` (optional), each checked for parity.
+
+    ``sample_size`` is the LR (height, width) used to trace the model; height and width stay dynamic.
+    ``atol`` bounds the max abs difference of outputs in [0, 1]; ``psnr_tol`` the PSNR difference in dB.
+    ``executorch`` also writes ``model.pte`` (XNNPACK delegate); it needs the ``mobile`` extra installed.
+    """
+
+    opset: int = 17
+    sample_size: tuple[int, ...] = (64, 64)
+    atol: float = 1e-4
+    psnr_tol: float = 0.01
+    executorch: bool = False
+
+    def __post_init__(self) -> None:
+        _check(13 <= self.opset <= 23, "opset", f"must be between 13 and 23, got {self.opset}")
+        _check(len(self.sample_size) == 2, "sample_size", f"expected [height, width], got {list(self.sample_size)}")
+        _check(all(s >= 8 for s in self.sample_size), "sample_size", f"both sides must be at least 8, got {list(self.sample_size)}")
+        _check(self.atol > 0, "atol", f"must be positive, got {self.atol}")
+        _check(self.psnr_tol >= 0, "psnr_tol", f"must be 0 or positive, got {self.psnr_tol}")
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """The ``profile_model`` section: how latency is measured.
+
+    ``runtimes`` empty means every runtime available on this machine (see ``srnas.profiling``).
+    ``input_size`` is the LR (height, width); empty means the size whose output is 720p for the scale
+    (x2: 360x640, x3: 240x427, x4: 180x320). ``threads`` 0 means every CPU this process may use.
+    """
+
+    runtimes: tuple[str, ...] = ()
+    threads: int = 0
+    warmup: int = 3
+    runs: int = 20
+    input_size: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for runtime in self.runtimes:
+            _check(runtime in PROFILE_RUNTIMES, "runtimes", f"unknown runtime {runtime!r}; choose from {', '.join(PROFILE_RUNTIMES)}")
+        _check(len(set(self.runtimes)) == len(self.runtimes), "runtimes", f"duplicate runtimes in {list(self.runtimes)}")
+        _check(self.threads >= 0, "threads", f"must be 0 (all CPUs) or positive, got {self.threads}")
+        _check(self.warmup >= 0, "warmup", f"must be 0 or positive, got {self.warmup}")
+        _check(self.runs >= 1, "runs", f"must be at least 1, got {self.runs}")
+        _check(len(self.input_size) in (0, 2), "input_size", f"expected [] or [height, width], got {list(self.input_size)}")
+        _check(all(s >= 1 for s in self.input_size), "input_size", f"sides must be positive, got {list(self.input_size)}")

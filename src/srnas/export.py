@@ -1,0 +1,541 @@
+"""Deployable artifacts: ONNX (always) and ExecuTorch ``.pte`` with the XNNPACK delegate (optional).
+
+Every artifact is checked against the PyTorch model it came from (:func:`check_parity`,
+:func:`check_pte_parity`); one that fails is deleted and :class:`ParityError` says by how much.
+
+Which ONNX exporter, and why
+----------------------------
+torch 2.13 offers two. Both produce the same graph (Conv, PRelu, ConvTranspose, DepthToSpace,
+Resize-cubic) for the layers our SR models use, and both match PyTorch to ~3e-7 on random inputs
+at sizes other than the traced one. We use the **default (dynamo, ``torch.export``-based)
+exporter** because the TorchScript exporter is deprecated (torch 2.13 warns that it "will be
+removed") and the dynamo one is where fixes land. Its pitfalls, handled here:
+
+- it writes weights to a separate ``<file>.data`` next to the model by default; with the atomic
+  temp-file-then-rename that file would point at a temp name, so we serialise one self-contained
+  ``.onnx`` (``external_data=False``; SR models are far below the 2 GB protobuf limit);
+- its lowest native opset is 18; for ``opset=17`` it exports 18 and down-converts with the ONNX
+  C API version converter, which works for these ops (the final opset is checked and logged);
+- it needs ``onnxscript`` and takes ~1-3 s per model instead of ~0.1 s;
+- dynamic height/width must be given as ``torch.export.Dim`` (``dynamic_shapes``); a model whose
+  forward specialises on the input size makes it fail loudly instead of exporting a fixed size.
+
+When the dynamo exporter raises (an operator without an ONNX translation, untraceable Python
+control flow, onnxscript missing) we fall back to ``dynamo=False`` with ``dynamic_axes`` and log
+why. The exporter used is stored in the model's metadata (``srnas.exporter``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import importlib.util
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from srnas.atomic import atomic_path
+from srnas.errors import DataError, SrnasError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "lr"
+OUTPUT_NAME = "sr"
+# LR (height, width) sizes the random-input parity check runs on: odd, unequal, and different from
+# the traced sample, so a graph that silently kept the sample's size or mixed up H and W fails.
+RANDOM_PARITY_SIZES = ((48, 40), (33, 57))
+# Largest LR input a .pte accepts (ExecuTorch plans memory for the upper bound): 720p in, which
+# covers every 720p-output profiling size. Larger images are centre-cropped for the parity check.
+PTE_MAX_HW = (720, 1280)
+
+
+class ExportError(SrnasError):
+    """A model cannot be exported. The message names the file and the exporter's complaint."""
+
+
+class ParityError(SrnasError):
+    """An exported artifact does not reproduce the PyTorch model. The artifact has been deleted."""
+
+
+class ExecuTorchUnavailableError(SrnasError):
+    """ExecuTorch (the optional ``mobile`` extra) is not installed or cannot be imported."""
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``model`` in eval mode and give it back in the mode it came in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporters' expected chatter (opset up-conversion notes, deprecation notices)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _remove_artifact(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    Path(f"{path}.data").unlink(missing_ok=True)
+
+
+def _check_hw(hw: Sequence[int], what: str) -> tuple[int, int]:
+    if len(hw) != 2 or any(int(s) < 2 for s in hw):
+        raise ValueError(f"{what} must be (height, width) with both at least 2, got {tuple(hw)}")
+    return int(hw[0]), int(hw[1])
+
+
+# ------------------------------------------------------------------------------------------ ONNX
+
+
+def _export_dynamo(model: torch.nn.Module, sample: torch.Tensor, tmp: Path, opset: int) -> None:
+    height = torch.export.Dim("height", min=2)
+    width = torch.export.Dim("width", min=2)
+    program = torch.onnx.export(
+        model,
+        (sample,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamic_shapes=({2: height, 3: width},),
+        verbose=False,
+    )
+    if program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise RuntimeError("torch.onnx.export returned no program")
+    program.save(tmp, external_data=False)
+
+
+def _export_torchscript(model: torch.nn.Module, sample: torch.Tensor, tmp: Path, opset: int) -> None:
+    torch.onnx.export(
+        model,
+        (sample,),
+        tmp,
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamic_axes={INPUT_NAME: {2: "height", 3: "width"}, OUTPUT_NAME: {2: "out_height", 3: "out_width"}},
+    )
+
+
+def _finish_onnx(tmp: Path, path: Path, exporter: str, opset: int) -> None:
+    """Check the written model, stamp provenance into its metadata, keep it one self-contained file."""
+    import onnx
+
+    proto = onnx.load(str(tmp))
+    onnx.checker.check_model(proto)
+    inputs = [i.name for i in proto.graph.input]
+    outputs = [o.name for o in proto.graph.output]
+    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
+        raise ExportError(f"{path}: expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r}, got {inputs} -> {outputs}")
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or not (dims[2].dim_param and dims[3].dim_param):
+        raise ExportError(f"{path}: exported input shape is not (N, C, dynamic H, dynamic W): {[d.dim_param or d.dim_value for d in dims]}")
+    actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if actual_opset != opset:
+        log.warning("%s: asked for ONNX opset %d, the %s exporter wrote opset %s", path, opset, exporter, actual_opset)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta.update({"srnas.exporter": exporter, "srnas.torch": torch.__version__})
+    del proto.metadata_props[:]
+    for key, value in sorted(meta.items()):
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save_model(proto, str(tmp))
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = 17,
+    sample_hw: tuple[int, int] = (64, 64),
+) -> Path:
+    """Export ``model`` (RGB NCHW float in [0, 1] -> SR) to one self-contained ONNX file, atomically.
+
+    Input ``lr`` is ``1 x 3 x height x width`` with height and width dynamic; output ``sr``.
+    ``sample_hw`` is the traced input size. Tries the default (dynamo) exporter and falls back
+    to ``dynamo=False`` only when it raises; see the module docstring. The model is traced in eval
+    mode and handed back in the mode it came in. Raises :class:`ExportError` if both fail.
+    """
+    path = Path(path)
+    sample_hw = _check_hw(sample_hw, "sample_hw")
+    device = _model_device(model)
+    sample = torch.rand(1, 3, *sample_hw, generator=torch.Generator().manual_seed(0)).to(device)
+    with _eval_mode(model), atomic_path(path, suffix=".onnx") as tmp:
+        exporter = "dynamo"
+        try:
+            with _quiet_exporter():
+                _export_dynamo(model, sample, tmp, opset)
+        except Exception as dynamo_error:  # noqa: BLE001 - any failure means: try the other exporter
+            first_line = (str(dynamo_error).strip().splitlines() or [type(dynamo_error).__name__])[0]
+            log.warning("%s: the dynamo ONNX exporter failed (%s: %s); retrying with dynamo=False", path, type(dynamo_error).__name__, first_line)
+            exporter = "torchscript"
+            _remove_artifact(tmp)
+            try:
+                with _quiet_exporter():
+                    _export_torchscript(model, sample, tmp, opset)
+            except Exception as ts_error:  # noqa: BLE001
+                raise ExportError(
+                    f"{path}: ONNX export failed with both exporters: dynamo: {type(dynamo_error).__name__}: {first_line}; "
+                    f"dynamo=False: {type(ts_error).__name__}: {ts_error}"
+                ) from ts_error
+        finally:
+            Path(f"{tmp}.data").unlink(missing_ok=True)
+        _finish_onnx(tmp, path, exporter, opset)
+    log.info("%s: exported with the %s ONNX exporter (opset %d)", path, exporter, opset)
+    return path
+
+
+def onnx_exporter(path: str | os.PathLike[str]) -> str | None:
+    """Which exporter wrote ``path`` (``dynamo`` or ``torchscript``), from its metadata."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}.get("srnas.exporter")
+
+
+def ort_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session configured as deployed: all graph optimisations, fixed threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+# ------------------------------------------------------------------------------------ ExecuTorch
+
+
+@functools.lru_cache(maxsize=1)
+def _executorch_import_error() -> str | None:
+    if importlib.util.find_spec("executorch") is None:
+        return "executorch is not installed (pip install 'srnas[mobile]', i.e. executorch==1.5.1)"
+    try:
+        import executorch.exir  # noqa: F401
+        import executorch.runtime  # noqa: F401
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken install is as unusable as a missing one
+        return f"executorch is installed but cannot be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
+def executorch_available() -> bool:
+    """True when ExecuTorch with the XNNPACK partitioner and the Python runtime can be imported."""
+    return _executorch_import_error() is None
+
+
+def _require_executorch(what: str) -> None:
+    error = _executorch_import_error()
+    if error is not None:
+        raise ExecuTorchUnavailableError(f"{what}: {error}")
+
+
+def export_pte(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    sample_hw: tuple[int, int] = (64, 64),
+    max_hw: tuple[int, int] = PTE_MAX_HW,
+) -> Path:
+    """Export ``model`` to an ExecuTorch program with the XNNPACK delegate (``.pte``), atomically.
+
+    Height and width are dynamic from 2 up to ``max_hw`` (ExecuTorch plans memory for the upper
+    bound). Raises :class:`ExecuTorchUnavailableError` when executorch cannot be imported.
+    """
+    path = Path(path)
+    _require_executorch(str(path))
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    sample_hw = _check_hw(sample_hw, "sample_hw")
+    max_hw = _check_hw(max_hw, "max_hw")
+    sample = torch.rand(1, 3, *sample_hw, generator=torch.Generator().manual_seed(0))
+    height = torch.export.Dim("height", min=2, max=max_hw[0])
+    width = torch.export.Dim("width", min=2, max=max_hw[1])
+    cpu_model = model if _model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
+    with _eval_mode(cpu_model):
+        try:
+            with _quiet_exporter():
+                exported = torch.export.export(cpu_model, (sample,), dynamic_shapes=({2: height, 3: width},))
+                program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"{path}: ExecuTorch export failed: {type(exc).__name__}: {exc}") from exc
+    with atomic_path(path, suffix=".pte") as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(program.buffer)
+            handle.flush()
+            os.fsync(handle.fileno())
+    log.info("%s: exported ExecuTorch program (XNNPACK delegate, LR up to %dx%d)", path, *max_hw)
+    return path
+
+
+def executorch_method(path: str | os.PathLike[str]) -> Any:
+    """Load the ``forward`` method of a ``.pte`` with the ExecuTorch Python runtime."""
+    _require_executorch(str(path))
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(Path(path))
+    return program.load_method("forward")
+
+
+# ---------------------------------------------------------------------------------------- parity
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How closely an exported artifact reproduces the PyTorch model.
+
+    ``max_abs_diff_*`` compare float outputs in [0, 1]; ``psnr_*`` are means over the images that
+    came with an HR reference (Y channel, ``scale`` pixels cropped); ``psnr_diff`` is the largest
+    per-image PSNR difference in dB. NaN where no image (or no HR) was given.
+    """
+
+    path: str
+    runtime: str
+    max_abs_diff_random: float
+    max_abs_diff_images: float
+    psnr_torch: float
+    psnr_runtime: float
+    psnr_diff: float
+    images: int
+    atol: float
+    psnr_tol: float
+
+    @property
+    def passed(self) -> bool:
+        worst = max(self.max_abs_diff_random, 0.0 if math.isnan(self.max_abs_diff_images) else self.max_abs_diff_images)
+        psnr_ok = math.isnan(self.psnr_diff) or self.psnr_diff <= self.psnr_tol
+        return worst <= self.atol and psnr_ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def describe(self) -> str:
+        return (
+            f"max abs diff {self.max_abs_diff_random:.3g} on random input and {self.max_abs_diff_images:.3g} on "
+            f"{self.images} image(s) (limit {self.atol:g}); PSNR torch {self.psnr_torch:.4f} dB vs {self.runtime} "
+            f"{self.psnr_runtime:.4f} dB, largest per-image difference {self.psnr_diff:.4f} dB (limit {self.psnr_tol:g})"
+        )
+
+
+def _split_pairs(val_images: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    pairs: list[tuple[np.ndarray, np.ndarray | None]] = []
+    for i, item in enumerate(val_images):
+        lr, hr = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+        for name, img in (("LR", lr), ("HR", hr)):
+            if img is None:
+                continue
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                desc = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+                raise ValueError(f"val_images[{i}]: {name} must be an H x W x 3 uint8 array, got {desc}")
+        pairs.append((lr, hr))
+    return pairs
+
+
+def _crop_pair(lr: np.ndarray, hr: np.ndarray | None, scale: int, max_hw: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Centre-crop an LR image (and its HR partner) to fit ``max_hw``; unchanged when it fits."""
+    if max_hw is None or (lr.shape[0] <= max_hw[0] and lr.shape[1] <= max_hw[1]):
+        return lr, hr
+    h, w = min(lr.shape[0], max_hw[0]), min(lr.shape[1], max_hw[1])
+    top, left = (lr.shape[0] - h) // 2, (lr.shape[1] - w) // 2
+    lr = lr[top : top + h, left : left + w]
+    if hr is not None:
+        hr = hr[top * scale : (top + h) * scale, left * scale : (left + w) * scale]
+    return np.ascontiguousarray(lr), None if hr is None else np.ascontiguousarray(hr)
+
+
+def _max_abs_diff(out: np.ndarray, ref: np.ndarray) -> float:
+    """Largest absolute difference; infinite when either side has a NaN (so NaN never passes)."""
+    diff = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64))))
+    return diff if math.isfinite(diff) else math.inf
+
+
+def _psnr_diff(a: float, b: float) -> float:
+    if a == b:  # equal, including both infinite (output identical to HR)
+        return 0.0
+    return abs(a - b)
+
+
+def _parity(
+    model: torch.nn.Module,
+    path: Path,
+    runtime: str,
+    run: Any,
+    pairs: list[tuple[np.ndarray, np.ndarray | None]],
+    scale: int,
+    atol: float,
+    psnr_tol: float,
+    max_hw: tuple[int, int] | None,
+) -> ParityReport:
+    from srnas.inference import to_tensor, to_uint8
+    from srnas.metrics import calculate_psnr
+
+    generator = torch.Generator().manual_seed(0)
+    device = _model_device(model)
+    diff_random, diff_images = 0.0, float("nan")
+    psnr_t: list[float] = []
+    psnr_r: list[float] = []
+    psnr_diffs: list[float] = []
+    with _eval_mode(model), torch.inference_mode():
+        for hw in RANDOM_PARITY_SIZES:
+            x = torch.rand(1, 3, *hw, generator=generator)
+            ref = model(x.to(device)).float().cpu().numpy()
+            out = run(x)
+            if out.shape != ref.shape:
+                raise ParityError(f"{path}: {runtime} output shape {out.shape} != torch {ref.shape} for a {hw[0]}x{hw[1]} input")
+            diff_random = max(diff_random, _max_abs_diff(out, ref))
+        for lr, hr in pairs:
+            lr, hr = _crop_pair(lr, hr, scale, max_hw)
+            x = to_tensor(lr)
+            ref_t = model(x.to(device)).float().cpu()
+            out = run(x)
+            if out.shape != tuple(ref_t.shape):
+                raise ParityError(f"{path}: {runtime} output shape {out.shape} != torch {tuple(ref_t.shape)} for a {lr.shape[0]}x{lr.shape[1]} image")
+            d = _max_abs_diff(out, ref_t.numpy())
+            diff_images = d if math.isnan(diff_images) else max(diff_images, d)
+            if hr is None:
+                continue
+            sr_t, sr_r = to_uint8(ref_t), to_uint8(torch.from_numpy(out))
+            if sr_t.shape != hr.shape:
+                raise DataError(f"{path}: model output {sr_t.shape} does not match its HR image {hr.shape}; is scale={scale} right?")
+            a = calculate_psnr(sr_t, hr, crop_border=scale, test_y_channel=True)
+            b = calculate_psnr(sr_r, hr, crop_border=scale, test_y_channel=True)
+            psnr_t.append(a)
+            psnr_r.append(b)
+            psnr_diffs.append(_psnr_diff(a, b))
+    nan = float("nan")
+    return ParityReport(
+        path=str(path),
+        runtime=runtime,
+        max_abs_diff_random=diff_random,
+        max_abs_diff_images=diff_images,
+        psnr_torch=float(np.mean(psnr_t)) if psnr_t else nan,
+        psnr_runtime=float(np.mean(psnr_r)) if psnr_r else nan,
+        psnr_diff=max(psnr_diffs) if psnr_diffs else nan,
+        images=len(pairs),
+        atol=atol,
+        psnr_tol=psnr_tol,
+    )
+
+
+def _checked(make_report: Any, path: Path, runtime: str) -> ParityReport:
+    """Run a parity check. Whenever it does not pass, for whatever reason, the artifact is deleted:
+    after this returns the file is verified, after it raises the file is gone.
+    """
+    try:
+        report = make_report()
+    except (SrnasError, ValueError):
+        _remove_artifact(path)
+        raise
+    except Exception as exc:  # noqa: BLE001 - an artifact that does not run is as bad as a wrong one
+        _remove_artifact(path)
+        raise ParityError(f"{path}: could not run the parity check on {runtime} ({type(exc).__name__}: {exc}); the file was removed") from exc
+    if not report.passed:
+        _remove_artifact(path)
+        raise ParityError(f"{path}: parity check failed against PyTorch: {report.describe()}; the file was removed")
+    log.info("%s: parity ok: %s", path, report.describe())
+    return report
+
+
+def check_parity(
+    model: torch.nn.Module,
+    onnx_path: str | os.PathLike[str],
+    val_images: Sequence[np.ndarray | tuple[np.ndarray, np.ndarray]],
+    scale: int,
+    *,
+    atol: float = 1e-4,
+    psnr_tol: float = 0.01,
+) -> ParityReport:
+    """Check an ONNX file against ``model`` on ONNX Runtime (CPU, all graph optimisations).
+
+    Compares outputs on random inputs of two sizes (so dynamic H/W is exercised) and on
+    ``val_images``: each an LR ``H x W x 3`` uint8 array, or an ``(lr, hr)`` pair whose HR adds a
+    PSNR comparison (``srnas.metrics.calculate_psnr``, Y channel, ``scale`` border cropped).
+    Fails when the max abs difference exceeds ``atol`` or any image's PSNR differs by more than
+    ``psnr_tol`` dB: the file is deleted and :class:`ParityError` names it and the numbers. The
+    file is also deleted when the check cannot run at all, so a file that exists after an export
+    stage has passed it.
+    """
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ParityError(f"{path}: no such ONNX file")
+
+    def make_report() -> ParityReport:
+        pairs = _split_pairs(val_images)
+        session = ort_session(path)
+
+        def run(x: torch.Tensor) -> np.ndarray:
+            return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+        return _parity(model, path, "onnxruntime", run, pairs, scale, atol, psnr_tol, None)
+
+    return _checked(make_report, path, "onnxruntime")
+
+
+def check_pte_parity(
+    model: torch.nn.Module,
+    pte_path: str | os.PathLike[str],
+    val_images: Sequence[np.ndarray | tuple[np.ndarray, np.ndarray]],
+    scale: int,
+    *,
+    atol: float = 1e-4,
+    psnr_tol: float = 0.01,
+    max_hw: tuple[int, int] = PTE_MAX_HW,
+) -> ParityReport:
+    """:func:`check_parity` for an ExecuTorch ``.pte``, run by the ExecuTorch Python runtime.
+
+    Images larger than ``max_hw`` (the bound the program was exported with) are centre-cropped.
+    """
+    path = Path(pte_path)
+    if not path.is_file():
+        raise ParityError(f"{path}: no such ExecuTorch program")
+    _require_executorch(str(path))
+
+    def make_report() -> ParityReport:
+        pairs = _split_pairs(val_images)
+        method = executorch_method(path)
+
+        def run(x: torch.Tensor) -> np.ndarray:
+            return method.execute([x.contiguous()])[0].float().numpy()
+
+        return _parity(model, path, "executorch", run, pairs, scale, atol, psnr_tol, max_hw)
+
+    return _checked(make_report, path, "executorch")
