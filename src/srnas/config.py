@@ -199,6 +199,50 @@ class BaselinesConfig:
         _check(len(set(self.models)) == len(self.models), "models", f"duplicate models in {list(self.models)}")
 
 
+BF16_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a baseline is trained (``srnas.training.train``): L1 loss, Adam, cosine schedule over ``steps``.
+
+    Defaults train fast on a 2-core CPU: LR patches of 24 (HR 48 at x2; the paper uses 48 LR on DIV2K),
+    batch 32, 2000 steps. ``bf16``: ``auto`` uses bfloat16 autocast when the CPU has native bf16
+    (avx512_bf16 or AMX) and oneDNN supports it; ``on`` forces it, ``off`` trains in fp32.
+    ``checkpoint_every`` 0 writes ``last.ckpt`` only at the end; ``val_every`` 0 validates only at the end.
+    Weights, losses and the sampled patches are a pure function of (``seed``, config, data), so a run resumed
+    from ``last.ckpt`` ends with the same weights as an uninterrupted one; ``checkpoint_every``,
+    ``log_every`` and ``val_every`` do not change the result.
+    """
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr_patch_size: int = 24
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 50
+    bf16: str = "auto"
+    channels_last: bool = True
+    augment: bool = True
+    val_every: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "steps", f"must be at least 1, got {self.steps}")
+        _check(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        _check(self.lr_patch_size >= 4, "lr_patch_size", f"must be at least 4 (LR pixels), got {self.lr_patch_size}")
+        _check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        _check(0 <= self.min_lr <= self.lr, "min_lr", f"must be between 0 and lr ({self.lr}), got {self.min_lr}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be 0 or positive, got {self.weight_decay}")
+        _check(self.seed >= 0, "seed", f"must be 0 or positive, got {self.seed}")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", f"must be 0 (only at the end) or positive, got {self.checkpoint_every}")
+        _check(self.log_every >= 1, "log_every", f"must be at least 1, got {self.log_every}")
+        _check(self.bf16 in BF16_MODES, "bf16", f"expected one of {', '.join(BF16_MODES)}, got {self.bf16!r}")
+        _check(self.val_every >= 0, "val_every", f"must be 0 (only at the end) or positive, got {self.val_every}")
+
+
 PROFILE_RUNTIMES = ("torch_fp32", "torch_bf16", "onnxruntime_fp32", "executorch_xnnpack", "torch_cuda")
 
 

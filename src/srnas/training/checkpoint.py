@@ -1,0 +1,88 @@
+"""Checkpoints (``last.ckpt``: everything needed to resume) and trained weights (``model.pt``).
+
+Both are written atomically (temporary sibling, fsync, rename) and read with ``weights_only=True``:
+a checkpoint holds only tensors, numbers, strings, lists and dicts, never pickled code.
+A missing key, a truncated or corrupt file raises :class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from srnas.atomic import atomic_path
+from srnas.errors import SrnasError
+
+__all__ = ["CheckpointError", "CKPT_FORMAT", "MODEL_FORMAT", "save_checkpoint", "load_checkpoint", "save_trained", "load_trained"]
+
+CKPT_FORMAT = "srnas-train-checkpoint/1"
+MODEL_FORMAT = "srnas-model/1"
+
+
+class CheckpointError(SrnasError):
+    """A checkpoint or model file cannot be used. The message names the file and what is wrong."""
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _load(path: Path, expected_format: str, required: tuple[str, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: expected a {expected_format!r} file, found {found!r}")
+    missing = [key for key in required if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
+    return payload
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """Write a training checkpoint atomically (``payload`` gets the format tag)."""
+    _save(Path(path), {"format": CKPT_FORMAT, **payload})
+
+
+def load_checkpoint(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a training checkpoint written by :func:`save_checkpoint`; CheckpointError if unusable."""
+    return _load(Path(path), CKPT_FORMAT, required)
+
+
+def save_trained(path: str | os.PathLike[str], model: nn.Module, model_name: str, scale: int, config: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> None:
+    """Write final weights: fp32 contiguous ``state_dict`` plus model name, scale and training config."""
+    state = {k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.detach().clone()
+             for k, v in model.state_dict().items()}
+    _save(Path(path), {"format": MODEL_FORMAT, "model_name": model_name, "scale": scale, "config": config,
+                       "state_dict": state, **(extra or {})})
+
+
+def load_trained(model_pt_path: str | os.PathLike[str]) -> nn.Module:
+    """The model saved in ``model.pt``, rebuilt from the registry, weights loaded, in eval mode (fp32, NCHW)."""
+    from srnas.models import create_model  # late: keep checkpoint reading importable on its own
+
+    path = Path(model_pt_path)
+    payload = _load(path, MODEL_FORMAT, ("model_name", "scale", "state_dict"))
+    try:
+        model = create_model(str(payload["model_name"]), int(payload["scale"]))
+    except SrnasError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit model {payload['model_name']!r} x{payload['scale']}: {exc}") from None
+    return model.eval()

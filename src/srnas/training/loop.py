@@ -1,0 +1,338 @@
+"""Baseline training (the ``train_baseline`` stage): L1 loss, Adam, cosine schedule, exact resume.
+
+Outputs in ``out_dir``:
+
+- ``last.ckpt``: model, optimizer, scheduler, step, RNG state and recent losses, written atomically every
+  ``checkpoint_every`` steps and at the end. ``train(..., resume=True)`` continues from it.
+- ``model.pt``: final fp32 weights with model name, scale and config (read by :func:`load_trained`).
+- ``train_metrics.json``: final loss, steps, seconds, steps/s, validation PSNR.
+
+Exact resume: the weights at step ``k`` depend only on the config, the data and the seed. Model
+initialisation uses ``seed``; the patches of step ``k`` come from a generator seeded by ``(seed, k)``
+(:func:`srnas.training.patches.step_generator`), so no sampler state needs to survive a kill; optimizer
+and scheduler state are in the checkpoint. A run killed after a checkpoint and resumed ends with the same
+weights as an uninterrupted run on the same machine and thread count.
+
+Speed on CPU: bf16 autocast (``cfg.bf16``) and channels-last (``cfg.channels_last``); see
+``bench/bench_train_step.py`` for measured step times. The loss is always computed in fp32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from srnas.atomic import write_json
+from srnas.config import TrainConfig
+from srnas.errors import ConfigError, DataError, SrnasError
+from srnas.models import check_scale, count_params, create_model, model_info
+from srnas.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_trained
+from srnas.training.patches import ImagePairs, PatchSampler, load_pairs, step_generator
+
+__all__ = ["TrainResult", "TrainingDiverged", "train", "train_step", "resolve_bf16", "cpu_has_native_bf16", "find_val_set"]
+
+logger = logging.getLogger(__name__)
+
+MetricsCallback = Callable[[dict[str, float], int], None]
+
+# Config fields that do not change the trained weights: a checkpoint is resumed across changes of these.
+_NON_IDENTITY_FIELDS = ("checkpoint_every", "log_every", "val_every")
+
+
+class TrainingDiverged(SrnasError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_path: Path
+    metrics_path: Path
+    checkpoint_path: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    steps_per_s: float
+    val_psnr: float | None
+    val_set: str | None
+    resumed_from_step: int
+    bf16: bool
+    channels_last: bool
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX) and oneDNN's bf16 path is available."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return False
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        return False
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def resolve_bf16(mode: str) -> bool:
+    """``"on"`` -> True, ``"off"`` -> False, ``"auto"`` -> whether the CPU has native bf16."""
+    if mode == "on":
+        return True
+    if mode == "off":
+        return False
+    if mode == "auto":
+        return cpu_has_native_bf16()
+    raise ConfigError(f"bf16: expected auto, on or off, got {mode!r}")
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, lr_batch: torch.Tensor, hr_batch: torch.Tensor,
+               use_bf16: bool) -> torch.Tensor:
+    """One optimisation step on a batch; returns the (detached, fp32) L1 loss."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        sr = model(lr_batch)
+    loss = F.l1_loss(sr.float(), hr_batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def find_val_set(data_dir: Path, scale: int) -> Path | None:
+    """``data_dir/val/x{s}`` if present, else the first (by name) eval set with ``x{s}/hr`` and ``x{s}/lr``."""
+    preferred = data_dir / "val" / f"x{scale}"
+    if (preferred / "hr").is_dir() and (preferred / "lr").is_dir():
+        return preferred
+    if not data_dir.is_dir():
+        return None
+    for candidate in sorted(p for p in data_dir.iterdir() if p.is_dir() and p.name != "train" and not p.name.startswith(".")):
+        folder = candidate / f"x{scale}"
+        if (folder / "hr").is_dir() and (folder / "lr").is_dir():
+            return folder
+    return None
+
+
+def _val_psnr(model: nn.Module, pairs: ImagePairs) -> float | None:
+    """Mean PSNR (Y channel, ``scale`` pixels of border cropped) of the model in fp32 over ``pairs``."""
+    from srnas.inference import torch_upscaler
+
+    try:
+        from srnas.metrics import calculate_psnr
+    except ImportError as exc:  # the protocol module is optional for training itself
+        logger.warning("validation skipped: srnas.metrics is not importable (%s)", exc)
+        return None
+
+    was_training = model.training
+    upscale = torch_upscaler(model)
+    try:
+        scores = [calculate_psnr(upscale(lr), hr, crop_border=pairs.scale, test_y_channel=True) for lr, hr in zip(pairs.lr, pairs.hr)]
+    finally:
+        model.train(was_training)
+    return float(np.mean(scores))
+
+
+def _build(model_name: str, scale: int, cfg: TrainConfig, channels_last: bool) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = create_model(model_name, scale)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps, eta_min=cfg.min_lr)
+    return model, optimizer, scheduler
+
+
+def _identity(model_name: str, scale: int, cfg: TrainConfig, data_fingerprint: str) -> dict[str, Any]:
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NON_IDENTITY_FIELDS}
+    return {"model_name": model_name, "scale": scale, "config": config, "data": data_fingerprint}
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files a killed run left behind (``.last.ckpt.XXXX.tmp``); finished files are never touched."""
+    for name in ("last.ckpt", "model.pt", "train_metrics.json"):
+        for tmp in out_dir.glob(f".{name}.*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
+
+def train(
+    model_name: str,
+    scale: int,
+    data_dir: Path,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    on_metrics: MetricsCallback | None = None,
+    resume: bool = True,
+    progress: bool | None = None,
+    val_set: str | None = None,
+) -> TrainResult:
+    """Train registered model ``model_name`` at ``scale`` on ``data_dir/train/x{scale}`` (prepared data).
+
+    ``on_metrics(metrics, step)`` receives float metrics: ``train_loss``, ``lr`` and ``steps_per_s`` every
+    ``log_every`` steps, ``val_psnr`` at validations, and the final figures at the end.
+    ``resume``: continue from ``out_dir/last.ckpt`` when it exists and was written for the same model,
+    scale, training config and data (a checkpoint for anything else is ignored with a warning; an
+    unreadable one raises CheckpointError). ``progress``: tqdm bar (None: only on a terminal).
+    ``val_set``: the prepared set scored for ``val_psnr`` (default: ``val``, else the first eval set by name).
+    Raises ConfigError for an unknown model or one without weights (``bicubic``), DataError for missing data.
+    """
+    info = model_info(model_name)
+    check_scale(scale)
+    if not info.has_weights:
+        raise ConfigError(f"model {model_name!r} has no weights to train; it goes straight to export/evaluate")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    train_dir = data_dir / "train" / f"x{scale}"
+    if not train_dir.is_dir():
+        raise DataError(f"{train_dir}: training data not found (run `srnas prepare-data` with scale {scale})")
+    sampler = PatchSampler(load_pairs(train_dir, scale), cfg.lr_patch_size)
+    if val_set is not None:
+        val_dir: Path | None = data_dir / val_set / f"x{scale}"
+        if not (val_dir / "hr").is_dir():
+            raise DataError(f"{val_dir}: validation set {val_set!r} not found for x{scale}")
+    else:
+        val_dir = find_val_set(data_dir, scale)
+    val_pairs = load_pairs(val_dir, scale) if val_dir is not None else None
+    val_name = val_dir.parent.name if val_dir is not None else None
+    if val_pairs is None:
+        logger.warning("%s: no validation set for x%d (val/ or an eval set); val_psnr will be null", data_dir, scale)
+
+    use_bf16 = resolve_bf16(cfg.bf16)
+    channels_last = cfg.channels_last
+    model, optimizer, scheduler = _build(model_name, scale, cfg, channels_last)
+    identity = _identity(model_name, scale, cfg, sampler.fingerprint())
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_dir)
+    ckpt_path = out_dir / "last.ckpt"
+    start_step = 0
+    elapsed_before = 0.0
+    losses: deque[float] = deque(maxlen=cfg.log_every)
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, ("identity", "step", "model", "optimizer", "scheduler", "rng", "losses", "elapsed_s"))
+        if ckpt["identity"] != identity:
+            logger.warning("%s: written for a different model, config or data; starting from scratch", ckpt_path)
+        else:
+            try:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                scheduler.load_state_dict(ckpt["scheduler"])
+                torch.set_rng_state(ckpt["rng"]["torch"])
+            except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+                raise CheckpointError(f"{ckpt_path}: cannot restore training state: {exc}") from None
+            start_step = int(ckpt["step"])
+            elapsed_before = float(ckpt["elapsed_s"])
+            losses.extend(float(x) for x in ckpt["losses"])
+            logger.info("resuming %s x%d from %s at step %d/%d", model_name, scale, ckpt_path, start_step, cfg.steps)
+
+    def checkpoint(step: int, elapsed: float) -> None:
+        save_checkpoint(ckpt_path, {
+            "identity": identity,
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "losses": list(losses),
+            "elapsed_s": elapsed,
+        })
+
+    def emit(metrics: dict[str, float], step: int) -> None:
+        if on_metrics is not None:
+            on_metrics(metrics, step)
+
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"{model_name} x{scale}", unit="step", disable=not show_bar,
+               dynamic_ncols=True)
+    logger.info("training %s x%d: %d steps, batch %d, LR patch %d, bf16 %s, channels_last %s, %d train images",
+                model_name, scale, cfg.steps, cfg.batch_size, cfg.lr_patch_size, use_bf16, channels_last, len(sampler))
+    t0 = time.perf_counter()
+    window_t0, window_steps = t0, 0
+    step = start_step
+    try:
+        while step < cfg.steps:
+            lr_batch, hr_batch = sampler.sample(cfg.batch_size, step_generator(cfg.seed, step), cfg.augment, channels_last)
+            loss = float(train_step(model, optimizer, lr_batch, hr_batch, use_bf16))
+            scheduler.step()
+            step += 1
+            window_steps += 1
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"{model_name} x{scale}: training loss became {loss} at step {step}; try a lower lr")
+            losses.append(loss)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                rate = window_steps / max(now - window_t0, 1e-9)
+                window_t0, window_steps = now, 0
+                mean_loss = float(np.mean(losses))
+                bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                if not show_bar:
+                    logger.info("step %d/%d loss %.5f lr %.2e %.1f steps/s", step, cfg.steps, mean_loss, scheduler.get_last_lr()[0], rate)
+                emit({"train_loss": mean_loss, "lr": float(scheduler.get_last_lr()[0]), "steps_per_s": rate}, step)
+            if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps and val_pairs is not None:
+                psnr = _val_psnr(model, val_pairs)
+                if psnr is not None:
+                    emit({"val_psnr": psnr}, step)
+            if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                checkpoint(step, elapsed_before + time.perf_counter() - t0)
+    finally:
+        bar.close()
+    run_seconds = time.perf_counter() - t0
+    steps_run = cfg.steps - start_step
+    if steps_run == 0:  # resumed a finished run: nothing was trained now
+        run_seconds = 0.0
+
+    val_psnr = _val_psnr(model, val_pairs) if val_pairs is not None else None
+    final_loss = float(np.mean(losses)) if losses else float("nan")
+    seconds = elapsed_before + run_seconds
+    steps_per_s = steps_run / run_seconds if run_seconds > 0 and steps_run > 0 else 0.0
+    metrics: dict[str, Any] = {
+        "model": model_name,
+        "scale": scale,
+        "steps": cfg.steps,
+        "final_loss": final_loss,
+        "seconds": seconds,
+        "steps_per_s": steps_per_s,
+        "val_psnr": val_psnr,
+        "val_set": val_name,
+        "val_images": len(val_pairs) if val_pairs is not None else 0,
+        "train_images": len(sampler),
+        "params": count_params(model),
+        "bf16": use_bf16,
+        "channels_last": channels_last,
+        "resumed_from_step": start_step,
+    }
+    model_path = out_dir / "model.pt"
+    metrics_path = out_dir / "train_metrics.json"
+    save_trained(model_path, model, model_name, scale, dataclasses.asdict(cfg), extra={"metrics": {
+        k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}})
+    write_json(metrics_path, metrics)
+    final = {"final_loss": final_loss, "train_seconds": seconds, "steps_per_s": steps_per_s}
+    if val_psnr is not None:
+        final["val_psnr"] = val_psnr
+    emit(final, cfg.steps)
+    logger.info("trained %s x%d: loss %.5f, val PSNR %s, %.1f s", model_name, scale, final_loss,
+                f"{val_psnr:.3f} dB ({val_name})" if val_psnr is not None else "n/a", seconds)
+    return TrainResult(model_path, metrics_path, ckpt_path, cfg.steps, final_loss, seconds, steps_per_s, val_psnr,
+                       val_name, start_step, use_bf16, channels_last)
