@@ -37,6 +37,8 @@ def _snakemake_jobs() -> dict[frozenset[str], tuple[str, frozenset[str]]]:
 
 def _expand(path: str, all_outs: set[str]) -> set[str]:
     """A DVC directory dep means every file Snakemake would name: outs of other stages under it, or source files."""
+    if path in all_outs:
+        return {path}
     under = {out for out in all_outs if out.startswith(path.rstrip("/") + "/")}
     if under:
         return under

@@ -57,19 +57,27 @@ def test_snakemake_smoke_pipeline(tmp_path: Path) -> None:
     _run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "config/smoke.yaml"], project)
 
     report = (project / "results" / "report.md").read_text()
-    assert "## x2" in report and "bicubic" in report
+    assert "## x2" in report and "| bicubic |" in report and "| plain16 |" in report
     metrics = json.loads((project / "results" / "metrics.json").read_text())
     assert metrics["bicubic_x2"]["psnr_val_x2"] > 20.0
+    assert metrics["plain16_x2"]["latency_ms_onnxruntime_fp32"] > 0.0
+    for figure in ("pareto_x2.png", "comparison_x2.png"):
+        assert (project / "results" / "report" / figure).stat().st_size > 1000
+    parity = json.loads((project / "results" / "export" / "plain16_x2" / "parity.json").read_text())
+    assert parity["onnxruntime"]["passed"] and parity["onnxruntime"]["max_abs_diff_random"] <= 1e-4
+    profile = json.loads((project / "results" / "profile_model" / "plain16_x2.json").read_text())
+    assert {r["runtime"] for r in profile["results"]} >= {"torch_fp32", "onnxruntime_fp32"}
+    assert all("onnxruntime" in r["fingerprint"] for r in profile["results"])
     manifest = json.loads((project / "results" / "prepare_data" / "manifest.json").read_text())
     assert manifest["files"]
     assert (project / "logs" / "prepare_data" / "prepare_data.log").exists()
 
     runs = _stage_runs(project)
     stages = {run["stage"] for run in runs}
-    assert {"prepare_data", "evaluate", "report"} <= stages
+    assert {"prepare_data", "train_baseline", "export", "profile_model", "evaluate", "report"} <= stages
     parents = {run["pipeline_run_id"] for run in runs}
     assert len(parents) == 1 and None not in parents, "all stages belong to one pipeline run"
-    evaluate = next(run for run in runs if run["stage"] == "evaluate")
+    evaluate = next(run for run in runs if run["stage"] == "evaluate" and run["tags"]["srnas.model"] == "bicubic")
     assert evaluate["metrics"]["psnr_val_x2"] == pytest.approx(metrics["bicubic_x2"]["psnr_val_x2"])
 
     dry = _run([str(BIN / "snakemake"), "-n", "--configfile", "config/smoke.yaml"], project)

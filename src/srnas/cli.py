@@ -20,10 +20,15 @@ LOG = logging.getLogger("srnas")
 # ``srnas --help`` does not pay for torch or mlflow.
 COMMANDS = (
     "prepare_data",
+    "train",
+    "export",
+    "profile",
     "evaluate",
     "pipeline",
     "report",
     "compare",
+    "upscale",
+    "models",
     "config_cmd",
 )
 

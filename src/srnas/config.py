@@ -293,3 +293,75 @@ class ProfileConfig:
         _check(self.runs >= 1, "runs", f"must be at least 1, got {self.runs}")
         _check(len(self.input_size) in (0, 2), "input_size", f"expected [] or [height, width], got {list(self.input_size)}")
         _check(all(s >= 1 for s in self.input_size), "input_size", f"sides must be positive, got {list(self.input_size)}")
+
+
+# ------------------------------------------------------------------------------- supernet (stage 1)
+
+BLOCK_TYPES = ("conv", "wdsr", "skip")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class SearchSpaceConfig:
+    """The ``supernet.space`` section: what the weight-sharing supernet holds (see :mod:`srnas.supernet.space`).
+
+    A subnet is head conv 3x3 (3 -> width), ``num_cells`` cells each one of ``blocks`` (``conv``: 3x3 conv + ReLU;
+    ``wdsr``: WDSR-B residual block, 1x1 expand by one of ``expansions``, ReLU, 1x1 reduce, 3x3; ``skip``: identity,
+    which makes depth elastic), tail conv 3x3 (width -> 3*s^2), global residual, PixelShuffle. The width is one
+    of ``widths`` for the whole subnet (a global width; why: :mod:`srnas.supernet.space`). Widths and expansions
+    are listed in increasing order.
+    """
+
+    num_cells: int = 6
+    widths: tuple[int, ...] = (8, 16, 24, 32, 48)
+    blocks: tuple[str, ...] = ("conv", "wdsr", "skip")
+    expansions: tuple[int, ...] = (2, 4)
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.num_cells <= 64, "num_cells", f"must be between 1 and 64, got {self.num_cells}")
+        _check(len(self.widths) > 0, "widths", "list at least one width")
+        _check(all(w >= 1 for w in self.widths), "widths", f"must be positive, got {list(self.widths)}")
+        _check(all(a < b for a, b in zip(self.widths, self.widths[1:])), "widths",
+               f"must be strictly increasing, got {list(self.widths)}")
+        _check(len(self.blocks) > 0, "blocks", f"list at least one of {', '.join(BLOCK_TYPES)}")
+        for block in self.blocks:
+            _check(block in BLOCK_TYPES, "blocks", f"unknown block {block!r}; choose from {', '.join(BLOCK_TYPES)}")
+        _check(len(set(self.blocks)) == len(self.blocks), "blocks", f"duplicate blocks in {list(self.blocks)}")
+        _check(len(self.expansions) > 0, "expansions", "list at least one expansion ratio (used by wdsr blocks)")
+        _check(all(e >= 1 for e in self.expansions), "expansions", f"must be positive, got {list(self.expansions)}")
+        _check(all(a < b for a, b in zip(self.expansions, self.expansions[1:])), "expansions",
+               f"must be strictly increasing, got {list(self.expansions)}")
+
+
+@dataclass(frozen=True)
+class SupernetTrainConfig(TrainConfig):
+    """The ``supernet.train`` section: every :class:`TrainConfig` key plus the sandwich rule and the device.
+
+    Each step trains the largest subnet, the smallest and ``num_random`` random subnets on one batch: the
+    largest against HR (L1); the others against ``(1 - distill) * L1(HR) + distill * L1(largest's detached
+    output)`` (in-place distillation); their gradients are summed, then one optimizer step.
+    ``batch_size`` is the global batch: under ``torchrun`` each of the N processes takes ``batch_size / N``
+    patches (it must divide). ``device``: ``auto`` is CUDA when available, else CPU.
+    """
+
+    num_random: int = 2
+    distill: float = 0.5
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.num_random >= 0, "num_random", f"must be 0 or positive, got {self.num_random}")
+        _check(0.0 <= self.distill <= 1.0, "distill", f"must be between 0 and 1, got {self.distill}")
+        _check(self.device in DEVICES, "device", f"expected one of {', '.join(DEVICES)}, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """The ``supernet`` section: the search space, the scale the supernet is trained for, and how it is trained."""
+
+    scale: int = 2
+    space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    train: SupernetTrainConfig = field(default_factory=SupernetTrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.scale in SUPPORTED_SCALES, "scale", f"scale {self.scale} is not supported; choose from {SUPPORTED_SCALES}")

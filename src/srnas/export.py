@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +239,24 @@ def ort_session(path: str | os.PathLike[str], threads: int | None = None) -> Any
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An ``LR uint8 -> SR uint8`` function running an exported model on ONNX Runtime."""
+    from srnas.inference import to_tensor, to_uint8
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        session = ort_session(path, threads)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        raise ExportError(f"{path}: ONNX Runtime cannot load it ({exc})") from None
+
+    def upscale(lr: np.ndarray) -> np.ndarray:
+        return to_uint8(torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: to_tensor(lr).numpy()})[0]))
+
+    return upscale
 
 
 # ------------------------------------------------------------------------------------ ExecuTorch

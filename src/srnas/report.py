@@ -1,13 +1,22 @@
-"""The pipeline report: tables per scale from the stage outputs, written as Markdown plus one metrics JSON."""
+"""The pipeline report: per-scale tables, a PSNR-versus-latency Pareto plot and a visual comparison.
+
+Inputs are the stage outputs under ``results/`` (evaluate, profile_model, train_baseline, prepare_data);
+outputs are ``results/report.md``, ``results/report/*.png`` and one metrics JSON for ``dvc metrics``.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from srnas.errors import DataError
+
+REAL_TIME_MS = 33.0  # 30 frames per second
 
 
 @dataclass(frozen=True)
@@ -18,6 +27,21 @@ class ModelResult:
     scale: int
     metrics: dict[str, float]
     sets: dict[str, dict[str, Any]]
+    profile: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latencies(self) -> dict[str, float]:
+        """Median ms per runtime."""
+        return {r["runtime"]: float(r["median_ms"]) for r in self.profile.get("results", [])}
+
+    @property
+    def fastest(self) -> tuple[str, float] | None:
+        latencies = self.latencies
+        if not latencies:
+            return None
+        runtime = min(latencies, key=latencies.__getitem__)
+        return runtime, latencies[runtime]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -28,39 +52,163 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def collect_results(results_dir: Path) -> list[ModelResult]:
-    """Read ``results/evaluate/*.json``; sorted by scale, then model."""
+    """Join ``results/evaluate/*.json`` with ``results/profile_model/*.json``; sorted by scale, then model."""
     evaluate_dir = results_dir / "evaluate"
-    if not evaluate_dir.is_dir():
+    paths = sorted(evaluate_dir.glob("*.json")) if evaluate_dir.is_dir() else []
+    if not paths:
         raise DataError(f"{evaluate_dir}: no evaluation results (run the evaluate stage first)")
     found = []
-    for path in sorted(evaluate_dir.glob("*.json")):
+    for path in paths:
         payload = _read_json(path)
-        found.append(ModelResult(payload["model"], int(payload["scale"]), payload["metrics"], payload["sets"]))
-    if not found:
-        raise DataError(f"{evaluate_dir}: no evaluation results (run the evaluate stage first)")
+        profile_path = results_dir / "profile_model" / path.name
+        profile = _read_json(profile_path) if profile_path.is_file() else {}
+        training_path = results_dir / "train_baseline" / path.stem / "train_metrics.json"
+        training = _read_json(training_path) if training_path.is_file() else {}
+        found.append(ModelResult(payload["model"], int(payload["scale"]), payload["metrics"], payload["sets"], profile, training))
     return sorted(found, key=lambda r: (r.scale, r.model))
 
 
-def render_markdown(results: list[ModelResult]) -> str:
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render_markdown(results: list[ModelResult], figures: dict[str, str] | None = None) -> str:
+    figures = figures or {}
     lines = ["# srnas report", ""]
+    lines.append(
+        "PSNR/SSIM: Y channel (BT.601), both images uint8, a border of `scale` pixels cropped, SSIM with an 11x11 "
+        "Gaussian window (sigma 1.5). Bicubic is MATLAB-compatible bicubic. Latency: median ms per frame for a "
+        f"720p output, after warm-up; real time is {REAL_TIME_MS:.0f} ms (30 fps)."
+    )
+    lines.append("")
     for scale in sorted({r.scale for r in results}):
         rows = [r for r in results if r.scale == scale]
-        set_names = sorted({name for r in rows for name in r.sets})
+        set_names = list(dict.fromkeys(name for r in rows for name in r.sets))
+        runtimes = sorted({rt for r in rows for rt in r.latencies})
         lines += [f"## x{scale}", ""]
-        header = ["model"] + [f"{name} PSNR / SSIM" for name in set_names]
+        sizes = sorted({tuple(r.profile["input_hw"]) for r in rows if "input_hw" in r.profile})
+        if sizes:
+            shown = ", ".join(f"{h}x{w} in, {h * scale}x{w * scale} out" for h, w in sizes)
+            lines += [f"Latency and GMAC per frame of {shown}.", ""]
+        header = ["model", "params", "GMAC/frame", "train steps (s)"] + [f"{rt} ms" for rt in runtimes] + [f"{name} PSNR / SSIM" for name in set_names]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for r in rows:
-            cells = [r.model]
+            cells = [r.model, f"{r.profile['params']:,}" if "params" in r.profile else "-"]
+            cells.append(f"{r.profile['gmacs']:.2f}" if "gmacs" in r.profile else "-")
+            steps = r.training.get("steps")
+            cells.append(f"{steps} ({r.training['seconds']:.0f})" if steps and "seconds" in r.training else "-")
+            cells += [_fmt_ms(r.latencies.get(rt)) for rt in runtimes]
             for name in set_names:
                 s = r.sets.get(name)
                 cells.append(f"{s['psnr']:.2f} / {s['ssim']:.4f}" if s else "-")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("PSNR/SSIM: Y channel (BT.601), uint8, border of `scale` pixels cropped, SSIM 11x11 Gaussian (sigma 1.5).")
-    return "\n".join(lines) + "\n"
+        for key, caption in ((f"pareto_x{scale}", "PSNR versus latency"), (f"comparison_x{scale}", "Visual comparison")):
+            if key in figures:
+                lines += [f"![{caption} x{scale}]({figures[key]})", ""]
+    fingerprint = next((res["fingerprint"] for r in results for res in r.profile.get("results", [])), None)
+    if fingerprint:
+        lines += ["## Target", "", "| key | value |", "|---|---|"]
+        for key, value in sorted(fingerprint.items()):
+            if key in ("runtime", "precision"):
+                continue
+            if isinstance(value, dict):
+                value = ", ".join(name for name, present in sorted(value.items()) if present) or "-"
+            elif isinstance(value, list):
+                value = ", ".join(map(str, value))
+            lines.append(f"| {key} | {value} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def metrics_summary(results: list[ModelResult]) -> dict[str, dict[str, float]]:
     """``{"<model>_x<scale>": {metric: value}}``: what ``dvc metrics show`` reads."""
-    return {f"{r.model}_x{r.scale}": dict(sorted(r.metrics.items())) for r in results}
+    summary = {}
+    for r in results:
+        metrics = dict(r.metrics) | {f"latency_ms_{rt}": ms for rt, ms in r.latencies.items()}
+        summary[f"{r.model}_x{r.scale}"] = dict(sorted(metrics.items()))
+    return summary
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated (lower latency and higher PSNR is better), sorted by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(results: list[ModelResult], scale: int, set_name: str, path: Path) -> None:
+    """PSNR on ``set_name`` versus latency on every runtime, the front over each model's fastest runtime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from srnas.atomic import atomic_path
+
+    rows = [r for r in results if r.scale == scale and r.latencies and set_name in r.sets]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = "osD^v<>p*"
+    runtimes = sorted({rt for r in rows for rt in r.latencies})
+    for k, runtime in enumerate(runtimes):
+        xs = [r.latencies[runtime] for r in rows if runtime in r.latencies]
+        ys = [r.sets[set_name]["psnr"] for r in rows if runtime in r.latencies]
+        ax.scatter(xs, ys, marker=markers[k % len(markers)], alpha=0.6, label=runtime)
+    best = [(r.fastest[1], r.sets[set_name]["psnr"]) for r in rows if r.fastest]
+    if best:
+        front = pareto_front(best)
+        ax.plot([best[i][0] for i in front], [best[i][1] for i in front], "k--", lw=1, label="Pareto front (fastest runtime)")
+        for r, (x, y) in zip(rows, best):
+            ax.annotate(r.model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axvline(REAL_TIME_MS, color="tab:red", lw=1, ls=":", label=f"{REAL_TIME_MS:.0f} ms (30 fps)")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per frame, ms (log scale)")
+    ax.set_ylabel(f"PSNR on {set_name} x{scale}, dB")
+    ax.set_title(f"PSNR versus latency, x{scale}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _crop_box(hr: np.ndarray, size: int) -> tuple[int, int, int]:
+    """Top-left corner and side of the ``size`` crop with the most detail (largest gradient energy)."""
+    from srnas.metrics import rgb_to_y
+
+    y = rgb_to_y(hr)
+    side = min(size, hr.shape[0], hr.shape[1])
+    energy = np.abs(np.diff(y, axis=0))[:, :-1] + np.abs(np.diff(y, axis=1))[:-1, :]
+    integral = np.pad(energy, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    h, w = energy.shape
+    side_e = min(side, h, w)
+    sums = integral[side_e:, side_e:] - integral[:-side_e, side_e:] - integral[side_e:, :-side_e] + integral[:-side_e, :-side_e]
+    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(top), int(left), side
+
+
+def comparison_image(panels: list[tuple[str, np.ndarray]], hr: np.ndarray, path: Path, crop: int = 96, zoom: int = 3) -> None:
+    """Side-by-side crops (HR first, then each ``(label, sr)``) of the most detailed region, enlarged ``zoom`` x."""
+    from PIL import Image, ImageDraw
+
+    from srnas.atomic import atomic_path
+
+    top, left, side = _crop_box(hr, crop)
+    tiles = [("HR", hr)] + panels
+    tile = side * zoom
+    label_h = 18
+    canvas = Image.new("RGB", (tile * len(tiles) + 4 * (len(tiles) - 1), tile + label_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (label, image) in enumerate(tiles):
+        patch = Image.fromarray(np.ascontiguousarray(image[top : top + side, left : left + side]))
+        x = k * (tile + 4)
+        canvas.paste(patch.resize((tile, tile), Image.NEAREST), (x, label_h))
+        draw.text((x + 2, 2), label, fill="black")
+    with atomic_path(path, suffix=".png") as tmp:
+        canvas.save(tmp, format="PNG")

@@ -13,7 +13,15 @@ from typing import Any
 
 import yaml
 
-from srnas.config import BaselinesConfig, DataConfig, TrackingConfig, from_mapping
+from srnas.config import (
+    BaselinesConfig,
+    DataConfig,
+    ExportConfig,
+    ProfileConfig,
+    TrackingConfig,
+    TrainConfig,
+    from_mapping,
+)
 from srnas.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -26,6 +34,9 @@ class Settings:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

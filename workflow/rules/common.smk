@@ -22,6 +22,11 @@ def baseline_models():
     return config["baselines"]["models"]
 
 
+def per_model(pattern):
+    """``pattern`` for every baseline model and scale."""
+    return expand(pattern, model=baseline_models(), scale=scales())
+
+
 def package_files(*relative):
     """Package source files a stage runs, so code changes rerun it (DVC lists the same deps)."""
     files = []

@@ -1,6 +1,7 @@
 rule evaluate:
     input:
         data="results/prepare_data",
+        checkpoint="results/train_baseline/{model}_x{scale}/model.pt",
         code=package_files("evaluation.py", "metrics.py", "inference.py"),
     output:
         metrics="results/evaluate/{model}_x{scale}.json",
@@ -13,5 +14,5 @@ rule evaluate:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas evaluate --model {wildcards.model} --scale {wildcards.scale} --data-dir {input.data}"
-        " --out {output.metrics} --config-json {params.config:q} --log {log}"
+        "srnas evaluate --model {wildcards.model} --scale {wildcards.scale} --checkpoint {input.checkpoint}"
+        " --data-dir {input.data} --out {output.metrics} --config-json {params.config:q} --log {log}"

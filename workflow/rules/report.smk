@@ -1,9 +1,14 @@
 rule report:
     input:
-        evaluations=expand("results/evaluate/{model}_x{scale}.json", model=baseline_models(), scale=scales()),
+        data="results/prepare_data",
+        checkpoints=per_model("results/train_baseline/{model}_x{scale}/model.pt"),
+        trainings=per_model("results/train_baseline/{model}_x{scale}/train_metrics.json"),
+        evaluations=per_model("results/evaluate/{model}_x{scale}.json"),
+        latencies=per_model("results/profile_model/{model}_x{scale}.json"),
         code=package_files("report.py"),
     output:
         report="results/report.md",
+        figures=directory("results/report"),
         metrics="results/metrics.json",
     params:
         config=config_json(),
@@ -14,5 +19,5 @@ rule report:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas report --results results --out {output.report} --metrics {output.metrics}"
+        "srnas report --results results --out {output.report} --figures {output.figures} --metrics {output.metrics}"
         " --config-json {params.config:q} --log {log}"

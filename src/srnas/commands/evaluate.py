@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,15 +55,6 @@ def make_upscaler(model: str, scale: int, checkpoint: Path | None) -> Callable[[
     return torch_upscaler(load_trained(checkpoint))
 
 
-def prepared_pairs(data_dir: Path, set_name: str, scale: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, hr, lr)`` arrays for one prepared evaluation set and scale."""
-    from srnas.data.prepare import image_pairs
-    from srnas.images import read_rgb
-
-    for name, hr_path, lr_path in image_pairs(data_dir, set_name, scale):
-        yield name, read_rgb(hr_path), read_rgb(lr_path)
-
-
 def metric_name(kind: str, set_name: str, scale: int) -> str:
     """``psnr_set5_x2``: the metric naming every stage and MLflow share."""
     return f"{kind}_{set_name.lower()}_x{scale}"
@@ -71,6 +62,7 @@ def metric_name(kind: str, set_name: str, scale: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
+    from srnas.data.prepare import read_pairs
     from srnas.evaluation import evaluate_hr_folder, evaluate_pairs
 
     upscale = make_upscaler(args.model, args.scale, args.checkpoint)
@@ -89,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
     with tracking.stage_run(settings.tracking, "evaluate", {"model": args.model, "scale": args.scale, "data": dataclasses.asdict(settings.data)}, tags) as stage:
         for set_name in settings.data.eval_set_names:
-            result = evaluate_pairs(upscale, prepared_pairs(args.data_dir, set_name, args.scale), args.scale)
+            result = evaluate_pairs(upscale, read_pairs(args.data_dir, set_name, args.scale), args.scale)
             metrics[metric_name("psnr", set_name, args.scale)] = result.psnr
             metrics[metric_name("ssim", set_name, args.scale)] = result.ssim
             per_set[set_name] = {"psnr": result.psnr, "ssim": result.ssim, "images": result.images}

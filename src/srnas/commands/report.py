@@ -1,8 +1,9 @@
-"""``srnas report``: the Markdown report and the metrics summary of a pipeline run."""
+"""``srnas report``: the Markdown report, its figures and the metrics summary of a pipeline run."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 from pathlib import Path
 
@@ -16,29 +17,59 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "report",
-        help="write results/report.md and the metrics summary (stage report)",
-        description="Collect the stage outputs under --results into a Markdown report and one metrics JSON. "
-        "Closes the pipeline's parent MLflow run.",
+        help="write results/report.md, its figures and the metrics summary (stage report)",
+        description="Collect the stage outputs under --results into a Markdown report with a table per scale "
+        "(parameters, GMAC per 720p frame, latency per runtime, PSNR/SSIM per set), a PSNR-versus-latency Pareto "
+        "plot and a visual comparison of crops. Closes the pipeline's parent MLflow run.",
     )
     add_settings_arguments(parser)
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("results/report.md"), help="report file (default: %(default)s)")
+    parser.add_argument("--figures", type=Path, default=Path("results/report"), help="figure folder (default: %(default)s)")
     parser.add_argument("--metrics", type=Path, default=Path("results/metrics.json"), help="metrics summary (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
+def _comparison(results_dir: Path, models: list[str], scale: int, set_name: str, path: Path) -> None:
+    from srnas.commands.evaluate import make_upscaler
+    from srnas.data.prepare import read_pairs
+    from srnas.metrics import calculate_psnr
+
+    name, hr, lr = next(iter(read_pairs(results_dir / "prepare_data", set_name, scale)))
+    panels = []
+    for model in models:
+        sr = make_upscaler(model, scale, results_dir / "train_baseline" / f"{model}_x{scale}" / "model.pt")(lr)
+        panels.append((f"{model} {calculate_psnr(sr, hr, scale):.2f} dB", sr))
+    from srnas.report import comparison_image
+
+    comparison_image(panels, hr, path)
+    LOG.info("comparison of %s/%s x%d written to %s", set_name, name, scale, path)
+
+
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
-    from srnas.report import collect_results, metrics_summary, render_markdown
+    from srnas.report import collect_results, metrics_summary, plot_pareto, render_markdown
 
     settings = settings_from_args(args)
     with tracking.stage_run(settings.tracking, "report", {"results": str(args.results)}) as stage:
         results = collect_results(args.results)
-        atomic.write_text(args.out, render_markdown(results))
+        figures: dict[str, str] = {}
+        args.figures.mkdir(parents=True, exist_ok=True)
+        set_name = settings.data.eval_set_names[0]
+        for scale in sorted({r.scale for r in results}):
+            models = [r.model for r in results if r.scale == scale]
+            pareto = args.figures / f"pareto_x{scale}.png"
+            plot_pareto(results, scale, set_name, pareto)
+            comparison = args.figures / f"comparison_x{scale}.png"
+            _comparison(args.results, models, scale, set_name, comparison)
+            for key, path in ((f"pareto_x{scale}", pareto), (f"comparison_x{scale}", comparison)):
+                figures[key] = Path(os.path.relpath(path, args.out.parent)).as_posix()
+                stage.log_artifact(path, "report")
+        atomic.write_text(args.out, render_markdown(results, figures))
         atomic.write_json(args.metrics, metrics_summary(results))
         for r in results:
             stage.log_metrics(r.metrics)
-        stage.log_artifact(args.out)
+        stage.log_artifact(args.out, "report")
     tracking.end_pipeline(settings.tracking, "FINISHED")
     LOG.info("report written to %s", args.out)
     return 0

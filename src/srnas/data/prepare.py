@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from srnas.errors import DataError, ImageError
 from srnas.images import read_rgb, write_png
 from srnas.imresize import bicubic_downscale, modcrop
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "SkippedImageWarning", "image_pairs", "load_manifest", "prepare_data"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "SkippedImageWarning", "image_pairs", "load_manifest", "prepare_data", "read_pairs"]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -196,3 +197,9 @@ def image_pairs(
     return [
         (name, root / f"{set_name}/x{scale}/hr/{name}.png", root / f"{set_name}/x{scale}/lr/{name}.png") for name in names
     ]
+
+
+def read_pairs(out_dir: str | os.PathLike[str], set_name: str, scale: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, hr, lr)`` uint8 arrays for every image of a prepared set, read lazily in name order."""
+    for name, hr_path, lr_path in image_pairs(out_dir, set_name, scale):
+        yield name, read_rgb(hr_path), read_rgb(lr_path)

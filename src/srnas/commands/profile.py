@@ -1,0 +1,72 @@
+"""``srnas profile``: latency of a model on every runtime this machine has (stage profile_model)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from srnas.commands.common import print_json, settings_from_args
+
+LOG = logging.getLogger("srnas.profile")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from srnas.cli import add_settings_arguments
+
+    parser = subparsers.add_parser(
+        "profile",
+        help="measure latency on every available runtime (stage profile_model)",
+        description="Median and p90 latency over profile.runs calls after profile.warmup, threads fixed, for a "
+        "1x3xHxW input (default: the LR size whose output is 1280x720). Runtimes: PyTorch fp32, PyTorch bf16 "
+        "(CPUs with native bf16), ONNX Runtime fp32, ExecuTorch/XNNPACK if installed, CUDA if present. Each result "
+        "carries the target fingerprint (CPU, flags, threads, library versions). Latency does not depend on the "
+        "weights, so --checkpoint is optional.",
+    )
+    add_settings_arguments(parser)
+    parser.add_argument("--model", required=True, help="model name")
+    parser.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="default: %(default)s")
+    parser.add_argument("--checkpoint", type=Path, help="trained model.pt (default: the untrained architecture)")
+    parser.add_argument("--onnx", type=Path, help="the exported model.onnx to time on ONNX Runtime (default: export to a temp file)")
+    parser.add_argument("--out", type=Path, help="write the results JSON here")
+    parser.add_argument("--json", action="store_true", help="print the results JSON on stdout")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from srnas import atomic, tracking
+    from srnas.models import count_params, create_model, gmacs
+    from srnas.profiling import lr_size_for_720p, profile_all, resolve_threads
+    from srnas.training import load_trained
+
+    settings = settings_from_args(args)
+    cfg = settings.profile
+    model = load_trained(args.checkpoint) if args.checkpoint else create_model(args.model, args.scale).eval()
+    input_hw = tuple(cfg.input_size) if cfg.input_size else lr_size_for_720p(args.scale)
+    threads = resolve_threads(cfg.threads)
+    tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
+    params = {"model": args.model, "scale": args.scale, "profile": cfg.__dict__, "input_hw": list(input_hw), "threads": threads}
+    with tracking.stage_run(settings.tracking, "profile_model", params, tags) as stage:
+        results = profile_all(model, args.onnx, input_hw, threads, warmup=cfg.warmup, runs=cfg.runs, runtimes=cfg.runtimes or None)
+        metrics = {f"latency_ms_{r.runtime}": r.median_ms for r in results}
+        metrics |= {f"latency_p90_ms_{r.runtime}": r.p90_ms for r in results}
+        payload = {
+            "model": args.model,
+            "scale": args.scale,
+            "input_hw": list(input_hw),
+            "output_hw": [input_hw[0] * args.scale, input_hw[1] * args.scale],
+            "threads": threads,
+            "params": count_params(model),
+            "gmacs": gmacs(model, *input_hw),
+            "metrics": metrics,
+            "results": [r.to_dict() for r in results],
+        }
+        stage.log_metrics(metrics | {"params": float(payload["params"]), "gmacs": payload["gmacs"]})
+        if args.out is not None:
+            atomic.write_json(args.out, payload)
+            stage.log_artifact(args.out)
+    for r in results:
+        LOG.info("%s x%d %s: median %.2f ms, p90 %.2f ms", args.model, args.scale, r.runtime, r.median_ms, r.p90_ms)
+    if args.json:
+        print_json(payload)
+    return 0

@@ -1,0 +1,62 @@
+"""``srnas train``: train one baseline at one scale (stage train_baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from srnas.commands.common import settings_from_args
+
+LOG = logging.getLogger("srnas.train")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from srnas.cli import add_settings_arguments
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a baseline model (stage train_baseline)",
+        description="Train a registered model on the prepared training pairs: L1 loss, Adam, cosine schedule, "
+        "a budget in steps (train.steps). Checkpoints go to OUT/last.ckpt every train.checkpoint_every steps and a "
+        "rerun resumes from there; the final weights go to OUT/model.pt. Models without weights (bicubic) get a "
+        "model.pt that records the architecture, so every model goes through the same export/profile/evaluate path.",
+    )
+    add_settings_arguments(parser)
+    parser.add_argument("--model", required=True, help="registered model name (see `srnas models`)")
+    parser.add_argument("--scale", type=int, required=True, choices=(2, 3, 4))
+    parser.add_argument("--data-dir", type=Path, default=Path("results/prepare_data"), help="prepared data (default: %(default)s)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/train_baseline/plain32_x2")
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing last.ckpt")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from srnas import atomic, tracking
+    from srnas.models import create_model, model_info
+    from srnas.training import train
+    from srnas.training.checkpoint import save_trained
+
+    settings = settings_from_args(args)
+    info = model_info(args.model)
+    tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
+    params = {"model": args.model, "scale": args.scale, "train": dataclasses.asdict(settings.train)}
+    with tracking.stage_run(settings.tracking, "train_baseline", params, tags) as stage:
+        if not info.has_weights:
+            save_trained(args.out / "model.pt", create_model(args.model, args.scale), args.model, args.scale, {})
+            atomic.write_json(args.out / "train_metrics.json", {"steps": 0, "trained": False})
+            LOG.info("%s has no weights: recorded the architecture in %s", args.model, args.out / "model.pt")
+            return 0
+        result = train(
+            args.model,
+            args.scale,
+            args.data_dir,
+            settings.train,
+            args.out,
+            on_metrics=lambda metrics, step: stage.log_metrics(metrics, step=step),
+            resume=not args.no_resume,
+        )
+        stage.log_artifact(result.metrics_path)
+    LOG.info("trained %s x%d: %d steps in %.0f s, final loss %.4f", args.model, args.scale, result.steps, result.seconds, result.final_loss)
+    return 0

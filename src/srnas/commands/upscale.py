@@ -1,0 +1,95 @@
+"""``srnas upscale``: super-resolve images or folders with an exported model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+LOG = logging.getLogger("srnas.upscale")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "upscale",
+        help="upscale images or folders with an exported model",
+        description="Upscale every image given (files, or folders of images) with an exported ONNX model and write "
+        "OUT/<name>.png. MODEL is a .onnx file or a pipeline result name such as plain32_x2 "
+        "(results/export/plain32_x2/model.onnx). An unreadable file is reported and skipped; the exit status is 1 "
+        "when any file failed. --fail-fast stops at the first one.",
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    parser.add_argument("--model", required=True, help="model.onnx path or result name (e.g. plain32_x2)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder for result names (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable image")
+    parser.set_defaults(handler=run)
+
+
+def resolve_model(model: str, results: Path) -> Path:
+    from srnas.errors import ConfigError
+
+    path = Path(model)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ConfigError(f"--model: {path} does not exist")
+        return path
+    candidate = results / "export" / model / "model.onnx"
+    if not candidate.is_file():
+        raise ConfigError(f"--model: {model!r} is neither a .onnx file nor an exported result ({candidate} not found)")
+    return candidate
+
+
+def collect_inputs(inputs: list[Path]) -> list[Path]:
+    from srnas.errors import DataError
+    from srnas.images import list_images
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise DataError(f"{item}: no image files in this folder")
+            files.extend(found)
+        elif item.exists():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from srnas.errors import ImageError
+    from srnas.export import onnx_upscaler
+    from srnas.images import read_rgb, write_png
+
+    upscale = onnx_upscaler(resolve_model(args.model, args.results), args.threads)
+    files = collect_inputs(args.inputs)
+    failed: list[str] = []
+    done, seconds = 0, 0.0
+    with tqdm(files, desc="upscale", unit="img", disable=None) as bar:
+        for path in bar:
+            try:
+                lr = read_rgb(path)
+            except ImageError as exc:
+                if args.fail_fast:
+                    raise
+                LOG.error("skipped: %s", exc)
+                failed.append(str(path))
+                continue
+            start = time.perf_counter()
+            sr = upscale(lr)
+            seconds += time.perf_counter() - start
+            write_png(args.out / f"{path.stem}.png", sr)
+            done += 1
+            bar.set_postfix(fps=f"{done / seconds:.2f}" if seconds else "-")
+    fps = done / seconds if seconds else 0.0
+    print(f"upscaled {done} image(s) into {args.out} at {fps:.2f} frames/s (model time only)")
+    if failed:
+        print(f"{len(failed)} file(s) failed: {', '.join(failed)}")
+        return 1
+    return 0

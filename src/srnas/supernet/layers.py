@@ -1,0 +1,99 @@
+"""Dynamic layers: one max-size weight, sliced to the active subnet's channels (once-for-all style).
+
+A :class:`DynamicConv2d` holds ``weight`` of shape ``max_out x max_in x k x k`` and computes a convolution
+with ``weight[:out, :in]`` and ``bias[:out]``, where ``in`` is the number of channels of its input and
+``out`` is passed to ``forward``. Every subnet therefore uses the *first* channels of each layer: narrower
+subnets share (and train) a prefix of the wider ones' filters.
+
+Unlike once-for-all, no layer stores an "active" width: the width is an argument of ``forward``, and the
+only state saying which subnet runs is ``SRSupernet.active_subnet`` (or the ``subnet`` argument of its
+``forward``). :meth:`DynamicConv2d.export` copies the active slice into an ordinary ``nn.Conv2d``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from srnas.supernet.space import CellConfig
+
+__all__ = ["DynamicConv2d", "DynamicWDSR", "DynamicCell"]
+
+
+class DynamicConv2d(nn.Module):
+    """A ``k x k`` convolution (stride 1, same padding) whose input and output widths are sliced per call."""
+
+    def __init__(self, max_in: int, max_out: int, kernel_size: int) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
+        self.max_in, self.max_out, self.kernel_size = max_in, max_out, kernel_size
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.empty(max_out, max_in, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(max_out))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s initialisation, with the fan-in of the full-size weight."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(self.max_in * self.kernel_size * self.kernel_size)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def _check(self, in_channels: int, out_channels: int) -> None:
+        if not (1 <= in_channels <= self.max_in and 1 <= out_channels <= self.max_out):
+            raise ValueError(f"{in_channels} -> {out_channels} channels do not fit a {self.max_in} -> {self.max_out} dynamic conv")
+
+    def forward(self, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+        in_channels = x.shape[1]
+        self._check(in_channels, out_channels)
+        return F.conv2d(x, self.weight[:out_channels, :in_channels], self.bias[:out_channels], padding=self.padding)
+
+    def export(self, in_channels: int, out_channels: int) -> nn.Conv2d:
+        """An ordinary ``nn.Conv2d`` holding a copy (fp32, NCHW-contiguous) of the ``[:out, :in]`` slice."""
+        self._check(in_channels, out_channels)
+        conv = nn.Conv2d(in_channels, out_channels, self.kernel_size, padding=self.padding)
+        conv.to(device=self.weight.device)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight[:out_channels, :in_channels].float().contiguous())
+            conv.bias.copy_(self.bias[:out_channels].float())
+        return conv
+
+    def extra_repr(self) -> str:
+        return f"max_in={self.max_in}, max_out={self.max_out}, kernel_size={self.kernel_size}"
+
+
+class DynamicWDSR(nn.Module):
+    """WDSR-B residual block with elastic width and expansion: ``x + conv3x3(reduce1x1(ReLU(expand1x1(x))))``."""
+
+    def __init__(self, max_width: int, max_expand: int) -> None:
+        super().__init__()
+        self.expand = DynamicConv2d(max_width, max_width * max_expand, 1)
+        self.reduce = DynamicConv2d(max_width * max_expand, max_width, 1)
+        self.conv = DynamicConv2d(max_width, max_width, 3)
+
+    def forward(self, x: torch.Tensor, expand: int) -> torch.Tensor:
+        width = x.shape[1]
+        h = F.relu(self.expand(x, expand * width))
+        return x + self.conv(self.reduce(h, width), width)
+
+
+class DynamicCell(nn.Module):
+    """One cell of the supernet: separate weights per block type (``conv``, ``wdsr``), ``skip`` has none."""
+
+    def __init__(self, max_width: int, max_expand: int, blocks: tuple[str, ...]) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.conv = DynamicConv2d(max_width, max_width, 3) if "conv" in blocks else None
+        self.wdsr = DynamicWDSR(max_width, max_expand) if "wdsr" in blocks else None
+
+    def forward(self, x: torch.Tensor, cell: CellConfig) -> torch.Tensor:
+        if cell.block == "skip":
+            return x
+        if cell.block == "conv" and self.conv is not None:
+            return F.relu(self.conv(x, x.shape[1]))
+        if cell.block == "wdsr" and self.wdsr is not None:
+            return self.wdsr(x, cell.expand)
+        raise ValueError(f"block {cell.block!r} is not in this cell's choices {self.blocks}")
