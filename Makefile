@@ -9,7 +9,7 @@ export MALLOC_TRIM_THRESHOLD_ := 1073741824
 export PATH := $(BIN):$(PATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup run test lint smoke benchmark clean
+.PHONY: setup run test lint smoke benchmark checkout clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ benchmark: setup  ## the benchmark profile (T91 train; Set5, Set14, B100 eval); 
 
 test: setup  ## the test suite
 	$(BIN)/python -m pytest
+
+checkout: setup  ## restore DVC-tracked outputs, then tell Snakemake they are current (DVC does not keep mtimes)
+	$(BIN)/dvc checkout
+	$(BIN)/snakemake --touch --cores 1
 
 lint: setup
 	$(BIN)/snakemake --lint
