@@ -365,3 +365,100 @@ class SupernetConfig:
 
     def __post_init__(self) -> None:
         _check(self.scale in SUPPORTED_SCALES, "scale", f"scale {self.scale} is not supported; choose from {SUPPORTED_SCALES}")
+
+# ------------------------------------------------------------------------- latency model (profile_device)
+
+LATENCY_RUNTIMES = ("torch_fp32", "torch_bf16", "onnxruntime_fp32")
+# The precisions each latency runtime deploys: ONNX Runtime runs fp32 graphs or static int8 (QDQ) ones.
+LATENCY_PRECISIONS = {"torch_fp32": ("fp32",), "torch_bf16": ("bf16",), "onnxruntime_fp32": ("fp32", "int8")}
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One item of ``latency.targets``: a device and the runtime a model is deployed with there.
+
+    ``name`` names the output folder (``results/profile_device/<name>``) and metrics (``latency_ms_<name>``);
+    ``device`` is a label for humans; ``runtime`` one of ``torch_fp32``, ``torch_bf16``, ``onnxruntime_fp32``;
+    ``precision`` ``fp32`` / ``bf16`` / ``int8`` (int8 = ONNX Runtime static QDQ); ``threads`` 0 means every CPU
+    this process may use; ``input_size`` the LR [height, width], empty for the size whose output is 1280x720.
+    """
+
+    name: str = "cpu_ort_fp32"
+    device: str = "this-cpu"
+    runtime: str = "onnxruntime_fp32"
+    precision: str = "fp32"
+    threads: int = 0
+    input_size: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and all(c.isalnum() or c in "_-." for c in self.name) and self.name not in (".", ".."),
+               "name", f"{self.name!r} is not a plain name (letters, digits, _ - .)")
+        _check(self.runtime in LATENCY_RUNTIMES, "runtime", f"unknown runtime {self.runtime!r}; choose from {', '.join(LATENCY_RUNTIMES)}")
+        allowed = LATENCY_PRECISIONS.get(self.runtime, ())
+        _check(self.precision in allowed, "precision", f"{self.runtime} runs {' or '.join(allowed)}, not {self.precision!r}")
+        _check(self.threads >= 0, "threads", f"must be 0 (all CPUs) or positive, got {self.threads}")
+        _check(len(self.input_size) in (0, 2), "input_size", f"expected [] or [height, width], got {list(self.input_size)}")
+        _check(all(s >= 1 for s in self.input_size), "input_size", f"sides must be positive, got {list(self.input_size)}")
+
+
+def _default_targets() -> tuple[TargetConfig, ...]:
+    return (
+        TargetConfig("cpu_ort_fp32", runtime="onnxruntime_fp32", precision="fp32"),
+        TargetConfig("cpu_torch_fp32", runtime="torch_fp32", precision="fp32"),
+        TargetConfig("cpu_torch_bf16", runtime="torch_bf16", precision="bf16"),
+    )
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """The ``latency`` section: the targets and how the latency table, the schemes and the validation are measured.
+
+    Layers are timed ``warmup`` + ``runs`` calls (median); whole networks ``net_warmup`` + ``net_runs``; each
+    table entry and each network time is the lowest median of ``rounds`` sweeps (robust to a busy neighbour).
+    Filter pruning is offered at channel granularities ``granularities``; the table is measured on the grid of the
+    finest accelerated one, but never finer than ``min_table_granularity`` (off-grid counts are interpolated).
+    Schemes are measured at ``prune_ratios`` / ``sparsities`` on layers of widths ``scheme_widths`` (empty: the
+    space's widths of at least 16) and kept only when at least ``min_speedup`` times faster.
+    ``calibration_subnets`` measured subnets fit the overhead model; ``validation_subnets`` others (a share
+    ``pruned_share`` of them pruned) validate it. ``cache_dir`` keeps measured tables by target fingerprint.
+    """
+
+    targets: tuple[TargetConfig, ...] = field(default_factory=_default_targets)
+    warmup: int = 2
+    runs: int = 7
+    net_warmup: int = 2
+    net_runs: int = 10
+    rounds: int = 2
+    granularities: tuple[int, ...] = (16, 8, 4, 1)
+    min_table_granularity: int = 4
+    prune_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    sparsities: tuple[float, ...] = (0.5, 0.9)
+    scheme_widths: tuple[int, ...] = ()
+    min_speedup: float = 1.05
+    calibration_subnets: int = 10
+    validation_subnets: int = 50
+    pruned_share: float = 0.5
+    seed: int = 0
+    cache_dir: str = ".srnas/latency"
+
+    def __post_init__(self) -> None:
+        _check(len(self.targets) > 0, "targets", "list at least one target")
+        names = [t.name for t in self.targets]
+        _check(len(set(names)) == len(names), "targets", f"duplicate target names in {names}")
+        for key in ("runs", "net_runs", "rounds"):
+            _check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        for key in ("warmup", "net_warmup"):
+            _check(getattr(self, key) >= 0, key, f"must be 0 or positive, got {getattr(self, key)}")
+        _check(len(self.granularities) > 0 and all(g >= 1 for g in self.granularities), "granularities",
+               f"list positive channel granularities, got {list(self.granularities)}")
+        _check(len(set(self.granularities)) == len(self.granularities), "granularities", f"duplicates in {list(self.granularities)}")
+        _check(self.min_table_granularity >= 1, "min_table_granularity", f"must be positive, got {self.min_table_granularity}")
+        _check(all(0.0 < r < 1.0 for r in self.prune_ratios), "prune_ratios", f"must lie in (0, 1), got {list(self.prune_ratios)}")
+        _check(all(0.0 < s < 1.0 for s in self.sparsities), "sparsities", f"must lie in (0, 1), got {list(self.sparsities)}")
+        _check(all(w >= 1 for w in self.scheme_widths), "scheme_widths", f"must be positive, got {list(self.scheme_widths)}")
+        _check(self.min_speedup >= 1.0, "min_speedup", f"must be at least 1, got {self.min_speedup}")
+        _check(self.calibration_subnets >= 3, "calibration_subnets", f"must be at least 3, got {self.calibration_subnets}")
+        _check(self.validation_subnets >= 1, "validation_subnets", f"must be at least 1, got {self.validation_subnets}")
+        _check(0.0 <= self.pruned_share <= 1.0, "pruned_share", f"must lie in [0, 1], got {self.pruned_share}")
+        _check(self.seed >= 0, "seed", f"must be 0 or positive, got {self.seed}")
+        _check(bool(self.cache_dir), "cache_dir", "must name a folder")

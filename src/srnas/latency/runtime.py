@@ -1,0 +1,409 @@
+"""Time one layer, or one whole network, on a target's runtime, the way the deployed network runs it.
+
+The only module of :mod:`srnas.latency` that touches ONNX / ONNX Runtime (sessions come from
+:func:`srnas.export.ort_session`, whole networks are exported with :func:`srnas.export.export_onnx` and timed
+by :func:`srnas.profiling.profile_module`, exactly like the ``profile_model`` stage does).
+
+Context matters more than the op: a layer is timed at the target's input size with its inputs already in
+the layout and precision they have inside the network:
+
+- ``torch_fp32``: NCHW fp32 tensors, eager module, ``torch.inference_mode``;
+- ``torch_bf16``: channels-last tensors, bf16 between layers (fp32 only for the image), bf16 autocast -- what
+  ``profile_module`` does to the whole network;
+- ``onnxruntime_fp32``: an ONNX graph of the layer *with* its activation / residual addition / PixelShuffle (the
+  runtime fuses Conv+ReLU and Conv+Add), all graph optimisations on; precision ``int8`` quantizes that graph
+  statically to QDQ (uint8 activations, int8 per-channel weights) with ``onnxruntime.quantization``, as the
+  whole network would be.
+
+Each timing is the median of ``runs`` calls after ``warmup`` (:func:`srnas.profiling._time_calls`), with the
+glibc malloc fix of :mod:`srnas.profiling` in effect and the target's thread count pinned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from srnas.latency.layers import IMAGE_CHANNELS, LayerKey, PrunedSubnet, SubnetConfig, build_pruned_module
+from srnas.latency.targets import Target
+from srnas.profiling import RuntimeUnavailableError, _prepare_allocator, _time_calls, profile_module, runtime_available
+
+__all__ = ["LayerModule", "measure_layer", "measure_network", "sparsify_", "scheme_precision", "scheme_sparsity",
+           "target_available"]
+
+OPSET = 17
+_RELU_OPS = ("head", "conv", "expand")
+
+
+def scheme_precision(target: Target, scheme: str) -> str:
+    """The precision a layer of ``scheme`` runs in on ``target`` (``bf16`` / ``int8`` schemes override it)."""
+    return scheme if scheme in ("bf16", "int8", "fp32") else target.precision
+
+
+def scheme_sparsity(scheme: str) -> float:
+    """Share of zero weights of a ``sparseNN`` scheme (``sparse50`` -> 0.5), else 0."""
+    if scheme.startswith("sparse") and scheme[6:].isdigit():
+        return int(scheme[6:]) / 100.0
+    return 0.0
+
+
+def target_available(target: Target) -> bool:
+    return runtime_available(target.runtime)
+
+
+def sparsify_(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
+    """Zero a random ``sparsity`` share of every conv weight in place (unstructured pruning, dense storage)."""
+    if sparsity <= 0:
+        return module
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, nn.Conv2d):
+                keep = torch.rand(sub.weight.shape, generator=generator) >= sparsity
+                sub.weight.mul_(keep)
+    return module
+
+
+# ------------------------------------------------------------------------------------------ torch
+
+
+class LayerModule(nn.Module):
+    """One :class:`LayerKey` as the network runs it: ``forward(x, res, img)`` (unused inputs may be None)."""
+
+    def __init__(self, layer: LayerKey, scale: int) -> None:
+        super().__init__()
+        self.op = layer.op
+        self.scale = scale
+        cin = IMAGE_CHANNELS if layer.op == "head" else layer.cin
+        self.conv = nn.Conv2d(cin, layer.cout, layer.kernel, padding=layer.kernel // 2)
+        self.act = nn.ReLU(inplace=True) if layer.op in _RELU_OPS else nn.Identity()
+        self.upsample = nn.PixelShuffle(scale) if layer.op == "tail" else nn.Identity()
+
+    def forward(self, x: torch.Tensor, res: torch.Tensor | None = None, img: torch.Tensor | None = None) -> torch.Tensor:
+        if self.op == "tail":
+            assert img is not None
+            residual = torch.repeat_interleave(img, self.scale * self.scale, dim=1)
+            return self.upsample(self.conv(x) + residual)
+        y = self.act(self.conv(x))
+        if self.op == "wdsr_conv":
+            assert res is not None
+            return res + y
+        return y
+
+
+def _layer_inputs(layer: LayerKey, hw: tuple[int, int], dtype: torch.dtype, channels_last: bool) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def tensor(channels: int, kind: torch.dtype) -> torch.Tensor:
+        return torch.rand(1, channels, *hw, generator=generator).to(kind).contiguous(memory_format=fmt)
+
+    img = tensor(IMAGE_CHANNELS, torch.float32)
+    inputs = {"x": img if layer.op == "head" else tensor(layer.cin, dtype)}
+    if layer.op == "wdsr_conv":
+        inputs["res"] = tensor(layer.cout, dtype)
+    if layer.op == "tail":
+        inputs["img"] = img
+    return inputs
+
+
+def _torch_layer_call(layer: LayerKey, target: Target, precision: str, sparsity: float) -> Callable[[], Any]:
+    torch.manual_seed(0)
+    module = sparsify_(LayerModule(layer, target.scale).eval(), sparsity)
+    if precision == "bf16":
+        module = module.to(memory_format=torch.channels_last)
+        inputs = _layer_inputs(layer, target.input_hw, torch.bfloat16, True)
+
+        def call_bf16() -> Any:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return module(**inputs)
+
+        return call_bf16
+    inputs = _layer_inputs(layer, target.input_hw, torch.float32, False)
+
+    def call() -> Any:
+        return module(**inputs)
+
+    return call
+
+
+# ------------------------------------------------------------------------------------ ONNX Runtime
+
+
+def _producer(name: str, channels: int, weight_seed: int) -> tuple[list[Any], list[Any]]:
+    """A conv1x1 (image -> ``channels``) writing tensor ``name``: the context that feeds a layer its input."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(weight_seed)
+    w = (rng.standard_normal((channels, IMAGE_CHANNELS, 1, 1)) * 0.3).astype(np.float32)
+    b = np.zeros(channels, dtype=np.float32)
+    inits = [numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(b, f"{name}_b")]
+    node = helper.make_node("Conv", ["img", f"{name}_w", f"{name}_b"], [name], kernel_shape=[1, 1], pads=[0] * 4,
+                            strides=[1, 1], dilations=[1, 1], group=1)
+    return [node], inits
+
+
+def _onnx_layer_model(layer: LayerKey, scale: int, sparsity: float, part: str = "layer") -> Any:
+    """The ONNX graph of one layer as the exporter writes it (Conv, Relu, Add, the repeat + DepthToSpace tail).
+
+    The graph's only input is the image; the layer's inputs ``x`` (and ``res``) are produced inside it by
+    conv1x1 producers, so they come in the layout (NCHWc blocks) and, once quantized, the precision they have
+    inside a network. ``part="context"`` returns the producers alone, whose time is subtracted.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, w = "height", "width"
+    inputs = [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, IMAGE_CHANNELS, h, w])]
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    outputs: list[Any] = []
+    x_name = "img"
+    if layer.op != "head":
+        x_name = "x"
+        n, i = _producer("x", layer.cin, 1)
+        nodes += n
+        inits += i
+        outputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, layer.cin, h, w]))
+    if layer.op == "wdsr_conv":
+        n, i = _producer("res", layer.cout, 2)
+        nodes += n
+        inits += i
+        outputs.append(helper.make_tensor_value_info("res", TensorProto.FLOAT, [1, layer.cout, h, w]))
+    if part == "context":
+        if not nodes:
+            raise ValueError("the head layer reads the image: it has no context to subtract")
+    else:
+        torch.manual_seed(0)
+        conv = sparsify_(LayerModule(layer, scale), sparsity).conv
+        inits += [numpy_helper.from_array(conv.weight.detach().numpy().astype(np.float32), "w"),
+                  numpy_helper.from_array(conv.bias.detach().numpy().astype(np.float32), "b")]
+        pad = layer.kernel // 2
+        nodes.append(helper.make_node("Conv", [x_name, "w", "b"], ["conv"], kernel_shape=[layer.kernel] * 2,
+                                      pads=[pad] * 4, strides=[1, 1], dilations=[1, 1], group=1))
+        out = "conv"
+        out_shape: list[Any] = [1, layer.cout, h, w]
+        if layer.op in _RELU_OPS:
+            nodes.append(helper.make_node("Relu", ["conv"], ["relu"]))
+            out = "relu"
+        elif layer.op == "wdsr_conv":
+            nodes.append(helper.make_node("Add", ["res", "conv"], ["add"]))
+            out = "add"
+        elif layer.op == "tail":
+            s2 = scale * scale
+            inits += [numpy_helper.from_array(np.array([2], dtype=np.int64), "axes"),
+                      numpy_helper.from_array(np.array([1, 1, s2, 1, 1], dtype=np.int64), "expand_shape"),
+                      numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+                      numpy_helper.from_array(np.array([IMAGE_CHANNELS * s2], dtype=np.int64), "channels")]
+            nodes += [
+                helper.make_node("Unsqueeze", ["img", "axes"], ["unsq"]),
+                helper.make_node("Expand", ["unsq", "expand_shape"], ["expanded"]),
+                helper.make_node("Shape", ["img"], ["hw"], start=2),
+                helper.make_node("Concat", ["one", "channels", "hw"], ["rep_shape"], axis=0),
+                helper.make_node("Reshape", ["expanded", "rep_shape"], ["repeat"]),
+                helper.make_node("Add", ["conv", "repeat"], ["sum"]),
+                helper.make_node("DepthToSpace", ["sum"], ["sr"], blocksize=scale, mode="CRD"),
+            ]
+            out = "sr"
+            out_shape = [1, IMAGE_CHANNELS, "out_height", "out_width"]
+        outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)]
+    graph = helper.make_graph(nodes, f"{part}_{layer.op}", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="srnas.latency")
+    model.ir_version = min(model.ir_version, 10)
+    onnx.checker.check_model(model)
+    return model
+
+
+class _RandomFeeds:
+    """Calibration data for ``quantize_static``: a few random feeds of the model's inputs at 32x32."""
+
+    def __init__(self, model_path: Path, count: int = 4) -> None:
+        import onnx
+
+        proto = onnx.load(str(model_path), load_external_data=False)
+        rng = np.random.default_rng(0)
+        self._feeds = []
+        for _ in range(count):
+            feed = {}
+            for value in proto.graph.input:
+                dims = [d.dim_value if d.dim_value else 32 for d in value.type.tensor_type.shape.dim]
+                dims[0] = 1
+                feed[value.name] = rng.random(dims, dtype=np.float32)
+            self._feeds.append(feed)
+        self._iter = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self._feeds)
+
+
+def quantize_int8(model_path: Path, out_path: Path) -> Path:
+    """Static int8 QDQ quantization (uint8 activations, int8 per-channel weights) with ``onnxruntime.quantization``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    reader = _RandomFeeds(model_path)
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return reader.get_next()
+
+        def rewind(self) -> None:
+            reader.rewind()
+
+    root = logging.getLogger()
+    quiet = _DropMessages("pre-process")
+    root.addFilter(quiet)
+    try:
+        quantize_static(str(model_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.removeFilter(quiet)
+    return out_path
+
+
+class _DropMessages(logging.Filter):
+    """Drop log records containing ``text`` (the quantizer's advice to pre-process, logged on every call)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _ort_call(layer: LayerKey, target: Target, precision: str, sparsity: float, part: str,
+              stack: contextlib.ExitStack) -> Callable[[], Any]:
+    import onnx
+
+    from srnas.export import ort_session
+
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
+    path = tmp / f"{part}.onnx"
+    onnx.save_model(_onnx_layer_model(layer, target.scale, sparsity, part), str(path))
+    if precision == "int8":
+        path = quantize_int8(path, tmp / f"{part}.int8.onnx")
+    session = ort_session(path, target.threads)
+    generator = torch.Generator().manual_seed(0)
+    feeds = {"img": np.ascontiguousarray(torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=generator).numpy())}
+
+    def call() -> Any:
+        return session.run(None, feeds)
+
+    return call
+
+
+# --------------------------------------------------------------------------------------- timing
+
+
+@contextlib.contextmanager
+def _pinned(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_target(target: Target) -> None:
+    if not runtime_available(target.runtime):
+        raise RuntimeUnavailableError(f"target {target.name}: runtime {target.runtime!r} is not available on this machine")
+
+
+# Context times, (ms, when measured): reused by the layers of one width measured close together, measured again
+# after CONTEXT_TTL_S so that a later round of the table does not inherit an earlier round's disturbance.
+_CONTEXT_MS: dict[tuple[Any, ...], tuple[float, float]] = {}
+CONTEXT_TTL_S = 30.0
+
+
+def _median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
+    times, _ = _time_calls(call, warmup, runs)
+    return float(statistics.median(times))
+
+
+def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int) -> float:
+    """Median milliseconds ``layer`` adds to a network on ``target`` (scheme ``bf16``/``int8``/``sparseNN`` applied).
+
+    Torch: the layer module called on inputs already in the network's layout and precision. ONNX Runtime: the
+    layer graph with its input producers minus the producers alone (memoised per width), so layout reorders
+    and the per-call cost of ``session.run`` are counted once per network, as they happen.
+    """
+    _check_target(target)
+    _prepare_allocator()
+    precision = scheme_precision(target, layer.scheme)
+    sparsity = scheme_sparsity(layer.scheme)
+    with contextlib.ExitStack() as stack, _pinned(target.threads):
+        if target.runtime != "onnxruntime_fp32":
+            if precision not in ("fp32", "bf16"):
+                raise ValueError(f"torch runs fp32 or bf16 layers, not {precision}")
+            return _median_ms(_torch_layer_call(layer, target, precision, sparsity), warmup, runs)
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"onnxruntime runs fp32 or int8 layers, not {precision}")
+        total = _median_ms(_ort_call(layer, target, precision, sparsity, "layer", stack), warmup, runs)
+        if layer.op == "head":
+            return total
+        key = (target, layer.cin, layer.cout if layer.op == "wdsr_conv" else 0, precision, warmup, runs)
+        cached = _CONTEXT_MS.get(key)
+        if cached is None or time.monotonic() - cached[1] > CONTEXT_TTL_S:
+            # subtracted from several layers: take more runs, its noise would be systematic
+            ms = _median_ms(_ort_call(layer, target, precision, 0.0, "context", stack), warmup, 2 * runs + 1)
+            cached = _CONTEXT_MS[key] = (ms, time.monotonic())
+        return max(total - cached[0], 0.0)
+
+
+_EXPORTS: dict[tuple[Any, ...], Path] = {}
+_EXPORT_DIR: tempfile.TemporaryDirectory[str] | None = None
+
+
+def _exported(model: nn.Module, net: Any, precision: str, sparsity: float) -> Path:
+    """``model`` exported with :func:`srnas.export.export_onnx` (and quantized for int8); a (pruned) subnet is
+    exported once per process, so measuring it again (another round) does not pay the export again."""
+    global _EXPORT_DIR
+    from srnas.export import export_onnx
+
+    if _EXPORT_DIR is None:
+        _EXPORT_DIR = tempfile.TemporaryDirectory(prefix="srnas-nets-")
+    key = (net.name, precision, sparsity) if isinstance(net, (PrunedSubnet, SubnetConfig)) else None
+    if key is not None and key in _EXPORTS and _EXPORTS[key].is_file():
+        return _EXPORTS[key]
+    folder = Path(tempfile.mkdtemp(dir=_EXPORT_DIR.name))
+    path = export_onnx(model, folder / "net.onnx", sample_hw=(32, 32))
+    if precision == "int8":
+        path = quantize_int8(path, folder / "net.int8.onnx")
+    if key is not None:
+        _EXPORTS[key] = path
+    return path
+
+
+def measure_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module, *, warmup: int, runs: int,
+                    precision: str | None = None, sparsity: float = 0.0) -> float:
+    """Median milliseconds of one end-to-end call of a whole network on ``target``, as deployed.
+
+    ``net``: a (pruned) subnet, built physically with :func:`build_pruned_module`, or any SR module. Torch
+    targets and ONNX Runtime fp32 go through :func:`srnas.profiling.profile_module` (ONNX: exported with
+    :func:`srnas.export.export_onnx`); int8 exports, quantizes (static QDQ) and times the quantized file.
+    ``precision`` overrides the target's (``bf16`` on a torch target runs it as ``torch_bf16`` does).
+    """
+    _check_target(target)
+    model = net if isinstance(net, nn.Module) else build_pruned_module(net, target.scale)
+    sparsify_(model, sparsity)
+    precision = precision or target.precision
+    if target.runtime == "onnxruntime_fp32":
+        path = _exported(model, net, precision, sparsity)
+        return profile_module(path, "onnxruntime_fp32", target.input_hw, threads=target.threads, warmup=warmup, runs=runs).median_ms
+    runtime = "torch_bf16" if precision == "bf16" else "torch_fp32"
+    return profile_module(model, runtime, target.input_hw, threads=target.threads, warmup=warmup, runs=runs).median_ms
