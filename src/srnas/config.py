@@ -313,7 +313,7 @@ class SearchSpaceConfig:
     """
 
     num_cells: int = 6
-    widths: tuple[int, ...] = (8, 16, 24, 32, 48)
+    widths: tuple[int, ...] = (8, 16, 24, 32)
     blocks: tuple[str, ...] = ("conv", "wdsr", "skip")
     expansions: tuple[int, ...] = (2, 4)
 
@@ -339,19 +339,22 @@ class SupernetTrainConfig(TrainConfig):
 
     Each step trains the largest subnet, the smallest and ``num_random`` random subnets on one batch: the
     largest against HR (L1); the others against ``(1 - distill) * L1(HR) + distill * L1(largest's detached
-    output)`` (in-place distillation); their gradients are summed, then one optimizer step.
+    output)`` (in-place distillation), each weighted by ``child_weight``; one backward of the sum, then one
+    optimizer step (why these defaults: :mod:`srnas.supernet.train`).
     ``batch_size`` is the global batch: under ``torchrun`` each of the N processes takes ``batch_size / N``
     patches (it must divide). ``device``: ``auto`` is CUDA when available, else CPU.
     """
 
     num_random: int = 2
     distill: float = 0.5
+    child_weight: float = 0.5
     device: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.num_random >= 0, "num_random", f"must be 0 or positive, got {self.num_random}")
         _check(0.0 <= self.distill <= 1.0, "distill", f"must be between 0 and 1, got {self.distill}")
+        _check(self.child_weight > 0.0, "child_weight", f"must be positive, got {self.child_weight}")
         _check(self.device in DEVICES, "device", f"expected one of {', '.join(DEVICES)}, got {self.device!r}")
 
 
@@ -365,6 +368,7 @@ class SupernetConfig:
 
     def __post_init__(self) -> None:
         _check(self.scale in SUPPORTED_SCALES, "scale", f"scale {self.scale} is not supported; choose from {SUPPORTED_SCALES}")
+
 
 # ------------------------------------------------------------------------- latency model (profile_device)
 

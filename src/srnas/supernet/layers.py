@@ -81,7 +81,14 @@ class DynamicWDSR(nn.Module):
 
 
 class DynamicCell(nn.Module):
-    """One cell of the supernet: separate weights per block type (``conv``, ``wdsr``), ``skip`` has none."""
+    """One cell of the supernet: separate weights per block type (``conv``, ``wdsr``), ``skip`` has none.
+
+    The ``conv`` block is trained in the re-parameterisable form ``ReLU(x + conv3x3(x))`` (RepVGG / ECBSR):
+    the identity branch is a 3x3 kernel with a 1 at the centre of channel ``i -> i``, so the standalone subnet
+    gets one plain ``conv3x3 + ReLU`` whose kernel is ``W + I`` -- the same function at the same cost. In a
+    weight-sharing supernet this matters: a conv cell that is not (yet) well trained for the subnet at hand
+    passes its input on instead of scrambling it, like ``skip`` and ``wdsr`` (which are residual already).
+    """
 
     def __init__(self, max_width: int, max_expand: int, blocks: tuple[str, ...]) -> None:
         super().__init__()
@@ -93,7 +100,8 @@ class DynamicCell(nn.Module):
         if cell.block == "skip":
             return x
         if cell.block == "conv" and self.conv is not None:
-            return F.relu(self.conv(x, x.shape[1]))
+            # training form of conv3x3 + ReLU: an identity branch that export folds into the kernel (see DynamicCell)
+            return F.relu(x + self.conv(x, x.shape[1]))
         if cell.block == "wdsr" and self.wdsr is not None:
             return self.wdsr(x, cell.expand)
         raise ValueError(f"block {cell.block!r} is not in this cell's choices {self.blocks}")

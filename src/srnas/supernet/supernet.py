@@ -78,6 +78,9 @@ class SRSupernet(nn.Module):
                 assert dyn.conv is not None
                 block = ConvCell(width)
                 block.conv = dyn.conv.export(width, width)
+                with torch.no_grad():  # fold the identity branch of the training form into the kernel
+                    index = torch.arange(width)
+                    block.conv.weight[index, index, 1, 1] += 1.0
             elif cell.block == "wdsr":
                 assert dyn.wdsr is not None
                 block = WDSRCell(width, cell.expand)

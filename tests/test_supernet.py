@@ -1,0 +1,391 @@
+"""The SR supernet: search space (size, JSON), standalone subnets (equality, export, profiling), sandwich
+training (loss goes down, exact resume after SIGKILL), the train-supernet command."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from srnas.config import SearchSpaceConfig, SupernetConfig, SupernetTrainConfig, from_mapping
+from srnas.errors import ConfigError, DataError
+from srnas.images import write_png
+from srnas.models import count_params, gmacs
+from srnas.supernet import (
+    CellConfig,
+    SearchSpace,
+    SRSupernet,
+    SubnetConfig,
+    SubnetSR,
+    load_subnet,
+    load_supernet,
+    save_subnet,
+    subnet_macs_per_pixel,
+)
+from srnas.supernet.train import patch_generator, sandwich_subnets, train_supernet
+from srnas.training.checkpoint import CheckpointError, load_checkpoint
+
+SCALE = 2
+SMALL_SPACE = SearchSpaceConfig(num_cells=4, widths=(8, 16, 24), blocks=("conv", "wdsr", "skip"), expansions=(2, 4))
+TINY_SPACE = SearchSpaceConfig(num_cells=3, widths=(8, 16), blocks=("conv", "wdsr", "skip"), expansions=(2,))
+TINY_TRAIN = SupernetTrainConfig(steps=60, batch_size=4, lr_patch_size=8, lr=2e-3, min_lr=1e-4, seed=3, checkpoint_every=0,
+                                 log_every=15, num_random=1)
+TINY = SupernetConfig(scale=SCALE, space=TINY_SPACE, train=TINY_TRAIN)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def _smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.zeros((size, size, 3))
+    for c in range(3):
+        for _ in range(3):
+            fy, fx = rng.uniform(1, 6, 2)
+            img[..., c] += np.sin(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 6.3))
+    return np.rint((img - img.min()) / (np.ptp(img) + 1e-9) * 255).astype(np.uint8)
+
+
+def write_prepared(root: Path, sets: dict[str, int], size: int = 64, seed: int = 0) -> Path:
+    """Tiny smooth images in the prepared-data layout: ``root/<set>/x2/{hr,lr}/img<i>.png``."""
+    rng = np.random.default_rng(seed)
+    for name, count in sets.items():
+        for i in range(count):
+            hr = _smooth_image(rng, size)
+            lr = np.rint(hr.reshape(size // SCALE, SCALE, size // SCALE, SCALE, 3).mean(axis=(1, 3))).astype(np.uint8)
+            write_png(root / name / f"x{SCALE}" / "hr" / f"img{i}.png", hr)
+            write_png(root / name / f"x{SCALE}" / "lr" / f"img{i}.png", lr)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("prepare_data"), {"train": 4, "val": 2})
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, dict]]]:
+    """One uninterrupted tiny run: its output folder and the metrics it reported."""
+    out = tmp_path_factory.mktemp("reference")
+    seen: list[tuple[int, dict]] = []
+    train_supernet(data_dir, TINY, out, on_metrics=lambda m, s: seen.append((s, dict(m))), progress=False)
+    return out, seen
+
+
+# --- search space -------------------------------------------------------------------------------------
+
+
+def test_subnet_config_json_and_name_round_trip() -> None:
+    space = SearchSpace(SMALL_SPACE)
+    rng = np.random.default_rng(0)
+    for cfg in [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(20))]:
+        assert SubnetConfig.from_json(cfg.to_json()) == cfg
+        assert SubnetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+        assert SubnetConfig.from_name(cfg.name) == cfg
+    cfg = SubnetConfig(24, (CellConfig("conv"), CellConfig("wdsr", 4), CellConfig("skip")))
+    assert cfg.name == "w24-c.w4.s" and cfg.depth == 2 + 1 + 3
+    assert json.loads(cfg.to_json()) == {"width": 24, "cells": [{"block": "conv", "expand": 0}, {"block": "wdsr", "expand": 4},
+                                                                {"block": "skip", "expand": 0}]}
+    assert SearchSpace.from_json(space.to_json()) == space
+    assert SearchSpace.from_json(space.to_json()).config == SMALL_SPACE
+    with pytest.raises(ConfigError, match="unknown block 'pool'"):
+        SubnetConfig.from_json('{"width": 8, "cells": [{"block": "pool", "expand": 0}]}')
+    with pytest.raises(ConfigError, match="expand is only for wdsr"):
+        CellConfig("conv", 2)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        SubnetConfig.from_json("{width")
+    with pytest.raises(ConfigError, match=r"w<width>"):
+        SubnetConfig.from_name("24-c.c")
+
+
+def test_space_size_counts_every_distinct_subnet() -> None:
+    assert SearchSpace().size() == len(SearchSpaceConfig().widths) * 4 ** SearchSpaceConfig().num_cells
+    tiny = SearchSpace(SearchSpaceConfig(num_cells=2, widths=(8, 16), blocks=("conv", "wdsr", "skip"), expansions=(2, 4)))
+    assert tiny.size() == 2 * 4 ** 2
+    rng = np.random.default_rng(0)
+    seen = {tiny.sample(rng) for _ in range(2000)}
+    assert len(seen) == tiny.size() and all(s in tiny for s in seen)
+    assert "size: 2 x 4^2 = 32 subnets" in tiny.describe()
+    assert tiny.largest() == SubnetConfig(16, (CellConfig("wdsr", 4),) * 2)
+    assert tiny.smallest() == SubnetConfig(8, (CellConfig("skip"),) * 2)
+    no_skip = SearchSpace(SearchSpaceConfig(num_cells=3, widths=(8,), blocks=("conv",), expansions=(2,)))
+    assert no_skip.size() == 1 and no_skip.largest() == no_skip.smallest()
+
+
+def test_space_validation_names_what_does_not_fit() -> None:
+    space = SearchSpace(SMALL_SPACE)
+    with pytest.raises(ConfigError, match="width 12 not in"):
+        space.validate(SubnetConfig(12, (CellConfig("conv"),) * 4))
+    with pytest.raises(ConfigError, match="3 cells, the space has 4"):
+        space.validate(SubnetConfig(8, (CellConfig("conv"),) * 3))
+    with pytest.raises(ConfigError, match=r"cell 1 \(w3\)"):
+        space.validate(SubnetConfig(8, (CellConfig("conv"), CellConfig("wdsr", 3), CellConfig("skip"), CellConfig("skip"))))
+    with pytest.raises(ConfigError, match=r"supernet\.space\.widths: must be strictly increasing"):
+        from_mapping(SupernetConfig, {"space": {"widths": [16, 8]}}, "supernet")
+    with pytest.raises(ConfigError, match=r"supernet\.space\.blocks: unknown block 'pool'"):
+        from_mapping(SupernetConfig, {"space": {"blocks": ["conv", "pool"]}}, "supernet")
+    with pytest.raises(ConfigError, match=r"supernet\.train\.distill: must be between 0 and 1"):
+        from_mapping(SupernetConfig, {"train": {"distill": 1.5}}, "supernet")
+    with pytest.raises(ConfigError, match=r"supernet\.train\.steps"):
+        from_mapping(SupernetConfig, {"train": {"steps": 0}}, "supernet")
+    cfg = from_mapping(SupernetConfig, {"scale": 4, "train": {"num_random": 0, "bf16": "off"}}, "supernet")
+    assert cfg.scale == 4 and cfg.train.num_random == 0 and cfg.train.batch_size == 32
+
+
+# --- supernet and standalone subnets ---------------------------------------------------------------------
+
+
+def _plain_module_types(model: nn.Module) -> set[type]:
+    return {type(m) for m in model.modules() if not list(m.children())}
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_get_active_subnet_matches_the_supernet(scale: int) -> None:
+    torch.manual_seed(0)
+    space = SearchSpace(SMALL_SPACE)
+    net = SRSupernet(space, scale).eval()
+    with torch.no_grad():  # non-trivial biases, so a dropped or misplaced bias cannot hide
+        for p in net.parameters():
+            if p.ndim == 1:
+                p.uniform_(-0.1, 0.1)
+    rng = np.random.default_rng(scale)
+    configs = [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(6))]
+    x = torch.rand(2, 3, 13, 17)
+    for cfg in configs:
+        sub = net.get_active_subnet(cfg)
+        assert isinstance(sub, SubnetSR) and sub.subnet == cfg and sub.scale == scale
+        assert _plain_module_types(sub) <= {nn.Conv2d, nn.ReLU, nn.PixelShuffle, nn.Sequential}  # empty: all skip
+        with torch.no_grad():
+            expected = net(x, cfg)
+            net.set_active_subnet(cfg)
+            assert torch.equal(net(x), expected)
+            out = sub.eval()(x)
+        assert out.shape == (2, 3, 13 * scale, 17 * scale)
+        assert float((out - expected).abs().max()) <= 1e-6, cfg.name
+        assert gmacs(sub, 13, 17) * 1e9 == subnet_macs_per_pixel(cfg, scale) * 13 * 17
+        fresh = SubnetSR(cfg, scale)
+        assert count_params(fresh) == count_params(sub)
+        fresh.load_state_dict(sub.state_dict())  # same architecture, same keys
+    # the copy is independent of the supernet
+    sub = net.get_active_subnet(space.largest())
+    with torch.no_grad():
+        sub.head.weight.zero_()
+    assert float(net.head.weight.detach().abs().sum()) > 0
+    assert net.sample_active_subnet(np.random.default_rng(1)) == net.active_subnet
+    with pytest.raises(ConfigError, match="not in the space"):
+        net.set_active_subnet(SubnetConfig(40, space.largest().cells))
+
+
+def test_all_conv_subnet_is_a_plain_net() -> None:
+    from srnas.models.plain import PlainNet
+
+    torch.manual_seed(0)
+    space = SearchSpace(SMALL_SPACE)
+    net = SRSupernet(space, SCALE)
+    sub = net.get_active_subnet(SubnetConfig(16, (CellConfig("conv"),) * 4)).eval()
+    plain = PlainNet(SCALE, width=16, depth=6).eval()
+    convs = [m for m in sub.modules() if isinstance(m, nn.Conv2d)]
+    plain_convs = [m for m in plain.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        for a, b in zip(convs, plain_convs, strict=True):
+            b.weight.copy_(a.weight)
+            b.bias.copy_(a.bias)
+        x = torch.rand(1, 3, 9, 11)
+        assert torch.equal(sub(x), plain(x))
+
+
+def test_standalone_subnet_exports_to_onnx_with_parity_and_profiles(tmp_path: Path) -> None:
+    from srnas.export import check_parity, export_onnx
+    from srnas.profiling import profile_module
+
+    torch.manual_seed(0)
+    space = SearchSpace(SMALL_SPACE)
+    net = SRSupernet(space, SCALE)
+    cfg = SubnetConfig(16, (CellConfig("wdsr", 2), CellConfig("skip"), CellConfig("conv"), CellConfig("wdsr", 4)))
+    sub = net.get_active_subnet(cfg)
+    path = export_onnx(sub, tmp_path / "subnet.onnx", sample_hw=(24, 24))
+    rng = np.random.default_rng(0)
+    images = [(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8), rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))]
+    report = check_parity(sub, path, images, SCALE)
+    assert report.passed and report.max_abs_diff_random <= 1e-4
+    latency = profile_module(sub, "torch_fp32", (16, 16), threads=1, warmup=0, runs=2)
+    assert latency.median_ms > 0 and latency.input_shape == (1, 3, 16, 16)
+    save_subnet(tmp_path / "subnet.pt", sub)
+    again = load_subnet(tmp_path / "subnet.pt")
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(again(x), sub.eval()(x))
+
+
+# --- sandwich training ------------------------------------------------------------------------------------
+
+
+def test_sandwich_subnets_and_patch_generators_are_seeded() -> None:
+    space = SearchSpace(SMALL_SPACE)
+    a = sandwich_subnets(space, 0, 5, 3)
+    assert a == sandwich_subnets(space, 0, 5, 3)
+    assert a[0] == space.largest() and a[1] == space.smallest() and len(a) == 5
+    assert a != sandwich_subnets(space, 0, 6, 3)
+    draws = [torch.randint(0, 1 << 30, (4,), generator=patch_generator(0, 5, rank)) for rank in (0, 1, 0)]
+    assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
+
+
+def _weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out_dir / "supernet.pt", weights_only=True)["state_dict"]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_sandwich_training_loss_goes_down(reference: tuple[Path, list[tuple[int, dict]]], data_dir: Path) -> None:
+    out, seen = reference
+    logged = [(s, m) for s, m in seen if "train_loss" in m]
+    assert [s for s, _ in logged] == [15, 30, 45, 60]
+    first, last = logged[0][1], logged[-1][1]
+    assert last["train_loss"] < 0.85 * first["train_loss"], (first, last)
+    assert last["loss_smallest"] < first["loss_smallest"], (first, last)
+    assert {"loss_random", "lr", "steps_per_s"} <= set(last)
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 60 and metrics["scale"] == SCALE and metrics["sandwich"] == 3
+    assert metrics["space_size"] == SearchSpace(TINY_SPACE).size() and metrics["world_size"] == 1
+    assert metrics["final_loss"] == pytest.approx(last["train_loss"])
+    assert metrics["val_set"] == "val" and 15 < metrics["val_psnr_largest"] < 60 and 15 < metrics["val_psnr_smallest"] < 60
+    final = seen[-1][1]
+    assert final["val_psnr_largest"] == pytest.approx(metrics["val_psnr_largest"])
+    # the trained largest and smallest subnets beat their initialisation (seeded like train_supernet seeds it)
+    trained = load_supernet(out / "supernet.pt")
+    torch.manual_seed(TINY_TRAIN.seed)
+    initial = SRSupernet(SearchSpace(TINY_SPACE), SCALE).eval()
+    from srnas.training import PatchSampler, load_pairs
+
+    sampler = PatchSampler(load_pairs(data_dir / "train" / f"x{SCALE}", SCALE), 8)
+    lr, hr = sampler.sample(64, patch_generator(99, 0, 0), augment=False, channels_last=False)
+    space = SearchSpace(TINY_SPACE)
+    with torch.no_grad():
+        for cfg in (space.largest(), space.smallest()):
+            before = float((initial(lr, cfg) - hr).abs().mean())
+            after = float((trained.get_active_subnet(cfg)(lr) - hr).abs().mean())
+            assert after < 0.8 * before, (cfg.name, before, after)
+    assert load_checkpoint(out / "last.ckpt")["step"] == 60
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys, torch
+    from pathlib import Path
+    from srnas.config import SupernetConfig, from_mapping
+    from srnas.supernet.train import train_supernet
+    torch.set_num_threads(int(sys.argv[3]))
+    cfg = from_mapping(SupernetConfig, json.loads(sys.argv[4]), "child")
+    train_supernet(Path(sys.argv[1]), cfg, Path(sys.argv[2]), progress=False)
+""")
+
+
+def _as_mapping(cfg: SupernetConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def test_resume_after_sigkill_matches_uninterrupted(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    steps = 80  # long enough that the child is still training when its first checkpoint appears
+    cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY_TRAIN, steps=steps, checkpoint_every=4, log_every=7))
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(data_dir), str(out), str(torch.get_num_threads()),
+                              json.dumps(_as_mapping(cfg))], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.ckpt").exists():
+            assert child.poll() is None, f"training child exited early: {child.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.002)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(out / "last.ckpt")["step"]
+    assert 4 <= killed_at < steps and killed_at % 4 == 0
+    assert not (out / "supernet.pt").exists()
+
+    result = train_supernet(data_dir, cfg, out, progress=False)
+    assert result.resumed_from_step == killed_at
+    straight = train_supernet(data_dir, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=0)),
+                              tmp_path / "straight", resume=False, progress=False)
+    _assert_same_weights(_weights(out), _weights(tmp_path / "straight"))
+    assert result.final_loss == pytest.approx(straight.final_loss, abs=1e-6)
+    assert list(out.glob(".*tmp*")) == []
+
+
+def test_resume_ignores_a_checkpoint_for_another_config(data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY_TRAIN, steps=3))
+    train_supernet(data_dir, cfg, tmp_path, progress=False)
+    assert train_supernet(data_dir, cfg, tmp_path, progress=False).resumed_from_step == 3
+    other_space = dataclasses.replace(cfg, space=dataclasses.replace(TINY_SPACE, widths=(8, 24)))
+    assert train_supernet(data_dir, other_space, tmp_path, progress=False).resumed_from_step == 0
+    assert "different space, config, data or process count" in caplog.text
+    (tmp_path / "last.ckpt").write_bytes(b"not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match=r"last\.ckpt"):
+        train_supernet(data_dir, cfg, tmp_path, progress=False)
+    assert train_supernet(data_dir, cfg, tmp_path, resume=False, progress=False).resumed_from_step == 0
+
+
+def test_missing_data_and_bad_batch_are_clear_errors(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"x4.*prepare-data"):
+        train_supernet(data_dir, dataclasses.replace(TINY, scale=4), tmp_path / "a", progress=False)
+    with pytest.raises(DataError, match=r"Set5.*not found"):
+        train_supernet(data_dir, TINY, tmp_path / "b", val_set="Set5", progress=False)
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def settings_with_supernet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until ``Settings`` has its ``supernet`` field, add it the way the wiring will."""
+    import srnas.settings
+
+    if "supernet" in {f.name for f in dataclasses.fields(srnas.settings.Settings)}:
+        return
+    extended = dataclasses.make_dataclass(
+        "Settings", [("supernet", SupernetConfig, dataclasses.field(default_factory=SupernetConfig))],
+        bases=(srnas.settings.Settings,), frozen=True)
+    monkeypatch.setattr(srnas.settings, "Settings", extended)
+
+
+def _args(params: Path, **kwargs: object) -> argparse.Namespace:
+    base = {"params": params, "overlay": [], "config_json": None, "log": None, "data_dir": None, "out": None,
+            "no_resume": False, "describe": False, "json": False}
+    return argparse.Namespace(**{**base, **kwargs})
+
+
+def test_train_supernet_command(settings_with_supernet: None, data_dir: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from srnas.commands import supernet as command
+
+    params = tmp_path / "params.yaml"
+    section = _as_mapping(dataclasses.replace(TINY, train=dataclasses.replace(TINY_TRAIN, steps=4, log_every=2)))
+    params.write_text(json.dumps({"tracking": {"enabled": False}, "supernet": section}))
+    assert command.run(_args(params, describe=True)) == 0
+    assert f"= {SearchSpace(TINY_SPACE).size():,} subnets" in capsys.readouterr().out
+    out = tmp_path / "results" / "train_supernet"
+    assert command.run(_args(params, data_dir=data_dir, out=out, json=True)) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steps"] == 4 and printed["supernet_path"] == str(out / "supernet.pt")
+    assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "supernet.pt", "train_metrics.json"]
+    assert json.loads((out / "train_metrics.json").read_text())["steps"] == 4
+    assert load_supernet(out / "supernet.pt").space == SearchSpace(TINY_SPACE)
