@@ -18,10 +18,17 @@ Every standalone run uses the supernet's optimiser settings (Adam, cosine schedu
 channels-last as configured) and the same training form (see ``train_alone``). Results of finished trainings are cached in ``--work`` keyed by their settings,
 and the supernet resumes from its ``last.ckpt``, so an interrupted run picks up where it stopped.
 
-    # a few minutes: checks that everything works, figures are not meaningful yet
-    .venv/bin/python bench/bench_supernet.py --supernet-steps 150 --alone-steps 150 --timing-steps 5
-    # the full run (about 25 min of 2 idle cores with the default space)
-    .venv/bin/python bench/bench_supernet.py --supernet-steps 1500 --alone-steps 600
+    # a few minutes: checks that everything works; at this budget nothing has learned much yet
+    .venv/bin/python bench/bench_supernet.py --supernet-steps 100 --alone-steps 100 --timing-steps 3
+    # ~10 min on 2 idle cores: the figures below
+    .venv/bin/python bench/bench_supernet.py --supernet-steps 2000 --alone-steps 1000
+    # the full run, ~30 min on 2 idle cores
+    .venv/bin/python bench/bench_supernet.py --supernet-steps 6000 --alone-steps 3000 --json bench_supernet.json
+
+Measured (default space and training config, 2000 / 1000 steps, batch 32, LR patch 24, bf16): (a) Kendall tau
+0.786 (Set5, Set14 and their mean alike); (b) largest subnet w32-w4.w4.w4.w4.w4.w4, Set5 x2 inherited 36.32 dB vs
+36.43 dB trained alone (-0.11 dB); (c) with 1 thread on a shared machine, sandwich step 142 ms, the supernet's
+largest subnet alone 97 ms, a plain step of the standalone largest subnet 91 ms (1.56x and 1.06x).
 
 Timings are wall-clock on a shared machine; compare figures of one run, not of runs at different times.
 """
@@ -173,8 +180,8 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("/work/shared/data"), help="folder holding T91, Set5, Set14")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/srnas-bench-data"), help="prepared data (outside the repo)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/srnas-bench-supernet"), help="checkpoints and cached results")
-    parser.add_argument("--supernet-steps", type=int, default=1500, help="supernet budget, and the budget of (b)'s standalone run")
-    parser.add_argument("--alone-steps", type=int, default=600, help="budget of each standalone run for (a)")
+    parser.add_argument("--supernet-steps", type=int, default=2000, help="supernet budget, and the budget of (b)'s standalone run")
+    parser.add_argument("--alone-steps", type=int, default=1000, help="budget of each standalone run for (a)")
     parser.add_argument("--subnets", type=int, default=8, help="subnets ranked in (a)")
     parser.add_argument("--timing-steps", type=int, default=10, help="measured steps per kind in (c), after 2 warm-up")
     parser.add_argument("--num-cells", type=int, default=SearchSpaceConfig().num_cells)

@@ -32,6 +32,29 @@ Why one global width, not a width per cell
 
 Widths are multiples of 8 (the SIMD width of fp32 AVX2 / bf16 AVX-512 kernels) so that every subnet the
 search prices is one the runtime executes without padding.
+
+Default sizing (measured)
+-------------------------
+``srnas.profiling.profile_module`` on this project's 2-core CI machine, 2 threads, median of 9, x2 at LR
+360x640 (720p out); ranges are repeated runs on the shared machine:
+
+=============================  =======  ==============  ====================
+subnet                         GMAC     torch_bf16 ms   onnxruntime_fp32 ms
+=============================  =======  ==============  ====================
+w8-s.s.s.s.s.s (smallest)       0.25     13 - 17         14 - 21
+w16-c.c.c.c.s.s (= plain16)     2.62     23 - 29         37
+w16-c.c.c.c.c.c                 3.68     36 - 43         48 - 49
+w32-w2.w2.w2.w2.w2.w2          19.4      154             256
+w32-w4.w4.w4.w4.w4.w4 (largest) 25.1     252             414
+w48-w4.w4.w4.w4.w4.w4          55.6      380             606
+=============================  =======  ==============  ====================
+
+(registered ``plain16`` in the same runs: 23 - 27 ms bf16, 36 - 37 ms ORT.) So the 33 ms budget cuts through the
+width-8 and width-16 subnets, the smallest is at about half the budget (head and tail convs, residual and PixelShuffle at 720p:
+memory-bound work) and the largest is 8-13x over it. At x4 (LR 180x320) the smallest is 10-11 ms and the largest
+58 ms bf16 / 91 ms ORT. Width 48 is not a default: at x2 it only adds subnets 10x or more over the budget and it
+doubles the cost of every sandwich step (the largest subnet dominates it); add it to ``supernet.space.widths``
+for x4, where wider subnets fit the budget.
 """
 
 from __future__ import annotations
