@@ -30,7 +30,7 @@ import numpy as np
 
 from srnas.config import LatencyConfig, SearchSpaceConfig
 from srnas.latency.profile import calibration_from_table, profile_target
-from srnas.latency.runtime import target_available
+from srnas.latency.runtime import quiet_stats, target_available
 from srnas.latency.schemes import schemes_markdown
 from srnas.latency.targets import select_targets
 from srnas.latency.validate import sample_networks, validate_predictor
@@ -67,6 +67,7 @@ def main() -> None:
         print(f"fingerprint {table.fingerprint_id}; table: {len(table)} layers on the granularity-{table.granularity} grid, "
               f"{table.measured} measured, {table.reused} from cache")
         print(f"table build (schemes + layers + calibration): {result.seconds:.0f} s")
+        print(f"quiet guard so far: {quiet_stats}")
         print(f"overhead model: {result.predictor.overhead}")
         print()
         print(schemes_markdown(result.schemes))
@@ -75,9 +76,10 @@ def main() -> None:
         nets = sample_networks(space, args.count, np.random.default_rng(cfg.seed + 1), pruned_share=cfg.pruned_share,
                                granularity=table.granularity, exclude=calibration_from_table(table))
         start = time.perf_counter()
-        report = validate_predictor(result.predictor, nets, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.rounds)
+        report = validate_predictor(result.predictor, nets, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.net_rounds)
         s = report.summary()
         print(f"validation ({time.perf_counter() - start:.0f} s): {report.describe()}")
+        print(f"quiet guard so far: {quiet_stats}")
         print(f"  within +-10%: {s['within_10pct']:.1%}   MAPE: {s['mape']:.2%}   Spearman: {s['spearman']:.4f}   "
               f"mean error {s['mean_error']:+.2%}")
         worst = sorted(zip(report.errors, report.names, report.predicted, report.measured), key=lambda r: -abs(r[0]))[:5]

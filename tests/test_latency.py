@@ -204,7 +204,8 @@ def test_predictor_is_exact_on_one_profiled_block(tmp_path, runtime_name, precis
     target = _target(runtime_name, precision)
     block = LayerKey("conv", 8, 16)
     table = build_table(target, [block], granularity=8, warmup=0, runs=2, cache_dir=tmp_path)  # really measured
-    assert table.entries[block] >= 0
+    # torch times the layer alone (positive); ONNX Runtime's is a marginal cost in context, unclamped (may dip below 0)
+    assert math.isfinite(table.entries[block]) and (runtime_name == "onnxruntime_fp32" or table.entries[block] > 0)
     overhead = OverheadModel(per_join_ms=1.5, per_join_channel_ms=0.25)  # joins cost, but one block has none
     assert LatencyPredictor(table, overhead).predict_layers([block]) == table.entries[block]
 
@@ -266,7 +267,9 @@ def test_every_layer_op_measures_on_each_runtime(runtime_name, precision) -> Non
         pytest.skip("no native bf16 on this CPU")
     target = _target(runtime_name, precision)
     for layer in LAYERS:
-        assert runtime.measure_layer(target, layer, warmup=0, runs=1) >= 0.0
+        ms = runtime.measure_layer(target, layer, warmup=0, runs=1)
+        # ONNX Runtime values are marginal costs in context (unclamped, see measure_layer); torch times the layer alone
+        assert math.isfinite(ms) and (runtime_name == "onnxruntime_fp32" or ms > 0.0)
     net = PrunedSubnet(SubnetConfig(16, (CellConfig("conv"), CellConfig("wdsr", 2))), (8, 8, 16, 8, 8))
     assert runtime.measure_network(target, net, warmup=0, runs=1) > 0.0
 

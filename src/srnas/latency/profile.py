@@ -82,8 +82,9 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
     cache = LatencyCache(cache_dir if cache_dir is not None else cfg.cache_dir, target.fingerprint())
     log.info("%s: fingerprint %s", target.label, cache.fingerprint_id)
 
-    schemes = measure_schemes(target, space, cfg, cache=cache.section("schemes", protocol_key(target, cfg.warmup, cfg.runs)))
-    cache.save()
+    schemes = measure_schemes(target, space, cfg, cache=cache)
+    for r in schemes.results:
+        log.info("%s: scheme %s %s (%.2fx)", target.name, r.scheme, r.status, r.decisive)
     granularity = schemes.table_granularity(cfg.granularities, cfg.min_table_granularity)
     layers = enumerate_layers(space, target.scale, granularity)
     log.info("%s: table on the granularity-%d grid: %d layers", target.name, granularity, len(layers))
@@ -95,8 +96,8 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
     table = build_table(target, layers, granularity=granularity, warmup=cfg.warmup, runs=cfg.runs, rounds=cfg.rounds,
                         cache_dir=cache.path.parent, cache=cache, progress=progress)
     calibration = calibration_networks(space, cfg, granularity)
-    measured = measure_networks(target, calibration, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.rounds,
-                                cache=cache.section("networks", protocol_key(target, cfg.net_warmup, cfg.net_runs, cfg.rounds)))
+    measured = measure_networks(target, calibration, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.net_rounds,
+                                cache=cache.section("networks", protocol_key(target, cfg.net_warmup, cfg.net_runs, cfg.net_rounds)))
     cache.save()
     overhead = fit_overhead(table, calibration, measured)
     predictor = LatencyPredictor(table, overhead)
@@ -108,7 +109,7 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
                         for n, ms in zip(calibration, measured)],
         "space": space.to_dict(),
         "accepted_schemes": schemes.accepted(),
-        "net_protocol": {"warmup": cfg.net_warmup, "runs": cfg.net_runs, "rounds": cfg.rounds},
+        "net_protocol": {"warmup": cfg.net_warmup, "runs": cfg.net_runs, "rounds": cfg.net_rounds},
     }
     table.save(out_dir / TABLE_FILE)
     atomic.write_json(out_dir / BUILD_JSON, table.build_info() | {"target": target.name,

@@ -22,7 +22,10 @@ glibc malloc fix of :mod:`srnas.profiling` in effect and the target's thread cou
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import os
+import resource
 import statistics
 import tempfile
 import time
@@ -40,6 +43,8 @@ from srnas.profiling import RuntimeUnavailableError, _prepare_allocator, _time_c
 
 __all__ = ["LayerModule", "measure_layer", "measure_network", "sparsify_", "scheme_precision", "scheme_sparsity",
            "target_available"]
+
+log = logging.getLogger(__name__)
 
 OPSET = 17
 _RELU_OPS = ("head", "conv", "expand")
@@ -307,6 +312,62 @@ def _ort_call(layer: LayerKey, target: Target, precision: str, sparsity: float, 
 
 # --------------------------------------------------------------------------------------- timing
 
+# The quiet guard. The machine may be shared: a neighbour's process taking a core in the middle of a
+# measurement inflates it (two threads on two cores: one descheduled thread stalls the other). So every
+# measurement counts the CPU time the *rest of the system* used meanwhile (/proc/stat minus this process)
+# and, when that exceeds QUIET_LIMIT cores on average, waits and measures again, up to QUIET_ATTEMPTS times.
+QUIET_LIMIT = 0.15
+QUIET_ATTEMPTS = 6
+QUIET_WAIT_S = 2.0
+quiet_stats = {"measurements": 0, "retries": 0, "disturbed": 0}
+
+
+def _system_busy_s() -> float | None:
+    """CPU seconds every CPU of the system has been busy since boot (None where /proc/stat is unavailable)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:]]
+    busy = sum(values[:8]) - values[3] - (values[4] if len(values) > 4 else 0)  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def others_busy(fn: Callable[[], float]) -> tuple[float, float]:
+    """Run ``fn``; return its value and the cores the rest of the system kept busy meanwhile (0 if unknown)."""
+    busy0, own0, wall0 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
+    value = fn()
+    busy1, own1, wall1 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
+    if busy0 is None or busy1 is None:
+        return value, 0.0
+    return value, max((busy1 - busy0) - (own1 - own0), 0.0) / max(wall1 - wall0, 1e-9)
+
+
+def quiet(fn: Callable[[], float], what: str = "") -> float:
+    """``fn()`` measured while the rest of the machine stays (nearly) idle; see :data:`QUIET_LIMIT`."""
+    quiet_stats["measurements"] += 1
+    value, others = others_busy(fn)
+    for _ in range(QUIET_ATTEMPTS - 1):
+        if others <= QUIET_LIMIT:
+            return value
+        quiet_stats["retries"] += 1
+        log.debug("%s: other processes kept %.2f cores busy; measuring again", what, others)
+        time.sleep(QUIET_WAIT_S)
+        value, others = others_busy(fn)
+    if others > QUIET_LIMIT:
+        quiet_stats["disturbed"] += 1
+        log.warning("%s: measured while other processes kept %.2f cores busy (after %d attempts)", what, others, QUIET_ATTEMPTS)
+    return value
+
+
 
 @contextlib.contextmanager
 def _pinned(threads: int) -> Iterator[None]:
@@ -324,23 +385,32 @@ def _check_target(target: Target) -> None:
         raise RuntimeUnavailableError(f"target {target.name}: runtime {target.runtime!r} is not available on this machine")
 
 
-# Context times, (ms, when measured): reused by the layers of one width measured close together, measured again
-# after CONTEXT_TTL_S so that a later round of the table does not inherit an earlier round's disturbance.
-_CONTEXT_MS: dict[tuple[Any, ...], tuple[float, float]] = {}
-CONTEXT_TTL_S = 30.0
-
-
 def _median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
     times, _ = _time_calls(call, warmup, runs)
     return float(statistics.median(times))
 
 
+def _bracketed_difference_ms(with_layer: Callable[[], Any], context: Callable[[], Any], warmup: int, runs: int) -> float:
+    """Median of the graph with the layer minus the mean of the context's medians just before and just after.
+
+    Blocks, not alternating calls: ONNX Runtime's intra-op threads spin for a while after a run, so a session
+    called right after another one competes with the first one's spinning threads. Bracketing the layer between
+    two context blocks keeps the subtracted time from the same minute (a drifting machine cancels out).
+    """
+    before = _median_ms(context, warmup, runs)
+    total = _median_ms(with_layer, warmup, runs)
+    after = _median_ms(context, warmup, runs)
+    return total - (before + after) / 2
+
+
 def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int) -> float:
     """Median milliseconds ``layer`` adds to a network on ``target`` (scheme ``bf16``/``int8``/``sparseNN`` applied).
 
+    ONNX Runtime values are marginal costs in context and may be slightly negative (see below).
+
     Torch: the layer module called on inputs already in the network's layout and precision. ONNX Runtime: the
-    layer graph with its input producers minus the producers alone (memoised per width), so layout reorders
-    and the per-call cost of ``session.run`` are counted once per network, as they happen.
+    layer graph with its input producers minus the producers alone (timed just before and after), so layout
+    reorders and the per-call cost of ``session.run`` are counted once per network, as they happen.
     """
     _check_target(target)
     _prepare_allocator()
@@ -350,19 +420,17 @@ def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int) ->
         if target.runtime != "onnxruntime_fp32":
             if precision not in ("fp32", "bf16"):
                 raise ValueError(f"torch runs fp32 or bf16 layers, not {precision}")
-            return _median_ms(_torch_layer_call(layer, target, precision, sparsity), warmup, runs)
+            call = _torch_layer_call(layer, target, precision, sparsity)
+            return quiet(lambda: _median_ms(call, warmup, runs), layer.id)
         if precision not in ("fp32", "int8"):
             raise ValueError(f"onnxruntime runs fp32 or int8 layers, not {precision}")
-        total = _median_ms(_ort_call(layer, target, precision, sparsity, "layer", stack), warmup, runs)
+        with_layer = _ort_call(layer, target, precision, sparsity, "layer", stack)
         if layer.op == "head":
-            return total
-        key = (target, layer.cin, layer.cout if layer.op == "wdsr_conv" else 0, precision, warmup, runs)
-        cached = _CONTEXT_MS.get(key)
-        if cached is None or time.monotonic() - cached[1] > CONTEXT_TTL_S:
-            # subtracted from several layers: take more runs, its noise would be systematic
-            ms = _median_ms(_ort_call(layer, target, precision, 0.0, "context", stack), warmup, 2 * runs + 1)
-            cached = _CONTEXT_MS[key] = (ms, time.monotonic())
-        return max(total - cached[0], 0.0)
+            return quiet(lambda: _median_ms(with_layer, warmup, runs), layer.id)
+        context = _ort_call(layer, target, precision, 0.0, "context", stack)
+        # Not clamped at 0: a layer that narrows the activation (a reduce 64 -> 16) can cost less than the wide
+        # hand-over it removes; the sum over a network telescopes only with the signed values.
+        return quiet(lambda: _bracketed_difference_ms(with_layer, context, warmup, runs), layer.id)
 
 
 _EXPORTS: dict[tuple[Any, ...], Path] = {}
@@ -404,6 +472,8 @@ def measure_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module
     precision = precision or target.precision
     if target.runtime == "onnxruntime_fp32":
         path = _exported(model, net, precision, sparsity)
-        return profile_module(path, "onnxruntime_fp32", target.input_hw, threads=target.threads, warmup=warmup, runs=runs).median_ms
+        return quiet(lambda: profile_module(path, "onnxruntime_fp32", target.input_hw, threads=target.threads,
+                                            warmup=warmup, runs=runs).median_ms, getattr(net, "name", "network"))
     runtime = "torch_bf16" if precision == "bf16" else "torch_fp32"
-    return profile_module(model, runtime, target.input_hw, threads=target.threads, warmup=warmup, runs=runs).median_ms
+    return quiet(lambda: profile_module(model, runtime, target.input_hw, threads=target.threads, warmup=warmup,
+                                        runs=runs).median_ms, getattr(net, "name", "network"))

@@ -23,14 +23,17 @@ must not offer it for this target. Candidates:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from srnas.config import LatencyConfig
-from srnas.latency.layers import LayerKey, SubnetConfig, round_channels
+from srnas.latency.layers import LayerKey, SubnetConfig, as_pruned, round_channels
+from srnas.latency.table import LatencyCache, build_table, protocol_key
 from srnas.latency.targets import Target
 from srnas.supernet.space import SearchSpace
 
@@ -120,33 +123,62 @@ def measure_schemes(
     *,
     measure_layer: MeasureLayer | None = None,
     measure_network: MeasureNetwork | None = None,
-    cache: dict[str, float] | None = None,
+    cache: LatencyCache | None = None,
 ) -> SchemeReport:
     """Measure every candidate scheme on ``target`` (see the module docstring) and decide which are accelerated.
 
-    ``cache`` (layer or network id -> ms) is read and filled so that a rerun under the same fingerprint
-    measures nothing again.
+    Layers are measured like table entries (:func:`~srnas.latency.table.build_table`: lowest median of
+    ``cfg.rounds`` sweeps) and networks like validation networks; ``cache`` (the target's
+    :class:`~srnas.latency.table.LatencyCache`) shares them with the table and makes a rerun measure nothing.
     """
     from srnas.latency import runtime
+    from srnas.latency.validate import measure_networks
 
     measure_layer = measure_layer or runtime.measure_layer
     measure_network = measure_network or runtime.measure_network
-    cache = {} if cache is None else cache
-    warmup, runs = cfg.warmup, cfg.runs
+    with contextlib.ExitStack() as stack:
+        if cache is None:
+            cache = LatencyCache(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-schemes-")), target.fingerprint())
+        layers: dict[LayerKey, float] = {}
+        nets = cache.section("networks", protocol_key(target, cfg.net_warmup, cfg.net_runs, cfg.net_rounds))
+        # The layers a decision needs depend on earlier decisions (the reference granularity): ask, measure what
+        # was missing, decide again, until nothing is missing.
+        for _ in range(10):
+            missing_layers: set[LayerKey] = set()
+            missing_nets: dict[str, tuple[SubnetConfig, str]] = {}
 
-    def layer_ms(layer: LayerKey) -> float:
-        key = f"layer/{layer.id}"
-        if key not in cache:
-            cache[key] = float(measure_layer(target, layer, warmup=warmup, runs=runs))
-        return cache[key]
+            def layer_ms(layer: LayerKey) -> float:
+                if layer not in layers:
+                    missing_layers.add(layer)
+                    return 1.0
+                return layers[layer]
 
-    def net_ms(net: SubnetConfig, precision: str | None = None, sparsity: float = 0.0) -> float:
-        key = f"net/{net.name}/{precision or target.precision}/{sparsity:g}"
-        if key not in cache:
-            cache[key] = float(measure_network(target, net, warmup=cfg.net_warmup, runs=cfg.net_runs,
-                                               precision=precision, sparsity=sparsity))
-        return cache[key]
+            def net_ms(net: SubnetConfig, precision: str) -> float:
+                key = f"{net.name}@{precision}"
+                if key not in nets:
+                    missing_nets[key] = (net, precision)
+                    return 1.0
+                return nets[key]
 
+            report = _decide(target, space, cfg, layer_ms, net_ms)
+            if not missing_layers and not missing_nets:
+                return report
+            if missing_layers:
+                table = build_table(target, missing_layers, granularity=0, warmup=cfg.warmup, runs=cfg.runs,
+                                    rounds=cfg.rounds, cache_dir=cache.path.parent, cache=cache, measure=measure_layer)
+                layers.update(table.entries)
+            for key, (net, precision) in missing_nets.items():
+                def measure(t: Target, n: Any, *, warmup: int, runs: int, _p: str = precision) -> float:
+                    return measure_network(t, n, warmup=warmup, runs=runs, precision=_p)
+
+                nets[key] = measure_networks(target, [as_pruned(net)], warmup=cfg.net_warmup, runs=cfg.net_runs,
+                                             rounds=cfg.net_rounds, measure=measure)[0]
+            cache.save()
+    raise RuntimeError("scheme measurement did not settle")  # pragma: no cover - each pass only adds layers
+
+
+def _decide(target: Target, space: SearchSpace, cfg: LatencyConfig, layer_ms: Callable[[LayerKey], float],
+            net_ms: Callable[[SubnetConfig, str], float]) -> SchemeReport:
     widths = tuple(cfg.scheme_widths) or tuple(w for w in space.widths if w >= 16) or space.widths[-1:]
     ops = ("conv", "expand")  # a conv3x3 and a conv1x1 whose output channels are pruned
     results: list[SchemeResult] = []
@@ -235,8 +267,6 @@ def measure_schemes(
 
     results.append(SchemeResult("sparse_2to4", "semi-structured", UNAVAILABLE, math.nan, {},
                                 "2:4 sparsity is accelerated only by GPU runtimes (sparse tensor cores); none here"))
-    for r in results:
-        log.info("%s: %s %s (%.2fx)", target.name, r.scheme, r.status, r.decisive)
     return SchemeReport(target, threshold, results)
 
 

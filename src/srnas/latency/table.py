@@ -144,7 +144,7 @@ class LatencyTable:
                 corners[(a, b)] = self.entries[key]
         low = corners[(a0, b0)] * (1 - tb) + corners[(a0, b1)] * tb
         high = corners[(a1, b0)] * (1 - tb) + corners[(a1, b1)] * tb
-        return max(low * (1 - ta) + high * ta, 0.0)
+        return low * (1 - ta) + high * ta
 
     def build_info(self) -> dict[str, Any]:
         """How this table was obtained (varies between runs, so it is kept out of :meth:`to_dict`)."""
