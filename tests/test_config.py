@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from srnas.commands.config_cmd import dvc_overrides
+from srnas.config import TrainConfig, from_mapping
 from srnas.errors import ConfigError
 from srnas.schema import settings_schema
 from srnas.settings import load_settings
@@ -75,6 +76,16 @@ def test_schema_accepts_profiles_and_rejects_typos() -> None:
 
 def test_dvc_overrides_flatten_a_profile() -> None:
     args = dvc_overrides({"data": {"source": "folder", "eval_sets": ["Set5", "B100"], "root": "../shared/data"}}, ["data.root=/d"])
-    assert args == ["-S data.source=folder", "-S data.eval_sets=[Set5,B100]", "-S data.root=/d"]
+    assert args == ["-S ++data.source=folder", "-S ++data.eval_sets=[Set5,B100]", "-S ++data.root=/d"]
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         dvc_overrides({}, ["novalue"])
+
+
+def test_steps_by_model_overrides_the_step_budget_per_model() -> None:
+    train = from_mapping(TrainConfig, {"steps": 100, "steps_by_model": {"fsrcnn": 40}}, "params.yaml:train")
+    assert train.for_model("fsrcnn").steps == 40 and train.for_model("fsrcnn").steps_by_model == {}
+    assert train.for_model("plain32").steps == 100
+    with pytest.raises(ConfigError, match=r"params.yaml:train.steps_by_model.fsrcnn: must be at least 1"):
+        from_mapping(TrainConfig, {"steps_by_model": {"fsrcnn": 0}}, "params.yaml:train")
+    with pytest.raises(ConfigError, match=r"params.yaml:train.steps_by_model.fsrcnn: expected an integer"):
+        from_mapping(TrainConfig, {"steps_by_model": {"fsrcnn": "many"}}, "params.yaml:train")

@@ -41,6 +41,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         return tuple(_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, key_type, f"{where} key {k!r}"): _coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(annotation):
         return from_mapping(annotation, value, where)
     if annotation is bool:
@@ -207,7 +212,8 @@ class TrainConfig:
     """How a baseline is trained (``srnas.training.train``): L1 loss, Adam, cosine schedule over ``steps``.
 
     Defaults train fast on a 2-core CPU: LR patches of 24 (HR 48 at x2; the paper uses 48 LR on DIV2K),
-    batch 32, 2000 steps. ``bf16``: ``auto`` uses bfloat16 autocast when the CPU has native bf16
+    batch 32, 2000 steps. ``steps_by_model`` overrides ``steps`` per model name (a model that runs fewer
+    steps per second gets fewer steps, so every model fits the same wall-clock budget on the reference machine). ``bf16``: ``auto`` uses bfloat16 autocast when the CPU has native bf16
     (avx512_bf16 or AMX) and oneDNN supports it; ``on`` forces it, ``off`` trains in fp32.
     ``checkpoint_every`` 0 writes ``last.ckpt`` only at the end; ``val_every`` 0 validates only at the end.
     Weights, losses and the sampled patches are a pure function of (``seed``, config, data), so a run resumed
@@ -216,6 +222,7 @@ class TrainConfig:
     """
 
     steps: int = 2000
+    steps_by_model: dict[str, int] = field(default_factory=dict, hash=False)
     batch_size: int = 32
     lr_patch_size: int = 24
     lr: float = 1e-3
@@ -231,6 +238,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "steps", f"must be at least 1, got {self.steps}")
+        for name, steps in self.steps_by_model.items():
+            _check(steps >= 1, f"steps_by_model.{name}", f"must be at least 1, got {steps}")
         _check(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
         _check(self.lr_patch_size >= 4, "lr_patch_size", f"must be at least 4 (LR pixels), got {self.lr_patch_size}")
         _check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
@@ -241,6 +250,10 @@ class TrainConfig:
         _check(self.log_every >= 1, "log_every", f"must be at least 1, got {self.log_every}")
         _check(self.bf16 in BF16_MODES, "bf16", f"expected one of {', '.join(BF16_MODES)}, got {self.bf16!r}")
         _check(self.val_every >= 0, "val_every", f"must be 0 (only at the end) or positive, got {self.val_every}")
+
+    def for_model(self, model: str) -> TrainConfig:
+        """This config with ``steps`` resolved for ``model`` (and no per-model table left)."""
+        return dataclasses.replace(self, steps=self.steps_by_model.get(model, self.steps), steps_by_model={})
 
 
 PROFILE_RUNTIMES = ("torch_fp32", "torch_bf16", "onnxruntime_fp32", "executorch_xnnpack", "torch_cuda")

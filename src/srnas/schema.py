@@ -24,6 +24,8 @@ def _type_schema(annotation: Any) -> dict[str, Any]:
         return schema
     if origin is tuple:
         return {"type": "array", "items": _type_schema(typing.get_args(annotation)[0])}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _type_schema(typing.get_args(annotation)[1])}
     if dataclasses.is_dataclass(annotation):
         return dataclass_schema(annotation)  # type: ignore[arg-type]
     if annotation in _SCALARS:
@@ -49,6 +51,8 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
             prop["description"] = f.metadata["help"]
         if f.default is not dataclasses.MISSING and not dataclasses.is_dataclass(f.default):
             prop["default"] = _json_default(f.default)
+        elif f.default_factory is dict:  # type: ignore[comparison-overlap]
+            prop["default"] = {}
         properties[f.name] = prop
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if cls.__doc__:

@@ -9,7 +9,7 @@ rule train_baseline:
         model="results/train_baseline/{model}_x{scale}/model.pt",
         metrics="results/train_baseline/{model}_x{scale}/train_metrics.json",
     params:
-        config=config_json(),
+        config=config_json("train"),
         out=subpath(output.model, parent=True),
     log:
         "logs/train_baseline/{model}_x{scale}.log",
@@ -31,7 +31,7 @@ rule export:
         onnx="results/export/{model}_x{scale}/model.onnx",
         parity="results/export/{model}_x{scale}/parity.json",
     params:
-        config=config_json(),
+        config=config_json("export"),
         out=subpath(output.onnx, parent=True),
     log:
         "logs/export/{model}_x{scale}.log",
@@ -52,7 +52,7 @@ rule profile_model:
     output:
         latency="results/profile_model/{model}_x{scale}.json",
     params:
-        config=config_json(),
+        config=config_json("profile"),
     log:
         "logs/profile_model/{model}_x{scale}.log",
     benchmark:

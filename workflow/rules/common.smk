@@ -9,9 +9,14 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
 
-def config_json():
-    """The merged config (params.yaml plus --configfile/--config overrides) for the CLI."""
-    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+ALWAYS_PASSED = ("tracking", "data")
+
+
+def config_json(*sections):
+    """The merged config (params.yaml plus --configfile/--config overrides) for the CLI: ``tracking``, ``data``
+    and ``sections`` only (all with none named), so that a rule reruns when its own sections change, not others'."""
+    keep = set(ALWAYS_PASSED + sections) if sections else set(config)
+    return json.dumps({k: v for k, v in config.items() if k in keep}, sort_keys=True, separators=(",", ":"))
 
 
 def scales():

@@ -4,7 +4,7 @@ rule prepare_data:
     output:
         directory("results/prepare_data"),
     params:
-        config=config_json(),
+        config=config_json("data"),
     log:
         "logs/prepare_data/prepare_data.log",
     benchmark:

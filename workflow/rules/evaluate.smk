@@ -6,7 +6,7 @@ rule evaluate:
     output:
         metrics="results/evaluate/{model}_x{scale}.json",
     params:
-        config=config_json(),
+        config=config_json("data"),
     log:
         "logs/evaluate/{model}_x{scale}.log",
     benchmark:

@@ -11,7 +11,7 @@ rule report:
         figures=directory("results/report"),
         metrics="results/metrics.json",
     params:
-        config=config_json(),
+        config=config_json("data"),
     log:
         "logs/report/report.log",
     benchmark:

@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     schema.set_defaults(handler=run_schema)
     dvc_args = actions.add_parser(
         "dvc-args",
-        help="print `-S key=value` arguments that select a profile with `dvc exp run`",
+        help="print `-S ++key=value` arguments that select a profile with `dvc exp run`",
         description="Example: dvc exp run $(srnas config dvc-args config/benchmark.yaml --set data.root=../shared/data)",
     )
     dvc_args.add_argument("overlay", type=Path, help="profile YAML, e.g. config/smoke.yaml")
@@ -91,7 +91,8 @@ def dvc_overrides(overlay: Mapping[str, Any], extra: list[str]) -> list[str]:
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         pairs[key] = value
-    return [f"-S {key}={value}" for key, value in pairs.items()]
+    # ++: override or add (a key the profile sets may be absent from params.yaml, e.g. train.steps_by_model.fsrcnn)
+    return [f"-S ++{key}={value}" for key, value in pairs.items()]
 
 
 def run_dvc_args(args: argparse.Namespace) -> int:

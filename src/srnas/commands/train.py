@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a baseline model (stage train_baseline)",
         description="Train a registered model on the prepared training pairs: L1 loss, Adam, cosine schedule, "
-        "a budget in steps (train.steps). Checkpoints go to OUT/last.ckpt every train.checkpoint_every steps and a "
+        "a budget in steps (train.steps, or train.steps_by_model.MODEL). Checkpoints go to OUT/last.ckpt every train.checkpoint_every steps and a "
         "rerun resumes from there; the final weights go to OUT/model.pt. Models without weights (bicubic) get a "
         "model.pt that records the architecture, so every model goes through the same export/profile/evaluate path.",
     )
@@ -34,14 +34,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
-    from srnas.models import create_model, model_info
+    from srnas.errors import ConfigError
+    from srnas.models import create_model, list_models, model_info
     from srnas.training import train
     from srnas.training.checkpoint import save_trained
 
     settings = settings_from_args(args)
     info = model_info(args.model)
+    unknown = sorted(set(settings.train.steps_by_model) - set(list_models()))
+    if unknown:
+        raise ConfigError(f"train.steps_by_model: unknown model(s) {', '.join(unknown)}; known: {', '.join(list_models())}")
+    train_cfg = settings.train.for_model(args.model)
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
-    params = {"model": args.model, "scale": args.scale, "train": dataclasses.asdict(settings.train)}
+    params = {"model": args.model, "scale": args.scale, "train": dataclasses.asdict(train_cfg)}
     with tracking.stage_run(settings.tracking, "train_baseline", params, tags) as stage:
         if not info.has_weights:
             save_trained(args.out / "model.pt", create_model(args.model, args.scale), args.model, args.scale, {})
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             args.model,
             args.scale,
             args.data_dir,
-            settings.train,
+            train_cfg,
             args.out,
             on_metrics=lambda metrics, step: stage.log_metrics(metrics, step=step),
             resume=not args.no_resume,
