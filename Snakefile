@@ -12,6 +12,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/supernet.smk"
+include: "workflow/rules/latency.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -68,13 +68,19 @@ def test_snakemake_smoke_pipeline(tmp_path: Path) -> None:
     profile = json.loads((project / "results" / "profile_model" / "plain16_x2.json").read_text())
     assert {r["runtime"] for r in profile["results"]} >= {"torch_fp32", "onnxruntime_fp32"}
     assert all("onnxruntime" in r["fingerprint"] for r in profile["results"])
+    assert "## Supernet" in report and "## Latency model and pruning schemes" in report and "| filter_g16 |" in report
+    supernet = json.loads((project / "results" / "train_supernet" / "train_metrics.json").read_text())
+    assert supernet["steps"] == 20 and supernet["space_size"] > 1 and (project / "results" / "train_supernet" / "supernet.pt").is_file()
+    table = json.loads((project / "results" / "profile_device" / "cpu_torch_fp32" / "table.json").read_text())
+    assert table["entries"] and table["fingerprint"]["runtime"] == "torch_fp32"
     manifest = json.loads((project / "results" / "prepare_data" / "manifest.json").read_text())
     assert manifest["files"]
     assert (project / "logs" / "prepare_data" / "prepare_data.log").exists()
 
     runs = _stage_runs(project)
     stages = {run["stage"] for run in runs}
-    assert {"prepare_data", "train_baseline", "export", "profile_model", "evaluate", "report"} <= stages
+    assert {"prepare_data", "train_baseline", "export", "profile_model", "evaluate", "train_supernet", "profile_device",
+            "report"} <= stages
     parents = {run["pipeline_run_id"] for run in runs}
     assert len(parents) == 1 and None not in parents, "all stages belong to one pipeline run"
     evaluate = next(run for run in runs if run["stage"] == "evaluate" and run["tags"]["srnas.model"] == "bicubic")

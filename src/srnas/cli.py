@@ -25,6 +25,8 @@ COMMANDS = (
     "profile",
     "evaluate",
     "pipeline",
+    "supernet",
+    "latency",
     "report",
     "compare",
     "upscale",

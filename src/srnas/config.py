@@ -365,6 +365,7 @@ class SupernetTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(not self.steps_by_model, "steps_by_model", "the supernet is one model: set `steps`")
         _check(self.num_random >= 0, "num_random", f"must be 0 or positive, got {self.num_random}")
         _check(0.0 <= self.distill <= 1.0, "distill", f"must be between 0 and 1, got {self.distill}")
         _check(self.child_weight > 0.0, "child_weight", f"must be positive, got {self.child_weight}")

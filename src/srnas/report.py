@@ -72,7 +72,45 @@ def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def render_markdown(results: list[ModelResult], figures: dict[str, str] | None = None) -> str:
+def supernet_section(train_dir: Path) -> list[str]:
+    """Markdown lines on the trained supernet (``train_supernet`` output), or none when it was not trained."""
+    path = train_dir / "train_metrics.json"
+    if not path.is_file():
+        return []
+    m = _read_json(path)
+    lines = ["## Supernet", "", "| key | value |", "|---|---|"]
+    for key, label in (("space_size", "subnets in the space"), ("params", "parameters"), ("largest", "largest subnet"),
+                       ("smallest", "smallest subnet"), ("sandwich", "subnets per step"), ("steps", "steps"),
+                       ("seconds", "seconds"), ("val_psnr_largest", "largest subnet val PSNR"),
+                       ("val_psnr_smallest", "smallest subnet val PSNR")):
+        value = m.get(key)
+        if isinstance(value, float):
+            value = f"{value:.2f}"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:,}"
+        lines.append(f"| {label} | {'-' if value is None else value} |")
+    return lines + [""]
+
+
+def latency_model_section(device_dir: Path) -> list[str]:
+    """Markdown lines on each target's latency table and measured pruning schemes (``profile_device`` output)."""
+    lines: list[str] = []
+    for target_dir in sorted(p for p in device_dir.glob("*") if p.is_dir()) if device_dir.is_dir() else []:
+        build = _read_json(target_dir / "build.json") if (target_dir / "build.json").is_file() else {}
+        if build.get("available", True) and build:
+            lines += [f"Latency table of `{target_dir.name}`: {build.get('entries', '?')} layer configurations on the "
+                      f"granularity-{build.get('granularity', '?')} channel grid ({build.get('measured', '?')} measured, "
+                      f"{build.get('reused', '?')} reused from the cache, {build.get('seconds', 0):.0f} s), overhead "
+                      f"model calibration MAPE {100 * build.get('calibration_mape', float('nan')):.1f}%.", ""]
+        schemes = target_dir / "schemes.md"
+        if schemes.is_file():
+            lines += [schemes.read_text(encoding="utf-8").rstrip(), ""]
+    return (["## Latency model and pruning schemes", ""] + lines) if lines else []
+
+
+def render_markdown(results: list[ModelResult], figures: dict[str, str] | None = None,
+                    sections: list[str] | None = None) -> str:
+    """The report: a table per scale, the figures, ``sections`` (extra markdown lines), then the target."""
     figures = figures or {}
     lines = ["# srnas report", ""]
     lines.append(
@@ -107,6 +145,7 @@ def render_markdown(results: list[ModelResult], figures: dict[str, str] | None =
         for key, caption in ((f"pareto_x{scale}", "PSNR versus latency"), (f"comparison_x{scale}", "Visual comparison")):
             if key in figures:
                 lines += [f"![{caption} x{scale}]({figures[key]})", ""]
+    lines += sections or []
     fingerprint = next((res["fingerprint"] for r in results for res in r.profile.get("results", [])), None)
     if fingerprint:
         lines += ["## Target", "", "| key | value |", "|---|---|"]

@@ -17,7 +17,9 @@ from srnas.config import (
     BaselinesConfig,
     DataConfig,
     ExportConfig,
+    LatencyConfig,
     ProfileConfig,
+    SupernetConfig,
     TrackingConfig,
     TrainConfig,
     from_mapping,
@@ -37,6 +39,8 @@ class Settings:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,21 @@ validate(config, "../schemas/config.schema.yaml")
 ALWAYS_PASSED = ("tracking", "data")
 
 
-def config_json(*sections):
-    """The merged config (params.yaml plus --configfile/--config overrides) for the CLI: ``tracking``, ``data``
-    and ``sections`` only (all with none named), so that a rule reruns when its own sections change, not others'."""
-    keep = set(ALWAYS_PASSED + sections) if sections else set(config)
-    return json.dumps({k: v for k, v in config.items() if k in keep}, sort_keys=True, separators=(",", ":"))
+def config_json(*keys):
+    """The merged config (params.yaml plus --configfile/--config overrides) for the CLI: ``tracking``, ``data`` and
+    ``keys`` (sections, or dotted keys like ``supernet.space``) only, all with none named. A rule reruns when what it
+    is passed changes, so it names what its DVC stage lists as params."""
+    if not keys:
+        return json.dumps(config, sort_keys=True, separators=(",", ":"))
+    picked = {}
+    for key in ALWAYS_PASSED + keys:
+        *parents, leaf = key.split(".")
+        source, target = config, picked
+        for part in parents:
+            source, target = source.get(part, {}), target.setdefault(part, {})
+        if leaf in source:
+            target[leaf] = source[leaf]
+    return json.dumps(picked, sort_keys=True, separators=(",", ":"))
 
 
 def scales():

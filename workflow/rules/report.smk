@@ -5,6 +5,8 @@ rule report:
         trainings=per_model("results/train_baseline/{model}_x{scale}/train_metrics.json"),
         evaluations=per_model("results/evaluate/{model}_x{scale}.json"),
         latencies=per_model("results/profile_model/{model}_x{scale}.json"),
+        supernet="results/train_supernet/train_metrics.json",
+        device="results/profile_device",
         code=package_files("report.py"),
     output:
         report="results/report.md",

@@ -67,6 +67,8 @@ def _override_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # e.g. an item of latency.targets
+        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
     return text if _PLAIN.match(text) else "'" + text.replace("'", "\\'") + "'"
 

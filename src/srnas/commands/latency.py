@@ -64,14 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _sections(settings: Any) -> tuple[Any, Any, int]:
-    """(latency config, search space config, scale); defaults where the settings do not carry the sections yet."""
-    from srnas.config import LatencyConfig, SearchSpaceConfig
-
-    latency = getattr(settings, "latency", None) or LatencyConfig()
-    supernet = getattr(settings, "supernet", None)
-    space = supernet.space if supernet is not None else SearchSpaceConfig()
-    scale = supernet.scale if supernet is not None else 2
-    return latency, space, scale
+    """(latency config, search space config, scale): the space and scale are the supernet's."""
+    return settings.latency, settings.supernet.space, settings.supernet.scale
 
 
 def run_profile(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="write results/report.md, its figures and the metrics summary (stage report)",
         description="Collect the stage outputs under --results into a Markdown report with a table per scale "
         "(parameters, GMAC per 720p frame, latency per runtime, PSNR/SSIM per set), a PSNR-versus-latency Pareto "
-        "plot and a visual comparison of crops. Closes the pipeline's parent MLflow run.",
+        "plot, a visual comparison of crops, the supernet (train_supernet) and each target's latency table and measured pruning schemes (profile_device) when present. Closes the pipeline's parent MLflow run.",
     )
     add_settings_arguments(parser)
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: %(default)s)")
@@ -48,7 +48,7 @@ def _comparison(results_dir: Path, models: list[str], scale: int, set_name: str,
 
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
-    from srnas.report import collect_results, metrics_summary, plot_pareto, render_markdown
+    from srnas.report import collect_results, latency_model_section, metrics_summary, plot_pareto, render_markdown, supernet_section
 
     settings = settings_from_args(args)
     with tracking.stage_run(settings.tracking, "report", {"results": str(args.results)}) as stage:
@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             for key, path in ((f"pareto_x{scale}", pareto), (f"comparison_x{scale}", comparison)):
                 figures[key] = Path(os.path.relpath(path, args.out.parent)).as_posix()
                 stage.log_artifact(path, "report")
-        atomic.write_text(args.out, render_markdown(results, figures))
+        sections = supernet_section(args.results / "train_supernet") + latency_model_section(args.results / "profile_device")
+        atomic.write_text(args.out, render_markdown(results, figures, sections))
         atomic.write_json(args.metrics, metrics_summary(results))
         for r in results:
             stage.log_metrics(r.metrics)

@@ -1,0 +1,21 @@
+# Stage 1 of the method: the weight-sharing supernet (sandwich rule, in-place distillation).
+
+
+rule train_supernet:
+    input:
+        data="results/prepare_data",
+        code=package_files("supernet", "training"),
+    output:
+        supernet="results/train_supernet/supernet.pt",
+        metrics="results/train_supernet/train_metrics.json",
+    params:
+        config=config_json("supernet"),
+        out=subpath(output.supernet, parent=True),
+    log:
+        "logs/train_supernet/train_supernet.log",
+    benchmark:
+        "benchmarks/train_supernet.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas train-supernet --data-dir {input.data} --out {params.out} --config-json {params.config:q} --log {log}"
