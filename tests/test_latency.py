@@ -30,7 +30,7 @@ from srnas.latency.layers import (
 from srnas.latency.predictor import LatencyPredictor, OverheadModel, fit_overhead, join_features
 from srnas.latency.profile import calibration_from_table, load_predictor, profile_target
 from srnas.latency.schemes import measure_schemes, schemes_markdown
-from srnas.latency.table import LatencyCache, LatencyTable, TableError, build_table
+from srnas.latency.table import LatencyTable, TableError, build_table
 from srnas.latency.targets import Target, resolve_target
 from srnas.latency.validate import sample_networks, spearman, validate_predictor
 from srnas.profiling import bf16_supported

@@ -1,8 +1,9 @@
 """Time one layer, or one whole network, on a target's runtime, the way the deployed network runs it.
 
-The only module of :mod:`srnas.latency` that touches ONNX / ONNX Runtime (sessions come from
-:func:`srnas.export.ort_session`, whole networks are exported with :func:`srnas.export.export_onnx` and timed
-by :func:`srnas.profiling.profile_module`, exactly like the ``profile_model`` stage does).
+The only module of :mod:`srnas.latency` that runs ONNX Runtime: sessions come from :func:`srnas.export.ort_session`,
+layer graphs and int8 QDQ rewrites from :mod:`srnas.onnx_graph` (the graph-surgery owner), whole networks are
+exported with :func:`srnas.export.export_onnx` and timed by :func:`srnas.profiling.profile_module`, exactly like
+the ``profile_model`` stage does.
 
 Context matters more than the op: a layer is timed at the target's input size with its inputs already in
 the layout and precision they have inside the network:
@@ -22,7 +23,6 @@ glibc malloc fix of :mod:`srnas.profiling` in effect and the target's thread cou
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import resource
@@ -39,6 +39,7 @@ from torch import nn
 
 from srnas.latency.layers import IMAGE_CHANNELS, LayerKey, PrunedSubnet, SubnetConfig, build_pruned_module
 from srnas.latency.targets import Target
+from srnas.onnx_graph import quantize_int8, write_layer_graph
 from srnas.profiling import RuntimeUnavailableError, _prepare_allocator, _time_calls, profile_module, runtime_available
 
 __all__ = ["LayerModule", "measure_layer", "measure_network", "sparsify_", "scheme_precision", "scheme_sparsity",
@@ -46,7 +47,6 @@ __all__ = ["LayerModule", "measure_layer", "measure_network", "sparsify_", "sche
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 _RELU_OPS = ("head", "conv", "expand")
 
 
@@ -145,159 +145,17 @@ def _torch_layer_call(layer: LayerKey, target: Target, precision: str, sparsity:
 # ------------------------------------------------------------------------------------ ONNX Runtime
 
 
-def _producer(name: str, channels: int, weight_seed: int) -> tuple[list[Any], list[Any]]:
-    """A conv1x1 (image -> ``channels``) writing tensor ``name``: the context that feeds a layer its input."""
-    from onnx import helper, numpy_helper
-
-    rng = np.random.default_rng(weight_seed)
-    w = (rng.standard_normal((channels, IMAGE_CHANNELS, 1, 1)) * 0.3).astype(np.float32)
-    b = np.zeros(channels, dtype=np.float32)
-    inits = [numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(b, f"{name}_b")]
-    node = helper.make_node("Conv", ["img", f"{name}_w", f"{name}_b"], [name], kernel_shape=[1, 1], pads=[0] * 4,
-                            strides=[1, 1], dilations=[1, 1], group=1)
-    return [node], inits
-
-
-def _onnx_layer_model(layer: LayerKey, scale: int, sparsity: float, part: str = "layer") -> Any:
-    """The ONNX graph of one layer as the exporter writes it (Conv, Relu, Add, the repeat + DepthToSpace tail).
-
-    The graph's only input is the image; the layer's inputs ``x`` (and ``res``) are produced inside it by
-    conv1x1 producers, so they come in the layout (NCHWc blocks) and, once quantized, the precision they have
-    inside a network. ``part="context"`` returns the producers alone, whose time is subtracted.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    h, w = "height", "width"
-    inputs = [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, IMAGE_CHANNELS, h, w])]
-    nodes: list[Any] = []
-    inits: list[Any] = []
-    outputs: list[Any] = []
-    x_name = "img"
-    if layer.op != "head":
-        x_name = "x"
-        n, i = _producer("x", layer.cin, 1)
-        nodes += n
-        inits += i
-        outputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, layer.cin, h, w]))
-    if layer.op == "wdsr_conv":
-        n, i = _producer("res", layer.cout, 2)
-        nodes += n
-        inits += i
-        outputs.append(helper.make_tensor_value_info("res", TensorProto.FLOAT, [1, layer.cout, h, w]))
-    if part == "context":
-        if not nodes:
-            raise ValueError("the head layer reads the image: it has no context to subtract")
-    else:
-        torch.manual_seed(0)
-        conv = sparsify_(LayerModule(layer, scale), sparsity).conv
-        inits += [numpy_helper.from_array(conv.weight.detach().numpy().astype(np.float32), "w"),
-                  numpy_helper.from_array(conv.bias.detach().numpy().astype(np.float32), "b")]
-        pad = layer.kernel // 2
-        nodes.append(helper.make_node("Conv", [x_name, "w", "b"], ["conv"], kernel_shape=[layer.kernel] * 2,
-                                      pads=[pad] * 4, strides=[1, 1], dilations=[1, 1], group=1))
-        out = "conv"
-        out_shape: list[Any] = [1, layer.cout, h, w]
-        if layer.op in _RELU_OPS:
-            nodes.append(helper.make_node("Relu", ["conv"], ["relu"]))
-            out = "relu"
-        elif layer.op == "wdsr_conv":
-            nodes.append(helper.make_node("Add", ["res", "conv"], ["add"]))
-            out = "add"
-        elif layer.op == "tail":
-            s2 = scale * scale
-            inits += [numpy_helper.from_array(np.array([2], dtype=np.int64), "axes"),
-                      numpy_helper.from_array(np.array([1, 1, s2, 1, 1], dtype=np.int64), "expand_shape"),
-                      numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
-                      numpy_helper.from_array(np.array([IMAGE_CHANNELS * s2], dtype=np.int64), "channels")]
-            nodes += [
-                helper.make_node("Unsqueeze", ["img", "axes"], ["unsq"]),
-                helper.make_node("Expand", ["unsq", "expand_shape"], ["expanded"]),
-                helper.make_node("Shape", ["img"], ["hw"], start=2),
-                helper.make_node("Concat", ["one", "channels", "hw"], ["rep_shape"], axis=0),
-                helper.make_node("Reshape", ["expanded", "rep_shape"], ["repeat"]),
-                helper.make_node("Add", ["conv", "repeat"], ["sum"]),
-                helper.make_node("DepthToSpace", ["sum"], ["sr"], blocksize=scale, mode="CRD"),
-            ]
-            out = "sr"
-            out_shape = [1, IMAGE_CHANNELS, "out_height", "out_width"]
-        outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)]
-    graph = helper.make_graph(nodes, f"{part}_{layer.op}", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="srnas.latency")
-    model.ir_version = min(model.ir_version, 10)
-    onnx.checker.check_model(model)
-    return model
-
-
-class _RandomFeeds:
-    """Calibration data for ``quantize_static``: a few random feeds of the model's inputs at 32x32."""
-
-    def __init__(self, model_path: Path, count: int = 4) -> None:
-        import onnx
-
-        proto = onnx.load(str(model_path), load_external_data=False)
-        rng = np.random.default_rng(0)
-        self._feeds = []
-        for _ in range(count):
-            feed = {}
-            for value in proto.graph.input:
-                dims = [d.dim_value if d.dim_value else 32 for d in value.type.tensor_type.shape.dim]
-                dims[0] = 1
-                feed[value.name] = rng.random(dims, dtype=np.float32)
-            self._feeds.append(feed)
-        self._iter = iter(self._feeds)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._iter, None)
-
-    def rewind(self) -> None:
-        self._iter = iter(self._feeds)
-
-
-def quantize_int8(model_path: Path, out_path: Path) -> Path:
-    """Static int8 QDQ quantization (uint8 activations, int8 per-channel weights) with ``onnxruntime.quantization``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    reader = _RandomFeeds(model_path)
-
-    class Reader(CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return reader.get_next()
-
-        def rewind(self) -> None:
-            reader.rewind()
-
-    root = logging.getLogger()
-    quiet = _DropMessages("pre-process")
-    root.addFilter(quiet)
-    try:
-        quantize_static(str(model_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        root.removeFilter(quiet)
-    return out_path
-
-
-class _DropMessages(logging.Filter):
-    """Drop log records containing ``text`` (the quantizer's advice to pre-process, logged on every call)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
-
-
 def _ort_call(layer: LayerKey, target: Target, precision: str, sparsity: float, part: str,
               stack: contextlib.ExitStack) -> Callable[[], Any]:
-    import onnx
-
     from srnas.export import ort_session
 
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
-    path = tmp / f"{part}.onnx"
-    onnx.save_model(_onnx_layer_model(layer, target.scale, sparsity, part), str(path))
+    torch.manual_seed(0)
+    conv = sparsify_(LayerModule(layer, target.scale), sparsity).conv
+    epilogue = "relu" if layer.op in _RELU_OPS else {"wdsr_conv": "add", "tail": "tail"}.get(layer.op, "none")
+    path = write_layer_graph(tmp / f"{part}.onnx", conv.weight.detach().numpy(), conv.bias.detach().numpy(),
+                             epilogue=epilogue, reads_image=layer.op == "head", scale=target.scale,
+                             context_only=part == "context")
     if precision == "int8":
         path = quantize_int8(path, tmp / f"{part}.int8.onnx")
     session = ort_session(path, target.threads)
