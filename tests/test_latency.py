@@ -357,11 +357,8 @@ def test_profile_target_writes_table_schemes_and_a_predictor(tmp_path, fake_time
 
 
 def test_cli_profile_device_and_validate_latency(tmp_path, fake_timers, monkeypatch) -> None:
-    from srnas import cli
     from srnas.cli import main
 
-    if "latency" not in cli.COMMANDS:  # until the lead wires the command in
-        monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "latency"))
     monkeypatch.chdir(tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text("tracking:\n  enabled: false\n", encoding="utf-8")

@@ -354,26 +354,13 @@ def test_missing_data_and_bad_batch_are_clear_errors(data_dir: Path, tmp_path: P
 # --- the command ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def settings_with_supernet(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until ``Settings`` has its ``supernet`` field, add it the way the wiring will."""
-    import srnas.settings
-
-    if "supernet" in {f.name for f in dataclasses.fields(srnas.settings.Settings)}:
-        return
-    extended = dataclasses.make_dataclass(
-        "Settings", [("supernet", SupernetConfig, dataclasses.field(default_factory=SupernetConfig))],
-        bases=(srnas.settings.Settings,), frozen=True)
-    monkeypatch.setattr(srnas.settings, "Settings", extended)
-
-
 def _args(params: Path, **kwargs: object) -> argparse.Namespace:
     base = {"params": params, "overlay": [], "config_json": None, "log": None, "data_dir": None, "out": None,
             "no_resume": False, "describe": False, "json": False}
     return argparse.Namespace(**{**base, **kwargs})
 
 
-def test_train_supernet_command(settings_with_supernet: None, data_dir: Path, tmp_path: Path,
+def test_train_supernet_command(data_dir: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     from srnas.commands import supernet as command
 
