@@ -11,3 +11,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def kill_at_first_checkpoint(cmd: list[str], ckpt: Path, timeout_s: float = 120) -> None:
+    """Run ``cmd`` (a training child process) and SIGKILL it as soon as ``ckpt`` appears."""
+    import signal
+    import subprocess
+    import time
+
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ckpt.exists():
+            assert child.poll() is None, f"training child exited early: {child.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, f"no checkpoint within {timeout_s:.0f} s"
+            time.sleep(0.002)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL

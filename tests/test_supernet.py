@@ -6,11 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +32,8 @@ from srnas.supernet import (
 )
 from srnas.supernet.train import patch_generator, sandwich_subnets, train_supernet
 from srnas.training.checkpoint import CheckpointError, load_checkpoint
+
+from conftest import kill_at_first_checkpoint
 
 SCALE = 2
 SMALL_SPACE = SearchSpaceConfig(num_cells=4, widths=(8, 16, 24), blocks=("conv", "wdsr", "skip"), expansions=(2, 4))
@@ -302,22 +301,8 @@ def test_resume_after_sigkill_matches_uninterrupted(data_dir: Path, tmp_path: Pa
     out = tmp_path / "killed"
     steps = 80  # long enough that the child is still training when its first checkpoint appears
     cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY_TRAIN, steps=steps, checkpoint_every=4, log_every=7))
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(data_dir), str(out), str(torch.get_num_threads()),
-                              json.dumps(_as_mapping(cfg))], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "last.ckpt").exists():
-            assert child.poll() is None, f"training child exited early: {child.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.002)
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stderr.close()
-    assert child.returncode == -signal.SIGKILL
+    kill_at_first_checkpoint([sys.executable, "-c", _CHILD, str(data_dir), str(out), str(torch.get_num_threads()),
+                              json.dumps(_as_mapping(cfg))], out / "last.ckpt")
     killed_at = load_checkpoint(out / "last.ckpt")["step"]
     assert 4 <= killed_at < steps and killed_at % 4 == 0
     assert not (out / "supernet.pt").exists()

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,8 @@ from srnas.training import (
     train,
 )
 from srnas.training.checkpoint import load_checkpoint
+
+from conftest import kill_at_first_checkpoint
 
 SCALE = 2
 # Tiny but real: 4 x 64x64 training images, LR patches of 8, batch 4.
@@ -192,22 +191,7 @@ def test_resume_after_sigkill_matches_uninterrupted(reference: tuple[Path, list]
     cfg = dataclasses.replace(CFG, steps=steps, checkpoint_every=5)
     fields = ("steps", "batch_size", "lr_patch_size", "lr", "min_lr", "seed", "checkpoint_every", "log_every")
     args = [f"{k}={getattr(cfg, k)!r}" for k in fields]
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(data_dir), str(out), str(torch.get_num_threads()), *args],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "last.ckpt").exists():
-            assert child.poll() is None, f"training child exited early: {child.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.002)
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stderr.close()
-    assert child.returncode == -signal.SIGKILL
+    kill_at_first_checkpoint([sys.executable, "-c", _CHILD, str(data_dir), str(out), str(torch.get_num_threads()), *args], out / "last.ckpt")
     killed_at = load_checkpoint(out / "last.ckpt")["step"]
     assert 5 <= killed_at < steps and killed_at % 5 == 0
     assert not (out / "model.pt").exists()

@@ -71,7 +71,7 @@ from srnas.errors import ConfigError, DataError
 from srnas.models import check_scale, count_params
 from srnas.supernet.space import SearchSpace, SubnetConfig
 from srnas.supernet.supernet import SRSupernet, save_supernet
-from srnas.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from srnas.training.checkpoint import TRAINING_STATE, CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
 from srnas.training.loop import TrainingDiverged, _val_psnr, find_val_set, resolve_bf16
 from srnas.training.patches import ImagePairs, PatchSampler, load_pairs
 
@@ -342,22 +342,17 @@ def train_supernet(
         window = max(train_cfg.log_every, 1)
         history: dict[str, deque[float]] = {k: deque(maxlen=window) for k in ("largest", "smallest", "random")}
         if resume and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path, ("identity", "step", "model", "optimizer", "scheduler", "rng", "losses", "elapsed_s"))
+            ckpt = load_checkpoint(ckpt_path, TRAINING_STATE)
             if ckpt["identity"] != identity:
                 if dist_ctx.is_main:
                     logger.warning("%s: written for a different space, config, data or process count; starting from scratch", ckpt_path)
             else:
+                start_step, elapsed_before = restore_training_state(ckpt_path, ckpt, supernet, optimizer, scheduler)
                 try:
-                    supernet.load_state_dict(ckpt["model"])
-                    optimizer.load_state_dict(ckpt["optimizer"])
-                    scheduler.load_state_dict(ckpt["scheduler"])
-                    torch.set_rng_state(ckpt["rng"]["torch"])
                     for key, values in ckpt["losses"].items():
                         history[key].extend(float(v) for v in values)
-                except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
-                    raise CheckpointError(f"{ckpt_path}: cannot restore training state: {exc}") from None
-                start_step = int(ckpt["step"])
-                elapsed_before = float(ckpt["elapsed_s"])
+                except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                    raise CheckpointError(f"{ckpt_path}: cannot restore the loss history: {exc}") from None
                 if dist_ctx.is_main:
                     logger.info("resuming the supernet x%d from %s at step %d/%d", scale, ckpt_path, start_step, train_cfg.steps)
 

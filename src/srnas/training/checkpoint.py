@@ -62,6 +62,22 @@ def load_checkpoint(path: str | os.PathLike[str], required: tuple[str, ...] = ()
     return _load(Path(path), CKPT_FORMAT, required)
 
 
+TRAINING_STATE = ("identity", "step", "model", "optimizer", "scheduler", "rng", "losses", "elapsed_s")
+
+
+def restore_training_state(path: Path, ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scheduler: Any) -> tuple[int, float]:
+    """Load a ``last.ckpt``'s weights, optimizer, schedule and torch RNG; return (step, seconds trained so far)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: cannot restore training state: {exc}") from None
+    return int(ckpt["step"]), float(ckpt["elapsed_s"])
+
+
 def save_trained(path: str | os.PathLike[str], model: nn.Module, model_name: str, scale: int, config: dict[str, Any],
                  extra: dict[str, Any] | None = None) -> None:
     """Write final weights: fp32 contiguous ``state_dict`` plus model name, scale and training config."""

@@ -41,7 +41,7 @@ from srnas.atomic import write_json
 from srnas.config import TrainConfig
 from srnas.errors import ConfigError, DataError, SrnasError
 from srnas.models import check_scale, count_params, create_model, model_info
-from srnas.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_trained
+from srnas.training.checkpoint import TRAINING_STATE, load_checkpoint, restore_training_state, save_checkpoint, save_trained
 from srnas.training.patches import ImagePairs, PatchSampler, load_pairs, step_generator
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "train_step", "resolve_bf16", "cpu_has_native_bf16", "find_val_set"]
@@ -230,19 +230,11 @@ def train(
     elapsed_before = 0.0
     losses: deque[float] = deque(maxlen=cfg.log_every)
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, ("identity", "step", "model", "optimizer", "scheduler", "rng", "losses", "elapsed_s"))
+        ckpt = load_checkpoint(ckpt_path, TRAINING_STATE)
         if ckpt["identity"] != identity:
             logger.warning("%s: written for a different model, config or data; starting from scratch", ckpt_path)
         else:
-            try:
-                model.load_state_dict(ckpt["model"])
-                optimizer.load_state_dict(ckpt["optimizer"])
-                scheduler.load_state_dict(ckpt["scheduler"])
-                torch.set_rng_state(ckpt["rng"]["torch"])
-            except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-                raise CheckpointError(f"{ckpt_path}: cannot restore training state: {exc}") from None
-            start_step = int(ckpt["step"])
-            elapsed_before = float(ckpt["elapsed_s"])
+            start_step, elapsed_before = restore_training_state(ckpt_path, ckpt, model, optimizer, scheduler)
             losses.extend(float(x) for x in ckpt["losses"])
             logger.info("resuming %s x%d from %s at step %d/%d", model_name, scale, ckpt_path, start_step, cfg.steps)
 
