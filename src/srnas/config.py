@@ -432,7 +432,8 @@ class LatencyConfig:
     """The ``latency`` section: the targets and how the latency table, the schemes and the validation are measured.
 
     Layers are timed ``warmup`` + ``runs`` calls (median); whole networks ``net_warmup`` + ``net_runs``; each
-    table entry (network time) is the lowest median of ``rounds`` (``net_rounds``) sweeps over all of them.
+    table entry (network time) is the lowest median of ``rounds`` (``net_rounds``) sweeps over all of them; the
+    layers a scheme decision compares, of ``scheme_rounds`` sweeps (a 5% threshold needs steadier figures).
     Filter pruning is offered at channel granularities ``granularities``; the table is measured on the grid of the
     finest accelerated one, but never finer than ``min_table_granularity`` (off-grid counts are interpolated).
     Schemes are measured at ``prune_ratios`` / ``sparsities`` on layers of widths ``scheme_widths`` (empty: the
@@ -447,14 +448,15 @@ class LatencyConfig:
     net_warmup: int = 2
     net_runs: int = 10
     rounds: int = 1
-    net_rounds: int = 2
+    net_rounds: int = 3
+    scheme_rounds: int = 3
     granularities: tuple[int, ...] = (16, 8, 4, 1)
     min_table_granularity: int = 4
     prune_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     sparsities: tuple[float, ...] = (0.5, 0.9)
     scheme_widths: tuple[int, ...] = ()
     min_speedup: float = 1.05
-    calibration_subnets: int = 10
+    calibration_subnets: int = 24
     validation_subnets: int = 50
     pruned_share: float = 0.5
     seed: int = 0
@@ -464,7 +466,7 @@ class LatencyConfig:
         _check(len(self.targets) > 0, "targets", "list at least one target")
         names = [t.name for t in self.targets]
         _check(len(set(names)) == len(names), "targets", f"duplicate target names in {names}")
-        for key in ("runs", "net_runs", "rounds", "net_rounds"):
+        for key in ("runs", "net_runs", "rounds", "net_rounds", "scheme_rounds"):
             _check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
         for key in ("warmup", "net_warmup"):
             _check(getattr(self, key) >= 0, key, f"must be 0 or positive, got {getattr(self, key)}")

@@ -128,7 +128,7 @@ def measure_schemes(
     """Measure every candidate scheme on ``target`` (see the module docstring) and decide which are accelerated.
 
     Layers are measured like table entries (:func:`~srnas.latency.table.build_table`: lowest median of
-    ``cfg.rounds`` sweeps) and networks like validation networks; ``cache`` (the target's
+    ``cfg.scheme_rounds`` sweeps) and networks like validation networks; ``cache`` (the target's
     :class:`~srnas.latency.table.LatencyCache`) shares them with the table and makes a rerun measure nothing.
     """
     from srnas.latency import runtime
@@ -165,7 +165,7 @@ def measure_schemes(
                 return report
             if missing_layers:
                 table = build_table(target, missing_layers, granularity=0, warmup=cfg.warmup, runs=cfg.runs,
-                                    rounds=cfg.rounds, cache_dir=cache.path.parent, cache=cache, measure=measure_layer)
+                                    rounds=cfg.scheme_rounds, cache_dir=cache.path.parent, cache=cache, measure=measure_layer)
                 layers.update(table.entries)
             for key, (net, precision) in missing_nets.items():
                 def measure(t: Target, n: Any, *, warmup: int, runs: int, _p: str = precision) -> float:
