@@ -25,10 +25,11 @@ and the supernet resumes from its ``last.ckpt``, so an interrupted run picks up 
     # the full run, ~30 min on 2 idle cores
     .venv/bin/python bench/bench_supernet.py --supernet-steps 6000 --alone-steps 3000 --json bench_supernet.json
 
-Measured (default space and training config, 2000 / 1000 steps, batch 32, LR patch 24, bf16): (a) Kendall tau
-0.786 (Set5, Set14 and their mean alike); (b) largest subnet w32-w4.w4.w4.w4.w4.w4, Set5 x2 inherited 36.32 dB vs
-36.43 dB trained alone (-0.11 dB); (c) with 1 thread on a shared machine, sandwich step 142 ms, the supernet's
-largest subnet alone 97 ms, a plain step of the standalone largest subnet 91 ms (1.56x and 1.06x).
+Measured (default space and training config, 2000 / 1000 steps, batch 32, LR patch 24, bf16, 2 threads, 11 min):
+(a) Kendall tau 0.786 (Set5, Set14 and their mean alike); (b) largest subnet w32-w4.w4.w4.w4.w4.w4, Set5 x2
+inherited 36.35 dB vs 36.43 dB trained alone (-0.08 dB); (c) sandwich step 99 ms, the supernet's largest subnet
+alone 64 ms, a plain step of the standalone largest subnet 61 ms (1.62x and 1.04x). With 1 thread: tau 0.786,
+-0.11 dB, 142 / 97 / 91 ms (1.56x, 1.06x).
 
 Timings are wall-clock on a shared machine; compare figures of one run, not of runs at different times.
 """
@@ -177,7 +178,8 @@ def time_steps(space: SearchSpace, sampler: PatchSampler, cfg: SupernetTrainConf
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--data-root", type=Path, default=Path("/work/shared/data"), help="folder holding T91, Set5, Set14")
+    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                        help="folder holding T91, Set5, Set14 (default: ../shared/data beside the repository)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/srnas-bench-data"), help="prepared data (outside the repo)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/srnas-bench-supernet"), help="checkpoints and cached results")
     parser.add_argument("--supernet-steps", type=int, default=2000, help="supernet budget, and the budget of (b)'s standalone run")
