@@ -13,6 +13,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def smooth_image(rng, size: int):
+    """A smooth, deterministic RGB uint8 test image (sums of random sinusoids): SR models can learn it quickly."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.zeros((size, size, 3))
+    for c in range(3):
+        for _ in range(3):
+            fy, fx = rng.uniform(1, 6, 2)
+            img[..., c] += np.sin(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 6.3))
+    return np.rint((img - img.min()) / (np.ptp(img) + 1e-9) * 255).astype(np.uint8)
+
+
 def kill_at_first_checkpoint(cmd: list[str], ckpt: Path, timeout_s: float = 120) -> None:
     """Run ``cmd`` (a training child process) and SIGKILL it as soon as ``ckpt`` appears."""
     import signal

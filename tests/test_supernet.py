@@ -33,7 +33,7 @@ from srnas.supernet import (
 from srnas.supernet.train import patch_generator, sandwich_subnets, train_supernet
 from srnas.training.checkpoint import CheckpointError, load_checkpoint
 
-from conftest import kill_at_first_checkpoint
+from conftest import kill_at_first_checkpoint, smooth_image
 
 SCALE = 2
 SMALL_SPACE = SearchSpaceConfig(num_cells=4, widths=(8, 16, 24), blocks=("conv", "wdsr", "skip"), expansions=(2, 4))
@@ -46,14 +46,6 @@ TINY = SupernetConfig(scale=SCALE, space=TINY_SPACE, train=TINY_TRAIN)
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def _smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = np.zeros((size, size, 3))
-    for c in range(3):
-        for _ in range(3):
-            fy, fx = rng.uniform(1, 6, 2)
-            img[..., c] += np.sin(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 6.3))
-    return np.rint((img - img.min()) / (np.ptp(img) + 1e-9) * 255).astype(np.uint8)
 
 
 def write_prepared(root: Path, sets: dict[str, int], size: int = 64, seed: int = 0) -> Path:
@@ -61,7 +53,7 @@ def write_prepared(root: Path, sets: dict[str, int], size: int = 64, seed: int =
     rng = np.random.default_rng(seed)
     for name, count in sets.items():
         for i in range(count):
-            hr = _smooth_image(rng, size)
+            hr = smooth_image(rng, size)
             lr = np.rint(hr.reshape(size // SCALE, SCALE, size // SCALE, SCALE, 3).mean(axis=(1, 3))).astype(np.uint8)
             write_png(root / name / f"x{SCALE}" / "hr" / f"img{i}.png", hr)
             write_png(root / name / f"x{SCALE}" / "lr" / f"img{i}.png", lr)

@@ -27,26 +27,18 @@ from srnas.training import (
 )
 from srnas.training.checkpoint import load_checkpoint
 
-from conftest import kill_at_first_checkpoint
+from conftest import kill_at_first_checkpoint, smooth_image
 
 SCALE = 2
 # Tiny but real: 4 x 64x64 training images, LR patches of 8, batch 4.
 CFG = TrainConfig(steps=100, batch_size=4, lr_patch_size=8, lr=2e-3, min_lr=1e-4, seed=3, checkpoint_every=0, log_every=25)
 
 
-def _smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = np.zeros((size, size, 3))
-    for c in range(3):
-        for _ in range(3):
-            fy, fx = rng.uniform(1, 6, 2)
-            img[..., c] += np.sin(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 6.3))
-    return np.rint((img - img.min()) / (np.ptp(img) + 1e-9) * 255).astype(np.uint8)
 
 
 def _write_set(root: Path, name: str, count: int, rng: np.random.Generator, size: int = 64) -> None:
     for i in range(count):
-        hr = _smooth_image(rng, size)
+        hr = smooth_image(rng, size)
         lr = np.rint(hr.reshape(size // SCALE, SCALE, size // SCALE, SCALE, 3).mean(axis=(1, 3))).astype(np.uint8)
         write_png(root / name / f"x{SCALE}" / "hr" / f"img{i}.png", hr)
         write_png(root / name / f"x{SCALE}" / "lr" / f"img{i}.png", lr)

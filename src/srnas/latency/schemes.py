@@ -233,37 +233,30 @@ def _decide(target: Target, space: SearchSpace, cfg: LatencyConfig, layer_ms: Ca
 
     # --- precision ----------------------------------------------------------------------------------------
     nets = [SubnetConfig(w, (space.largest().cells)) for w in widths]
-    if target.runtime.startswith("torch"):
-        from srnas.profiling import bf16_supported
 
-        if not bf16_supported():
-            results.append(SchemeResult("bf16", "precision", UNAVAILABLE, math.nan, {}, "the CPU has no native bf16"))
-        else:
-            speedups = {}
-            for w in widths:
-                speedups[f"conv3x3 w{w}"] = _ratio(layer_ms(LayerKey("conv", w, w, "fp32")), layer_ms(LayerKey("conv", w, w, "bf16")))
-            for net in nets:
-                speedups[f"net {net.name}"] = _ratio(net_ms(net, "fp32"), net_ms(net, "bf16"))
-            decisive = _geomean([v for k, v in speedups.items() if k.startswith("net")])
-            if target.precision == "bf16":
-                status, note = TARGET_PRECISION, "this target already runs bf16; speedup vs fp32 shown"
-            else:
-                status = ACCELERATED if decisive >= threshold else NOT_ACCELERATED
-                note = "per network (use the bf16 target's table); quality must be measured in bf16"
-            results.append(SchemeResult("bf16", "precision", status, decisive, speedups, note))
-    else:
-        speedups = {}
-        for w in widths:
-            speedups[f"conv3x3 w{w}"] = _ratio(layer_ms(LayerKey("conv", w, w, "fp32")), layer_ms(LayerKey("conv", w, w, "int8")))
+    def precision_scheme(precision: str, deployed_as: str) -> SchemeResult:
+        """Speedup of running in ``precision`` vs fp32: a conv3x3 per width (shown) and whole networks (decisive)."""
+        speedups = {f"conv3x3 w{w}": _ratio(layer_ms(LayerKey("conv", w, w, "fp32")), layer_ms(LayerKey("conv", w, w, precision)))
+                    for w in widths}
         for net in nets:
-            speedups[f"net {net.name}"] = _ratio(net_ms(net, "fp32"), net_ms(net, "int8"))
+            speedups[f"net {net.name}"] = _ratio(net_ms(net, "fp32"), net_ms(net, precision))
         decisive = _geomean([v for k, v in speedups.items() if k.startswith("net")])
-        if target.precision == "int8":
-            status, note = TARGET_PRECISION, "this target already runs int8; speedup vs fp32 shown"
+        if target.precision == precision:
+            status, note = TARGET_PRECISION, f"this target already runs {precision}; speedup vs fp32 shown"
         else:
             status = ACCELERATED if decisive >= threshold else NOT_ACCELERATED
-            note = "static QDQ per network (an int8 target's table); quality must be measured in int8"
-        results.append(SchemeResult("int8", "precision", status, decisive, speedups, note))
+            note = f"{deployed_as}; quality must be measured in {precision}"
+        return SchemeResult(precision, "precision", status, decisive, speedups, note)
+
+    if not target.runtime.startswith("torch"):
+        results.append(precision_scheme("int8", "static QDQ per network (an int8 target's table)"))
+    else:
+        from srnas.profiling import bf16_supported
+
+        if bf16_supported():
+            results.append(precision_scheme("bf16", "per network (use the bf16 target's table)"))
+        else:
+            results.append(SchemeResult("bf16", "precision", UNAVAILABLE, math.nan, {}, "the CPU has no native bf16"))
 
     results.append(SchemeResult("sparse_2to4", "semi-structured", UNAVAILABLE, math.nan, {},
                                 "2:4 sparsity is accelerated only by GPU runtimes (sparse tensor cores); none here"))
