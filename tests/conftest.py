@@ -26,6 +26,15 @@ def smooth_image(rng, size: int):
     return np.rint((img - img.min()) / (np.ptp(img) + 1e-9) * 255).astype(np.uint8)
 
 
+def assert_same_weights(a, b) -> None:
+    """Two state dicts hold the same tensors (within 1e-6), key by key."""
+    import torch
+
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+
+
 def kill_at_first_checkpoint(cmd: list[str], ckpt: Path, timeout_s: float = 120) -> None:
     """Run ``cmd`` (a training child process) and SIGKILL it as soon as ``ckpt`` appears."""
     import signal

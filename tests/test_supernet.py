@@ -33,7 +33,7 @@ from srnas.supernet import (
 from srnas.supernet.train import patch_generator, sandwich_subnets, train_supernet
 from srnas.training.checkpoint import CheckpointError, load_checkpoint
 
-from conftest import kill_at_first_checkpoint, smooth_image
+from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
 
 SCALE = 2
 SMALL_SPACE = SearchSpaceConfig(num_cells=4, widths=(8, 16, 24), blocks=("conv", "wdsr", "skip"), expansions=(2, 4))
@@ -236,12 +236,6 @@ def _weights(out_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(out_dir / "supernet.pt", weights_only=True)["state_dict"]
 
 
-def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
-
-
 def test_sandwich_training_loss_goes_down(reference: tuple[Path, list[tuple[int, dict]]], data_dir: Path) -> None:
     out, seen = reference
     logged = [(s, m) for s, m in seen if "train_loss" in m]
@@ -303,7 +297,7 @@ def test_resume_after_sigkill_matches_uninterrupted(data_dir: Path, tmp_path: Pa
     assert result.resumed_from_step == killed_at
     straight = train_supernet(data_dir, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=0)),
                               tmp_path / "straight", resume=False, progress=False)
-    _assert_same_weights(_weights(out), _weights(tmp_path / "straight"))
+    assert_same_weights(_weights(out), _weights(tmp_path / "straight"))
     assert result.final_loss == pytest.approx(straight.final_loss, abs=1e-6)
     assert list(out.glob(".*tmp*")) == []
 

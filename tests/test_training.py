@@ -27,7 +27,7 @@ from srnas.training import (
 )
 from srnas.training.checkpoint import load_checkpoint
 
-from conftest import kill_at_first_checkpoint, smooth_image
+from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
 
 SCALE = 2
 # Tiny but real: 4 x 64x64 training images, LR patches of 8, batch 4.
@@ -64,12 +64,6 @@ def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def _weights(out_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(out_dir / "model.pt", weights_only=True)["state_dict"]
-
-
-def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
 
 
 # --- patches -----------------------------------------------------------------------------------------
@@ -154,14 +148,14 @@ def test_loss_goes_down_and_outputs_are_written(reference: tuple[Path, list[tupl
     assert ckpt["step"] == 100
     model = load_trained(out / "model.pt")
     assert not model.training
-    _assert_same_weights(model.state_dict(), _weights(out))
+    assert_same_weights(model.state_dict(), _weights(out))
     x = torch.rand(1, 3, 10, 12)
     assert model(x).shape == (1, 3, 20, 24)
 
 
 def test_same_seed_same_weights(reference: tuple[Path, list], data_dir: Path, tmp_path: Path) -> None:
     train("plain16", SCALE, data_dir, dataclasses.replace(CFG, checkpoint_every=7, log_every=4), tmp_path / "again")
-    _assert_same_weights(_weights(tmp_path / "again"), _weights(reference[0]))
+    assert_same_weights(_weights(tmp_path / "again"), _weights(reference[0]))
     train("plain16", SCALE, data_dir, dataclasses.replace(CFG, seed=4), tmp_path / "other")
     assert not torch.equal(_weights(tmp_path / "other")["body.0.weight"], _weights(reference[0])["body.0.weight"])
 
@@ -191,7 +185,7 @@ def test_resume_after_sigkill_matches_uninterrupted(reference: tuple[Path, list]
     result = train("plain16", SCALE, data_dir, cfg, out, progress=False)
     assert result.resumed_from_step == killed_at
     train("plain16", SCALE, data_dir, cfg, tmp_path / "straight", resume=False, progress=False)
-    _assert_same_weights(_weights(out), _weights(tmp_path / "straight"))
+    assert_same_weights(_weights(out), _weights(tmp_path / "straight"))
     assert list(out.glob(".*tmp*")) == []
 
 

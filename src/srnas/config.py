@@ -213,8 +213,9 @@ class TrainConfig:
 
     Defaults train fast on a 2-core CPU: LR patches of 24 (HR 48 at x2; the paper uses 48 LR on DIV2K),
     batch 32, 2000 steps. ``steps_by_model`` overrides ``steps`` per model name (a model that runs fewer
-    steps per second gets fewer steps, so every model fits the same wall-clock budget on the reference machine). ``bf16``: ``auto`` uses bfloat16 autocast when the CPU has native bf16
-    (avx512_bf16 or AMX) and oneDNN supports it; ``on`` forces it, ``off`` trains in fp32.
+    steps per second gets fewer steps, so every model fits the same wall-clock budget on the reference machine).
+    ``bf16``: ``auto`` uses bfloat16 autocast when the CPU has native bf16 (avx512_bf16 or AMX) and oneDNN
+    supports it; ``on`` forces it, ``off`` trains in fp32.
     ``checkpoint_every`` 0 writes ``last.ckpt`` only at the end; ``val_every`` 0 validates only at the end.
     Weights, losses and the sampled patches are a pure function of (``seed``, config, data), so a run resumed
     from ``last.ckpt`` ends with the same weights as an uninterrupted one; ``checkpoint_every``,

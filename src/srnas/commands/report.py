@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="write results/report.md, its figures and the metrics summary (stage report)",
         description="Collect the stage outputs under --results into a Markdown report with a table per scale "
         "(parameters, GMAC per 720p frame, latency per runtime, PSNR/SSIM per set), a PSNR-versus-latency Pareto "
-        "plot, a visual comparison of crops, the supernet (train_supernet) and each target's latency table and measured pruning schemes (profile_device) when present. Closes the pipeline's parent MLflow run.",
+        "plot, a visual comparison of crops, the supernet (train_supernet) and each target's latency table and "
+        "measured pruning schemes (profile_device) when present. Closes the pipeline's parent MLflow run.",
     )
     add_settings_arguments(parser)
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: %(default)s)")

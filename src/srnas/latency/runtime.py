@@ -226,7 +226,6 @@ def quiet(fn: Callable[[], float], what: str = "") -> float:
     return value
 
 
-
 @contextlib.contextmanager
 def _pinned(threads: int) -> Iterator[None]:
     previous = torch.get_num_threads()
