@@ -27,6 +27,7 @@ COMMANDS = (
     "pipeline",
     "supernet",
     "latency",
+    "search",
     "report",
     "compare",
     "upscale",

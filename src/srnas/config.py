@@ -484,3 +484,54 @@ class LatencyConfig:
         _check(0.0 <= self.pruned_share <= 1.0, "pruned_share", f"must lie in [0, 1], got {self.pruned_share}")
         _check(self.seed >= 0, "seed", f"must be 0 or positive, got {self.seed}")
         _check(bool(self.cache_dir), "cache_dir", "must name a folder")
+
+
+# ------------------------------------------------------------------ stage 2: architecture search (search_arch)
+
+SEARCH_STRATEGIES = ("tpe", "gp", "random")
+SEARCH_MODES = ("single", "pareto")
+PRUNING_CRITERIA = ("l1", "l2")
+
+
+@dataclass(frozen=True)
+class SearchArchConfig:
+    """The ``search_arch`` section: compiler-aware architecture and pruning-scheme search (stage 2).
+
+    Each trial picks a global width, one block per cell and, for the head and each cell, a pruning scheme among
+    ``dense`` and the filter schemes the latency model marks as accelerated on ``target`` (empty: the first of
+    ``latency.targets``). A filter-scheme layer keeps ``prune_keep`` of its filters (chosen by ``importance``)
+    rounded to the scheme's granularity: stage 3 searches the real ratios. Objective: validation PSNR with inherited
+    supernet weights on ``val_crops`` LR crops of ``crop_size`` pixels from ``val_set`` (empty: the prepared
+    ``val`` set, else the first evaluation set by name), in the target's precision. Constraint: predicted latency
+    at most ``budget_ms``. ``strategy`` ``tpe`` / ``gp`` (Bayesian optimization) or ``random`` (the baseline);
+    ``mode`` ``single`` (one best point) or ``pareto`` (PSNR and latency, the front). ``trials`` completed
+    trials in all, shared by ``n_workers`` processes through one persisted study.
+    """
+
+    target: str = ""
+    budget_ms: float = 33.0
+    strategy: str = "tpe"
+    mode: str = "single"
+    trials: int = 200
+    n_workers: int = 1
+    seed: int = 0
+    prune_keep: float = 0.5
+    importance: str = "l1"
+    val_set: str = ""
+    val_crops: int = 16
+    crop_size: int = 48
+    verify_runs: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.budget_ms > 0, "budget_ms", f"must be positive, got {self.budget_ms}")
+        _check(self.strategy in SEARCH_STRATEGIES, "strategy", f"unknown strategy {self.strategy!r}; choose from {', '.join(SEARCH_STRATEGIES)}")
+        _check(self.mode in SEARCH_MODES, "mode", f"unknown mode {self.mode!r}; choose from {', '.join(SEARCH_MODES)}")
+        _check(self.trials >= 1, "trials", f"must be at least 1, got {self.trials}")
+        _check(self.n_workers >= 1, "n_workers", f"must be at least 1, got {self.n_workers}")
+        _check(self.seed >= 0, "seed", f"must be 0 or positive, got {self.seed}")
+        _check(0.0 < self.prune_keep < 1.0, "prune_keep", f"must lie in (0, 1), got {self.prune_keep}")
+        _check(self.importance in PRUNING_CRITERIA, "importance",
+               f"unknown criterion {self.importance!r}; choose from {', '.join(PRUNING_CRITERIA)}")
+        _check(self.val_crops >= 1, "val_crops", f"must be at least 1, got {self.val_crops}")
+        _check(self.crop_size >= 8, "crop_size", f"must be at least 8 LR pixels, got {self.crop_size}")
+        _check(self.verify_runs >= 0, "verify_runs", f"must be 0 (no measurement) or positive, got {self.verify_runs}")

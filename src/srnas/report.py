@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,30 @@ def latency_model_section(device_dir: Path) -> list[str]:
         if schemes.is_file():
             lines += [schemes.read_text(encoding="utf-8").rstrip(), ""]
     return (["## Latency model and pruning schemes", ""] + lines) if lines else []
+
+
+def search_section(search_dir: Path, report_dir: Path) -> list[str]:
+    """Markdown lines on the stage-2 search (``search_arch`` output): the chosen architecture and the front plot."""
+    path = search_dir / "arch.json"
+    if not path.is_file():
+        return []
+    arch = _read_json(path)
+    chosen = arch.get("chosen", {})
+    measured, error = chosen.get("measured_ms"), chosen.get("latency_error")
+    lines = ["## Architecture search (stage 2)", "",
+             f"{arch.get('strategy', '?')} search, {arch.get('mode', '?')} mode, {arch.get('trials', '?')} trials on "
+             f"`{arch.get('target', '?')}`, budget {arch.get('budget_ms', float('nan')):g} ms (predicted).", "",
+             "| key | value |", "|---|---|",
+             f"| chosen | `{chosen.get('name', '?')}` |",
+             f"| per-layer schemes (head, cells) | {', '.join(chosen.get('schemes', []))} |",
+             f"| validation PSNR, inherited weights | {chosen.get('psnr', float('nan')):.2f} dB |",
+             f"| predicted latency | {_fmt_ms(chosen.get('predicted_ms'))} ms |",
+             f"| measured latency | {_fmt_ms(measured)} ms"
+             + (f" ({100 * error:+.1f}% vs predicted)" if isinstance(error, float) else "") + " |", ""]
+    if (search_dir / "pareto.png").is_file():
+        rel = Path(os.path.relpath(search_dir / "pareto.png", report_dir)).as_posix()
+        lines += [f"![search trials and Pareto front]({rel})", ""]
+    return lines
 
 
 def render_markdown(results: list[ModelResult], figures: dict[str, str] | None = None,

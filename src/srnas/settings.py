@@ -19,6 +19,7 @@ from srnas.config import (
     ExportConfig,
     LatencyConfig,
     ProfileConfig,
+    SearchArchConfig,
     SupernetConfig,
     TrackingConfig,
     TrainConfig,
@@ -41,6 +42,7 @@ class Settings:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    search_arch: SearchArchConfig = field(default_factory=SearchArchConfig)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

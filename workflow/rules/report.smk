@@ -7,6 +7,7 @@ rule report:
         latencies=per_model("results/profile_model/{model}_x{scale}.json"),
         supernet="results/train_supernet/train_metrics.json",
         device="results/profile_device",
+        search="results/search_arch/arch.json",
         code=package_files("report.py"),
     output:
         report="results/report.md",

@@ -49,7 +49,8 @@ def _comparison(results_dir: Path, models: list[str], scale: int, set_name: str,
 
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
-    from srnas.report import collect_results, latency_model_section, metrics_summary, plot_pareto, render_markdown, supernet_section
+    from srnas.report import (collect_results, latency_model_section, metrics_summary, plot_pareto, render_markdown,
+                              search_section, supernet_section)
 
     settings = settings_from_args(args)
     with tracking.stage_run(settings.tracking, "report", {"results": str(args.results)}) as stage:
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
                 figures[key] = Path(os.path.relpath(path, args.out.parent)).as_posix()
                 stage.log_artifact(path, "report")
         sections = supernet_section(args.results / "train_supernet") + latency_model_section(args.results / "profile_device")
+        sections += search_section(args.results / "search_arch", args.out.parent)
         atomic.write_text(args.out, render_markdown(results, figures, sections))
         atomic.write_json(args.metrics, metrics_summary(results))
         for r in results:

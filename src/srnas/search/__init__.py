@@ -1,0 +1,13 @@
+"""Stage 2: compiler-aware architecture and pruning-scheme search (Bayesian optimization or random search).
+
+- :mod:`~srnas.search.candidate`: what a trial chooses (architecture + one pruning scheme per layer);
+- :mod:`~srnas.search.quality`: PSNR with inherited supernet weights on fixed validation crops;
+- :mod:`~srnas.search.study`: the persisted Optuna study (the only module importing optuna);
+- :mod:`~srnas.search.pareto`: the PSNR / latency front, CSV and plot;
+- :mod:`~srnas.search.run`: the ``search_arch`` stage.
+"""
+
+from srnas.search.candidate import DENSE, ArchCandidate, scheme_granularity
+from srnas.search.run import SearchInputs, SearchResult, search_arch
+
+__all__ = ["DENSE", "ArchCandidate", "SearchInputs", "SearchResult", "scheme_granularity", "search_arch"]

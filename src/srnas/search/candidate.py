@@ -1,0 +1,96 @@
+"""What stage 2 chooses: an architecture of the search space plus a pruning scheme for each of its layers.
+
+A *searchable layer* is the head or one cell. Its scheme is ``dense`` (unpruned) or a filter-pruning scheme the
+latency model measured as accelerated on the target (``filter_g16``: output channels removed, the count rounded
+to a multiple of 16). A ``conv`` cell prunes its conv; a ``wdsr`` cell its 1x1 expand and reduce convs (its last
+conv adds the cell's input, so it keeps the stream width); the head prunes the stream it starts. Stage 2 prices a
+scheme at one nominal keep ratio (``search_arch.prune_keep``); stage 3 searches the real ratios.
+
+Per-layer rather than per-conv schemes keep the space the same for every trial (the samplers model a fixed set
+of parameters: head, ``num_cells`` blocks, ``num_cells + 1`` schemes, width), which Bayesian optimization needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from srnas.errors import ConfigError
+from srnas.latency.layers import PrunedSubnet
+from srnas.pruning import pruned_from_keep
+from srnas.supernet.space import SubnetConfig
+
+__all__ = ["DENSE", "ArchCandidate", "scheme_granularity"]
+
+DENSE = "dense"
+
+
+def scheme_granularity(scheme: str) -> int:
+    """The channel granularity of a filter scheme (``filter_g8`` -> 8); ConfigError for anything else."""
+    if scheme.startswith("filter_g") and scheme[len("filter_g"):].isdigit() and int(scheme[len("filter_g"):]) >= 1:
+        return int(scheme[len("filter_g"):])
+    raise ConfigError(f"pruning scheme {scheme!r}: expected {DENSE} or filter_g<granularity> (e.g. filter_g16)")
+
+
+@dataclass(frozen=True)
+class ArchCandidate:
+    """``subnet`` and ``schemes``: one per searchable layer (head, then each cell; a skip cell is always dense)."""
+
+    subnet: SubnetConfig
+    schemes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        schemes = tuple(self.schemes)
+        if len(schemes) != 1 + len(self.subnet.cells):
+            raise ConfigError(f"candidate {self.subnet.name}: expected {1 + len(self.subnet.cells)} schemes "
+                              f"(head + one per cell), got {len(schemes)}")
+        for scheme in schemes:
+            if scheme != DENSE:
+                scheme_granularity(scheme)
+        for cell, scheme in zip(self.subnet.cells, schemes[1:]):
+            if cell.block == "skip" and scheme != DENSE:
+                raise ConfigError(f"candidate {self.subnet.name}: a skip cell has no layer to prune ({scheme})")
+        object.__setattr__(self, "schemes", schemes)
+
+    @classmethod
+    def normalized(cls, subnet: SubnetConfig, schemes: Sequence[str]) -> ArchCandidate:
+        """Like the constructor, but a skip cell's scheme becomes ``dense`` (what a sampler proposes for it is moot)."""
+        cells = subnet.cells
+        fixed = [schemes[0], *(DENSE if c.block == "skip" else s for c, s in zip(cells, schemes[1:]))]
+        return cls(subnet, tuple(fixed))
+
+    @property
+    def is_pruned(self) -> bool:
+        return any(s != DENSE for s in self.schemes)
+
+    @property
+    def name(self) -> str:
+        """The subnet's name, plus ``/`` and one code per layer (``d`` dense, ``g16`` filter_g16) when pruned."""
+        if not self.is_pruned:
+            return self.subnet.name
+        return self.subnet.name + "/" + ".".join("d" if s == DENSE else f"g{scheme_granularity(s)}" for s in self.schemes)
+
+    def pruned(self, keep: float) -> PrunedSubnet:
+        """The filter-pruned subnet: each pruned layer keeps ``keep`` of its filters, rounded to its scheme's grid."""
+        keeps: list[float] = []
+        grains: list[int] = []
+
+        def add(scheme: str, count: int) -> None:
+            keeps.extend([1.0 if scheme == DENSE else keep] * count)
+            grains.extend([1 if scheme == DENSE else scheme_granularity(scheme)] * count)
+
+        add(self.schemes[0], 1)
+        for cell, scheme in zip(self.subnet.cells, self.schemes[1:]):
+            if cell.block != "skip":
+                add(scheme, 1 if cell.block == "conv" else 2)
+        return pruned_from_keep(self.subnet, keeps, grains)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"subnet": self.subnet.to_dict(), "schemes": list(self.schemes), "name": self.name}
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any], where: str = "candidate") -> ArchCandidate:
+        if not isinstance(mapping, Mapping) or not {"subnet", "schemes"} <= set(mapping):
+            raise ConfigError(f"{where}: expected an object with keys subnet and schemes, got {mapping!r}")
+        return cls(SubnetConfig.from_dict(mapping["subnet"], f"{where}.subnet"), tuple(mapping["schemes"]))

@@ -1,0 +1,343 @@
+"""The ``search_arch`` stage: inputs, worker processes, the chosen architecture, its measured latency, outputs.
+
+Outputs in ``out_dir``:
+
+``arch.json``           the chosen architecture (PSNR, predicted and measured latency) and, in ``pareto`` mode,
+                        every Pareto point within the budget; what stage 3 reads
+``trials.csv``          every completed trial (architecture, schemes, PSNR, predicted latency, feasible)
+``pareto.csv`` / ``.png`` the PSNR / latency front over all trials
+``search_metrics.json`` the figures (a DVC metric)
+``study.db``            the persisted Optuna study (kept between runs: resume and sharing; not an output)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from srnas import atomic
+from srnas.config import LatencyConfig, SearchArchConfig
+from srnas.errors import ConfigError, DataError, SrnasError
+from srnas.latency.predictor import LatencyPredictor
+from srnas.latency.profile import load_predictor
+from srnas.search import pareto, study as studies
+from srnas.search.candidate import DENSE, ArchCandidate, scheme_granularity
+from srnas.search.quality import QualityEvaluator
+from srnas.search.study import TrialRecord
+from srnas.supernet.space import SearchSpace
+from srnas.supernet.supernet import load_supernet
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SearchInputs", "SearchResult", "search_arch", "searchable_schemes", "target_name"]
+
+STUDY_FILE = "study.db"
+READY_TIMEOUT_S = 600  # a worker that has not loaded its inputs by then has failed
+ARCH_FILE = "arch.json"
+
+
+class SearchError(SrnasError):
+    """The search cannot deliver (e.g. no trial within the budget)."""
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """What the stage reads: the trained supernet, the target's latency table folder, the prepared data."""
+
+    supernet: Path
+    table_dir: Path
+    data_dir: Path
+
+
+@dataclass
+class SearchResult:
+    chosen: TrialRecord
+    records: list[TrialRecord]
+    front: list[TrialRecord]
+    measured_ms: float | None
+    seconds: float
+    study: str
+    out_dir: Path
+
+    @property
+    def latency_error(self) -> float | None:
+        """(measured - predicted) / predicted of the chosen architecture."""
+        if self.measured_ms is None:
+            return None
+        return (self.measured_ms - self.chosen.latency_ms) / self.chosen.latency_ms
+
+    def metrics(self) -> dict[str, float]:
+        feasible = [r for r in self.records if r.feasible]
+        out = {"best_psnr": self.chosen.psnr, "predicted_ms": self.chosen.latency_ms, "trials": float(len(self.records)),
+               "feasible_share": len(feasible) / len(self.records), "front_size": float(len(self.front)),
+               "trials_to_best": float(first_reaching(self.records, self.chosen.psnr)), "search_s": self.seconds}
+        if self.measured_ms is not None:
+            out["measured_ms"] = self.measured_ms
+            out["latency_error"] = float(self.latency_error or 0.0)
+        return out
+
+
+def target_name(cfg: SearchArchConfig, latency: LatencyConfig) -> str:
+    """``search_arch.target``, or the first of ``latency.targets``; ConfigError naming an unknown one."""
+    names = [t.name for t in latency.targets]
+    if not cfg.target:
+        return names[0]
+    if cfg.target not in names:
+        raise ConfigError(f"search_arch.target: no target named {cfg.target!r} in latency.targets ({', '.join(names)})")
+    return cfg.target
+
+
+def searchable_schemes(predictor: LatencyPredictor) -> list[str]:
+    """The accelerated filter schemes the table prices by measurement (granularity on or above its channel grid)."""
+    accepted = predictor.table.extra.get("accepted_schemes", [])
+    grid = predictor.table.granularity
+    schemes = [s for s in accepted if s.startswith("filter_g") and scheme_granularity(s) >= grid]
+    dropped = [s for s in accepted if s.startswith("filter_g") and s not in schemes]
+    if dropped:
+        log.info("accelerated but not searched (finer than the table's granularity-%d grid): %s", grid, ", ".join(dropped))
+    return sorted(schemes, key=scheme_granularity, reverse=True)
+
+
+def first_reaching(records: list[TrialRecord], psnr: float) -> int:
+    """1-based index of the first feasible trial with PSNR at least ``psnr`` (0 when none)."""
+    return next((i + 1 for i, r in enumerate(records) if r.feasible and r.psnr >= psnr), 0)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _val_folder(data_dir: Path, cfg: SearchArchConfig, scale: int) -> Path:
+    from srnas.training.loop import find_val_set
+
+    if cfg.val_set:
+        folder = data_dir / cfg.val_set / f"x{scale}"
+        if not folder.is_dir():
+            raise DataError(f"{folder}: search_arch.val_set {cfg.val_set!r} not prepared at x{scale}")
+        return folder
+    folder = find_val_set(data_dir, scale)
+    if folder is None:
+        raise DataError(f"{data_dir}: no validation or evaluation set prepared at x{scale} (run `srnas prepare-data`)")
+    return folder
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker process needs (picklable: paths and the config)."""
+
+    inputs: SearchInputs
+    cfg: SearchArchConfig
+    study_path: Path
+    study_name: str
+    threads: int
+
+
+class _Evaluator:
+    """A trial's two numbers: PSNR with inherited weights and predicted latency; built once per process."""
+
+    def __init__(self, inputs: SearchInputs, cfg: SearchArchConfig) -> None:
+        from srnas.training.patches import load_pairs
+
+        self.predictor = load_predictor(inputs.table_dir)
+        self.supernet = load_supernet(inputs.supernet)
+        self.space = self.supernet.space
+        target = self.predictor.table.target
+        if target.scale != self.supernet.scale:
+            raise ConfigError(f"{inputs.table_dir}: the latency table is for x{target.scale}, the supernet "
+                              f"{inputs.supernet} for x{self.supernet.scale}")
+        table_space = self.predictor.table.extra.get("space")
+        if table_space is not None and SearchSpace.from_dict(table_space) != self.space:
+            raise ConfigError(f"{inputs.table_dir}: the latency table was built for another search space than "
+                              f"{inputs.supernet}'s; rerun profile-device")
+        self.schemes = searchable_schemes(self.predictor)
+        pairs = load_pairs(_val_folder(inputs.data_dir, cfg, self.supernet.scale), self.supernet.scale)
+        self.quality = QualityEvaluator(self.supernet, pairs, count=cfg.val_crops, size=cfg.crop_size,
+                                        precision=target.precision, prune_keep=cfg.prune_keep, importance=cfg.importance)
+        self.prune_keep = cfg.prune_keep
+
+    def latency(self, candidate: ArchCandidate) -> float:
+        return self.predictor.predict(candidate.pruned(self.prune_keep))
+
+    def __call__(self, candidate: ArchCandidate) -> tuple[float, float]:
+        return self.quality.psnr(candidate), self.latency(candidate)
+
+    def fastest(self) -> tuple[ArchCandidate, float]:
+        """The cheapest candidate the space offers (smallest subnet, every layer dense or pruned by one scheme)."""
+        smallest = self.space.smallest()
+        options = [ArchCandidate.normalized(smallest, [s] * (1 + self.space.num_cells)) for s in [DENSE, *self.schemes]]
+        return min(((c, self.latency(c)) for c in options), key=lambda item: item[1])
+
+
+def _worker(job: _Job, index: int, ready: Any) -> None:
+    """A worker process: its own evaluator and sampler (seed + index), the shared study; says when it is ready."""
+    torch.set_num_threads(job.threads)
+    studies.quiet_optuna()
+    evaluator = _Evaluator(job.inputs, job.cfg)
+    study = studies.open_study(job.study_path, job.study_name, job.cfg, job.cfg.seed + index)
+    ready.set()
+    studies.run_trials(study, job.cfg, evaluator.space, evaluator.schemes, evaluator, worker=f"{index}:{os.getpid()}")
+
+
+def _pick(records: list[TrialRecord]) -> TrialRecord | None:
+    """Best feasible trial: highest PSNR, then lower latency, then earlier."""
+    feasible = [r for r in records if r.feasible]
+    return max(feasible, key=lambda r: (r.psnr, -r.latency_ms, -r.number)) if feasible else None
+
+
+def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.PathLike[str], *,
+                latency: LatencyConfig | None = None, progress: bool | None = None,
+                on_trial: Callable[[TrialRecord], None] | None = None) -> SearchResult:
+    """Run (or resume) the search of ``cfg`` and write the outputs; see the module docstring.
+
+    ``latency``: the network timing protocol for the chosen architecture's measured latency (``net_warmup``,
+    ``net_rounds``; ``cfg.verify_runs`` calls per round, 0 to skip). ``progress``: tqdm bar (None: on a terminal).
+    """
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    for path in (inputs.supernet, inputs.table_dir):
+        if not path.exists():
+            raise DataError(f"{path}: not found (run train-supernet and profile-device first)")
+    studies.quiet_optuna()
+    evaluator = _Evaluator(inputs, cfg)
+    target = evaluator.predictor.table.target
+    fastest, fastest_ms = evaluator.fastest()
+    if fastest_ms > cfg.budget_ms:
+        raise ConfigError(f"search_arch.budget_ms: {cfg.budget_ms:g} ms is below the fastest subnet of the space on "
+                          f"{target.name} ({fastest.name}: {fastest_ms:.1f} ms predicted); raise the budget or shrink the space")
+    log.info("search_arch on %s: budget %.1f ms, %s, %s mode, %d trials, %d worker(s); schemes searched: %s",
+             target.name, cfg.budget_ms, cfg.strategy, cfg.mode, cfg.trials, cfg.n_workers,
+             ", ".join([DENSE, *evaluator.schemes]))
+
+    identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("trials", "n_workers", "verify_runs")},
+                "supernet": _sha256(inputs.supernet), "table": _sha256(inputs.table_dir / "table.json")}
+    name = studies.study_name(identity)
+    study_path = out_dir / STUDY_FILE
+    study = studies.open_study(study_path, name, cfg, cfg.seed)
+    done = studies.completed(study)
+    if done:
+        log.info("resuming study %s in %s: %d of %d trials already completed", name, study_path, done, cfg.trials)
+
+    threads = max(1, torch.get_num_threads() // cfg.n_workers)
+    job = _Job(inputs, cfg, study_path, name, threads)
+    ctx = multiprocessing.get_context("spawn")
+    ready = [ctx.Event() for _ in range(1, cfg.n_workers)]
+    others = [ctx.Process(target=_worker, args=(job, i, ready[i - 1]), name=f"search_arch-worker-{i}")
+              for i in range(1, cfg.n_workers)]
+    for p in others:
+        p.start()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    bar = tqdm(total=cfg.trials, initial=min(done, cfg.trials), desc="search_arch", unit="trial",
+               disable=(not _is_tty()) if progress is None else not progress)
+
+    def seen(record: TrialRecord) -> None:
+        bar.n = min(studies.completed(study), cfg.trials)
+        bar.set_postfix_str(f"{record.psnr:.2f} dB {record.latency_ms:.1f} ms", refresh=True)
+        if on_trial is not None:
+            on_trial(record)
+
+    try:
+        _wait_until_ready(others, ready)
+        studies.run_trials(study, cfg, evaluator.space, evaluator.schemes, evaluator, worker=f"0:{os.getpid()}", on_trial=seen)
+    finally:
+        torch.set_num_threads(previous_threads)
+        for p in others:
+            p.join()
+        bar.close()
+    failed = [p.name for p in others if p.exitcode != 0]
+    if failed:
+        raise SearchError(f"search worker(s) {', '.join(failed)} failed (exit codes "
+                          f"{', '.join(str(p.exitcode) for p in others if p.exitcode != 0)}); rerun to resume")
+
+    records = studies.completed_trials(study, cfg.budget_ms)
+    chosen = _pick(records)
+    if chosen is None:
+        best = min(records, key=lambda r: r.latency_ms)
+        raise SearchError(f"none of the {len(records)} trials fits search_arch.budget_ms {cfg.budget_ms:g} ms on "
+                          f"{target.name} (fastest: {best.candidate.name}, {best.latency_ms:.1f} ms); raise trials or the budget")
+    front = pareto.pareto_front(records)
+    measured = _measure(evaluator, chosen, cfg, latency or LatencyConfig())
+    result = SearchResult(chosen, records, front, measured, time.perf_counter() - start, name, out_dir)
+    _write_outputs(result, cfg, target.name)
+    log.info("chosen %s: %.2f dB, %.1f ms predicted%s (budget %.1f ms); %d trials, %d on the front, %.0f s", chosen.candidate.name,
+             chosen.psnr, chosen.latency_ms, f", {measured:.1f} ms measured" if measured is not None else "", cfg.budget_ms,
+             len(records), len(front), result.seconds)
+    return result
+
+
+def _wait_until_ready(workers: list[Any], ready: list[Any]) -> None:
+    """Start trials only once every worker has loaded its inputs, so that the processes share the trials."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not all(event.is_set() for event in ready):
+        dead = [p.name for p, event in zip(workers, ready) if not event.is_set() and not p.is_alive()]
+        if dead or time.monotonic() > deadline:
+            for p in workers:
+                p.terminate()
+            raise SearchError(f"search worker(s) {', '.join(dead) or 'all'} did not start (see the error above); "
+                              "rerun to resume")
+        time.sleep(0.05)
+
+
+def _is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _measure(evaluator: _Evaluator, chosen: TrialRecord, cfg: SearchArchConfig, latency: LatencyConfig) -> float | None:
+    """End-to-end latency of the chosen network on the target (None when ``verify_runs`` is 0 or it cannot run here)."""
+    from srnas.latency.runtime import target_available
+    from srnas.latency.validate import measure_networks
+
+    target = evaluator.predictor.table.target
+    if cfg.verify_runs == 0:
+        return None
+    if not target_available(target):
+        log.warning("%s: runtime %s not available here; the chosen latency is predicted only", target.name, target.runtime)
+        return None
+    if evaluator.predictor.table.fingerprint_id != target.fingerprint_id():
+        log.warning("%s: the latency table was measured under fingerprint %s, this machine is %s", target.name,
+                    evaluator.predictor.table.fingerprint_id, target.fingerprint_id())
+    net = chosen.candidate.pruned(cfg.prune_keep)
+    return measure_networks(target, [net], warmup=latency.net_warmup, runs=cfg.verify_runs, rounds=latency.net_rounds)[0]
+
+
+def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> None:
+    out = result.out_dir
+    chosen = result.chosen
+
+    def point(r: TrialRecord) -> dict[str, Any]:
+        return {"trial": r.number, **r.candidate.to_dict(), "network": r.candidate.pruned(cfg.prune_keep).to_dict(),
+                "psnr": r.psnr, "predicted_ms": r.latency_ms}
+
+    payload: dict[str, Any] = {
+        "format": "srnas-search-arch/1", "target": target, "budget_ms": cfg.budget_ms, "strategy": cfg.strategy,
+        "mode": cfg.mode, "prune_keep": cfg.prune_keep, "importance": cfg.importance, "trials": len(result.records),
+        "study": {"file": STUDY_FILE, "name": result.study},
+        "chosen": point(chosen) | {"measured_ms": result.measured_ms, "latency_error": result.latency_error},
+    }
+    if cfg.mode == "pareto":
+        payload["front"] = [point(r) for r in result.front if r.feasible]
+    pareto.write_csv(out / "trials.csv", result.records)
+    pareto.write_csv(out / "pareto.csv", result.front)
+    title = f"search_arch on {target}: {cfg.strategy}, {len(result.records)} trials, budget {cfg.budget_ms:g} ms"
+    pareto.plot_front(out / "pareto.png", result.records, result.front, cfg.budget_ms, chosen, title)
+    atomic.write_json(out / "search_metrics.json", {k: (v if math.isfinite(v) else None) for k, v in result.metrics().items()})
+    atomic.write_json(out / ARCH_FILE, payload)

@@ -1,0 +1,160 @@
+"""The Optuna side of stage 2 (the one module that imports optuna): samplers, the persisted study, trials.
+
+The study lives in an SQLite file (Optuna's RDB storage) under the stage's output folder, named after what
+makes its trials comparable (:func:`study_name`), so
+
+- a killed search resumes where it stopped: completed trials stay in the file, a trial that was running when
+  its process died is marked failed by the heartbeat and does not count, and the next run only adds the
+  trials still missing (``trials`` counts *completed* trials);
+- several processes share one study (``n_workers``): each asks the storage for its next trial, the samplers see
+  every process's results (TPE with the constant liar for trials still running);
+- a changed budget, strategy, supernet or latency table gets a new study in the same file, and going back
+  finds the old one.
+
+Each trial records its architecture, predicted latency and PSNR as user attributes; feasibility (predicted
+latency within the budget) is a constraint the TPE and GP samplers model; random search samples blindly, and
+every strategy's best is the best *feasible* trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from srnas.config import SearchArchConfig
+from srnas.search.candidate import DENSE, ArchCandidate
+from srnas.supernet.space import CellConfig, SearchSpace, SubnetConfig
+
+__all__ = ["TrialRecord", "completed", "completed_trials", "make_sampler", "open_study", "quiet_optuna", "run_trials",
+           "study_name", "suggest_candidate"]
+
+log = logging.getLogger(__name__)
+
+# What a trial's latency and feasibility are stored under (user attributes).
+ARCH_ATTR, LATENCY_ATTR, PSNR_ATTR = "arch", "latency_ms", "psnr"
+HEARTBEAT_S, GRACE_S = 5, 20
+CONSTRAINT = "latency_over_budget_ms"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One completed trial, in the order the study ran them."""
+
+    number: int
+    candidate: ArchCandidate
+    psnr: float
+    latency_ms: float
+    feasible: bool
+    seconds: float
+    worker: str
+
+    def row(self) -> dict[str, Any]:
+        return {"trial": self.number, "name": self.candidate.name, "psnr": self.psnr, "latency_ms": self.latency_ms,
+                "feasible": self.feasible, "seconds": self.seconds, "worker": self.worker,
+                "width": self.candidate.subnet.width, "schemes": ".".join(self.candidate.schemes)}
+
+
+def study_name(identity: Mapping[str, Any]) -> str:
+    """``search_arch-<12 hex>`` from what makes trials comparable (config, supernet and table digests)."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"search_arch-{digest}"
+
+
+def make_sampler(cfg: SearchArchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler of ``cfg.strategy``: TPE or GP (both model the trials' latency constraint), or random sampling."""
+    if cfg.strategy == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.strategy == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def open_study(path: Path, name: str, cfg: SearchArchConfig, seed: int) -> optuna.Study:
+    """The study ``name`` in the SQLite file ``path`` (created when missing), with a heartbeat for crashed trials."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 5; it is what resume relies on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{path.resolve()}",
+            engine_kwargs={"connect_args": {"timeout": 120}},
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+        )
+    directions = ["maximize"] if cfg.mode == "single" else ["maximize", "minimize"]
+    return optuna.create_study(storage=storage, study_name=name, directions=directions,
+                               sampler=make_sampler(cfg, seed), load_if_exists=True)
+
+
+def suggest_candidate(trial: optuna.Trial, space: SearchSpace, schemes: Sequence[str]) -> ArchCandidate:
+    """Width, one block per cell and one scheme per searchable layer: the same parameters every trial."""
+    width = trial.suggest_categorical("width", list(space.widths))
+    codes = [c.code for c in space.cell_choices]
+    cells = tuple(CellConfig.from_code(trial.suggest_categorical(f"cell{i}", codes)) for i in range(space.num_cells))
+    choices = [DENSE, *schemes]
+    picked = [trial.suggest_categorical("scheme_head", choices)]
+    picked += [trial.suggest_categorical(f"scheme_cell{i}", choices) for i in range(space.num_cells)]
+    return ArchCandidate.normalized(SubnetConfig(int(width), cells), picked)
+
+
+def completed(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def run_trials(study: optuna.Study, cfg: SearchArchConfig, space: SearchSpace, schemes: Sequence[str],
+               evaluate: Callable[[ArchCandidate], tuple[float, float]], *, worker: str,
+               on_trial: Callable[[TrialRecord], None] | None = None) -> None:
+    """Run trials until the study holds ``cfg.trials`` completed ones (counting every process's)."""
+    import time
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        start = time.perf_counter()
+        candidate = suggest_candidate(trial, space, schemes)
+        psnr, latency_ms = evaluate(candidate)
+        trial.set_user_attr(ARCH_ATTR, candidate.to_dict())
+        trial.set_user_attr(LATENCY_ATTR, latency_ms)
+        trial.set_user_attr(PSNR_ATTR, psnr)
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        # <= 0 is feasible (Optuna's convention); TPE and GP model it, random sampling ignores it.
+        trial.set_constraint(CONSTRAINT, latency_ms - cfg.budget_ms)
+        return psnr if cfg.mode == "single" else (psnr, latency_ms)
+
+    def report(study: optuna.Study, trial: FrozenTrial) -> None:
+        if on_trial is not None and trial.state == TrialState.COMPLETE:
+            on_trial(_record(trial, cfg.budget_ms))
+
+    remaining = cfg.trials - completed(study)
+    if remaining <= 0:
+        return
+    callbacks = [optuna.study.MaxTrialsCallback(cfg.trials, states=(TrialState.COMPLETE,)), report]
+    # n_trials bounds this process; the callback stops it once all processes together have completed enough.
+    study.optimize(objective, n_trials=remaining, callbacks=callbacks, gc_after_trial=False, show_progress_bar=False)
+
+
+def _record(trial: FrozenTrial, budget_ms: float) -> TrialRecord:
+    attrs = trial.user_attrs
+    latency = float(attrs[LATENCY_ATTR])
+    return TrialRecord(trial.number, ArchCandidate.from_dict(attrs[ARCH_ATTR], f"trial {trial.number}"),
+                       float(attrs[PSNR_ATTR]), latency, latency <= budget_ms, float(attrs.get("seconds", math.nan)),
+                       str(attrs.get("worker", "")))
+
+
+def completed_trials(study: optuna.Study, budget_ms: float) -> list[TrialRecord]:
+    """Every completed trial, by trial number."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [_record(t, budget_ms) for t in sorted(trials, key=lambda t: t.number)]
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial at INFO; the stage reports progress itself."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

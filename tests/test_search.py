@@ -1,0 +1,272 @@
+"""Stage 2, the architecture and pruning-scheme search: candidates, quality, the persisted study, the command.
+
+The latency table is built with deterministic fake timers (no timing is asserted on the shared CPU); the search
+itself runs for real: supernet weights, physical pruning, PSNR on crops, Optuna on SQLite, worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from PIL import Image
+
+from conftest import smooth_image
+from srnas.config import LatencyConfig, SearchArchConfig, SearchSpaceConfig, from_mapping
+from srnas.errors import ConfigError
+from srnas.imresize import imresize
+from srnas.latency import runtime
+from srnas.latency.profile import load_predictor, profile_target
+from srnas.latency.targets import Target
+from srnas.search import ArchCandidate, SearchInputs, search_arch
+from srnas.search.pareto import pareto_front
+from srnas.search.quality import QualityEvaluator
+from srnas.search.run import searchable_schemes
+from srnas.search.study import TrialRecord, open_study
+from srnas.supernet.space import SearchSpace, SubnetConfig
+from srnas.supernet.supernet import SRSupernet, save_supernet
+from srnas.training.patches import load_pairs
+from test_latency import fake_layer_ms, fake_network_ms
+
+SPACE = SearchSpace(SearchSpaceConfig(num_cells=3, widths=(8, 16), expansions=(2, 4)))
+TARGET = Target("cpu_test", "test-cpu", "torch_fp32", "fp32", 1, (12, 16), 2)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> SearchInputs:
+    """A randomly initialised supernet, a fake-timed latency table of its space, and a prepared val set."""
+    root = tmp_path_factory.mktemp("search_inputs")
+    torch.manual_seed(0)
+    save_supernet(root / "supernet.pt", SRSupernet(SPACE, 2))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime, "measure_layer", fake_layer_ms)
+        mp.setattr(runtime, "measure_network", fake_network_ms)
+        profile_target(TARGET, SPACE, LatencyConfig(calibration_subnets=4), root / "tables" / TARGET.name,
+                       cache_dir=root / "cache")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        hr = smooth_image(rng, 64)
+        lr = np.clip(np.rint(imresize(hr.astype(np.float64), 0.5)), 0, 255).astype(np.uint8)
+        for kind, img in (("hr", hr), ("lr", lr)):
+            folder = root / "data" / "val" / "x2" / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(folder / f"img{i}.png")
+    return SearchInputs(root / "supernet.pt", root / "tables" / TARGET.name, root / "data")
+
+
+def _cfg(**overrides) -> SearchArchConfig:
+    base = {"budget_ms": 1e9, "trials": 10, "val_crops": 2, "crop_size": 16, "verify_runs": 0}
+    return from_mapping(SearchArchConfig, base | overrides, "search_arch")
+
+
+# ------------------------------------------------------------------------------------------ units
+
+
+def test_candidate_round_trip_names_and_pruning() -> None:
+    subnet = SubnetConfig.from_name("w16-c.w4.s")
+    cand = ArchCandidate.normalized(subnet, ["filter_g8", "dense", "filter_g8", "filter_g16"])
+    assert cand.schemes == ("filter_g8", "dense", "filter_g8", "dense")  # a skip cell has nothing to prune
+    assert cand.name == "w16-c.w4.s/g8.d.g8.d"
+    assert ArchCandidate.from_dict(json.loads(json.dumps(cand.to_dict()))) == cand
+    pruned = cand.pruned(0.5)
+    # head 16 -> 8; conv cell dense (16 in, 16 out); wdsr: expand 64 -> 32, reduce 16 -> 8, last conv follows the stream
+    assert pruned.channels == (8, 16, 32, 8, 16)
+    assert ArchCandidate.normalized(subnet, ["dense"] * 4).pruned(0.5).channels == (16, 16, 64, 16, 16)
+    with pytest.raises(ConfigError, match="skip cell"):
+        ArchCandidate(subnet, ("dense", "dense", "dense", "filter_g8"))
+    with pytest.raises(ConfigError, match="filter_g"):
+        ArchCandidate(subnet, ("dense", "sparse50", "dense", "dense"))
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    def rec(n: int, psnr: float, ms: float) -> TrialRecord:
+        cand = ArchCandidate.normalized(SubnetConfig.from_name(f"w{8 * (n + 1)}-c"), ["dense", "dense"])
+        return TrialRecord(n, cand, psnr, ms, True, 0.0, "0")
+
+    records = [rec(0, 30.0, 10.0), rec(1, 31.0, 20.0), rec(2, 30.5, 25.0), rec(3, 29.0, 5.0), rec(4, 31.5, 40.0)]
+    assert [r.number for r in pareto_front(records)] == [3, 0, 1, 4]
+
+
+def test_quality_is_the_supernet_subnet_psnr_and_pruning_costs_quality(inputs) -> None:
+    from srnas.metrics import calculate_psnr
+    from srnas.supernet.supernet import load_supernet
+
+    supernet = load_supernet(inputs.supernet)
+    pairs = load_pairs(inputs.data_dir / "val" / "x2", 2)
+    quality = QualityEvaluator(supernet, pairs, count=2, size=16, precision="fp32", prune_keep=0.5)
+    cand = ArchCandidate.normalized(SPACE.largest(), ["dense"] * 4)
+    with torch.no_grad():
+        out = supernet.get_active_subnet(SPACE.largest())(quality.lr)
+    sr = out.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    expected = np.mean([calculate_psnr(a, b, crop_border=2) for a, b in zip(sr, quality.hr)])
+    assert quality.psnr(cand) == pytest.approx(expected, abs=1e-9)
+    pruned = ArchCandidate.normalized(SPACE.largest(), ["filter_g8"] * 4)
+    assert quality.model(pruned).pruned.channels == pruned.pruned(0.5).channels
+    assert quality.psnr(pruned) != quality.psnr(cand)
+    with pytest.raises(ConfigError, match="int8"):
+        QualityEvaluator(supernet, pairs, count=2, size=16, precision="int8", prune_keep=0.5)
+
+
+def test_only_accelerated_filter_schemes_on_the_table_grid_are_searched(inputs) -> None:
+    predictor = load_predictor(inputs.table_dir)
+    schemes = searchable_schemes(predictor)
+    accepted = predictor.table.extra["accepted_schemes"]
+    assert schemes and set(schemes) <= set(accepted)
+    assert all(s.startswith("filter_g") and int(s[8:]) >= predictor.table.granularity for s in schemes)
+
+
+def test_config_validation() -> None:
+    for key, value, message in (("strategy", "grid", "unknown strategy"), ("mode", "both", "unknown mode"),
+                                ("prune_keep", 1.0, "prune_keep"), ("trials", 0, "trials"), ("budget_ms", 0, "budget_ms")):
+        with pytest.raises(ConfigError, match=message):
+            from_mapping(SearchArchConfig, {key: value}, "search_arch")
+
+
+# ---------------------------------------------------------------------------------------- search
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "random", "gp"])
+def test_search_respects_the_budget_and_writes_outputs(inputs, tmp_path, strategy) -> None:
+    predictor = load_predictor(inputs.table_dir)
+    budget = 0.5 * (predictor.predict(SPACE.smallest()) + predictor.predict(SPACE.largest()))
+    result = search_arch(inputs, _cfg(strategy=strategy, budget_ms=budget, trials=12), tmp_path, progress=False)
+    assert len(result.records) == 12
+    assert result.chosen.feasible and result.chosen.latency_ms <= budget
+    assert result.chosen.psnr == max(r.psnr for r in result.records if r.feasible)
+    arch = json.loads((tmp_path / "arch.json").read_text())
+    assert arch["chosen"]["name"] == result.chosen.candidate.name and arch["strategy"] == strategy
+    assert predictor.predict(ArchCandidate.from_dict(arch["chosen"]).pruned(0.5)) == pytest.approx(arch["chosen"]["predicted_ms"])
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 13
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((tmp_path / "search_metrics.json").read_text())
+    assert metrics["trials"] == 12 and metrics["best_psnr"] == pytest.approx(result.chosen.psnr)
+
+
+def test_pareto_mode_returns_the_front_within_budget(inputs, tmp_path) -> None:
+    result = search_arch(inputs, _cfg(mode="pareto", trials=12), tmp_path, progress=False)
+    front = json.loads((tmp_path / "arch.json").read_text())["front"]
+    assert [p["name"] for p in front] == [r.candidate.name for r in result.front]
+    latencies, psnrs = [p["predicted_ms"] for p in front], [p["psnr"] for p in front]
+    assert latencies == sorted(latencies) and psnrs == sorted(psnrs)
+    assert len(pareto_front(result.records)) == len(front)
+
+
+def test_budget_below_the_fastest_subnet_is_a_clear_error(inputs, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="below the fastest subnet"):
+        search_arch(inputs, _cfg(budget_ms=1e-6), tmp_path, progress=False)
+    assert not (tmp_path / "arch.json").exists()
+
+
+def test_a_finished_study_is_reused_and_extended(inputs, tmp_path) -> None:
+    first = search_arch(inputs, _cfg(trials=6), tmp_path, progress=False)
+    again = search_arch(inputs, _cfg(trials=6), tmp_path, progress=False)
+    assert [r.candidate for r in again.records] == [r.candidate for r in first.records]  # nothing re-run
+    more = search_arch(inputs, _cfg(trials=9), tmp_path, progress=False)
+    assert [r.candidate for r in more.records[:6]] == [r.candidate for r in first.records]
+    assert len(more.records) == 9
+    other = search_arch(inputs, _cfg(trials=3, budget_ms=1e8), tmp_path, progress=False)  # another study in the file
+    assert len(other.records) == 3 and other.study != first.study
+
+
+def _completed(study_path: Path) -> int:
+    if not study_path.exists():
+        return 0
+    try:
+        names = optuna.get_all_study_names(f"sqlite:///{study_path}")
+        return sum(len(optuna.load_study(study_name=n, storage=f"sqlite:///{study_path}").get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) for n in names)
+    except Exception:  # the file is being created
+        return 0
+
+
+def _cli(inputs: SearchInputs, params: Path, out: Path) -> list[str]:
+    return ["search-arch", "--params", str(params), "--supernet", str(inputs.supernet),
+            "--tables", str(inputs.table_dir.parent), "--data-dir", str(inputs.data_dir), "--out", str(out)]
+
+
+def _params(tmp_path: Path, **search) -> Path:
+    params = tmp_path / "params.yaml"
+    cfg = {"tracking": {"enabled": False},
+           "latency": {"targets": [{"name": TARGET.name, "runtime": "torch_fp32", "precision": "fp32", "input_size": [12, 16]}]},
+           "search_arch": {"budget_ms": 1e9, "val_crops": 2, "crop_size": 16, "verify_runs": 0} | search}
+    params.write_text(json.dumps(cfg), encoding="utf-8")
+    return params
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_where_it_stopped(inputs, tmp_path) -> None:
+    params, out = _params(tmp_path, trials=60, seed=3), tmp_path / "out"
+    cmd = [sys.executable, "-m", "srnas.cli", *_cli(inputs, params, out)]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _completed(out / "study.db") < 5:
+            assert child.poll() is None, f"search exited early: {child.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no trials within 120 s"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stderr.close()
+    done = _completed(out / "study.db")
+    assert 5 <= done < 60 and not (out / "arch.json").exists()
+    name = optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}")[0]
+    before = [t.params for t in optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}").get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))]
+
+    from srnas.cli import main
+
+    assert main(_cli(inputs, params, out)) == 0
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+    after = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(after) == 60
+    assert [t.params for t in after[:done]] == before  # the trials done before the kill are kept, not redone
+    assert json.loads((out / "arch.json").read_text())["trials"] == 60
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(inputs, tmp_path) -> None:
+    from srnas.cli import main
+
+    params, out = _params(tmp_path, trials=24, n_workers=2), tmp_path / "out"
+    assert main(_cli(inputs, params, out)) == 0
+    name = optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}")[0]
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}").get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))
+    assert 24 <= len(trials) <= 25  # the stop callback may let the other process finish one more
+    workers = {t.user_attrs["worker"].split(":")[0] for t in trials}
+    assert workers == {"0", "1"}
+    pids = {t.user_attrs["worker"].split(":")[1] for t in trials}
+    assert len(pids) == 2
+
+
+def test_cli_logs_each_trial_as_a_nested_mlflow_run(inputs, tmp_path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from srnas.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    params = _params(tmp_path, trials=5)
+    cfg = json.loads(params.read_text())
+    cfg["tracking"] = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "search-test",
+                       "artifact_location": str(tmp_path / "artifacts")}
+    params.write_text(json.dumps(cfg), encoding="utf-8")
+    assert main(_cli(inputs, params, tmp_path / "out")) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("search-test")
+    stage = client.search_runs([exp.experiment_id], "tags.`srnas.kind` = 'stage' and tags.`srnas.stage` = 'search_arch'")
+    assert len(stage) == 1 and stage[0].data.params["chosen"]
+    trials = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{stage[0].info.run_id}'")
+    assert len(trials) == 5
+    assert all({"psnr", "predicted_ms", "feasible"} <= set(t.data.metrics) and t.data.params["arch"] for t in trials)

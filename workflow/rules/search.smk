@@ -1,0 +1,28 @@
+# Stage 2 of the method: compiler-aware architecture and pruning-scheme search (Bayesian optimization).
+# The Optuna study persists in results/search_arch/study.db (not an output): a killed search resumes.
+
+
+rule search_arch:
+    input:
+        supernet="results/train_supernet/supernet.pt",
+        tables="results/profile_device",
+        data="results/prepare_data",
+        code=package_files("search", "pruning.py"),
+    output:
+        arch="results/search_arch/arch.json",
+        trials="results/search_arch/trials.csv",
+        front="results/search_arch/pareto.csv",
+        plot="results/search_arch/pareto.png",
+        metrics="results/search_arch/search_metrics.json",
+    params:
+        config=config_json("search_arch", "latency.targets", "latency.net_warmup", "latency.net_rounds"),
+        out=subpath(output.arch, parent=True),
+    log:
+        "logs/search_arch/search_arch.log",
+    benchmark:
+        "benchmarks/search_arch.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas search-arch --supernet {input.supernet} --tables {input.tables} --data-dir {input.data} --out {params.out}"
+        " --config-json {params.config:q} --log {log}"
