@@ -72,14 +72,17 @@ def _cfg(**overrides) -> SearchArchConfig:
 
 def test_candidate_round_trip_names_and_pruning() -> None:
     subnet = SubnetConfig.from_name("w16-c.w4.s")
-    cand = ArchCandidate.normalized(subnet, ["filter_g8", "dense", "filter_g8", "filter_g16"])
+    cand = ArchCandidate.normalized(subnet, ["filter_g8", "dense", "filter_g8", "filter_g16"], 0.5)
     assert cand.schemes == ("filter_g8", "dense", "filter_g8", "dense")  # a skip cell has nothing to prune
+    # filter_g16 at keep 0.5 removes nothing from a 16-filter layer (8 rounds up to 16) but halves a 64-filter expand
+    moot = ArchCandidate.normalized(subnet, ["filter_g16", "filter_g16", "filter_g16", "dense"], 0.5)
+    assert moot.schemes == ("dense", "dense", "filter_g16", "dense")
     assert cand.name == "w16-c.w4.s/g8.d.g8.d"
     assert ArchCandidate.from_dict(json.loads(json.dumps(cand.to_dict()))) == cand
     pruned = cand.pruned(0.5)
     # head 16 -> 8; conv cell dense (16 in, 16 out); wdsr: expand 64 -> 32, reduce 16 -> 8, last conv follows the stream
     assert pruned.channels == (8, 16, 32, 8, 16)
-    assert ArchCandidate.normalized(subnet, ["dense"] * 4).pruned(0.5).channels == (16, 16, 64, 16, 16)
+    assert ArchCandidate.normalized(subnet, ["dense"] * 4, 0.5).pruned(0.5).channels == (16, 16, 64, 16, 16)
     with pytest.raises(ConfigError, match="skip cell"):
         ArchCandidate(subnet, ("dense", "dense", "dense", "filter_g8"))
     with pytest.raises(ConfigError, match="filter_g"):
@@ -88,7 +91,7 @@ def test_candidate_round_trip_names_and_pruning() -> None:
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
     def rec(n: int, psnr: float, ms: float) -> TrialRecord:
-        cand = ArchCandidate.normalized(SubnetConfig.from_name(f"w{8 * (n + 1)}-c"), ["dense", "dense"])
+        cand = ArchCandidate.normalized(SubnetConfig.from_name(f"w{8 * (n + 1)}-c"), ["dense", "dense"], 0.5)
         return TrialRecord(n, cand, psnr, ms, True, 0.0, "0")
 
     records = [rec(0, 30.0, 10.0), rec(1, 31.0, 20.0), rec(2, 30.5, 25.0), rec(3, 29.0, 5.0), rec(4, 31.5, 40.0)]
@@ -102,13 +105,13 @@ def test_quality_is_the_supernet_subnet_psnr_and_pruning_costs_quality(inputs) -
     supernet = load_supernet(inputs.supernet)
     pairs = load_pairs(inputs.data_dir / "val" / "x2", 2)
     quality = QualityEvaluator(supernet, pairs, count=2, size=16, precision="fp32", prune_keep=0.5)
-    cand = ArchCandidate.normalized(SPACE.largest(), ["dense"] * 4)
+    cand = ArchCandidate.normalized(SPACE.largest(), ["dense"] * 4, 0.5)
     with torch.no_grad():
         out = supernet.get_active_subnet(SPACE.largest())(quality.lr)
     sr = out.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     expected = np.mean([calculate_psnr(a, b, crop_border=2) for a, b in zip(sr, quality.hr)])
     assert quality.psnr(cand) == pytest.approx(expected, abs=1e-9)
-    pruned = ArchCandidate.normalized(SPACE.largest(), ["filter_g8"] * 4)
+    pruned = ArchCandidate.normalized(SPACE.largest(), ["filter_g8"] * 4, 0.5)
     assert quality.model(pruned).pruned.channels == pruned.pruned(0.5).channels
     assert quality.psnr(pruned) != quality.psnr(cand)
     with pytest.raises(ConfigError, match="int8"):

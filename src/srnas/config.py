@@ -518,8 +518,8 @@ class SearchArchConfig:
     prune_keep: float = 0.5
     importance: str = "l1"
     val_set: str = ""
-    val_crops: int = 16
-    crop_size: int = 48
+    val_crops: int = 32
+    crop_size: int = 64
     verify_runs: int = 10
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from srnas.errors import ConfigError
-from srnas.latency.layers import PrunedSubnet
+from srnas.latency.layers import PrunedSubnet, full_channels, round_channels
 from srnas.pruning import pruned_from_keep
 from srnas.supernet.space import SubnetConfig
 
@@ -31,6 +31,13 @@ def scheme_granularity(scheme: str) -> int:
     if scheme.startswith("filter_g") and scheme[len("filter_g"):].isdigit() and int(scheme[len("filter_g"):]) >= 1:
         return int(scheme[len("filter_g"):])
     raise ConfigError(f"pruning scheme {scheme!r}: expected {DENSE} or filter_g<granularity> (e.g. filter_g16)")
+
+
+def _effective(scheme: str, full: int, keep: float) -> str:
+    """``scheme``, or ``dense`` when pruning a ``full``-filter layer to ``keep`` on its grid removes nothing."""
+    if scheme == DENSE or round_channels(full * keep, scheme_granularity(scheme), full) < full:
+        return scheme
+    return DENSE
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,20 @@ class ArchCandidate:
         object.__setattr__(self, "schemes", schemes)
 
     @classmethod
-    def normalized(cls, subnet: SubnetConfig, schemes: Sequence[str]) -> ArchCandidate:
-        """Like the constructor, but a skip cell's scheme becomes ``dense`` (what a sampler proposes for it is moot)."""
-        cells = subnet.cells
-        fixed = [schemes[0], *(DENSE if c.block == "skip" else s for c, s in zip(cells, schemes[1:]))]
+    def normalized(cls, subnet: SubnetConfig, schemes: Sequence[str], keep: float) -> ArchCandidate:
+        """Like the constructor, but a scheme that would prune nothing becomes ``dense``: a skip cell's, and one whose
+        rounding keeps every filter at ``keep`` (``filter_g16`` on a width-8 layer). Proposals that build the same
+        network then share one name, one cached score and one point on the front."""
+        full = full_channels(subnet)
+        fixed = [_effective(schemes[0], full[0], keep)]
+        i = 1
+        for cell, scheme in zip(subnet.cells, schemes[1:]):
+            if cell.block == "skip":
+                fixed.append(DENSE)
+                continue
+            widths = full[i:i + 1] if cell.block == "conv" else full[i:i + 2]
+            fixed.append(DENSE if all(_effective(scheme, w, keep) == DENSE for w in widths) else scheme)
+            i += 1 if cell.block == "conv" else 3
         return cls(subnet, tuple(fixed))
 
     @property

@@ -179,7 +179,8 @@ class _Evaluator:
     def fastest(self) -> tuple[ArchCandidate, float]:
         """The cheapest candidate the space offers (smallest subnet, every layer dense or pruned by one scheme)."""
         smallest = self.space.smallest()
-        options = [ArchCandidate.normalized(smallest, [s] * (1 + self.space.num_cells)) for s in [DENSE, *self.schemes]]
+        options = [ArchCandidate.normalized(smallest, [s] * (1 + self.space.num_cells), self.prune_keep)
+                   for s in [DENSE, *self.schemes]]
         return min(((c, self.latency(c)) for c in options), key=lambda item: item[1])
 
 

@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from srnas.config import SearchArchConfig
 from srnas.search.candidate import DENSE, ArchCandidate
-from srnas.supernet.space import CellConfig, SearchSpace, SubnetConfig
+from srnas.supernet.space import SearchSpace, SubnetConfig
 
 __all__ = ["TrialRecord", "completed", "completed_trials", "make_sampler", "open_study", "quiet_optuna", "run_trials",
            "study_name", "suggest_candidate"]
@@ -95,15 +95,22 @@ def open_study(path: Path, name: str, cfg: SearchArchConfig, seed: int) -> optun
                                sampler=make_sampler(cfg, seed), load_if_exists=True)
 
 
-def suggest_candidate(trial: optuna.Trial, space: SearchSpace, schemes: Sequence[str]) -> ArchCandidate:
-    """Width, one block per cell and one scheme per searchable layer: the same parameters every trial."""
-    width = trial.suggest_categorical("width", list(space.widths))
-    codes = [c.code for c in space.cell_choices]
-    cells = tuple(CellConfig.from_code(trial.suggest_categorical(f"cell{i}", codes)) for i in range(space.num_cells))
+def suggest_candidate(trial: optuna.Trial, space: SearchSpace, schemes: Sequence[str], keep: float) -> ArchCandidate:
+    """Width, one block per cell and one scheme per searchable layer: the same parameters every trial.
+
+    Width and blocks are suggested as integer *levels* ordered by cost (widths ascending; blocks skip < conv <
+    wdsr by expansion), so the samplers' models see that neighbouring choices behave alike (more compute, more PSNR
+    and latency) instead of unrelated categories. A uniform integer is the same distribution as a uniform category,
+    so random search samples exactly as before. Schemes stay categorical.
+    """
+    widths = sorted(space.widths)
+    width = widths[trial.suggest_int("width", 0, len(widths) - 1)]
+    blocks = sorted(space.cell_choices, key=lambda c: (c.block != "skip", c.block == "wdsr", c.expand))
+    cells = tuple(blocks[trial.suggest_int(f"cell{i}", 0, len(blocks) - 1)] for i in range(space.num_cells))
     choices = [DENSE, *schemes]
     picked = [trial.suggest_categorical("scheme_head", choices)]
     picked += [trial.suggest_categorical(f"scheme_cell{i}", choices) for i in range(space.num_cells)]
-    return ArchCandidate.normalized(SubnetConfig(int(width), cells), picked)
+    return ArchCandidate.normalized(SubnetConfig(int(width), cells), picked, keep)
 
 
 def completed(study: optuna.Study) -> int:
@@ -118,7 +125,7 @@ def run_trials(study: optuna.Study, cfg: SearchArchConfig, space: SearchSpace, s
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
-        candidate = suggest_candidate(trial, space, schemes)
+        candidate = suggest_candidate(trial, space, schemes, cfg.prune_keep)
         psnr, latency_ms = evaluate(candidate)
         trial.set_user_attr(ARCH_ATTR, candidate.to_dict())
         trial.set_user_attr(LATENCY_ATTR, latency_ms)
