@@ -73,6 +73,9 @@ def test_snakemake_smoke_pipeline(tmp_path: Path) -> None:
     assert supernet["steps"] == 20 and supernet["space_size"] > 1 and (project / "results" / "train_supernet" / "supernet.pt").is_file()
     table = json.loads((project / "results" / "profile_device" / "cpu_torch_fp32" / "table.json").read_text())
     assert table["entries"] and table["fingerprint"]["runtime"] == "torch_fp32"
+    arch = json.loads((project / "results" / "search_arch" / "arch.json").read_text())
+    assert arch["trials"] == 8 and arch["chosen"]["predicted_ms"] <= arch["budget_ms"] and arch["chosen"]["measured_ms"] > 0
+    assert "## Architecture search (stage 2)" in report and "search_arch/pareto.png" in report
     manifest = json.loads((project / "results" / "prepare_data" / "manifest.json").read_text())
     assert manifest["files"]
     assert (project / "logs" / "prepare_data" / "prepare_data.log").exists()
@@ -80,7 +83,7 @@ def test_snakemake_smoke_pipeline(tmp_path: Path) -> None:
     runs = _stage_runs(project)
     stages = {run["stage"] for run in runs}
     assert {"prepare_data", "train_baseline", "export", "profile_model", "evaluate", "train_supernet", "profile_device",
-            "report"} <= stages
+            "search_arch", "report"} <= stages
     parents = {run["pipeline_run_id"] for run in runs}
     assert len(parents) == 1 and None not in parents, "all stages belong to one pipeline run"
     evaluate = next(run for run in runs if run["stage"] == "evaluate" and run["tags"]["srnas.model"] == "bicubic")
@@ -112,6 +115,7 @@ def test_dvc_exp_run_selects_the_smoke_profile(tmp_path: Path) -> None:
     assert "Running stage" not in again.stdout, again.stdout
     shown = _run([str(BIN / "dvc"), "metrics", "show", "--json"], project)
     assert "psnr_val_x2" in shown.stdout
+    assert "best_psnr" in shown.stdout  # search_arch's metrics (cache: false)
     runs = _stage_runs(project)
-    assert {"prepare_data", "evaluate", "report"} <= {run["stage"] for run in runs}
+    assert {"prepare_data", "evaluate", "search_arch", "report"} <= {run["stage"] for run in runs}
     assert len({run["pipeline_run_id"] for run in runs}) == 1
