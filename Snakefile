@@ -15,6 +15,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/supernet.smk"
 include: "workflow/rules/latency.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/final.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -6,6 +6,7 @@ itself runs for real: supernet weights, physical pruning, PSNR on crops, Optuna 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -32,7 +33,9 @@ from srnas.search.quality import QualityEvaluator
 from srnas.search.run import searchable_schemes
 from srnas.search.study import TrialRecord, open_study
 from srnas.supernet.space import SearchSpace, SubnetConfig
-from srnas.supernet.supernet import SRSupernet, save_supernet
+from srnas.latency.layers import as_pruned
+from srnas.pruning import prunable_convs
+from srnas.supernet.supernet import SRSupernet, load_supernet, save_supernet
 from srnas.training.patches import load_pairs
 from test_latency import fake_layer_ms, fake_network_ms
 
@@ -112,7 +115,7 @@ def test_quality_is_the_supernet_subnet_psnr_and_pruning_costs_quality(inputs) -
     expected = np.mean([calculate_psnr(a, b, crop_border=2) for a, b in zip(sr, quality.hr)])
     assert quality.psnr(cand) == pytest.approx(expected, abs=1e-9)
     pruned = ArchCandidate.normalized(SPACE.largest(), ["filter_g8"] * 4, 0.5)
-    assert quality.model(pruned).pruned.channels == pruned.pruned(0.5).channels
+    assert quality.model(pruned.pruned(0.5)).pruned.channels == pruned.pruned(0.5).channels
     assert quality.psnr(pruned) != quality.psnr(cand)
     with pytest.raises(ConfigError, match="int8"):
         QualityEvaluator(supernet, pairs, count=2, size=16, precision="int8", prune_keep=0.5)
@@ -273,3 +276,58 @@ def test_cli_logs_each_trial_as_a_nested_mlflow_run(inputs, tmp_path, monkeypatc
     trials = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{stage[0].info.run_id}'")
     assert len(trials) == 5
     assert all({"psnr", "predicted_ms", "feasible"} <= set(t.data.metrics) and t.data.params["arch"] for t in trials)
+
+
+# ----------------------------------------------------------------------------- stage 3: ratios
+
+
+def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_stage2(inputs, tmp_path) -> None:
+    from srnas.config import RatioSearchConfig
+    from srnas.pruning import load_pruned
+    from srnas.search.ratio import conv_schemes, search_ratio
+
+    predictor = load_predictor(inputs.table_dir)
+    budget = 0.6 * predictor.predict(SPACE.largest())
+    arch_cfg = _cfg(budget_ms=budget, trials=15, verify_runs=1)
+    stage2 = search_arch(inputs, dataclasses.replace(arch_cfg, verify_runs=0), tmp_path / "arch", progress=False)
+    if not stage2.chosen.candidate.is_pruned:  # make sure there is something to search: prune every layer
+        chosen = ArchCandidate.normalized(stage2.chosen.candidate.subnet, ["filter_g4"] * 4, 0.5)
+        arch = json.loads((tmp_path / "arch" / "arch.json").read_text())
+        arch["chosen"] |= chosen.to_dict()
+        (tmp_path / "arch" / "arch.json").write_text(json.dumps(arch))
+    candidate = ArchCandidate.from_dict(json.loads((tmp_path / "arch" / "arch.json").read_text())["chosen"])
+    result = search_ratio(inputs, tmp_path / "arch" / "arch.json", RatioSearchConfig(trials=8, keep_step=0.25),
+                          arch_cfg, tmp_path / "ratio")
+    assert result.network.config == candidate.subnet and result.predicted_ms <= budget
+    # dense layers keep every filter; the first trial is stage 2's own network, so the result is at least as good
+    full = as_pruned(candidate.subnet).channels
+    free = prunable_convs(candidate.subnet)
+    for index, scheme in zip(free, conv_schemes(candidate)):
+        if scheme == "dense":
+            assert result.network.channels[index] == full[index]
+    stage2_net = candidate.pruned(0.5)
+    from srnas.search.quality import QualityEvaluator
+
+    quality = QualityEvaluator(load_supernet(inputs.supernet), load_pairs(inputs.data_dir / "val" / "x2", 2), count=2,
+                               size=16, precision="fp32", prune_keep=0.5)
+    assert result.psnr >= quality.psnr_network(stage2_net) - 1e-9
+    model = load_pruned(tmp_path / "ratio" / "pruned.pt")
+    assert model.pruned == result.network
+    saved = json.loads((tmp_path / "ratio" / "ratio.json").read_text())
+    assert saved["network"] == result.network.to_dict() and saved["predicted_speedup"] >= 1.0
+    assert saved["measured_speedup"] > 0  # measured for real (tiny input), not asserted against timing
+
+
+def test_check_budget_passes_or_fails_with_the_miss(inputs, tmp_path, capsys) -> None:
+    from srnas.cli import main
+    from srnas.pruning import prune_subnet, save_pruned
+
+    net = ArchCandidate.normalized(SPACE.smallest(), ["dense"] * 4, 0.5).pruned(0.5)
+    save_pruned(tmp_path / "model.pt", prune_subnet(load_supernet(inputs.supernet).get_active_subnet(net.config), net))
+    args = ["check-budget", "--checkpoint", str(tmp_path / "model.pt"), "--tables", str(inputs.table_dir.parent)]
+    assert main([*args, "--params", str(_params(tmp_path, verify_runs=2)), "--out", str(tmp_path / "ok.json")]) == 0
+    verdict = json.loads((tmp_path / "ok.json").read_text())
+    assert verdict["within_budget"] and verdict["measured_ms"] > 0
+    assert main([*args, "--params", str(_params(tmp_path, budget_ms=0.001, verify_runs=2)), "--out", str(tmp_path / "no.json")]) == 1
+    assert not (tmp_path / "no.json").exists()
+    assert "over the" in capsys.readouterr().err

@@ -28,6 +28,7 @@ COMMANDS = (
     "supernet",
     "latency",
     "search",
+    "finetune",
     "report",
     "compare",
     "upscale",

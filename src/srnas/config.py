@@ -535,3 +535,49 @@ class SearchArchConfig:
         _check(self.val_crops >= 1, "val_crops", f"must be at least 1, got {self.val_crops}")
         _check(self.crop_size >= 8, "crop_size", f"must be at least 8 LR pixels, got {self.crop_size}")
         _check(self.verify_runs >= 0, "verify_runs", f"must be 0 (no measurement) or positive, got {self.verify_runs}")
+
+
+# ------------------------------------------------- stage 3: pruning-ratio search and fine-tuning (search_ratio, finetune)
+
+
+@dataclass(frozen=True)
+class RatioSearchConfig:
+    """The ``search_ratio`` section: per-layer pruning ratios for the stage-2 architecture (stage 3).
+
+    Every layer stage 2 gave a filter scheme keeps a share of its filters in [``min_keep``, 1] (suggested in steps of
+    ``keep_step``), rounded to that scheme's granularity and removed physically by ``importance``; ``dense`` layers
+    stay whole. Bayesian optimization (``strategy``: ``tpe`` / ``gp`` / ``random``) over ``trials`` trials maximizes
+    the proxy -- validation PSNR right after pruning the stage-2 subnet's inherited weights, on the search's crops --
+    under the predicted-latency budget ``search_arch.budget_ms`` on ``search_arch.target``. The best pruned network is
+    written with its weights for ``finetune``.
+    """
+
+    strategy: str = "tpe"
+    trials: int = 60
+    seed: int = 0
+    min_keep: float = 0.25
+    keep_step: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in SEARCH_STRATEGIES, "strategy", f"unknown strategy {self.strategy!r}; choose from {', '.join(SEARCH_STRATEGIES)}")
+        _check(self.trials >= 1, "trials", f"must be at least 1, got {self.trials}")
+        _check(self.seed >= 0, "seed", f"must be 0 or positive, got {self.seed}")
+        _check(0.0 < self.min_keep <= 1.0, "min_keep", f"must lie in (0, 1], got {self.min_keep}")
+        _check(0.0 < self.keep_step <= 1.0 - self.min_keep or self.min_keep == 1.0, "keep_step",
+               f"must lie in (0, 1 - min_keep], got {self.keep_step}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """The ``finetune`` section: every :class:`TrainConfig` key, plus distillation from the supernet's largest subnet.
+
+    The pruned network is trained against ``(1 - distill) * L1(HR) + distill * L1(teacher's output)``, the teacher
+    being the supernet's largest subnet (frozen, inherited weights).
+    """
+
+    distill: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(not self.steps_by_model, "steps_by_model", "fine-tuning trains one model: set `steps`")
+        _check(0.0 <= self.distill <= 1.0, "distill", f"must be between 0 and 1, got {self.distill}")

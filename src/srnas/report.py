@@ -52,6 +52,16 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: cannot read stage output ({exc})") from None
 
 
+FINAL_MODEL = "final"  # the searched, pruned, fine-tuned deliverable (stages search_ratio, finetune)
+
+
+def checkpoint_path(results_dir: Path, model: str, scale: int) -> Path:
+    """Where a model's trained weights are: the fine-tuned final model, or a baseline's ``model.pt``."""
+    if model == FINAL_MODEL:
+        return results_dir / "finetune" / "model.pt"
+    return results_dir / "train_baseline" / f"{model}_x{scale}" / "model.pt"
+
+
 def collect_results(results_dir: Path) -> list[ModelResult]:
     """Join ``results/evaluate/*.json`` with ``results/profile_model/*.json``; sorted by scale, then model."""
     evaluate_dir = results_dir / "evaluate"
@@ -63,7 +73,7 @@ def collect_results(results_dir: Path) -> list[ModelResult]:
         payload = _read_json(path)
         profile_path = results_dir / "profile_model" / path.name
         profile = _read_json(profile_path) if profile_path.is_file() else {}
-        training_path = results_dir / "train_baseline" / path.stem / "train_metrics.json"
+        training_path = checkpoint_path(results_dir, payload["model"], int(payload["scale"])).parent / "train_metrics.json"
         training = _read_json(training_path) if training_path.is_file() else {}
         found.append(ModelResult(payload["model"], int(payload["scale"]), payload["metrics"], payload["sets"], profile, training))
     return sorted(found, key=lambda r: (r.scale, r.model))
@@ -130,6 +140,40 @@ def search_section(search_dir: Path, report_dir: Path) -> list[str]:
     if (search_dir / "pareto.png").is_file():
         rel = Path(os.path.relpath(search_dir / "pareto.png", report_dir)).as_posix()
         lines += [f"![search trials and Pareto front]({rel})", ""]
+    return lines
+
+
+def final_section(results_dir: Path, results: list[ModelResult]) -> list[str]:
+    """Markdown lines on the final model: the pruned network, its measured latency against the budget, the measured
+    speedup over its unpruned parent against the prediction, and its PSNR against the baselines that fit the budget."""
+    verdict_path, ratio_path = results_dir / "check_budget.json", results_dir / "search_ratio" / "ratio.json"
+    final = next((r for r in results if r.model == FINAL_MODEL), None)
+    if final is None or not verdict_path.is_file() or not ratio_path.is_file():
+        return []
+    verdict, ratio = _read_json(verdict_path), _read_json(ratio_path)
+    budget = float(verdict["budget_ms"])
+    speedup = ratio.get("measured_speedup")
+    lines = ["## Final model (stage 3)", "",
+             "| key | value |", "|---|---|",
+             f"| network | `{ratio['name']}` |",
+             f"| per-conv keep ratios | {', '.join(f'{k}={v:.2f}' for k, v in ratio.get('keeps', {}).items()) or 'none pruned'} |",
+             f"| measured on `{verdict['target']}` | **{verdict['measured_ms']:.1f} ms** (budget {budget:g} ms, predicted "
+             f"{verdict['predicted_ms']:.1f} ms) |",
+             f"| speedup over the unpruned parent | {ratio['predicted_speedup']:.2f}x predicted"
+             + (f", {speedup:.2f}x measured ({100 * ratio['speedup_error']:+.1f}%)" if speedup else "") + " |",
+             f"| fine-tuning | {final.training.get('steps', '-')} steps, {final.training.get('seconds', 0):.0f} s |", ""]
+    # the profile_model runtime names are the latency targets' runtime names
+    rt = str(_read_json(results_dir / "profile_device" / verdict["target"] / "table.json").get("target", {}).get("runtime", ""))
+    fitting = [r for r in results if r.scale == final.scale and r.model != FINAL_MODEL and rt in r.latencies
+               and r.latencies[rt] <= budget]
+    if fitting:
+        sets = list(final.sets)
+        lines += [f"Baselines that fit the budget on `{rt}` (as profiled, {budget:g} ms), PSNR per set:", "",
+                  "| model | " + " | ".join(f"{name} PSNR" for name in sets) + f" | {rt} ms |", "|---" * (len(sets) + 2) + "|"]
+        for r in [final, *fitting]:
+            lines.append(f"| {r.model} | " + " | ".join(f"{r.sets[n]['psnr']:.2f}" if n in r.sets else "-" for n in sets)
+                         + f" | {_fmt_ms(r.latencies.get(rt))} |")
+        lines.append("")
     return lines
 
 

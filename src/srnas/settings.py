@@ -17,8 +17,10 @@ from srnas.config import (
     BaselinesConfig,
     DataConfig,
     ExportConfig,
+    FinetuneConfig,
     LatencyConfig,
     ProfileConfig,
+    RatioSearchConfig,
     SearchArchConfig,
     SupernetConfig,
     TrackingConfig,
@@ -43,6 +45,8 @@ class Settings:
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     search_arch: SearchArchConfig = field(default_factory=SearchArchConfig)
+    search_ratio: RatioSearchConfig = field(default_factory=RatioSearchConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

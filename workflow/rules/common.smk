@@ -42,6 +42,11 @@ def per_model(pattern):
     return expand(pattern, model=baseline_models(), scale=scales())
 
 
+def final_name():
+    """The final model's result name: ``final_x<supernet.scale>`` (the scale the supernet and the search are for)."""
+    return f"final_x{config['supernet']['scale']}"
+
+
 def package_files(*relative):
     """Package source files a stage runs, so code changes rerun it (DVC lists the same deps)."""
     files = []

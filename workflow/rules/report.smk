@@ -8,6 +8,12 @@ rule report:
         supernet="results/train_supernet/train_metrics.json",
         device="results/profile_device",
         search="results/search_arch/arch.json",
+        ratio="results/search_ratio/ratio.json",
+        final_evaluation=f"results/evaluate/{final_name()}.json",
+        final_latency=f"results/profile_model/{final_name()}.json",
+        final_parity=f"results/export/{final_name()}/parity.json",
+        final_training="results/finetune/train_metrics.json",
+        budget="results/check_budget.json",
         code=package_files("report.py"),
     output:
         report="results/report.md",

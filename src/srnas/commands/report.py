@@ -35,11 +35,12 @@ def _comparison(results_dir: Path, models: list[str], scale: int, set_name: str,
     from srnas.commands.evaluate import make_upscaler
     from srnas.data.prepare import read_pairs
     from srnas.metrics import calculate_psnr
+    from srnas.report import checkpoint_path
 
     name, hr, lr = next(iter(read_pairs(results_dir / "prepare_data", set_name, scale)))
     panels = []
     for model in models:
-        sr = make_upscaler(model, scale, results_dir / "train_baseline" / f"{model}_x{scale}" / "model.pt")(lr)
+        sr = make_upscaler(model, scale, checkpoint_path(results_dir, model, scale))(lr)
         panels.append((f"{model} {calculate_psnr(sr, hr, scale):.2f} dB", sr))
     from srnas.report import comparison_image
 
@@ -49,8 +50,8 @@ def _comparison(results_dir: Path, models: list[str], scale: int, set_name: str,
 
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
-    from srnas.report import (collect_results, latency_model_section, metrics_summary, plot_pareto, render_markdown,
-                              search_section, supernet_section)
+    from srnas.report import (collect_results, final_section, latency_model_section, metrics_summary, plot_pareto,
+                              render_markdown, search_section, supernet_section)
 
     settings = settings_from_args(args)
     with tracking.stage_run(settings.tracking, "report", {"results": str(args.results)}) as stage:
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 stage.log_artifact(path, "report")
         sections = supernet_section(args.results / "train_supernet") + latency_model_section(args.results / "profile_device")
         sections += search_section(args.results / "search_arch", args.out.parent)
+        sections += final_section(args.results, results)
         atomic.write_text(args.out, render_markdown(results, figures, sections))
         atomic.write_json(args.metrics, metrics_summary(results))
         for r in results:

@@ -1,4 +1,5 @@
-"""``srnas search-arch``: stage 2, compiler-aware architecture and pruning-scheme search (stage search_arch)."""
+"""The searches and their verdict: ``srnas search-arch`` (stage 2), ``srnas search-ratio`` (stage 3) and
+``srnas check-budget`` (the final model measured against the latency budget)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/search_arch"), help="output folder (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(handler=run)
+    add_ratio_parser(subparsers)
+    add_budget_parser(subparsers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,4 +69,103 @@ def run(args: argparse.Namespace) -> int:
           + f" (budget {cfg.budget_ms:g} ms on {target}); {len(result.records)} trials, {len(result.front)} on the front")
     if args.json:
         print_json(result.metrics() | {"chosen": chosen.name})
+    return 0
+
+
+def add_ratio_parser(subparsers: argparse._SubParsersAction) -> None:
+    from srnas.cli import add_settings_arguments
+
+    parser = subparsers.add_parser(
+        "search-ratio",
+        help="search per-layer pruning ratios for the stage-2 architecture, prune it physically (stage search_ratio)",
+        description="For every conv that search-arch gave a filter-pruning scheme, search the share of filters it keeps "
+        "(search_ratio.min_keep to 1, rounded to the scheme's channel grid) by Bayesian optimization under "
+        "search_arch.budget_ms (predicted), scored by validation PSNR right after pruning the supernet's inherited weights "
+        "(search_arch.importance picks the filters). Writes OUT/pruned.pt (the physically pruned network, for finetune), "
+        "OUT/ratio.json (ratios, channels, predicted and measured speedup over the unpruned parent), trials.csv and "
+        "ratio_metrics.json.",
+    )
+    add_settings_arguments(parser)
+    parser.add_argument("--arch", type=Path, default=Path("results/search_arch/arch.json"), help="search-arch result (default: %(default)s)")
+    parser.add_argument("--supernet", type=Path, default=Path("results/train_supernet/supernet.pt"), help="trained supernet (default: %(default)s)")
+    parser.add_argument("--tables", type=Path, default=Path("results/profile_device"), help="profile_device output (default: %(default)s)")
+    parser.add_argument("--data-dir", type=Path, default=Path("results/prepare_data"), help="prepared data (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("results/search_ratio"), help="output folder (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.set_defaults(handler=run_ratio)
+
+
+def run_ratio(args: argparse.Namespace) -> int:
+    from srnas import tracking
+    from srnas.search.ratio import search_ratio
+    from srnas.search.run import SearchInputs, target_name
+
+    settings = settings_from_args(args)
+    cfg, arch_cfg = settings.search_ratio, settings.search_arch
+    target = target_name(arch_cfg, settings.latency)
+    inputs = SearchInputs(args.supernet, args.tables / target, args.data_dir)
+    params = {"search_ratio": dataclasses.asdict(cfg), "budget_ms": arch_cfg.budget_ms, "target": target}
+    with tracking.stage_run(settings.tracking, "search_ratio", params, {"srnas.target": target}) as stage:
+        result = search_ratio(inputs, args.arch, cfg, arch_cfg, args.out, latency=settings.latency)
+        stage.log_params({"network": result.network.name})
+        stage.log_metrics(result.metrics())
+        stage.log_artifact(args.out / "ratio.json", "search_ratio")
+    measured = result.measured_speedup
+    print(f"pruned {result.network.name}: proxy {result.psnr:.2f} dB, {result.predicted_ms:.1f} ms predicted, "
+          f"{result.predicted_speedup:.2f}x over the unpruned parent predicted"
+          + (f", {measured:.2f}x measured" if measured else "") + f" (budget {arch_cfg.budget_ms:g} ms on {target})")
+    if args.json:
+        print_json(result.metrics() | {"network": result.network.name})
+    return 0
+
+
+def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
+    from srnas.cli import add_settings_arguments
+
+    parser = subparsers.add_parser(
+        "check-budget",
+        help="measure the final model on the target and fail when it misses the latency budget (stage check_budget)",
+        description="Measure the final (fine-tuned, pruned) network end to end on search_arch.target -- the runtime, "
+        "precision, threads and input size of the latency table -- with the latency model's network protocol "
+        "(latency.net_rounds rounds of search_arch.verify_runs calls, lowest median). Writes OUT (JSON) and exits 0 when "
+        "the measured latency is at most search_arch.budget_ms; otherwise exits 1 saying by how much it missed.",
+    )
+    add_settings_arguments(parser)
+    parser.add_argument("--checkpoint", type=Path, default=Path("results/finetune/model.pt"), help="final model (default: %(default)s)")
+    parser.add_argument("--tables", type=Path, default=Path("results/profile_device"), help="profile_device output (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("results/check_budget.json"), help="result (default: %(default)s)")
+    parser.set_defaults(handler=run_budget)
+
+
+def run_budget(args: argparse.Namespace) -> int:
+    from srnas import atomic, tracking
+    from srnas.latency.profile import load_predictor
+    from srnas.latency.validate import measure_networks
+    from srnas.pruning import load_pruned
+    from srnas.search.run import target_name
+
+    settings = settings_from_args(args)
+    arch_cfg, latency = settings.search_arch, settings.latency
+    target_label = target_name(arch_cfg, latency)
+    predictor = load_predictor(args.tables / target_label)
+    target = predictor.table.target
+    network = load_pruned(args.checkpoint).pruned
+    with tracking.stage_run(settings.tracking, "check_budget", {"budget_ms": arch_cfg.budget_ms, "target": target_label},
+                            {"srnas.target": target_label}) as stage:
+        measured = measure_networks(target, [network], warmup=latency.net_warmup, runs=max(arch_cfg.verify_runs, 1),
+                                    rounds=latency.net_rounds)[0]
+        predicted = predictor.predict(network)
+        fits = measured <= arch_cfg.budget_ms
+        summary = {"network": network.name, "target": target_label, "budget_ms": arch_cfg.budget_ms, "measured_ms": measured,
+                   "predicted_ms": predicted, "within_budget": fits, "margin_ms": arch_cfg.budget_ms - measured}
+        stage.log_metrics({"measured_ms": measured, "predicted_ms": predicted, "within_budget": float(fits)})
+        if fits:
+            atomic.write_json(args.out, summary)
+    if not fits:
+        LOG.error("the final model %s takes %.1f ms on %s: %.1f ms (%.0f%%) over the %.1f ms budget (predicted %.1f ms)",
+                  network.name, measured, target_label, measured - arch_cfg.budget_ms,
+                  100 * (measured / arch_cfg.budget_ms - 1), arch_cfg.budget_ms, predicted)
+        return 1
+    print(f"final model {network.name}: {measured:.1f} ms measured on {target_label} (budget {arch_cfg.budget_ms:g} ms, "
+          f"predicted {predicted:.1f} ms)")
     return 0

@@ -5,7 +5,7 @@ batch once; a trial copies its subnet out of the supernet (``get_active_subnet``
 schemes say so (:func:`srnas.pruning.prune_subnet`), runs the batch once and scores each crop as the evaluation
 protocol does (BasicSR: output rounded to 8 bits, Y channel, ``scale`` border pixels cropped). The forward runs in
 the target's precision (bf16 autocast for a bf16 target): a latency is only ever paired with the quality of the
-same arithmetic. Results are cached by candidate name.
+same arithmetic. Results are cached by network name (candidates that build the same network share one).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from srnas.errors import ConfigError, DataError
+from srnas.latency.layers import PrunedSubnet
 from srnas.metrics import calculate_psnr
 from srnas.pruning import prune_subnet
 from srnas.search.candidate import ArchCandidate
@@ -60,23 +61,28 @@ class QualityEvaluator:
         self.lr = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(255.0).contiguous()
         self._cache: dict[str, float] = {}
 
-    def model(self, candidate: ArchCandidate) -> torch.nn.Module:
-        """The standalone network of ``candidate``: inherited weights, physically pruned when its schemes say so."""
-        model = self.supernet.get_active_subnet(candidate.subnet).eval()
-        if candidate.is_pruned:
-            model = prune_subnet(model, candidate.pruned(self.prune_keep), self.importance)
+    def model(self, network: PrunedSubnet) -> torch.nn.Module:
+        """The standalone ``network``: inherited weights, physically pruned when it is pruned."""
+        model = self.supernet.get_active_subnet(network.config).eval()
+        if network.is_pruned:
+            model = prune_subnet(model, network, self.importance)
         return model
 
-    @torch.inference_mode()
     def psnr(self, candidate: ArchCandidate) -> float:
-        cached = self._cache.get(candidate.name)
+        """PSNR of a stage-2 candidate: its layers pruned to ``prune_keep`` on their schemes' grids."""
+        return self.psnr_network(candidate.pruned(self.prune_keep))
+
+    @torch.inference_mode()
+    def psnr_network(self, network: PrunedSubnet) -> float:
+        """PSNR of any (pruned) subnet of the supernet; cached by the network's name."""
+        cached = self._cache.get(network.name)
         if cached is not None:
             return cached
-        model = self.model(candidate)
+        model = self.model(network)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = model(self.lr)
         sr = out.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         scale = self.supernet.scale
         value = float(np.mean([calculate_psnr(a, b, crop_border=scale, test_y_channel=True) for a, b in zip(sr, self.hr)]))
-        self._cache[candidate.name] = value
+        self._cache[network.name] = value
         return value

@@ -29,6 +29,7 @@ import torch
 from srnas import atomic
 from srnas.config import LatencyConfig, SearchArchConfig
 from srnas.errors import ConfigError, DataError, SrnasError
+from srnas.latency.layers import PrunedSubnet
 from srnas.latency.predictor import LatencyPredictor
 from srnas.latency.profile import load_predictor
 from srnas.search import pareto, study as studies
@@ -274,7 +275,8 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
         raise SearchError(f"none of the {len(records)} trials fits search_arch.budget_ms {cfg.budget_ms:g} ms on "
                           f"{target.name} (fastest: {best.candidate.name}, {best.latency_ms:.1f} ms); raise trials or the budget")
     front = pareto.pareto_front(records)
-    measured = _measure(evaluator, chosen, cfg, latency or LatencyConfig())
+    timed = _measure_networks(evaluator, [chosen.candidate.pruned(cfg.prune_keep)], cfg, latency or LatencyConfig())
+    measured = timed[0] if timed else None
     result = SearchResult(chosen, records, front, measured, time.perf_counter() - start, name, out_dir)
     _write_outputs(result, cfg, target.name)
     log.info("chosen %s: %.2f dB, %.1f ms predicted%s (budget %.1f ms); %d trials, %d on the front, %.0f s", chosen.candidate.name,
@@ -302,8 +304,10 @@ def _is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-def _measure(evaluator: _Evaluator, chosen: TrialRecord, cfg: SearchArchConfig, latency: LatencyConfig) -> float | None:
-    """End-to-end latency of the chosen network on the target (None when ``verify_runs`` is 0 or it cannot run here)."""
+def _measure_networks(evaluator: _Evaluator, nets: list[PrunedSubnet], cfg: SearchArchConfig,
+                      latency: LatencyConfig) -> list[float] | None:
+    """End-to-end ms of ``nets`` on the target, measured in alternating rounds (None when ``verify_runs`` is 0 or the
+    target's runtime is not available here)."""
     from srnas.latency.runtime import target_available
     from srnas.latency.validate import measure_networks
 
@@ -311,13 +315,12 @@ def _measure(evaluator: _Evaluator, chosen: TrialRecord, cfg: SearchArchConfig, 
     if cfg.verify_runs == 0:
         return None
     if not target_available(target):
-        log.warning("%s: runtime %s not available here; the chosen latency is predicted only", target.name, target.runtime)
+        log.warning("%s: runtime %s not available here; latency is predicted only", target.name, target.runtime)
         return None
     if evaluator.predictor.table.fingerprint_id != target.fingerprint_id():
         log.warning("%s: the latency table was measured under fingerprint %s, this machine is %s", target.name,
                     evaluator.predictor.table.fingerprint_id, target.fingerprint_id())
-    net = chosen.candidate.pruned(cfg.prune_keep)
-    return measure_networks(target, [net], warmup=latency.net_warmup, runs=cfg.verify_runs, rounds=latency.net_rounds)[0]
+    return measure_networks(target, nets, warmup=latency.net_warmup, runs=cfg.verify_runs, rounds=latency.net_rounds)
 
 
 def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> None:

@@ -36,7 +36,7 @@ from srnas.search.candidate import DENSE, ArchCandidate
 from srnas.supernet.space import SearchSpace, SubnetConfig
 
 __all__ = ["TrialRecord", "completed", "completed_trials", "make_sampler", "open_study", "quiet_optuna", "run_trials",
-           "study_name", "suggest_candidate"]
+           "search_keeps", "study_name", "suggest_candidate"]
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,11 @@ def study_name(identity: Mapping[str, Any]) -> str:
     return f"search_arch-{digest}"
 
 
-def make_sampler(cfg: SearchArchConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler of ``cfg.strategy``: TPE or GP (both model the trials' latency constraint), or random sampling."""
-    if cfg.strategy == "random":
+def make_sampler(strategy: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler of ``strategy``: TPE or GP (both model the trials' latency constraint), or random sampling."""
+    if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if cfg.strategy == "gp":
+    if strategy == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
@@ -92,7 +92,7 @@ def open_study(path: Path, name: str, cfg: SearchArchConfig, seed: int) -> optun
         )
     directions = ["maximize"] if cfg.mode == "single" else ["maximize", "minimize"]
     return optuna.create_study(storage=storage, study_name=name, directions=directions,
-                               sampler=make_sampler(cfg, seed), load_if_exists=True)
+                               sampler=make_sampler(cfg.strategy, seed), load_if_exists=True)
 
 
 def suggest_candidate(trial: optuna.Trial, space: SearchSpace, schemes: Sequence[str], keep: float) -> ArchCandidate:
@@ -165,3 +165,30 @@ def completed_trials(study: optuna.Study, budget_ms: float) -> list[TrialRecord]
 def quiet_optuna() -> None:
     """Optuna logs every trial at INFO; the stage reports progress itself."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def search_keeps(names: Sequence[str], start: Mapping[str, float], *, low: float, step: float, strategy: str, seed: int,
+                 trials: int, budget_ms: float, evaluate: Callable[[dict[str, float]], tuple[float, float]],
+                 on_trial: Callable[[int, dict[str, float], float, float], None] | None = None
+                 ) -> list[tuple[dict[str, float], float, float]]:
+    """Stage 3's short in-memory study: one keep ratio per name in [``low``, 1] (multiples of ``step`` from ``low``),
+    maximizing ``evaluate(keeps)[0]`` (PSNR) under ``evaluate(keeps)[1]`` (predicted ms) <= ``budget_ms``.
+
+    ``start`` is tried first (stage 2's choice, known to fit), then the sampler's proposals. Returns
+    ``(keeps, psnr, latency_ms)`` per completed trial, in order; a minute at most, so it is not persisted.
+    """
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(strategy, seed))
+    study.enqueue_trial(dict(start), skip_if_exists=True)
+    results: list[tuple[dict[str, float], float, float]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        keeps = {name: trial.suggest_float(name, low, 1.0, step=step) for name in names}
+        psnr, latency_ms = evaluate(keeps)
+        trial.set_constraint(CONSTRAINT, latency_ms - budget_ms)
+        results.append((keeps, psnr, latency_ms))
+        if on_trial is not None:
+            on_trial(trial.number, keeps, psnr, latency_ms)
+        return psnr
+
+    study.optimize(objective, n_trials=trials, gc_after_trial=False, show_progress_bar=False)
+    return results

@@ -35,7 +35,7 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
             os.fsync(handle.fileno())
 
 
-def _load(path: Path, expected_format: str, required: tuple[str, ...]) -> dict[str, Any]:
+def _load(path: Path, expected_format: str | tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
@@ -43,9 +43,11 @@ def _load(path: Path, expected_format: str, required: tuple[str, ...]) -> dict[s
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
-    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+    expected = (expected_format,) if isinstance(expected_format, str) else expected_format
+    if not isinstance(payload, dict) or payload.get("format") not in expected:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: expected a {expected_format!r} file, found {found!r}")
+        wanted = " or ".join(repr(f) for f in expected)
+        raise CheckpointError(f"{path}: expected a {wanted} file, found {found!r}")
     missing = [key for key in required if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
@@ -88,11 +90,20 @@ def save_trained(path: str | os.PathLike[str], model: nn.Module, model_name: str
 
 
 def load_trained(model_pt_path: str | os.PathLike[str]) -> nn.Module:
-    """The model saved in ``model.pt``, rebuilt from the registry, weights loaded, in eval mode (fp32, NCHW)."""
+    """The model saved in ``model.pt``, in eval mode (fp32, NCHW): a registered model rebuilt from the registry, or a
+    searched network (a supernet subnet, ``srnas-subnet/1``, or a physically pruned one, ``srnas-pruned/1``), so every
+    stage after training (export, profile, evaluate, upscale) takes either."""
     from srnas.models import create_model  # late: keep checkpoint reading importable on its own
+    from srnas.pruning import PRUNED_FORMAT, load_pruned
+    from srnas.supernet.subnet import SUBNET_FORMAT, load_subnet
 
     path = Path(model_pt_path)
-    payload = _load(path, MODEL_FORMAT, ("model_name", "scale", "state_dict"))
+    payload = _load(path, (MODEL_FORMAT, PRUNED_FORMAT, SUBNET_FORMAT), ("scale", "state_dict"))
+    searched = {PRUNED_FORMAT: load_pruned, SUBNET_FORMAT: load_subnet}
+    if payload["format"] in searched:
+        return searched[payload["format"]](path)
+    if "model_name" not in payload:
+        raise CheckpointError(f"{path}: missing key(s) model_name")
     try:
         model = create_model(str(payload["model_name"]), int(payload["scale"]))
     except SrnasError as exc:

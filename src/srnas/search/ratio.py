@@ -1,0 +1,169 @@
+"""The ``search_ratio`` stage (stage 3): per-layer pruning ratios for the stage-2 architecture, then pruned for real.
+
+Stage 2 chose an architecture and, per layer, ``dense`` or a filter scheme priced at one nominal keep ratio. Here
+every pruned *conv* (the head, a conv cell's conv, a wdsr cell's expand and reduce) gets its own keep ratio in
+[``min_keep``, 1], rounded to its scheme's channel grid (the rounding the latency model found fastest), searched by
+Bayesian optimization under the same predicted-latency budget. The score is a cheap proxy: validation PSNR of the
+supernet's inherited weights right after L1/L2 pruning (no recovery training; ``bench/bench_ratio_proxy.py``
+checks how well it ranks against PSNR after fine-tuning). The first trial is stage 2's own choice, so the result is
+never worse than it on the proxy.
+
+Outputs in ``out_dir``: ``pruned.pt`` (the physically pruned network with inherited weights, for ``finetune``),
+``ratio.json`` (keeps, channels, proxy PSNR, predicted latency, and the measured speedup over the unpruned parent),
+``trials.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from srnas import atomic
+from srnas.config import LatencyConfig, RatioSearchConfig, SearchArchConfig
+from srnas.errors import DataError
+from srnas.latency.layers import PrunedSubnet, as_pruned
+from srnas.pruning import prunable_convs, pruned_from_keep, save_pruned
+from srnas.search import study as studies
+from srnas.search.candidate import DENSE, ArchCandidate, scheme_granularity
+from srnas.search.run import ARCH_FILE, SearchError, SearchInputs, _Evaluator, _measure_networks
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RatioResult", "conv_schemes", "search_ratio"]
+
+
+def conv_schemes(candidate: ArchCandidate) -> list[str]:
+    """The scheme of every freely prunable conv (:func:`srnas.pruning.prunable_convs` order) of ``candidate``."""
+    out = [candidate.schemes[0]]
+    for cell, scheme in zip(candidate.subnet.cells, candidate.schemes[1:]):
+        if cell.block == "conv":
+            out.append(scheme)
+        elif cell.block == "wdsr":
+            out += [scheme, scheme]
+    assert len(out) == len(prunable_convs(candidate.subnet))
+    return out
+
+
+@dataclass
+class RatioResult:
+    candidate: ArchCandidate
+    network: PrunedSubnet
+    psnr: float
+    predicted_ms: float
+    parent_predicted_ms: float
+    measured_ms: float | None
+    parent_measured_ms: float | None
+    trials: int
+    seconds: float
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.parent_predicted_ms / self.predicted_ms
+
+    @property
+    def measured_speedup(self) -> float | None:
+        if self.measured_ms is None or self.parent_measured_ms is None:
+            return None
+        return self.parent_measured_ms / self.measured_ms
+
+    def metrics(self) -> dict[str, float]:
+        out = {"proxy_psnr": self.psnr, "predicted_ms": self.predicted_ms, "parent_predicted_ms": self.parent_predicted_ms,
+               "predicted_speedup": self.predicted_speedup, "trials": float(self.trials), "search_s": self.seconds}
+        if self.measured_speedup is not None:
+            out |= {"measured_ms": float(self.measured_ms or 0.0), "parent_measured_ms": float(self.parent_measured_ms or 0.0),
+                    "measured_speedup": self.measured_speedup,
+                    "speedup_error": self.measured_speedup / self.predicted_speedup - 1.0}
+        return out
+
+
+def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: RatioSearchConfig, arch_cfg: SearchArchConfig,
+                 out_dir: str | os.PathLike[str], *, latency: LatencyConfig | None = None) -> RatioResult:
+    """Search per-conv keep ratios for the architecture in ``arch_path`` (stage 2's ``arch.json``); write ``out_dir``."""
+    start_time = time.perf_counter()
+    arch_path, out_dir = Path(arch_path), Path(out_dir)
+    if not arch_path.is_file():
+        raise DataError(f"{arch_path}: not found (run search-arch first)")
+    try:
+        chosen = json.loads(arch_path.read_text(encoding="utf-8"))["chosen"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{arch_path}: not a search_arch result ({exc})") from None
+    candidate = ArchCandidate.from_dict(chosen, f"{arch_path}:chosen")
+    studies.quiet_optuna()
+    evaluator = _Evaluator(inputs, arch_cfg)
+    evaluator.space.validate(candidate.subnet)
+    schemes = conv_schemes(candidate)
+    names = [f"keep{i}" for i, s in enumerate(schemes) if s != DENSE]
+    grains = [1 if s == DENSE else scheme_granularity(s) for s in schemes]
+
+    def network(keeps: dict[str, float]) -> PrunedSubnet:
+        ratios = [1.0 if s == DENSE else keeps[f"keep{i}"] for i, s in enumerate(schemes)]
+        return pruned_from_keep(candidate.subnet, ratios, grains)
+
+    def evaluate(keeps: dict[str, float]) -> tuple[float, float]:
+        net = network(keeps)
+        return evaluator.quality.psnr_network(net), evaluator.predictor.predict(net)
+
+    grid = round((arch_cfg.prune_keep - cfg.min_keep) / cfg.keep_step)
+    start = {n: min(1.0, cfg.min_keep + grid * cfg.keep_step) for n in names}
+    rows: list[dict[str, Any]] = []
+
+    def seen(number: int, keeps: dict[str, float], psnr: float, ms: float) -> None:
+        rows.append({"trial": number, "network": network(keeps).name, "psnr": psnr, "latency_ms": ms,
+                     "feasible": ms <= arch_cfg.budget_ms, **keeps})
+
+    if names:
+        results = studies.search_keeps(names, start, low=cfg.min_keep, step=cfg.keep_step, strategy=cfg.strategy,
+                                       seed=cfg.seed, trials=cfg.trials, budget_ms=arch_cfg.budget_ms, evaluate=evaluate,
+                                       on_trial=seen)
+    else:  # stage 2 pruned nothing: the architecture is the result
+        psnr, ms = evaluate({})
+        results = [({}, psnr, ms)]
+        seen(0, {}, psnr, ms)
+    feasible = [r for r in results if r[2] <= arch_cfg.budget_ms]
+    if not feasible:
+        raise SearchError(f"search_ratio: no trial fits search_arch.budget_ms {arch_cfg.budget_ms:g} ms "
+                          f"(fastest {min(r[2] for r in results):.1f} ms)")
+    keeps, psnr, predicted = max(feasible, key=lambda r: (r[1], -r[2]))
+    best = network(keeps)
+    parent = as_pruned(candidate.subnet)
+    parent_predicted = evaluator.predictor.predict(parent)
+    measured = _measure_networks(evaluator, [best, parent], arch_cfg, latency or LatencyConfig())
+    result = RatioResult(candidate, best, psnr, predicted, parent_predicted, measured[0] if measured else None,
+                         measured[1] if measured else None, len(results), time.perf_counter() - start_time)
+    _write(result, rows, keeps, cfg, arch_cfg, evaluator, out_dir)
+    log.info("search_ratio: %s, proxy %.2f dB, %.1f ms predicted (unpruned parent %.1f ms: %.2fx predicted%s); %d trials",
+             best.name, psnr, predicted, parent_predicted, result.predicted_speedup,
+             f", {result.measured_speedup:.2f}x measured" if result.measured_speedup else "", len(results))
+    return result
+
+
+def _write(result: RatioResult, rows: list[dict[str, Any]], keeps: dict[str, float], cfg: RatioSearchConfig,
+           arch_cfg: SearchArchConfig, evaluator: _Evaluator, out_dir: Path) -> None:
+    model = evaluator.quality.model(result.network)
+    from srnas.latency.layers import PrunedSR
+
+    if not isinstance(model, PrunedSR):  # nothing pruned: store it in the pruned format all the same
+        from srnas.pruning import prune_subnet
+
+        model = prune_subnet(model, result.network, arch_cfg.importance)
+    save_pruned(out_dir / "pruned.pt", model, extra={"importance": arch_cfg.importance, "keeps": keeps})
+    buffer = io.StringIO()
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith(("trial", "network", "psnr", "latency", "feasible")), k))
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    atomic.write_text(out_dir / "trials.csv", buffer.getvalue())
+    payload = {"format": "srnas-search-ratio/1", "architecture": result.candidate.to_dict(), "network": result.network.to_dict(),
+               "name": result.network.name, "keeps": keeps, "strategy": cfg.strategy, "budget_ms": arch_cfg.budget_ms,
+               "target": evaluator.predictor.table.target.name, "importance": arch_cfg.importance,
+               **{k: (v if math.isfinite(v) else None) for k, v in result.metrics().items()}}
+    atomic.write_json(out_dir / "ratio_metrics.json", {k: v for k, v in result.metrics().items() if math.isfinite(v)})
+    atomic.write_json(out_dir / "ratio.json", payload)

@@ -1,0 +1,137 @@
+# Stage 3 of the method and the deliverable: pruning-ratio search, physical pruning, fine-tuning with distillation,
+# then the final model goes through the baselines' export (parity), profiling and evaluation, and is measured
+# against the latency budget on the search's target (the run fails when it misses).
+
+
+rule search_ratio:
+    input:
+        arch="results/search_arch/arch.json",
+        supernet="results/train_supernet/supernet.pt",
+        tables="results/profile_device",
+        data="results/prepare_data",
+        code=package_files("search", "pruning.py"),
+    output:
+        pruned="results/search_ratio/pruned.pt",
+        ratio="results/search_ratio/ratio.json",
+        trials="results/search_ratio/trials.csv",
+        metrics="results/search_ratio/ratio_metrics.json",
+    params:
+        config=config_json("search_ratio", "search_arch", "latency.targets", "latency.net_warmup", "latency.net_rounds"),
+        out=subpath(output.pruned, parent=True),
+    log:
+        "logs/search_ratio/search_ratio.log",
+    benchmark:
+        "benchmarks/search_ratio.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas search-ratio --arch {input.arch} --supernet {input.supernet} --tables {input.tables} --data-dir {input.data}"
+        " --out {params.out} --config-json {params.config:q} --log {log}"
+
+
+rule finetune:
+    input:
+        pruned="results/search_ratio/pruned.pt",
+        supernet="results/train_supernet/supernet.pt",
+        data="results/prepare_data",
+        code=package_files("finetune.py", "training"),
+    output:
+        model="results/finetune/model.pt",
+        metrics="results/finetune/train_metrics.json",
+    params:
+        config=config_json("finetune"),
+        out=subpath(output.model, parent=True),
+    log:
+        "logs/finetune/finetune.log",
+    benchmark:
+        "benchmarks/finetune.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas finetune --pruned {input.pruned} --supernet {input.supernet} --data-dir {input.data} --out {params.out}"
+        " --config-json {params.config:q} --log {log}"
+
+
+rule export_final:
+    input:
+        checkpoint="results/finetune/model.pt",
+        data="results/prepare_data",
+        code=package_files("export.py", "inference.py"),
+    output:
+        onnx=f"results/export/{final_name()}/model.onnx",
+        parity=f"results/export/{final_name()}/parity.json",
+    params:
+        config=config_json("export"),
+        out=lambda wildcards, output: os.path.dirname(output.onnx),
+        scale=config["supernet"]["scale"],
+    log:
+        "logs/export/final.log",
+    benchmark:
+        "benchmarks/export/final.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas export --model final --scale {params.scale} --checkpoint {input.checkpoint}"
+        " --data-dir {input.data} --out {params.out} --config-json {params.config:q} --log {log}"
+
+
+rule profile_final:
+    input:
+        checkpoint="results/finetune/model.pt",
+        onnx=f"results/export/{final_name()}/model.onnx",
+        code=package_files("profiling.py", "fingerprint.py"),
+    output:
+        latency=f"results/profile_model/{final_name()}.json",
+    params:
+        config=config_json("profile"),
+        scale=config["supernet"]["scale"],
+    log:
+        "logs/profile_model/final.log",
+    benchmark:
+        "benchmarks/profile_model/final.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas profile --model final --scale {params.scale} --checkpoint {input.checkpoint}"
+        " --onnx {input.onnx} --out {output.latency} --config-json {params.config:q} --log {log}"
+
+
+rule evaluate_final:
+    input:
+        data="results/prepare_data",
+        checkpoint="results/finetune/model.pt",
+        code=package_files("evaluation.py", "metrics.py", "inference.py"),
+    output:
+        metrics=f"results/evaluate/{final_name()}.json",
+    params:
+        config=config_json("data"),
+        scale=config["supernet"]["scale"],
+    log:
+        "logs/evaluate/final.log",
+    benchmark:
+        "benchmarks/evaluate/final.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas evaluate --model final --scale {params.scale} --checkpoint {input.checkpoint}"
+        " --data-dir {input.data} --out {output.metrics} --config-json {params.config:q} --log {log}"
+
+
+rule check_budget:
+    input:
+        checkpoint="results/finetune/model.pt",
+        tables="results/profile_device",
+        code=package_files("search", "latency"),
+    output:
+        verdict="results/check_budget.json",
+    params:
+        config=config_json("search_arch", "latency.targets", "latency.net_warmup", "latency.net_rounds"),
+    log:
+        "logs/check_budget/check_budget.log",
+    benchmark:
+        "benchmarks/check_budget.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas check-budget --checkpoint {input.checkpoint} --tables {input.tables} --out {output.verdict}"
+        " --config-json {params.config:q} --log {log}"
