@@ -35,8 +35,8 @@ def assert_same_weights(a, b) -> None:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
 
 
-def kill_at_first_checkpoint(cmd: list[str], ckpt: Path, timeout_s: float = 120) -> None:
-    """Run ``cmd`` (a training child process) and SIGKILL it as soon as ``ckpt`` appears."""
+def kill_when(cmd: list[str], ready, what: str, timeout_s: float = 120) -> None:
+    """Run ``cmd`` (a child process) and SIGKILL it as soon as ``ready()`` is true; ``what`` names that moment."""
     import signal
     import subprocess
     import time
@@ -44,9 +44,9 @@ def kill_at_first_checkpoint(cmd: list[str], ckpt: Path, timeout_s: float = 120)
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + timeout_s
-        while not ckpt.exists():
-            assert child.poll() is None, f"training child exited early: {child.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, f"no checkpoint within {timeout_s:.0f} s"
+        while not ready():
+            assert child.poll() is None, f"child exited early: {child.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout_s:.0f} s"
             time.sleep(0.002)
         child.send_signal(signal.SIGKILL)
         child.wait(30)
@@ -56,3 +56,8 @@ def kill_at_first_checkpoint(cmd: list[str], ckpt: Path, timeout_s: float = 120)
             child.wait()
         child.stderr.close()
     assert child.returncode == -signal.SIGKILL
+
+
+def kill_at_first_checkpoint(cmd: list[str], ckpt: Path, timeout_s: float = 120) -> None:
+    """Run ``cmd`` (a training child process) and SIGKILL it as soon as ``ckpt`` appears."""
+    kill_when(cmd, ckpt.exists, "checkpoint", timeout_s)

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import smooth_image
+from conftest import kill_when, smooth_image
 from srnas.config import LatencyConfig, SearchArchConfig, SearchSpaceConfig, from_mapping
 from srnas.errors import ConfigError
 from srnas.imresize import imresize
@@ -31,7 +28,7 @@ from srnas.search import ArchCandidate, SearchInputs, search_arch
 from srnas.search.pareto import pareto_front
 from srnas.search.quality import QualityEvaluator
 from srnas.search.run import searchable_schemes
-from srnas.search.study import TrialRecord, open_study
+from srnas.search.study import TrialRecord
 from srnas.supernet.space import SearchSpace, SubnetConfig
 from srnas.latency.layers import as_pruned
 from srnas.pruning import prunable_convs
@@ -211,20 +208,7 @@ def _params(tmp_path: Path, **search) -> Path:
 def test_a_killed_search_resumes_where_it_stopped(inputs, tmp_path) -> None:
     params, out = _params(tmp_path, trials=60, seed=3), tmp_path / "out"
     cmd = [sys.executable, "-m", "srnas.cli", *_cli(inputs, params, out)]
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while _completed(out / "study.db") < 5:
-            assert child.poll() is None, f"search exited early: {child.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no trials within 120 s"
-            time.sleep(0.01)
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stderr.close()
+    kill_when(cmd, lambda: _completed(out / "study.db") >= 5, "5 completed trials")
     done = _completed(out / "study.db")
     assert 5 <= done < 60 and not (out / "arch.json").exists()
     name = optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}")[0]

@@ -7,10 +7,28 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 from srnas.commands.common import print_json, settings_from_args
 
 LOG = logging.getLogger("srnas.search_arch")
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    """What both searches read: the supernet, the latency tables, the prepared data."""
+    parser.add_argument("--supernet", type=Path, default=Path("results/train_supernet/supernet.pt"),
+                        help="trained supernet (default: %(default)s)")
+    parser.add_argument("--tables", type=Path, default=Path("results/profile_device"),
+                        help="profile_device output; the target's table is TABLES/<target> (default: %(default)s)")
+    parser.add_argument("--data-dir", type=Path, default=Path("results/prepare_data"), help="prepared data (default: %(default)s)")
+
+
+def _inputs(args: argparse.Namespace, settings: Any) -> tuple[str, Any]:
+    """(target name, SearchInputs) of a search command."""
+    from srnas.search.run import SearchInputs, target_name
+
+    target = target_name(settings.search_arch, settings.latency)
+    return target, SearchInputs(args.supernet, args.tables / target, args.data_dir)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,11 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "pareto.png and search_metrics.json.",
     )
     add_settings_arguments(parser)
-    parser.add_argument("--supernet", type=Path, default=Path("results/train_supernet/supernet.pt"),
-                        help="trained supernet (default: %(default)s)")
-    parser.add_argument("--tables", type=Path, default=Path("results/profile_device"),
-                        help="profile_device output; the target's table is TABLES/<target> (default: %(default)s)")
-    parser.add_argument("--data-dir", type=Path, default=Path("results/prepare_data"), help="prepared data (default: %(default)s)")
+    _add_inputs(parser)
     parser.add_argument("--out", type=Path, default=Path("results/search_arch"), help="output folder (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(handler=run)
@@ -43,12 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from srnas import tracking
-    from srnas.search.run import SearchInputs, search_arch, target_name
+    from srnas.search.run import search_arch
 
     settings = settings_from_args(args)
     cfg = settings.search_arch
-    target = target_name(cfg, settings.latency)
-    inputs = SearchInputs(args.supernet, args.tables / target, args.data_dir)
+    target, inputs = _inputs(args, settings)
     params = {"search_arch": dataclasses.asdict(cfg) | {"target": target}}
     with tracking.stage_run(settings.tracking, "search_arch", params, {"srnas.target": target}) as stage:
         result = search_arch(inputs, cfg, args.out, latency=settings.latency)
@@ -87,9 +100,7 @@ def add_ratio_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_settings_arguments(parser)
     parser.add_argument("--arch", type=Path, default=Path("results/search_arch/arch.json"), help="search-arch result (default: %(default)s)")
-    parser.add_argument("--supernet", type=Path, default=Path("results/train_supernet/supernet.pt"), help="trained supernet (default: %(default)s)")
-    parser.add_argument("--tables", type=Path, default=Path("results/profile_device"), help="profile_device output (default: %(default)s)")
-    parser.add_argument("--data-dir", type=Path, default=Path("results/prepare_data"), help="prepared data (default: %(default)s)")
+    _add_inputs(parser)
     parser.add_argument("--out", type=Path, default=Path("results/search_ratio"), help="output folder (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(handler=run_ratio)
@@ -98,12 +109,10 @@ def add_ratio_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_ratio(args: argparse.Namespace) -> int:
     from srnas import tracking
     from srnas.search.ratio import search_ratio
-    from srnas.search.run import SearchInputs, target_name
 
     settings = settings_from_args(args)
     cfg, arch_cfg = settings.search_ratio, settings.search_arch
-    target = target_name(arch_cfg, settings.latency)
-    inputs = SearchInputs(args.supernet, args.tables / target, args.data_dir)
+    target, inputs = _inputs(args, settings)
     params = {"search_ratio": dataclasses.asdict(cfg), "budget_ms": arch_cfg.budget_ms, "target": target}
     with tracking.stage_run(settings.tracking, "search_ratio", params, {"srnas.target": target}) as stage:
         result = search_ratio(inputs, args.arch, cfg, arch_cfg, args.out, latency=settings.latency)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from srnas.errors import ConfigError, DataError
-from srnas.latency.layers import PrunedSubnet
+from srnas.latency.layers import PrunedSR, PrunedSubnet
 from srnas.metrics import calculate_psnr
 from srnas.pruning import prune_subnet
 from srnas.search.candidate import ArchCandidate
@@ -61,12 +61,9 @@ class QualityEvaluator:
         self.lr = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(255.0).contiguous()
         self._cache: dict[str, float] = {}
 
-    def model(self, network: PrunedSubnet) -> torch.nn.Module:
-        """The standalone ``network``: inherited weights, physically pruned when it is pruned."""
-        model = self.supernet.get_active_subnet(network.config).eval()
-        if network.is_pruned:
-            model = prune_subnet(model, network, self.importance)
-        return model
+    def model(self, network: PrunedSubnet) -> PrunedSR:
+        """The standalone ``network`` with inherited weights, physically pruned (every filter kept when it is not)."""
+        return prune_subnet(self.supernet.get_active_subnet(network.config).eval(), network, self.importance)
 
     def psnr(self, candidate: ArchCandidate) -> float:
         """PSNR of a stage-2 candidate: its layers pruned to ``prune_keep`` on their schemes' grids."""

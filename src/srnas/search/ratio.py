@@ -33,7 +33,7 @@ from srnas.latency.layers import PrunedSubnet, as_pruned
 from srnas.pruning import prunable_convs, pruned_from_keep, save_pruned
 from srnas.search import study as studies
 from srnas.search.candidate import DENSE, ArchCandidate, scheme_granularity
-from srnas.search.run import ARCH_FILE, SearchError, SearchInputs, _Evaluator, _measure_networks
+from srnas.search.run import SearchError, SearchInputs, TrialEvaluator, measure_on_target
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
         raise DataError(f"{arch_path}: not a search_arch result ({exc})") from None
     candidate = ArchCandidate.from_dict(chosen, f"{arch_path}:chosen")
     studies.quiet_optuna()
-    evaluator = _Evaluator(inputs, arch_cfg)
+    evaluator = TrialEvaluator(inputs, arch_cfg)
     evaluator.space.validate(candidate.subnet)
     schemes = conv_schemes(candidate)
     names = [f"keep{i}" for i, s in enumerate(schemes) if s != DENSE]
@@ -135,7 +135,7 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
     best = network(keeps)
     parent = as_pruned(candidate.subnet)
     parent_predicted = evaluator.predictor.predict(parent)
-    measured = _measure_networks(evaluator, [best, parent], arch_cfg, latency or LatencyConfig())
+    measured = measure_on_target(evaluator, [best, parent], arch_cfg, latency or LatencyConfig())
     result = RatioResult(candidate, best, psnr, predicted, parent_predicted, measured[0] if measured else None,
                          measured[1] if measured else None, len(results), time.perf_counter() - start_time)
     _write(result, rows, keeps, cfg, arch_cfg, evaluator, out_dir)
@@ -146,15 +146,9 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
 
 
 def _write(result: RatioResult, rows: list[dict[str, Any]], keeps: dict[str, float], cfg: RatioSearchConfig,
-           arch_cfg: SearchArchConfig, evaluator: _Evaluator, out_dir: Path) -> None:
-    model = evaluator.quality.model(result.network)
-    from srnas.latency.layers import PrunedSR
-
-    if not isinstance(model, PrunedSR):  # nothing pruned: store it in the pruned format all the same
-        from srnas.pruning import prune_subnet
-
-        model = prune_subnet(model, result.network, arch_cfg.importance)
-    save_pruned(out_dir / "pruned.pt", model, extra={"importance": arch_cfg.importance, "keeps": keeps})
+           arch_cfg: SearchArchConfig, evaluator: TrialEvaluator, out_dir: Path) -> None:
+    save_pruned(out_dir / "pruned.pt", evaluator.quality.model(result.network),
+                extra={"importance": arch_cfg.importance, "keeps": keeps})
     buffer = io.StringIO()
     fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith(("trial", "network", "psnr", "latency", "feasible")), k))
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")

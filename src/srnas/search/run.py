@@ -41,7 +41,8 @@ from srnas.supernet.supernet import load_supernet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchInputs", "SearchResult", "search_arch", "searchable_schemes", "target_name"]
+__all__ = ["SearchError", "SearchInputs", "SearchResult", "TrialEvaluator", "measure_on_target", "search_arch", "searchable_schemes",
+           "target_name"]
 
 STUDY_FILE = "study.db"
 READY_TIMEOUT_S = 600  # a worker that has not loaded its inputs by then has failed
@@ -124,14 +125,9 @@ def _sha256(path: Path) -> str:
 
 
 def _val_folder(data_dir: Path, cfg: SearchArchConfig, scale: int) -> Path:
-    from srnas.training.loop import find_val_set
+    from srnas.training.loop import resolve_val_dir
 
-    if cfg.val_set:
-        folder = data_dir / cfg.val_set / f"x{scale}"
-        if not folder.is_dir():
-            raise DataError(f"{folder}: search_arch.val_set {cfg.val_set!r} not prepared at x{scale}")
-        return folder
-    folder = find_val_set(data_dir, scale)
+    folder = resolve_val_dir(data_dir, scale, cfg.val_set or None)
     if folder is None:
         raise DataError(f"{data_dir}: no validation or evaluation set prepared at x{scale} (run `srnas prepare-data`)")
     return folder
@@ -148,7 +144,7 @@ class _Job:
     threads: int
 
 
-class _Evaluator:
+class TrialEvaluator:
     """A trial's two numbers: PSNR with inherited weights and predicted latency; built once per process."""
 
     def __init__(self, inputs: SearchInputs, cfg: SearchArchConfig) -> None:
@@ -189,7 +185,7 @@ def _worker(job: _Job, index: int, ready: Any) -> None:
     """A worker process: its own evaluator and sampler (seed + index), the shared study; says when it is ready."""
     torch.set_num_threads(job.threads)
     studies.quiet_optuna()
-    evaluator = _Evaluator(job.inputs, job.cfg)
+    evaluator = TrialEvaluator(job.inputs, job.cfg)
     study = studies.open_study(job.study_path, job.study_name, job.cfg, job.cfg.seed + index)
     ready.set()
     studies.run_trials(study, job.cfg, evaluator.space, evaluator.schemes, evaluator, worker=f"{index}:{os.getpid()}")
@@ -217,7 +213,7 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
         if not path.exists():
             raise DataError(f"{path}: not found (run train-supernet and profile-device first)")
     studies.quiet_optuna()
-    evaluator = _Evaluator(inputs, cfg)
+    evaluator = TrialEvaluator(inputs, cfg)
     target = evaluator.predictor.table.target
     fastest, fastest_ms = evaluator.fastest()
     if fastest_ms > cfg.budget_ms:
@@ -275,7 +271,7 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
         raise SearchError(f"none of the {len(records)} trials fits search_arch.budget_ms {cfg.budget_ms:g} ms on "
                           f"{target.name} (fastest: {best.candidate.name}, {best.latency_ms:.1f} ms); raise trials or the budget")
     front = pareto.pareto_front(records)
-    timed = _measure_networks(evaluator, [chosen.candidate.pruned(cfg.prune_keep)], cfg, latency or LatencyConfig())
+    timed = measure_on_target(evaluator, [chosen.candidate.pruned(cfg.prune_keep)], cfg, latency or LatencyConfig())
     measured = timed[0] if timed else None
     result = SearchResult(chosen, records, front, measured, time.perf_counter() - start, name, out_dir)
     _write_outputs(result, cfg, target.name)
@@ -304,7 +300,7 @@ def _is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-def _measure_networks(evaluator: _Evaluator, nets: list[PrunedSubnet], cfg: SearchArchConfig,
+def measure_on_target(evaluator: TrialEvaluator, nets: list[PrunedSubnet], cfg: SearchArchConfig,
                       latency: LatencyConfig) -> list[float] | None:
     """End-to-end ms of ``nets`` on the target, measured in alternating rounds (None when ``verify_runs`` is 0 or the
     target's runtime is not available here)."""

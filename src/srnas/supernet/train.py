@@ -72,7 +72,7 @@ from srnas.models import check_scale, count_params
 from srnas.supernet.space import SearchSpace, SubnetConfig
 from srnas.supernet.supernet import SRSupernet, save_supernet
 from srnas.training.checkpoint import TRAINING_STATE, CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
-from srnas.training.loop import TrainingDiverged, _val_psnr, find_val_set, resolve_bf16
+from srnas.training.loop import TrainingDiverged, _val_psnr, resolve_bf16, resolve_val_dir
 from srnas.training.patches import ImagePairs, PatchSampler, load_pairs
 
 __all__ = [
@@ -309,12 +309,7 @@ def train_supernet(
         val_pairs: ImagePairs | None = None
         val_name: str | None = None
         if dist_ctx.is_main:
-            if val_set is not None:
-                val_dir: Path | None = data_dir / val_set / f"x{scale}"
-                if not (val_dir / "hr").is_dir():
-                    raise DataError(f"{val_dir}: validation set {val_set!r} not found for x{scale}")
-            else:
-                val_dir = find_val_set(data_dir, scale)
+            val_dir = resolve_val_dir(data_dir, scale, val_set)
             if val_dir is not None:
                 val_pairs = load_pairs(val_dir, scale)
                 val_name = val_dir.parent.name

@@ -190,6 +190,16 @@ class TrainingData:
     val_name: str | None
 
 
+def resolve_val_dir(data_dir: Path, scale: int, val_set: str | None) -> Path | None:
+    """``data_dir/<val_set>/x{scale}`` (DataError when it was not prepared), else :func:`find_val_set`."""
+    if not val_set:
+        return find_val_set(data_dir, scale)
+    val_dir = data_dir / val_set / f"x{scale}"
+    if not (val_dir / "hr").is_dir():
+        raise DataError(f"{val_dir}: validation set {val_set!r} not found for x{scale}")
+    return val_dir
+
+
 def load_training_data(data_dir: Path, scale: int, lr_patch_size: int, val_set: str | None = None) -> TrainingData:
     """``data_dir/train/x{scale}`` as patches, plus the validation set (``val_set``, else :func:`find_val_set`).
 
@@ -199,12 +209,7 @@ def load_training_data(data_dir: Path, scale: int, lr_patch_size: int, val_set: 
     if not train_dir.is_dir():
         raise DataError(f"{train_dir}: training data not found (run `srnas prepare-data` with scale {scale})")
     sampler = PatchSampler(load_pairs(train_dir, scale), lr_patch_size)
-    if val_set is not None:
-        val_dir: Path | None = data_dir / val_set / f"x{scale}"
-        if not (val_dir / "hr").is_dir():
-            raise DataError(f"{val_dir}: validation set {val_set!r} not found for x{scale}")
-    else:
-        val_dir = find_val_set(data_dir, scale)
+    val_dir = resolve_val_dir(data_dir, scale, val_set)
     val_pairs = load_pairs(val_dir, scale) if val_dir is not None else None
     val_name = val_dir.parent.name if val_dir is not None else None
     if val_pairs is None:
