@@ -490,7 +490,7 @@ class LatencyConfig:
 
 SEARCH_STRATEGIES = ("tpe", "gp", "random")
 SEARCH_MODES = ("single", "pareto")
-PRUNING_CRITERIA = ("l1", "l2")
+PRUNING_CRITERIA = ("l1", "l2", "leading")
 
 
 @dataclass(frozen=True)
@@ -503,20 +503,23 @@ class SearchArchConfig:
     rounded to the scheme's granularity: stage 3 searches the real ratios. Objective: validation PSNR with inherited
     supernet weights on ``val_crops`` LR crops of ``crop_size`` pixels from ``val_set`` (empty: the prepared
     ``val`` set, else the first evaluation set by name), in the target's precision. Constraint: predicted latency
-    at most ``budget_ms``. ``strategy`` ``tpe`` / ``gp`` (Bayesian optimization) or ``random`` (the baseline);
+    at most ``budget_ms`` less ``latency_margin`` of it (:attr:`search_budget_ms`: room for the latency model's error
+    and the target's drift; the final model is measured against the whole ``budget_ms``). ``strategy`` ``tpe`` /
+    ``gp`` (Bayesian optimization) or ``random`` (the baseline);
     ``mode`` ``single`` (one best point) or ``pareto`` (PSNR and latency, the front). ``trials`` completed
     trials in all, shared by ``n_workers`` processes through one persisted study.
     """
 
     target: str = ""
     budget_ms: float = 33.0
+    latency_margin: float = 0.0
     strategy: str = "tpe"
     mode: str = "single"
     trials: int = 200
     n_workers: int = 1
     seed: int = 0
     prune_keep: float = 0.5
-    importance: str = "l1"
+    importance: str = "leading"
     val_set: str = ""
     val_crops: int = 32
     crop_size: int = 64
@@ -524,6 +527,7 @@ class SearchArchConfig:
 
     def __post_init__(self) -> None:
         _check(self.budget_ms > 0, "budget_ms", f"must be positive, got {self.budget_ms}")
+        _check(0.0 <= self.latency_margin < 1.0, "latency_margin", f"must lie in [0, 1), got {self.latency_margin}")
         _check(self.strategy in SEARCH_STRATEGIES, "strategy", f"unknown strategy {self.strategy!r}; choose from {', '.join(SEARCH_STRATEGIES)}")
         _check(self.mode in SEARCH_MODES, "mode", f"unknown mode {self.mode!r}; choose from {', '.join(SEARCH_MODES)}")
         _check(self.trials >= 1, "trials", f"must be at least 1, got {self.trials}")
@@ -535,6 +539,11 @@ class SearchArchConfig:
         _check(self.val_crops >= 1, "val_crops", f"must be at least 1, got {self.val_crops}")
         _check(self.crop_size >= 8, "crop_size", f"must be at least 8 LR pixels, got {self.crop_size}")
         _check(self.verify_runs >= 0, "verify_runs", f"must be 0 (no measurement) or positive, got {self.verify_runs}")
+
+    @property
+    def search_budget_ms(self) -> float:
+        """What the searches allow the *predicted* latency: ``budget_ms`` less the margin."""
+        return self.budget_ms * (1.0 - self.latency_margin)
 
 
 # ------------------------------------------------- stage 3: pruning-ratio search and fine-tuning (search_ratio, finetune)

@@ -45,14 +45,18 @@ __all__ = [
     "save_pruned",
 ]
 
-CRITERIA = ("l1", "l2")
+CRITERIA = ("l1", "l2", "leading")
 PRUNED_FORMAT = "srnas-pruned/1"
 
 
 def filter_importance(weight: Tensor, criterion: str) -> Tensor:
-    """One score per output filter of a conv ``weight`` (``out x in x kh x kw``): its L1 or L2 norm, in fp32."""
+    """One score per output filter of a conv ``weight`` (``out x in x kh x kw``), in fp32: its L1 or L2 norm, or
+    for ``leading`` its position (first = most important): the order in which the supernet's weight sharing trains
+    the filters, since a narrower subnet runs the leading filters of every layer."""
     if criterion not in CRITERIA:
         raise ConfigError(f"pruning criterion {criterion!r}: choose from {', '.join(CRITERIA)}")
+    if criterion == "leading":
+        return torch.arange(weight.shape[0], 0, -1, dtype=torch.float32)
     flat = weight.detach().float().reshape(weight.shape[0], -1)
     return torch.linalg.vector_norm(flat, ord=1 if criterion == "l1" else 2, dim=1)
 

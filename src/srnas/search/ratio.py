@@ -117,19 +117,19 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
 
     def seen(number: int, keeps: dict[str, float], psnr: float, ms: float) -> None:
         rows.append({"trial": number, "network": network(keeps).name, "psnr": psnr, "latency_ms": ms,
-                     "feasible": ms <= arch_cfg.budget_ms, **keeps})
+                     "feasible": ms <= arch_cfg.search_budget_ms, **keeps})
 
     if names:
         results = studies.search_keeps(names, start, low=cfg.min_keep, step=cfg.keep_step, strategy=cfg.strategy,
-                                       seed=cfg.seed, trials=cfg.trials, budget_ms=arch_cfg.budget_ms, evaluate=evaluate,
+                                       seed=cfg.seed, trials=cfg.trials, budget_ms=arch_cfg.search_budget_ms, evaluate=evaluate,
                                        on_trial=seen)
     else:  # stage 2 pruned nothing: the architecture is the result
         psnr, ms = evaluate({})
         results = [({}, psnr, ms)]
         seen(0, {}, psnr, ms)
-    feasible = [r for r in results if r[2] <= arch_cfg.budget_ms]
+    feasible = [r for r in results if r[2] <= arch_cfg.search_budget_ms]
     if not feasible:
-        raise SearchError(f"search_ratio: no trial fits search_arch.budget_ms {arch_cfg.budget_ms:g} ms "
+        raise SearchError(f"search_ratio: no trial fits {arch_cfg.search_budget_ms:g} ms (search_arch.budget_ms less the margin) "
                           f"(fastest {min(r[2] for r in results):.1f} ms)")
     keeps, psnr, predicted = max(feasible, key=lambda r: (r[1], -r[2]))
     best = network(keeps)
@@ -157,6 +157,7 @@ def _write(result: RatioResult, rows: list[dict[str, Any]], keeps: dict[str, flo
     atomic.write_text(out_dir / "trials.csv", buffer.getvalue())
     payload = {"format": "srnas-search-ratio/1", "architecture": result.candidate.to_dict(), "network": result.network.to_dict(),
                "name": result.network.name, "keeps": keeps, "strategy": cfg.strategy, "budget_ms": arch_cfg.budget_ms,
+               "search_budget_ms": arch_cfg.search_budget_ms,
                "target": evaluator.predictor.table.target.name, "importance": arch_cfg.importance,
                **{k: (v if math.isfinite(v) else None) for k, v in result.metrics().items()}}
     atomic.write_json(out_dir / "ratio_metrics.json", {k: v for k, v in result.metrics().items() if math.isfinite(v)})

@@ -216,11 +216,12 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
     evaluator = TrialEvaluator(inputs, cfg)
     target = evaluator.predictor.table.target
     fastest, fastest_ms = evaluator.fastest()
-    if fastest_ms > cfg.budget_ms:
-        raise ConfigError(f"search_arch.budget_ms: {cfg.budget_ms:g} ms is below the fastest subnet of the space on "
+    if fastest_ms > cfg.search_budget_ms:
+        raise ConfigError(f"search_arch.budget_ms: {cfg.search_budget_ms:g} ms (after the latency margin) is below the fastest subnet of the space on "
                           f"{target.name} ({fastest.name}: {fastest_ms:.1f} ms predicted); raise the budget or shrink the space")
-    log.info("search_arch on %s: budget %.1f ms, %s, %s mode, %d trials, %d worker(s); schemes searched: %s",
-             target.name, cfg.budget_ms, cfg.strategy, cfg.mode, cfg.trials, cfg.n_workers,
+    log.info("search_arch on %s: predicted latency at most %.1f ms (budget %.1f ms less a %.0f%% margin), %s, %s mode, "
+             "%d trials, %d worker(s); schemes searched: %s", target.name, cfg.search_budget_ms, cfg.budget_ms,
+             100 * cfg.latency_margin, cfg.strategy, cfg.mode, cfg.trials, cfg.n_workers,
              ", ".join([DENSE, *evaluator.schemes]))
 
     identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("trials", "n_workers", "verify_runs")},
@@ -264,11 +265,11 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
         raise SearchError(f"search worker(s) {', '.join(failed)} failed (exit codes "
                           f"{', '.join(str(p.exitcode) for p in others if p.exitcode != 0)}); rerun to resume")
 
-    records = studies.completed_trials(study, cfg.budget_ms)
+    records = studies.completed_trials(study, cfg.search_budget_ms)
     chosen = _pick(records)
     if chosen is None:
         best = min(records, key=lambda r: r.latency_ms)
-        raise SearchError(f"none of the {len(records)} trials fits search_arch.budget_ms {cfg.budget_ms:g} ms on "
+        raise SearchError(f"none of the {len(records)} trials fits {cfg.search_budget_ms:g} ms (search_arch.budget_ms less the margin) on "
                           f"{target.name} (fastest: {best.candidate.name}, {best.latency_ms:.1f} ms); raise trials or the budget")
     front = pareto.pareto_front(records)
     timed = measure_on_target(evaluator, [chosen.candidate.pruned(cfg.prune_keep)], cfg, latency or LatencyConfig())
@@ -328,7 +329,8 @@ def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> 
                 "psnr": r.psnr, "predicted_ms": r.latency_ms}
 
     payload: dict[str, Any] = {
-        "format": "srnas-search-arch/1", "target": target, "budget_ms": cfg.budget_ms, "strategy": cfg.strategy,
+        "format": "srnas-search-arch/1", "target": target, "budget_ms": cfg.budget_ms,
+        "search_budget_ms": cfg.search_budget_ms, "strategy": cfg.strategy,
         "mode": cfg.mode, "prune_keep": cfg.prune_keep, "importance": cfg.importance, "trials": len(result.records),
         "study": {"file": STUDY_FILE, "name": result.study},
         "chosen": point(chosen) | {"measured_ms": result.measured_ms, "latency_error": result.latency_error},
@@ -337,7 +339,7 @@ def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> 
         payload["front"] = [point(r) for r in result.front if r.feasible]
     pareto.write_csv(out / "trials.csv", result.records)
     pareto.write_csv(out / "pareto.csv", result.front)
-    title = f"search_arch on {target}: {cfg.strategy}, {len(result.records)} trials, budget {cfg.budget_ms:g} ms"
-    pareto.plot_front(out / "pareto.png", result.records, result.front, cfg.budget_ms, chosen, title)
+    title = f"search_arch on {target}: {cfg.strategy}, {len(result.records)} trials, budget {cfg.search_budget_ms:g} ms predicted"
+    pareto.plot_front(out / "pareto.png", result.records, result.front, cfg.search_budget_ms, chosen, title)
     atomic.write_json(out / "search_metrics.json", {k: (v if math.isfinite(v) else None) for k, v in result.metrics().items()})
     atomic.write_json(out / ARCH_FILE, payload)

@@ -133,12 +133,12 @@ def run_trials(study: optuna.Study, cfg: SearchArchConfig, space: SearchSpace, s
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("seconds", time.perf_counter() - start)
         # <= 0 is feasible (Optuna's convention); TPE and GP model it, random sampling ignores it.
-        trial.set_constraint(CONSTRAINT, latency_ms - cfg.budget_ms)
+        trial.set_constraint(CONSTRAINT, latency_ms - cfg.search_budget_ms)
         return psnr if cfg.mode == "single" else (psnr, latency_ms)
 
     def report(study: optuna.Study, trial: FrozenTrial) -> None:
         if on_trial is not None and trial.state == TrialState.COMPLETE:
-            on_trial(_record(trial, cfg.budget_ms))
+            on_trial(_record(trial, cfg.search_budget_ms))
 
     remaining = cfg.trials - completed(study)
     if remaining <= 0:
