@@ -26,6 +26,17 @@ def smooth_image(rng, size: int):
     return np.rint((img - img.min()) / (np.ptp(img) + 1e-9) * 255).astype(np.uint8)
 
 
+def write_prepared_set(root: Path, name: str, count: int, rng, size: int = 48, scale: int = 2) -> None:
+    """``count`` smooth HR images and their MATLAB-bicubic LR in the prepared-data layout ``root/name/x<scale>/``."""
+    from srnas.images import write_png
+    from srnas.imresize import imresize
+
+    for i in range(count):
+        hr = smooth_image(rng, size)
+        write_png(root / name / f"x{scale}" / "hr" / f"img{i}.png", hr)
+        write_png(root / name / f"x{scale}" / "lr" / f"img{i}.png", imresize(hr, 1 / scale))
+
+
 def assert_same_weights(a, b) -> None:
     """Two state dicts hold the same tensors (within 1e-6), key by key."""
     import torch

@@ -18,8 +18,6 @@ import torch
 from srnas.config import FinetuneConfig, SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
 from srnas.errors import ConfigError
 from srnas.finetune import FinetuneResult, finetune
-from srnas.images import write_png
-from srnas.imresize import imresize
 from srnas.models import count_params
 from srnas.pruning import load_pruned, prunable_convs, prune_subnet, pruned_from_keep, save_pruned
 from srnas.supernet import CellConfig, SearchSpace, SRSupernet, SubnetConfig, save_supernet
@@ -27,7 +25,7 @@ from srnas.supernet.train import train_supernet
 from srnas.training.checkpoint import CheckpointError, load_checkpoint
 from srnas.training.patches import PatchSampler, load_pairs, step_generator
 
-from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
+from conftest import assert_same_weights, kill_at_first_checkpoint, write_prepared_set
 
 SCALE = 2
 SPACE = SearchSpaceConfig(num_cells=2, widths=(8, 16), expansions=(2,))
@@ -37,19 +35,12 @@ CFG = FinetuneConfig(steps=40, batch_size=4, lr_patch_size=12, lr=2e-3, min_lr=1
                      log_every=10, distill=0.5)
 
 
-def _write_set(root: Path, name: str, count: int, rng: np.random.Generator, size: int = 48) -> None:
-    for i in range(count):
-        hr = smooth_image(rng, size)
-        write_png(root / name / f"x{SCALE}" / "hr" / f"img{i}.png", hr)
-        write_png(root / name / f"x{SCALE}" / "lr" / f"img{i}.png", imresize(hr, 1 / SCALE))
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prepare_data")
     rng = np.random.default_rng(0)
-    _write_set(root, "train", 4, rng)
-    _write_set(root, "val", 1, rng)
+    write_prepared_set(root, "train", 4, rng, scale=SCALE)
+    write_prepared_set(root, "val", 1, rng, scale=SCALE)
     return root
 
 

@@ -15,12 +15,10 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from PIL import Image
 
-from conftest import kill_when, smooth_image
+from conftest import kill_when, write_prepared_set
 from srnas.config import LatencyConfig, SearchArchConfig, SearchSpaceConfig, from_mapping
 from srnas.errors import ConfigError
-from srnas.imresize import imresize
 from srnas.latency import runtime
 from srnas.latency.profile import load_predictor, profile_target
 from srnas.latency.targets import Target
@@ -51,14 +49,7 @@ def inputs(tmp_path_factory) -> SearchInputs:
         mp.setattr(runtime, "measure_network", fake_network_ms)
         profile_target(TARGET, SPACE, LatencyConfig(calibration_subnets=4), root / "tables" / TARGET.name,
                        cache_dir=root / "cache")
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        hr = smooth_image(rng, 64)
-        lr = np.clip(np.rint(imresize(hr.astype(np.float64), 0.5)), 0, 255).astype(np.uint8)
-        for kind, img in (("hr", hr), ("lr", lr)):
-            folder = root / "data" / "val" / "x2" / kind
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(folder / f"img{i}.png")
+    write_prepared_set(root / "data", "val", 2, np.random.default_rng(0), size=64)
     return SearchInputs(root / "supernet.pt", root / "tables" / TARGET.name, root / "data")
 
 
@@ -293,7 +284,7 @@ def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_sta
     from srnas.search.quality import QualityEvaluator
 
     quality = QualityEvaluator(load_supernet(inputs.supernet), load_pairs(inputs.data_dir / "val" / "x2", 2), count=2,
-                               size=16, precision="fp32", prune_keep=0.5)
+                               size=16, precision="fp32", prune_keep=0.5, importance=arch_cfg.importance)
     assert result.psnr >= quality.psnr_network(stage2_net) - 1e-9
     model = load_pruned(tmp_path / "ratio" / "pruned.pt")
     assert model.pruned == result.network
