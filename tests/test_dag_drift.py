@@ -75,3 +75,21 @@ def test_snakemake_and_dvc_describe_the_same_dag() -> None:
         stage, deps = dvc[outs]
         assert rule == stage, f"{sorted(outs)}: snakemake rule {rule!r} vs dvc stage {stage!r}"
         assert inputs == deps, f"{stage}: deps differ\nsnakemake only {sorted(inputs - deps)}\ndvc only {sorted(deps - inputs)}"
+
+
+def test_every_dvc_param_is_in_params_yaml() -> None:
+    """`dvc repro` fails on a stage whose params key is missing from params.yaml (a dataclass default is not enough)."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    missing = []
+    for name, stage in stages.items():
+        for key in stage.get("params", []):
+            node = params
+            for part in str(key).split("."):
+                if not isinstance(node, dict) or part not in node:
+                    missing.append(f"{name}: {key}")
+                    break
+                node = node[part]
+    assert not missing, f"dvc.yaml params missing from params.yaml: {missing}"

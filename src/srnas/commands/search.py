@@ -12,7 +12,6 @@ from typing import Any
 from srnas.commands.common import print_json, settings_from_args
 
 LOG = logging.getLogger("srnas.search_arch")
-VERDICT_ROUNDS = 5
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +152,7 @@ def run_budget(args: argparse.Namespace) -> int:
     from srnas.latency.profile import load_predictor
     from srnas.latency.validate import measure_networks
     from srnas.pruning import load_pruned
-    from srnas.search.run import target_name
+    from srnas.search.run import VERDICT_ROUNDS, target_name
 
     settings = settings_from_args(args)
     arch_cfg, latency = settings.search_arch, settings.latency
@@ -163,7 +162,6 @@ def run_budget(args: argparse.Namespace) -> int:
     network = load_pruned(args.checkpoint).pruned
     with tracking.stage_run(settings.tracking, "check_budget", {"budget_ms": arch_cfg.budget_ms, "target": target_label},
                             {"srnas.target": target_label}) as stage:
-        # more rounds than a table entry: the verdict is the lowest median of VERDICT_ROUNDS, spread over seconds
         measured = measure_networks(target, [network], warmup=latency.net_warmup, runs=max(arch_cfg.verify_runs, 1),
                                     rounds=max(latency.net_rounds, VERDICT_ROUNDS))[0]
         predicted = predictor.predict(network)

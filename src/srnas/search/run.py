@@ -13,7 +13,6 @@ Outputs in ``out_dir``:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import multiprocessing
@@ -28,6 +27,7 @@ import torch
 
 from srnas import atomic
 from srnas.config import LatencyConfig, SearchArchConfig
+from srnas.data.download import file_sha256
 from srnas.errors import ConfigError, DataError, SrnasError
 from srnas.latency.layers import PrunedSubnet
 from srnas.latency.predictor import LatencyPredictor
@@ -45,6 +45,9 @@ __all__ = ["SearchError", "SearchInputs", "SearchResult", "TrialEvaluator", "mea
            "target_name"]
 
 STUDY_FILE = "study.db"
+# A verdict (the chosen network's latency, a pruning speedup, the final budget check) takes the lowest median of at
+# least this many rounds spread over seconds: one round of a table entry is steadied by the table's other entries.
+VERDICT_ROUNDS = 5
 READY_TIMEOUT_S = 600  # a worker that has not loaded its inputs by then has failed
 ARCH_FILE = "arch.json"
 
@@ -114,14 +117,6 @@ def searchable_schemes(predictor: LatencyPredictor) -> list[str]:
 def first_reaching(records: list[TrialRecord], psnr: float) -> int:
     """1-based index of the first feasible trial with PSNR at least ``psnr`` (0 when none)."""
     return next((i + 1 for i, r in enumerate(records) if r.feasible and r.psnr >= psnr), 0)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _val_folder(data_dir: Path, cfg: SearchArchConfig, scale: int) -> Path:
@@ -225,7 +220,7 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
              ", ".join([DENSE, *evaluator.schemes]))
 
     identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("trials", "n_workers", "verify_runs")},
-                "supernet": _sha256(inputs.supernet), "table": _sha256(inputs.table_dir / "table.json")}
+                "supernet": file_sha256(inputs.supernet), "table": file_sha256(inputs.table_dir / "table.json")}
     name = studies.study_name(identity)
     study_path = out_dir / STUDY_FILE
     study = studies.open_study(study_path, name, cfg, cfg.seed)
@@ -303,8 +298,8 @@ def _is_tty() -> bool:
 
 def measure_on_target(evaluator: TrialEvaluator, nets: list[PrunedSubnet], cfg: SearchArchConfig,
                       latency: LatencyConfig) -> list[float] | None:
-    """End-to-end ms of ``nets`` on the target, measured in alternating rounds (None when ``verify_runs`` is 0 or the
-    target's runtime is not available here)."""
+    """End-to-end ms of ``nets`` on the target, measured in alternating rounds, at least :data:`VERDICT_ROUNDS`
+    (None when ``verify_runs`` is 0 or the target's runtime is not available here)."""
     from srnas.latency.runtime import target_available
     from srnas.latency.validate import measure_networks
 
@@ -317,7 +312,8 @@ def measure_on_target(evaluator: TrialEvaluator, nets: list[PrunedSubnet], cfg: 
     if evaluator.predictor.table.fingerprint_id != target.fingerprint_id():
         log.warning("%s: the latency table was measured under fingerprint %s, this machine is %s", target.name,
                     evaluator.predictor.table.fingerprint_id, target.fingerprint_id())
-    return measure_networks(target, nets, warmup=latency.net_warmup, runs=cfg.verify_runs, rounds=latency.net_rounds)
+    return measure_networks(target, nets, warmup=latency.net_warmup, runs=cfg.verify_runs,
+                            rounds=max(latency.net_rounds, VERDICT_ROUNDS))
 
 
 def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> None:
