@@ -25,10 +25,9 @@ import numpy as np
 from srnas.config import FinetuneConfig, RatioSearchConfig, SearchArchConfig
 from srnas.finetune import finetune
 from srnas.latency.validate import spearman
-from srnas.pruning import pruned_from_keep, save_pruned
+from srnas.pruning import save_pruned
 from srnas.search import ArchCandidate, SearchInputs
-from srnas.search.candidate import DENSE, scheme_granularity
-from srnas.search.ratio import conv_schemes
+from srnas.search.candidate import DENSE
 from srnas.search.run import TrialEvaluator
 
 
@@ -53,8 +52,7 @@ def main() -> None:
     arch_cfg, ratio_cfg = SearchArchConfig(verify_runs=0), RatioSearchConfig()
     candidate = ArchCandidate.from_dict(json.loads(args.arch.read_text())["chosen"])
     evaluator = TrialEvaluator(SearchInputs(args.supernet, args.table, args.data_dir), arch_cfg)
-    schemes = conv_schemes(candidate)
-    grains = [1 if s == DENSE else scheme_granularity(s) for s in schemes]
+    schemes = candidate.conv_schemes()
     grid = np.arange(ratio_cfg.min_keep, 1.0 + 1e-9, ratio_cfg.keep_step)
     rng = np.random.default_rng(args.seed)
     settings = [[1.0 if s == DENSE else arch_cfg.prune_keep for s in schemes]]
@@ -63,7 +61,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="srnas-proxy-") as work:
         for k, keeps in enumerate(settings):
-            net = pruned_from_keep(candidate.subnet, keeps, grains)
+            net = candidate.network(keeps)
             proxy = evaluator.quality.psnr_network(net)
             path = Path(work) / f"p{k}.pt"
             save_pruned(path, evaluator.quality.model(net))

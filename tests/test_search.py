@@ -68,6 +68,8 @@ def test_candidate_round_trip_names_and_pruning() -> None:
     # filter_g16 at keep 0.5 removes nothing from a 16-filter layer (8 rounds up to 16) but halves a 64-filter expand
     moot = ArchCandidate.normalized(subnet, ["filter_g16", "filter_g16", "filter_g16", "dense"], 0.5)
     assert moot.schemes == ("dense", "dense", "filter_g16", "dense")
+    assert len(cand.conv_schemes()) == len(prunable_convs(subnet))  # head, conv cell, wdsr expand + reduce
+    assert cand.conv_schemes() == ("filter_g8", "dense", "filter_g8", "filter_g8")
     assert cand.name == "w16-c.w4.s/g8.d.g8.d"
     assert ArchCandidate.from_dict(json.loads(json.dumps(cand.to_dict()))) == cand
     pruned = cand.pruned(0.5)
@@ -259,7 +261,7 @@ def test_cli_logs_each_trial_as_a_nested_mlflow_run(inputs, tmp_path, monkeypatc
 def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_stage2(inputs, tmp_path) -> None:
     from srnas.config import RatioSearchConfig
     from srnas.pruning import load_pruned
-    from srnas.search.ratio import conv_schemes, search_ratio
+    from srnas.search.ratio import search_ratio
 
     predictor = load_predictor(inputs.table_dir)
     budget = 0.6 * predictor.predict(SPACE.largest())
@@ -277,7 +279,7 @@ def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_sta
     # dense layers keep every filter; the first trial is stage 2's own network, so the result is at least as good
     full = as_pruned(candidate.subnet).channels
     free = prunable_convs(candidate.subnet)
-    for index, scheme in zip(free, conv_schemes(candidate)):
+    for index, scheme in zip(free, candidate.conv_schemes()):
         if scheme == "dense":
             assert result.network.channels[index] == full[index]
     stage2_net = candidate.pruned(0.5)

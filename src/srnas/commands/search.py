@@ -149,21 +149,23 @@ def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_budget(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
+    from srnas.errors import ConfigError
     from srnas.latency.profile import load_predictor
-    from srnas.latency.validate import measure_networks
     from srnas.pruning import load_pruned
-    from srnas.search.run import VERDICT_ROUNDS, target_name
+    from srnas.search.run import measure_on_target, target_name
 
     settings = settings_from_args(args)
     arch_cfg, latency = settings.search_arch, settings.latency
     target_label = target_name(arch_cfg, latency)
     predictor = load_predictor(args.tables / target_label)
-    target = predictor.table.target
     network = load_pruned(args.checkpoint).pruned
     with tracking.stage_run(settings.tracking, "check_budget", {"budget_ms": arch_cfg.budget_ms, "target": target_label},
                             {"srnas.target": target_label}) as stage:
-        measured = measure_networks(target, [network], warmup=latency.net_warmup, runs=max(arch_cfg.verify_runs, 1),
-                                    rounds=max(latency.net_rounds, VERDICT_ROUNDS))[0]
+        timed = measure_on_target(predictor, [network], max(arch_cfg.verify_runs, 1), latency)
+        if timed is None:
+            raise ConfigError(f"search_arch.target {target_label}: its runtime {predictor.table.target.runtime} is not "
+                              "available on this machine, so the final model cannot be measured against the budget")
+        measured = timed[0]
         predicted = predictor.predict(network)
         fits = measured <= arch_cfg.budget_ms
         summary = {"network": network.name, "target": target_label, "budget_ms": arch_cfg.budget_ms, "measured_ms": measured,

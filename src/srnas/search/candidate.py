@@ -88,20 +88,24 @@ class ArchCandidate:
             return self.subnet.name
         return self.subnet.name + "/" + ".".join("d" if s == DENSE else f"g{scheme_granularity(s)}" for s in self.schemes)
 
-    def pruned(self, keep: float) -> PrunedSubnet:
-        """The filter-pruned subnet: each pruned layer keeps ``keep`` of its filters, rounded to its scheme's grid."""
-        keeps: list[float] = []
-        grains: list[int] = []
-
-        def add(scheme: str, count: int) -> None:
-            keeps.extend([1.0 if scheme == DENSE else keep] * count)
-            grains.extend([1 if scheme == DENSE else scheme_granularity(scheme)] * count)
-
-        add(self.schemes[0], 1)
+    def conv_schemes(self) -> tuple[str, ...]:
+        """The scheme of every freely prunable conv, in :func:`srnas.pruning.prunable_convs` order: the head's, then
+        a conv cell's for its conv and a wdsr cell's for its expand and reduce (its last conv follows its stream)."""
+        out = [self.schemes[0]]
         for cell, scheme in zip(self.subnet.cells, self.schemes[1:]):
             if cell.block != "skip":
-                add(scheme, 1 if cell.block == "conv" else 2)
+                out += [scheme] * (1 if cell.block == "conv" else 2)
+        return tuple(out)
+
+    def network(self, keeps: Sequence[float]) -> PrunedSubnet:
+        """The filter-pruned subnet: prunable conv ``i`` keeps ``keeps[i]`` of its filters, rounded to the grid of its
+        scheme (a ``dense`` conv, on the grid of 1, keeps exactly that share: pass 1)."""
+        grains = [1 if s == DENSE else scheme_granularity(s) for s in self.conv_schemes()]
         return pruned_from_keep(self.subnet, keeps, grains)
+
+    def pruned(self, keep: float) -> PrunedSubnet:
+        """The filter-pruned subnet: each pruned layer keeps ``keep`` of its filters, rounded to its scheme's grid."""
+        return self.network([1.0 if s == DENSE else keep for s in self.conv_schemes()])
 
     def to_dict(self) -> dict[str, Any]:
         return {"subnet": self.subnet.to_dict(), "schemes": list(self.schemes), "name": self.name}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from srnas import atomic
 from srnas.search.study import TrialRecord
 
-__all__ = ["pareto_front", "write_csv", "plot_front"]
+__all__ = ["pareto_front", "plot_front", "write_csv", "write_rows"]
 
 
 def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
@@ -26,15 +27,19 @@ def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
     return front
 
 
-def write_csv(path: str | os.PathLike[str], records: Sequence[TrialRecord]) -> None:
-    """One row per trial (:meth:`TrialRecord.row`), written atomically."""
+def write_rows(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
+    """``rows`` as CSV with columns ``fields`` (floats to 4 decimals), written atomically."""
     buffer = io.StringIO()
-    fields = list(records[0].row()) if records else ["trial", "name", "psnr", "latency_ms", "feasible"]
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
-    for r in records:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.row().items()})
+    writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
     atomic.write_text(path, buffer.getvalue())
+
+
+def write_csv(path: str | os.PathLike[str], records: Sequence[TrialRecord]) -> None:
+    """One row per trial (:meth:`TrialRecord.row`)."""
+    rows = [r.row() for r in records]
+    write_rows(path, rows, list(rows[0]) if rows else ["trial", "name", "psnr", "latency_ms", "feasible"])
 
 
 def plot_front(path: str | os.PathLike[str], records: Sequence[TrialRecord], front: Sequence[TrialRecord],

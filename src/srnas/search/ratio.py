@@ -15,8 +15,6 @@ Outputs in ``out_dir``: ``pruned.pt`` (the physically pruned network with inheri
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -30,26 +28,15 @@ from srnas import atomic
 from srnas.config import LatencyConfig, RatioSearchConfig, SearchArchConfig
 from srnas.errors import DataError
 from srnas.latency.layers import PrunedSubnet, as_pruned
-from srnas.pruning import prunable_convs, pruned_from_keep, save_pruned
+from srnas.pruning import save_pruned
 from srnas.search import study as studies
-from srnas.search.candidate import DENSE, ArchCandidate, scheme_granularity
+from srnas.search.pareto import write_rows
+from srnas.search.candidate import DENSE, ArchCandidate
 from srnas.search.run import SearchError, SearchInputs, TrialEvaluator, measure_on_target
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RatioResult", "conv_schemes", "search_ratio"]
-
-
-def conv_schemes(candidate: ArchCandidate) -> list[str]:
-    """The scheme of every freely prunable conv (:func:`srnas.pruning.prunable_convs` order) of ``candidate``."""
-    out = [candidate.schemes[0]]
-    for cell, scheme in zip(candidate.subnet.cells, candidate.schemes[1:]):
-        if cell.block == "conv":
-            out.append(scheme)
-        elif cell.block == "wdsr":
-            out += [scheme, scheme]
-    assert len(out) == len(prunable_convs(candidate.subnet))
-    return out
+__all__ = ["RatioResult", "search_ratio"]
 
 
 @dataclass
@@ -99,13 +86,11 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
     studies.quiet_optuna()
     evaluator = TrialEvaluator(inputs, arch_cfg)
     evaluator.space.validate(candidate.subnet)
-    schemes = conv_schemes(candidate)
+    schemes = candidate.conv_schemes()
     names = [f"keep{i}" for i, s in enumerate(schemes) if s != DENSE]
-    grains = [1 if s == DENSE else scheme_granularity(s) for s in schemes]
 
     def network(keeps: dict[str, float]) -> PrunedSubnet:
-        ratios = [1.0 if s == DENSE else keeps[f"keep{i}"] for i, s in enumerate(schemes)]
-        return pruned_from_keep(candidate.subnet, ratios, grains)
+        return candidate.network([1.0 if s == DENSE else keeps[f"keep{i}"] for i, s in enumerate(schemes)])
 
     def evaluate(keeps: dict[str, float]) -> tuple[float, float]:
         net = network(keeps)
@@ -135,7 +120,7 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
     best = network(keeps)
     parent = as_pruned(candidate.subnet)
     parent_predicted = evaluator.predictor.predict(parent)
-    measured = measure_on_target(evaluator, [best, parent], arch_cfg, latency or LatencyConfig())
+    measured = measure_on_target(evaluator.predictor, [best, parent], arch_cfg.verify_runs, latency or LatencyConfig())
     result = RatioResult(candidate, best, psnr, predicted, parent_predicted, measured[0] if measured else None,
                          measured[1] if measured else None, len(results), time.perf_counter() - start_time)
     _write(result, rows, keeps, cfg, arch_cfg, evaluator, out_dir)
@@ -149,12 +134,8 @@ def _write(result: RatioResult, rows: list[dict[str, Any]], keeps: dict[str, flo
            arch_cfg: SearchArchConfig, evaluator: TrialEvaluator, out_dir: Path) -> None:
     save_pruned(out_dir / "pruned.pt", evaluator.quality.model(result.network),
                 extra={"importance": arch_cfg.importance, "keeps": keeps})
-    buffer = io.StringIO()
     fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith(("trial", "network", "psnr", "latency", "feasible")), k))
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    atomic.write_text(out_dir / "trials.csv", buffer.getvalue())
+    write_rows(out_dir / "trials.csv", rows, fields)
     payload = {"format": "srnas-search-ratio/1", "architecture": result.candidate.to_dict(), "network": result.network.to_dict(),
                "name": result.network.name, "keeps": keeps, "strategy": cfg.strategy, "budget_ms": arch_cfg.budget_ms,
                "search_budget_ms": arch_cfg.search_budget_ms,

@@ -267,7 +267,8 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
         raise SearchError(f"none of the {len(records)} trials fits {cfg.search_budget_ms:g} ms (search_arch.budget_ms less the margin) on "
                           f"{target.name} (fastest: {best.candidate.name}, {best.latency_ms:.1f} ms); raise trials or the budget")
     front = pareto.pareto_front(records)
-    timed = measure_on_target(evaluator, [chosen.candidate.pruned(cfg.prune_keep)], cfg, latency or LatencyConfig())
+    timed = measure_on_target(evaluator.predictor, [chosen.candidate.pruned(cfg.prune_keep)], cfg.verify_runs,
+                              latency or LatencyConfig())
     measured = timed[0] if timed else None
     result = SearchResult(chosen, records, front, measured, time.perf_counter() - start, name, out_dir)
     _write_outputs(result, cfg, target.name)
@@ -296,24 +297,24 @@ def _is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-def measure_on_target(evaluator: TrialEvaluator, nets: list[PrunedSubnet], cfg: SearchArchConfig,
+def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], runs: int,
                       latency: LatencyConfig) -> list[float] | None:
-    """End-to-end ms of ``nets`` on the target, measured in alternating rounds, at least :data:`VERDICT_ROUNDS`
-    (None when ``verify_runs`` is 0 or the target's runtime is not available here)."""
+    """End-to-end ms of ``nets`` on the predictor's target: ``runs`` calls per round, rounds alternating, at least
+    :data:`VERDICT_ROUNDS` of them, lowest median (None when ``runs`` is 0 or the target's runtime is not available
+    here). Warns when this machine is not the one the table was measured on."""
     from srnas.latency.runtime import target_available
     from srnas.latency.validate import measure_networks
 
-    target = evaluator.predictor.table.target
-    if cfg.verify_runs == 0:
+    target = predictor.table.target
+    if runs == 0:
         return None
     if not target_available(target):
         log.warning("%s: runtime %s not available here; latency is predicted only", target.name, target.runtime)
         return None
-    if evaluator.predictor.table.fingerprint_id != target.fingerprint_id():
+    if predictor.table.fingerprint_id != target.fingerprint_id():
         log.warning("%s: the latency table was measured under fingerprint %s, this machine is %s", target.name,
-                    evaluator.predictor.table.fingerprint_id, target.fingerprint_id())
-    return measure_networks(target, nets, warmup=latency.net_warmup, runs=cfg.verify_runs,
-                            rounds=max(latency.net_rounds, VERDICT_ROUNDS))
+                    predictor.table.fingerprint_id, target.fingerprint_id())
+    return measure_networks(target, nets, warmup=latency.net_warmup, runs=runs, rounds=max(latency.net_rounds, VERDICT_ROUNDS))
 
 
 def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> None:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -121,7 +122,6 @@ def run_trials(study: optuna.Study, cfg: SearchArchConfig, space: SearchSpace, s
                evaluate: Callable[[ArchCandidate], tuple[float, float]], *, worker: str,
                on_trial: Callable[[TrialRecord], None] | None = None) -> None:
     """Run trials until the study holds ``cfg.trials`` completed ones (counting every process's)."""
-    import time
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()

@@ -141,7 +141,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, lr_batch: tor
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             target = teacher(lr_batch)
         to_teacher = F.l1_loss(sr, target.float())
-        loss = to_teacher if distill == 1.0 else (1.0 - distill) * to_hr + distill * to_teacher
+        loss = (1.0 - distill) * to_hr + distill * to_teacher
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
