@@ -173,13 +173,17 @@ def test_a_finished_study_is_reused_and_extended(inputs, tmp_path) -> None:
 
 
 def _completed(study_path: Path) -> int:
+    """Completed trials in the file, read without creating Optuna's tables: a reader that created them while the
+    search process did too would race it (SQLite schema creation is not atomic across processes)."""
     if not study_path.exists():
         return 0
     try:
-        names = optuna.get_all_study_names(f"sqlite:///{study_path}")
-        return sum(len(optuna.load_study(study_name=n, storage=f"sqlite:///{study_path}").get_trials(
+        storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}", skip_table_creation=True,
+                                             skip_compatibility_check=True)
+        names = [s.study_name for s in storage.get_all_studies()]
+        return sum(len(optuna.load_study(study_name=n, storage=storage).get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) for n in names)
-    except Exception:  # the file is being created
+    except Exception:  # the search process is still creating the file
         return 0
 
 
