@@ -47,11 +47,14 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, help="measurement cache (default: latency.cache_dir; a new one with --fresh)")
     parser.add_argument("--skip-validation", action="store_true", help="only build (or load) the table")
     parser.add_argument("--out", type=Path, default=Path("results/bench_latency"), help="output folder (default: %(default)s)")
+    parser.add_argument("--protocol", choices=("paired", "absolute"), help="timing protocol (default: latency.protocol)")
+    parser.add_argument("--retest", action="store_true",
+                        help="measure the validation networks a second time: the measurement's own repeatability")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
-    cfg = LatencyConfig()
+    cfg = LatencyConfig() if args.protocol is None else LatencyConfig(protocol=args.protocol)
     space = SearchSpace(SearchSpaceConfig())
     print(f"search space: {space.describe().splitlines()[0]}")
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min); CPUs usable: {len(os.sched_getaffinity(0))}")
@@ -67,6 +70,7 @@ def main() -> None:
         print(f"fingerprint {table.fingerprint_id}; table: {len(table)} layers on the granularity-{table.granularity} grid, "
               f"{table.measured} measured, {table.reused} from cache")
         print(f"table build (schemes + layers + calibration): {result.seconds:.0f} s")
+        print(f"timing protocol: {table.protocol()}")
         print(f"quiet guard so far: {quiet_stats}")
         print(f"overhead model: {result.predictor.overhead}")
         print()
@@ -85,6 +89,13 @@ def main() -> None:
         worst = sorted(zip(report.errors, report.names, report.predicted, report.measured), key=lambda r: -abs(r[0]))[:5]
         for err, name, pred, meas in worst:
             print(f"  {err:+7.1%}  predicted {pred:8.2f} ms  measured {meas:8.2f} ms  {name}")
+        if args.retest:
+            again = validate_predictor(result.predictor, nets, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.net_rounds)
+            change = np.asarray(again.measured) / np.asarray(report.measured) - 1
+            print(f"retest (the same {len(nets)} networks measured again): {np.mean(np.abs(change) <= 0.10):.1%} within "
+                  f"+-10% of the first measurement, median |change| {np.median(np.abs(change)):.2%}, worst {np.max(np.abs(change)):.1%}; "
+                  f"second measurement vs prediction: {again.describe()}")
+            report.extra["retest"] = again.to_dict()
         (args.out / target.name).mkdir(parents=True, exist_ok=True)
         (args.out / target.name / "validation.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")

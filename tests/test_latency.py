@@ -32,6 +32,7 @@ from srnas.latency.profile import calibration_from_table, load_predictor, profil
 from srnas.latency.schemes import measure_schemes, schemes_markdown
 from srnas.latency.table import LatencyTable, TableError, build_table
 from srnas.latency.targets import Target, resolve_target
+from srnas.latency.timing import paired_ms
 from srnas.latency.validate import sample_networks, spearman, validate_predictor
 from srnas.profiling import bf16_supported
 from srnas.supernet.space import CellConfig, SearchSpace, SubnetConfig
@@ -44,7 +45,8 @@ def _target(runtime_name: str = "torch_fp32", precision: str = "fp32") -> Target
     return Target("t", "test-cpu", runtime_name, precision, 1, HW, 2)
 
 
-def fake_layer_ms(target: Target, layer: LayerKey, *, warmup: int, runs: int) -> float:
+def fake_layer_ms(target: Target, layer: LayerKey, *, warmup: int, runs: int, rounds: int = 1,
+                  reference_ms: float | None = None) -> float:
     """A deterministic 'latency': proportional to MACs, cheaper for some schemes."""
     factor = {"bf16": 0.5, "int8": 0.6}.get(layer.scheme, 1.0)
     return factor * (0.2 + 1e-3 * layer.cin * layer.cout * layer.kernel**2)
@@ -53,7 +55,8 @@ def fake_layer_ms(target: Target, layer: LayerKey, *, warmup: int, runs: int) ->
 JOIN_MS, JOIN_CHANNEL_MS = 0.05, 0.002
 
 
-def fake_network_ms(target: Target, net, *, warmup: int, runs: int, precision=None, sparsity=0.0) -> float:
+def fake_network_ms(target: Target, net, *, warmup: int, runs: int, precision=None, sparsity=0.0, rounds: int = 1,
+                    reference_ms: float | None = None) -> float:
     layers = network_layers(as_pruned(net), target.scale)
     joins, channels = join_features(layers)
     factor = 0.5 if precision in ("bf16", "int8") else 1.0
@@ -61,11 +64,25 @@ def fake_network_ms(target: Target, net, *, warmup: int, runs: int, precision=No
                      + JOIN_MS * joins + JOIN_CHANNEL_MS * channels)
 
 
+FAKE_REFERENCE_MS = 2.5
+
+
+def fake_reference_ms(target: Target, *, warmup: int, runs: int, rounds: int) -> float:
+    return FAKE_REFERENCE_MS
+
+
+def patch_fake_timers(mp: pytest.MonkeyPatch) -> None:
+    """Every timer of :mod:`srnas.latency.runtime` replaced by the deterministic fakes above."""
+    mp.setattr(runtime, "measure_layer", fake_layer_ms)
+    mp.setattr(runtime, "measure_network", fake_network_ms)
+    mp.setattr(runtime, "measure_reference", fake_reference_ms)
+
+
 class Counter:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, target, layer, *, warmup, runs):
+    def __call__(self, target, layer, *, warmup, runs, **paired):
         self.calls += 1
         return fake_layer_ms(target, layer, warmup=warmup, runs=runs)
 
@@ -170,6 +187,51 @@ def test_rounds_keep_the_lowest_median(tmp_path) -> None:
     assert all(table.entries[layer] == pytest.approx(fake_layer_ms(None, layer, warmup=1, runs=1)) for layer in layers)
 
 
+def test_paired_timing_cancels_a_drifting_host() -> None:
+    """A host slowing down steadily (the item's raw time triples over the measurement) and one spike: the paired
+    result stays the item's time at the reference's speed."""
+    clock = {"t": 0}
+
+    def slowdown() -> float:
+        clock["t"] += 1
+        return 1.0 + 0.2 * clock["t"]
+
+    def reference_round() -> float:
+        return 4.0 * slowdown()
+
+    raw: list[float] = []
+
+    def item_round() -> float:
+        raw.append(10.0 * slowdown() * (5.0 if len(raw) == 2 else 1.0))  # the third round hit by a neighbour
+        return raw[-1]
+
+    assert paired_ms(item_round, reference_round, 5, reference_ms=2.0) == pytest.approx(2.0 * 10.0 / 4.0)
+    assert max(raw) / min(raw) > 3.0
+    with pytest.raises(ValueError, match="at least one round"):
+        paired_ms(lambda: 1.0, lambda: 1.0, 0, reference_ms=2.0)
+
+
+def test_paired_sweep_measures_each_item_once_with_its_rounds(tmp_path) -> None:
+    layers = enumerate_layers(TINY_SPACE, 2, 8)[:4]
+    seen: list[tuple[LayerKey, int, float]] = []
+
+    def paired_fake(target, layer, *, warmup, runs, rounds, reference_ms):
+        seen.append((layer, rounds, reference_ms))
+        return fake_layer_ms(target, layer, warmup=warmup, runs=runs)
+
+    table = build_table(_target(), layers, granularity=8, warmup=1, runs=1, rounds=5, reference_ms=2.5,
+                        cache_dir=tmp_path, measure=paired_fake)
+    assert sorted(layer for layer, _, _ in seen) == sorted(layers)
+    assert {(r, ref) for _, r, ref in seen} == {(5, 2.5)}
+    table.save(tmp_path / "table.json")
+    loaded = LatencyTable.load(tmp_path / "table.json")
+    assert loaded.reference_ms == 2.5 and loaded.protocol()["kind"] == "paired" and loaded.protocol()["reference"] == "conv:16:16:dense"
+    # an absolute table of the same layers is another protocol: measured, not served from the paired cache
+    counter = Counter()
+    absolute = build_table(_target(), layers, granularity=8, warmup=1, runs=1, rounds=5, cache_dir=tmp_path, measure=counter)
+    assert counter.calls == 5 * len(layers) and absolute.reference_ms is None and absolute.protocol()["kind"] == "absolute"
+
+
 def test_other_threads_or_input_size_are_not_reused(tmp_path) -> None:
     layers = enumerate_layers(TINY_SPACE, 2, 8)[:5]
     counter = Counter()
@@ -272,6 +334,11 @@ def test_every_layer_op_measures_on_each_runtime(runtime_name, precision) -> Non
         assert math.isfinite(ms) and (runtime_name == "onnxruntime_fp32" or ms > 0.0)
     net = PrunedSubnet(SubnetConfig(16, (CellConfig("conv"), CellConfig("wdsr", 2))), (8, 8, 16, 8, 8))
     assert runtime.measure_network(target, net, warmup=0, runs=1) > 0.0
+    # the paired protocol: a reference, then the same calls bracketed by it
+    reference_ms = runtime.measure_reference(target, warmup=0, runs=1, rounds=1)
+    assert reference_ms > 0.0
+    assert math.isfinite(runtime.measure_layer(target, LAYERS[1], warmup=0, runs=1, rounds=2, reference_ms=reference_ms))
+    assert runtime.measure_network(target, net, warmup=0, runs=1, rounds=2, reference_ms=reference_ms) > 0.0
 
 
 def test_torch_layer_module_matches_the_subnet_blocks() -> None:
@@ -299,7 +366,7 @@ def test_scheme_decisions(monkeypatch) -> None:
     space = SearchSpace(SearchSpaceConfig(num_cells=2, widths=(16, 32), expansions=(2,)))
     cfg = LatencyConfig(granularities=(16, 8, 4, 1))
 
-    def padded_layer_ms(target, layer, *, warmup, runs):
+    def padded_layer_ms(target, layer, *, warmup, runs, **paired):
         # a runtime that pads channels to multiples of 8 and ignores zeros
         cout = -(-layer.cout // 8) * 8
         return fake_layer_ms(target, LayerKey(layer.op, layer.cin, cout, layer.scheme if layer.scheme in ("bf16", "int8") else "dense"),
@@ -330,8 +397,7 @@ def test_scheme_decisions(monkeypatch) -> None:
 
 @pytest.fixture
 def fake_timers(monkeypatch):
-    monkeypatch.setattr(runtime, "measure_layer", fake_layer_ms)
-    monkeypatch.setattr(runtime, "measure_network", fake_network_ms)
+    patch_fake_timers(monkeypatch)
 
 
 def test_profile_target_writes_table_schemes_and_a_predictor(tmp_path, fake_timers) -> None:

@@ -19,7 +19,6 @@ import torch
 from conftest import kill_when, write_prepared_set
 from srnas.config import LatencyConfig, SearchArchConfig, SearchSpaceConfig, from_mapping
 from srnas.errors import ConfigError
-from srnas.latency import runtime
 from srnas.latency.profile import load_predictor, profile_target
 from srnas.latency.targets import Target
 from srnas.search import ArchCandidate, SearchInputs, search_arch
@@ -32,7 +31,7 @@ from srnas.latency.layers import as_pruned
 from srnas.pruning import prunable_convs
 from srnas.supernet.supernet import SRSupernet, load_supernet, save_supernet
 from srnas.training.patches import load_pairs
-from test_latency import fake_layer_ms, fake_network_ms
+from test_latency import patch_fake_timers
 
 SPACE = SearchSpace(SearchSpaceConfig(num_cells=3, widths=(8, 16), expansions=(2, 4)))
 TARGET = Target("cpu_test", "test-cpu", "torch_fp32", "fp32", 1, (12, 16), 2)
@@ -45,8 +44,7 @@ def inputs(tmp_path_factory) -> SearchInputs:
     torch.manual_seed(0)
     save_supernet(root / "supernet.pt", SRSupernet(SPACE, 2))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runtime, "measure_layer", fake_layer_ms)
-        mp.setattr(runtime, "measure_network", fake_network_ms)
+        patch_fake_timers(mp)
         profile_target(TARGET, SPACE, LatencyConfig(calibration_subnets=4), root / "tables" / TARGET.name,
                        cache_dir=root / "cache")
     write_prepared_set(root / "data", "val", 2, np.random.default_rng(0), size=64)

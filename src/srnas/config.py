@@ -428,13 +428,20 @@ def _default_targets() -> tuple[TargetConfig, ...]:
     )
 
 
+LATENCY_PROTOCOLS = ("paired", "absolute")  # srnas.latency.timing
+
+
 @dataclass(frozen=True)
 class LatencyConfig:
     """The ``latency`` section: the targets and how the latency table, the schemes and the validation are measured.
 
-    Layers are timed ``warmup`` + ``runs`` calls (median); whole networks ``net_warmup`` + ``net_runs``; each
-    table entry (network time) is the lowest median of ``rounds`` (``net_rounds``) sweeps over all of them; the
-    layers a scheme decision compares, of ``scheme_rounds`` sweeps (a 5% threshold needs steadier figures).
+    ``protocol`` (:mod:`srnas.latency.timing`): ``paired`` times every round of a layer or network between rounds
+    of a fixed reference call and keeps the median ratio, times the reference's latency (measured once per
+    fingerprint: lowest of ``reference_rounds`` medians of ``reference_runs`` calls), so a host whose speed
+    drifts does not move the figures; ``absolute`` keeps the lowest of the rounds' medians. A round is
+    ``runs`` calls of a layer (``net_runs`` of a network) after ``warmup`` (``net_warmup``) calls; a table entry
+    takes ``rounds`` rounds, a network ``net_rounds``, the layers a scheme decision compares ``scheme_rounds``
+    (a 5% threshold needs steadier figures).
     Filter pruning is offered at channel granularities ``granularities``; the table is measured on the grid of the
     finest accelerated one, but never finer than ``min_table_granularity`` (off-grid counts are interpolated).
     Schemes are measured at ``prune_ratios`` / ``sparsities`` on layers of widths ``scheme_widths`` (empty: the
@@ -444,13 +451,16 @@ class LatencyConfig:
     """
 
     targets: tuple[TargetConfig, ...] = field(default_factory=_default_targets)
+    protocol: str = "paired"
     warmup: int = 2
-    runs: int = 7
+    runs: int = 5
     net_warmup: int = 2
-    net_runs: int = 10
-    rounds: int = 1
-    net_rounds: int = 3
-    scheme_rounds: int = 3
+    net_runs: int = 5
+    rounds: int = 7
+    net_rounds: int = 7
+    scheme_rounds: int = 9
+    reference_runs: int = 20
+    reference_rounds: int = 5
     granularities: tuple[int, ...] = (16, 8, 4, 1)
     min_table_granularity: int = 4
     prune_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
@@ -467,7 +477,8 @@ class LatencyConfig:
         _check(len(self.targets) > 0, "targets", "list at least one target")
         names = [t.name for t in self.targets]
         _check(len(set(names)) == len(names), "targets", f"duplicate target names in {names}")
-        for key in ("runs", "net_runs", "rounds", "net_rounds", "scheme_rounds"):
+        _check(self.protocol in LATENCY_PROTOCOLS, "protocol", f"choose from {', '.join(LATENCY_PROTOCOLS)}, got {self.protocol!r}")
+        for key in ("runs", "net_runs", "rounds", "net_rounds", "scheme_rounds", "reference_runs", "reference_rounds"):
             _check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
         for key in ("warmup", "net_warmup"):
             _check(getattr(self, key) >= 0, key, f"must be 0 or positive, got {getattr(self, key)}")

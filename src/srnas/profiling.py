@@ -249,24 +249,37 @@ class LatencyResult:
         }
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's garbage collector run once, then off while timing (a collection inside a timed call is not the model's)."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def call_times(call: Callable[[], Any], runs: int) -> list[float]:
+    """Milliseconds of each of ``runs`` calls (no warm-up, no collector handling: see :func:`gc_paused`)."""
+    times: list[float] = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        call()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
 def _time_calls(call: Callable[[], Any], warmup: int, runs: int) -> tuple[list[float], float]:
     """Milliseconds of each of ``runs`` calls after ``warmup`` calls, and minor faults per call."""
     for _ in range(warmup):
         call()
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        times: list[float] = []
+    with gc_paused():
         faults_before = minor_faults()
-        for _ in range(runs):
-            start = time.perf_counter_ns()
-            call()
-            times.append((time.perf_counter_ns() - start) / 1e6)
+        times = call_times(call, runs)
         faults = (minor_faults() - faults_before) / runs
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return times, faults
 
 
@@ -360,6 +373,19 @@ def _executorch_call(model: Any, pte_path: Path | None, x: torch.Tensor, threads
     return call
 
 
+def runtime_call(model: Any, runtime: str, x: torch.Tensor, threads: int, stack: contextlib.ExitStack, *,
+                 onnx_path: str | os.PathLike[str] | None = None, pte_path: str | os.PathLike[str] | None = None) -> Callable[[], Any]:
+    """One inference of ``model`` on ``runtime`` for the input ``x``, as a call (sessions and exports live in ``stack``).
+
+    Call it with ``threads`` torch threads set and under ``torch.inference_mode()``, as :func:`profile_module` does.
+    """
+    if runtime == "onnxruntime_fp32":
+        return _onnxruntime_call(model, None if onnx_path is None else Path(onnx_path), x, threads, stack)
+    if runtime == "executorch_xnnpack":
+        return _executorch_call(model, None if pte_path is None else Path(pte_path), x, threads, stack)
+    return _torch_call(model, runtime, x)
+
+
 def profile_module(
     model: torch.nn.Module | str | os.PathLike[str],
     runtime: str,
@@ -388,12 +414,7 @@ def profile_module(
     shape = (1, 3, int(input_hw[0]), int(input_hw[1]))
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     with contextlib.ExitStack() as stack, _torch_threads(threads), torch.inference_mode():
-        if runtime == "onnxruntime_fp32":
-            call = _onnxruntime_call(model, None if onnx_path is None else Path(onnx_path), x, threads, stack)
-        elif runtime == "executorch_xnnpack":
-            call = _executorch_call(model, None if pte_path is None else Path(pte_path), x, threads, stack)
-        else:
-            call = _torch_call(model, runtime, x)
+        call = runtime_call(model, runtime, x, threads, stack, onnx_path=onnx_path, pte_path=pte_path)
         times, faults = _time_calls(call, warmup, runs)
     if runtime.startswith("torch_") and runtime != "torch_cuda" and faults > FAULTS_PER_RUN_WARNING:
         log.warning(

@@ -30,6 +30,7 @@ from srnas.latency.predictor import LatencyPredictor, OverheadModel, fit_overhea
 from srnas.latency.schemes import SchemeReport, measure_schemes, schemes_markdown
 from srnas.latency.table import LatencyCache, LatencyTable, TableError, build_table, protocol_key
 from srnas.latency.targets import Target
+from srnas.latency.timing import ABSOLUTE, REFERENCE_LAYER
 from srnas.latency.validate import measure_networks, sample_networks
 from srnas.supernet.space import SearchSpace
 
@@ -82,7 +83,8 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
     cache = LatencyCache(cache_dir if cache_dir is not None else cfg.cache_dir, target.fingerprint())
     log.info("%s: fingerprint %s", target.label, cache.fingerprint_id)
 
-    schemes = measure_schemes(target, space, cfg, cache=cache)
+    reference_ms = measure_reference_cached(target, cfg, cache)
+    schemes = measure_schemes(target, space, cfg, cache=cache, reference_ms=reference_ms)
     for r in schemes.results:
         log.info("%s: scheme %s %s (%.2fx)", target.name, r.scheme, r.status, r.decisive)
     granularity = schemes.table_granularity(cfg.granularities, cfg.min_table_granularity)
@@ -94,10 +96,12 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
             log.info("%s: measured %d/%d layers", target.name, i, n)
 
     table = build_table(target, layers, granularity=granularity, warmup=cfg.warmup, runs=cfg.runs, rounds=cfg.rounds,
-                        cache_dir=cache.path.parent, cache=cache, progress=progress)
+                        reference_ms=reference_ms, cache_dir=cache.path.parent, cache=cache, progress=progress)
     calibration = calibration_networks(space, cfg, granularity)
     measured = measure_networks(target, calibration, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.net_rounds,
-                                cache=cache.section("networks", protocol_key(target, cfg.net_warmup, cfg.net_runs, cfg.net_rounds)))
+                                reference_ms=reference_ms,
+                                cache=cache.section("networks", protocol_key(target, cfg.net_warmup, cfg.net_runs,
+                                                                             cfg.net_rounds, reference_ms)))
     cache.save()
     overhead = fit_overhead(table, calibration, measured)
     predictor = LatencyPredictor(table, overhead)
@@ -109,7 +113,8 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
                         for n, ms in zip(calibration, measured)],
         "space": space.to_dict(),
         "accepted_schemes": schemes.accepted(),
-        "net_protocol": {"warmup": cfg.net_warmup, "runs": cfg.net_runs, "rounds": cfg.net_rounds},
+        "net_protocol": {"warmup": cfg.net_warmup, "runs": cfg.net_runs, "rounds": cfg.net_rounds,
+                         "kind": table.protocol_kind},
     }
     table.save(out_dir / TABLE_FILE)
     atomic.write_json(out_dir / BUILD_JSON, table.build_info() | {"target": target.name,
@@ -119,6 +124,22 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
     log.info("%s: %d layers (%d measured, %d reused), granularity %d, overhead %s, calibration MAPE %.1f%%, %.0f s",
              target.name, len(table), table.measured, table.reused, granularity, overhead, 100 * overhead.calibration_mape, seconds)
     return ProfileResult(target, table, schemes, predictor, calibration, measured, seconds)
+
+
+def measure_reference_cached(target: Target, cfg: LatencyConfig, cache: LatencyCache) -> float | None:
+    """The reference latency of the paired protocol on ``target`` (None for ``protocol: absolute``), measured once per
+    fingerprint and kept in ``cache``: every cached paired measurement is expressed against this value."""
+    if cfg.protocol == ABSOLUTE:
+        return None
+    from srnas.latency.runtime import measure_reference
+
+    section = cache.section("reference", protocol_key(target, cfg.net_warmup, cfg.reference_runs, cfg.reference_rounds))
+    if REFERENCE_LAYER.id not in section:
+        section[REFERENCE_LAYER.id] = measure_reference(target, warmup=cfg.net_warmup, runs=cfg.reference_runs,
+                                                        rounds=cfg.reference_rounds)
+        cache.save()
+    log.info("%s: reference %s at %.3f ms (paired protocol)", target.name, REFERENCE_LAYER.id, section[REFERENCE_LAYER.id])
+    return float(section[REFERENCE_LAYER.id])
 
 
 def write_unavailable(target: Target, out_dir: str | os.PathLike[str], reason: str) -> None:

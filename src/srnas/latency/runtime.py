@@ -29,7 +29,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,18 @@ from torch import nn
 
 from srnas.latency.layers import IMAGE_CHANNELS, LayerKey, PrunedSubnet, SubnetConfig, build_pruned_module
 from srnas.latency.targets import Target
+from srnas.latency.timing import REFERENCE_LAYER, paired_ms
 from srnas.onnx_graph import quantize_int8, write_layer_graph
-from srnas.profiling import RuntimeUnavailableError, _prepare_allocator, _time_calls, profile_module, runtime_available
+from srnas.profiling import (RuntimeUnavailableError, _prepare_allocator, _time_calls, call_times, gc_paused, profile_module,
+                             runtime_available, runtime_call)
 
-__all__ = ["LayerModule", "measure_layer", "measure_network", "sparsify_", "scheme_precision", "scheme_sparsity",
-           "target_available"]
+__all__ = ["LayerModule", "measure_layer", "measure_network", "measure_reference", "sparsify_",
+           "scheme_precision", "scheme_sparsity", "target_available"]
 
 log = logging.getLogger(__name__)
 
 _RELU_OPS = ("head", "conv", "expand")
+
 
 
 def scheme_precision(target: Target, scheme: str) -> str:
@@ -247,23 +250,80 @@ def _median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
     return float(statistics.median(times))
 
 
-def _bracketed_difference_ms(with_layer: Callable[[], Any], context: Callable[[], Any], warmup: int, runs: int) -> float:
-    """Median of the graph with the layer minus the mean of the context's medians just before and just after.
+def _bracketed_difference_ms(with_layer: Callable[[], Any], context: Callable[[], Any], runs: int,
+                             stat: Callable[[Callable[[], Any], int, int], float] = _median_ms) -> float:
+    """The graph with the layer minus the mean of the context's figures just before and just after (``stat`` of
+    ``runs`` calls each: the median, or the lowest under the paired protocol).
 
     Blocks, not alternating calls: ONNX Runtime's intra-op threads spin for a while after a run, so a session
     called right after another one competes with the first one's spinning threads. Bracketing the layer between
     two context blocks keeps the subtracted time from the same minute (a drifting machine cancels out).
     """
-    before = _median_ms(context, warmup, runs)
-    total = _median_ms(with_layer, warmup, runs)
-    after = _median_ms(context, warmup, runs)
+    before = stat(context, 0, runs)
+    total = stat(with_layer, 0, runs)
+    after = stat(context, 0, runs)
     return total - (before + after) / 2
 
 
-def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int) -> float:
+def _reference_call(target: Target, stack: contextlib.ExitStack) -> Callable[[], Any]:
+    """The paired protocol's reference: :data:`REFERENCE_LAYER` dense, in the target's precision and runtime."""
+    if target.runtime == "onnxruntime_fp32":
+        return _ort_call(REFERENCE_LAYER, target, "fp32", 0.0, "layer", stack)
+    return _torch_layer_call(REFERENCE_LAYER, target, target.precision, 0.0)
+
+
+def _warm(warmup: int, *calls: Callable[[], Any]) -> None:
+    for _ in range(warmup):
+        for call in calls:
+            call()
+
+
+def _lowest_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
+    """The lowest of ``runs`` calls after ``warmup``; the caller pauses the collector (:func:`gc_paused`) around
+    all its rounds, once: collecting before every short round would cost more than the rounds."""
+    for _ in range(warmup):
+        call()
+    return float(min(call_times(call, runs)))
+
+
+RoundTimer = Callable[[Callable[[Callable[[], Any], int, int], float]], float]
+
+
+def _timed(target: Target, what: str, item_round: RoundTimer, warmup_calls: Sequence[Callable[[], Any]], *,
+           warmup: int, runs: int, rounds: int, reference_ms: float | None, stack: contextlib.ExitStack) -> float:
+    """One measurement under the quiet guard. ``item_round(stat)`` times one round of the item with ``stat(call,
+    warmup, runs)``: absolute, once with the median of the round's calls; paired (``reference_ms`` given, see
+    :mod:`srnas.latency.timing`), ``rounds`` times between rounds of the reference, each round its lowest call
+    (interference only ever slows a call down: the lowest of a round is its least disturbed one)."""
+    if reference_ms is None:
+        _warm(warmup, *warmup_calls)
+        return quiet(lambda: item_round(_median_ms), what)
+    reference = _reference_call(target, stack)
+    _warm(warmup, *warmup_calls, reference)
+    with gc_paused():
+        return quiet(lambda: paired_ms(lambda: item_round(_lowest_ms), lambda: _lowest_ms(reference, 0, runs), rounds,
+                                       reference_ms), what)
+
+
+def measure_reference(target: Target, *, warmup: int, runs: int, rounds: int) -> float:
+    """Milliseconds of the reference call alone (:data:`REFERENCE_LAYER`): its lowest call over ``rounds`` rounds
+    of ``runs`` calls, i.e. the target's speed when undisturbed; the unit of every paired measurement."""
+    _check_target(target)
+    _prepare_allocator()
+    with contextlib.ExitStack() as stack, _pinned(target.threads):
+        reference = _reference_call(target, stack)
+        _warm(warmup, reference)
+        with gc_paused():
+            return min(quiet(lambda: _lowest_ms(reference, 0, runs), "reference") for _ in range(rounds))
+
+
+def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int, rounds: int = 1,
+                  reference_ms: float | None = None) -> float:
     """Median milliseconds ``layer`` adds to a network on ``target`` (scheme ``bf16``/``int8``/``sparseNN`` applied).
 
-    ONNX Runtime values are marginal costs in context and may be slightly negative (see below).
+    ``reference_ms`` given: the paired protocol, ``rounds`` rounds of ``runs`` calls each bracketed by the
+    reference; otherwise one median of ``runs`` calls (the caller sweeps the rounds). ONNX Runtime values are
+    marginal costs in context and may be slightly negative (see below).
 
     Torch: the layer module called on inputs already in the network's layout and precision. ONNX Runtime: the
     layer graph with its input producers minus the producers alone (timed just before and after), so layout
@@ -273,21 +333,23 @@ def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int) ->
     _prepare_allocator()
     precision = scheme_precision(target, layer.scheme)
     sparsity = scheme_sparsity(layer.scheme)
+    timing = {"warmup": warmup, "runs": runs, "rounds": rounds, "reference_ms": reference_ms}
     with contextlib.ExitStack() as stack, _pinned(target.threads):
         if target.runtime != "onnxruntime_fp32":
             if precision not in ("fp32", "bf16"):
                 raise ValueError(f"torch runs fp32 or bf16 layers, not {precision}")
             call = _torch_layer_call(layer, target, precision, sparsity)
-            return quiet(lambda: _median_ms(call, warmup, runs), layer.id)
+            return _timed(target, layer.id, lambda stat: stat(call, 0, runs), [call], stack=stack, **timing)
         if precision not in ("fp32", "int8"):
             raise ValueError(f"onnxruntime runs fp32 or int8 layers, not {precision}")
         with_layer = _ort_call(layer, target, precision, sparsity, "layer", stack)
         if layer.op == "head":
-            return quiet(lambda: _median_ms(with_layer, warmup, runs), layer.id)
+            return _timed(target, layer.id, lambda stat: stat(with_layer, 0, runs), [with_layer], stack=stack, **timing)
         context = _ort_call(layer, target, precision, 0.0, "context", stack)
         # Not clamped at 0: a layer that narrows the activation (a reduce 64 -> 16) can cost less than the wide
         # hand-over it removes; the sum over a network telescopes only with the signed values.
-        return quiet(lambda: _bracketed_difference_ms(with_layer, context, warmup, runs), layer.id)
+        return _timed(target, layer.id, lambda stat: _bracketed_difference_ms(with_layer, context, runs, stat),
+                      [with_layer, context], stack=stack, **timing)
 
 
 _EXPORTS: dict[tuple[Any, ...], Path] = {}
@@ -315,22 +377,31 @@ def _exported(model: nn.Module, net: Any, precision: str, sparsity: float) -> Pa
 
 
 def measure_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module, *, warmup: int, runs: int,
-                    precision: str | None = None, sparsity: float = 0.0) -> float:
+                    precision: str | None = None, sparsity: float = 0.0, rounds: int = 1,
+                    reference_ms: float | None = None) -> float:
     """Median milliseconds of one end-to-end call of a whole network on ``target``, as deployed.
 
     ``net``: a (pruned) subnet, built physically with :func:`build_pruned_module`, or any SR module. Torch
-    targets and ONNX Runtime fp32 go through :func:`srnas.profiling.profile_module` (ONNX: exported with
+    targets and ONNX Runtime fp32 run it like :func:`srnas.profiling.profile_module` (ONNX: exported with
     :func:`srnas.export.export_onnx`); int8 exports, quantizes (static QDQ) and times the quantized file.
     ``precision`` overrides the target's (``bf16`` on a torch target runs it as ``torch_bf16`` does).
+    ``reference_ms`` given: the paired protocol (``rounds`` rounds of ``runs`` calls, see :func:`measure_layer`).
     """
     _check_target(target)
     model = net if isinstance(net, nn.Module) else build_pruned_module(net, target.scale)
     sparsify_(model, sparsity)
     precision = precision or target.precision
+    name = getattr(net, "name", "network")
     if target.runtime == "onnxruntime_fp32":
-        path = _exported(model, net, precision, sparsity)
-        return quiet(lambda: profile_module(path, "onnxruntime_fp32", target.input_hw, threads=target.threads,
-                                            warmup=warmup, runs=runs).median_ms, getattr(net, "name", "network"))
-    runtime = "torch_bf16" if precision == "bf16" else "torch_fp32"
-    return quiet(lambda: profile_module(model, runtime, target.input_hw, threads=target.threads, warmup=warmup,
-                                        runs=runs).median_ms, getattr(net, "name", "network"))
+        runtime, model = "onnxruntime_fp32", _exported(model, net, precision, sparsity)
+    else:
+        runtime = "torch_bf16" if precision == "bf16" else "torch_fp32"
+    if reference_ms is None:
+        return quiet(lambda: profile_module(model, runtime, target.input_hw, threads=target.threads, warmup=warmup,
+                                            runs=runs).median_ms, name)
+    _prepare_allocator()
+    x = torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=torch.Generator().manual_seed(0))
+    with contextlib.ExitStack() as stack, _pinned(target.threads):
+        call = runtime_call(model, runtime, x, target.threads, stack)
+        return _timed(target, name, lambda stat: stat(call, 0, runs), [call], warmup=warmup, runs=runs, rounds=rounds,
+                      reference_ms=reference_ms, stack=stack)

@@ -124,12 +124,14 @@ def measure_schemes(
     measure_layer: MeasureLayer | None = None,
     measure_network: MeasureNetwork | None = None,
     cache: LatencyCache | None = None,
+    reference_ms: float | None = None,
 ) -> SchemeReport:
     """Measure every candidate scheme on ``target`` (see the module docstring) and decide which are accelerated.
 
     Layers are measured like table entries (:func:`~srnas.latency.table.build_table`: lowest median of
     ``cfg.scheme_rounds`` sweeps) and networks like validation networks; ``cache`` (the target's
     :class:`~srnas.latency.table.LatencyCache`) shares them with the table and makes a rerun measure nothing.
+    ``reference_ms``: measure with the paired protocol against that reference (:mod:`srnas.latency.timing`).
     """
     from srnas.latency import runtime
     from srnas.latency.validate import measure_networks
@@ -140,7 +142,7 @@ def measure_schemes(
         if cache is None:
             cache = LatencyCache(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-schemes-")), target.fingerprint())
         layers: dict[LayerKey, float] = {}
-        nets = cache.section("networks", protocol_key(target, cfg.net_warmup, cfg.net_runs, cfg.net_rounds))
+        nets = cache.section("networks", protocol_key(target, cfg.net_warmup, cfg.net_runs, cfg.net_rounds, reference_ms))
         # The layers a decision needs depend on earlier decisions (the reference granularity): ask, measure what
         # was missing, decide again, until nothing is missing.
         for _ in range(10):
@@ -165,14 +167,15 @@ def measure_schemes(
                 return report
             if missing_layers:
                 table = build_table(target, missing_layers, granularity=0, warmup=cfg.warmup, runs=cfg.runs,
-                                    rounds=cfg.scheme_rounds, cache_dir=cache.path.parent, cache=cache, measure=measure_layer)
+                                    rounds=cfg.scheme_rounds, reference_ms=reference_ms, cache_dir=cache.path.parent,
+                                    cache=cache, measure=measure_layer)
                 layers.update(table.entries)
             for key, (net, precision) in missing_nets.items():
-                def measure(t: Target, n: Any, *, warmup: int, runs: int, _p: str = precision) -> float:
-                    return measure_network(t, n, warmup=warmup, runs=runs, precision=_p)
+                def measure(t: Target, n: Any, *, _p: str = precision, **timing: Any) -> float:
+                    return measure_network(t, n, precision=_p, **timing)
 
                 nets[key] = measure_networks(target, [as_pruned(net)], warmup=cfg.net_warmup, runs=cfg.net_runs,
-                                             rounds=cfg.net_rounds, measure=measure)[0]
+                                             rounds=cfg.net_rounds, reference_ms=reference_ms, measure=measure)[0]
             cache.save()
     raise RuntimeError("scheme measurement did not settle")  # pragma: no cover - each pass only adds layers
 

@@ -31,6 +31,7 @@ from srnas.errors import SrnasError
 from srnas.fingerprint import fingerprint_id
 from srnas.latency.layers import LayerKey
 from srnas.latency.targets import Target
+from srnas.latency.timing import ABSOLUTE, PAIRED, REFERENCE_LAYER, sweep
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,11 @@ class TableError(SrnasError):
     """A latency table is missing, unreadable, for another target, or lacks a layer."""
 
 
-def protocol_key(target: Target, warmup: int, runs: int, rounds: int = 1) -> str:
-    """What, besides the fingerprint, a cached measurement depends on: input size and timing protocol."""
-    return f"{target.input_hw[0]}x{target.input_hw[1]}/w{warmup}r{runs}" + (f"x{rounds}" if rounds > 1 else "")
+def protocol_key(target: Target, warmup: int, runs: int, rounds: int = 1, reference_ms: float | None = None) -> str:
+    """What, besides the fingerprint, a cached measurement depends on: input size and timing protocol (paired
+    measurements also on the reference latency they are expressed in)."""
+    key = f"{target.input_hw[0]}x{target.input_hw[1]}/w{warmup}r{runs}" + (f"x{rounds}" if rounds > 1 else "")
+    return key if reference_ms is None else f"{key}/paired@{reference_ms:.6g}"
 
 
 class LatencyCache:
@@ -78,7 +81,12 @@ class LatencyCache:
 
 @dataclass
 class LatencyTable:
-    """Milliseconds per layer on one target, with where they came from."""
+    """Milliseconds per layer on one target, with where they came from.
+
+    ``reference_ms`` is set when the entries were measured with the paired protocol (:mod:`srnas.latency.timing`):
+    the latency of :data:`srnas.latency.timing.REFERENCE_LAYER` every entry is expressed against; measurements
+    compared with this table's predictions must use it too (:meth:`protocol`).
+    """
 
     target: Target
     fingerprint: dict[str, Any]
@@ -87,6 +95,7 @@ class LatencyTable:
     runs: int
     entries: dict[LayerKey, float]
     rounds: int = 1
+    reference_ms: float | None = None
     build_seconds: float = 0.0
     measured: int = 0
     reused: int = 0
@@ -146,6 +155,17 @@ class LatencyTable:
         high = corners[(a1, b0)] * (1 - tb) + corners[(a1, b1)] * tb
         return low * (1 - ta) + high * ta
 
+    def protocol(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"warmup": self.warmup, "runs": self.runs, "rounds": self.rounds}
+        if self.reference_ms is None:
+            return out | {"kind": ABSOLUTE, "statistic": "lowest of the rounds' median ms"}
+        return out | {"kind": PAIRED, "reference": REFERENCE_LAYER.id, "reference_ms": self.reference_ms,
+                      "statistic": "reference_ms x median over rounds of (median ms / the reference's around it)"}
+
+    @property
+    def protocol_kind(self) -> str:
+        return ABSOLUTE if self.reference_ms is None else PAIRED
+
     def build_info(self) -> dict[str, Any]:
         """How this table was obtained (varies between runs, so it is kept out of :meth:`to_dict`)."""
         return {"seconds": self.build_seconds, "measured": self.measured, "reused": self.reused, "entries": len(self.entries),
@@ -159,8 +179,7 @@ class LatencyTable:
             "fingerprint_id": self.fingerprint_id,
             "fingerprint": self.fingerprint,
             "granularity": self.granularity,
-            "protocol": {"warmup": self.warmup, "runs": self.runs, "rounds": self.rounds,
-                         "statistic": "lowest of the rounds' median ms"},
+            "protocol": self.protocol(),
             "entries": {k.id: v for k, v in sorted(self.entries.items())},
             **self.extra,
         }
@@ -179,6 +198,8 @@ class LatencyTable:
             return cls(target=target, fingerprint=dict(payload["fingerprint"]), granularity=int(payload["granularity"]),
                        warmup=int(payload["protocol"]["warmup"]), runs=int(payload["protocol"]["runs"]),
                        rounds=int(payload["protocol"].get("rounds", 1)),
+                       reference_ms=(float(payload["protocol"]["reference_ms"])
+                                     if payload["protocol"].get("kind") == PAIRED else None),
                        entries={LayerKey.from_id(k): float(v) for k, v in payload["entries"].items()},
                        extra={k: v for k, v in payload.items() if k not in known})
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -211,6 +232,7 @@ def build_table(
     runs: int,
     cache_dir: str | os.PathLike[str],
     rounds: int = 1,
+    reference_ms: float | None = None,
     measure: MeasureLayer | None = None,
     progress: Callable[[int, int], None] | None = None,
     cache: LatencyCache | None = None,
@@ -218,8 +240,9 @@ def build_table(
     """The table of ``layers`` on ``target``: cached measurements under the same fingerprint, the rest measured.
 
     ``measure(target, layer, warmup=, runs=) -> ms`` defaults to :func:`srnas.latency.runtime.measure_layer`.
-    Each entry is the lowest of ``rounds`` medians; the rounds sweep the whole list in alternating order, so a
-    disturbance from outside lasting seconds spoils one round of a layer, rarely all.
+    Absolute protocol (``reference_ms`` None): each entry is the lowest of ``rounds`` medians, the rounds sweeping
+    the whole list in alternating order. Paired: ``measure`` also gets ``rounds=`` and ``reference_ms=`` and
+    brackets each round with the reference (:mod:`srnas.latency.timing`).
     ``cache`` is an open :class:`LatencyCache` of this fingerprint to share (default: open the one in ``cache_dir``).
     """
     if measure is None:
@@ -228,24 +251,18 @@ def build_table(
     fingerprint = target.fingerprint()
     if cache is None or cache.fingerprint != fingerprint:
         cache = LatencyCache(cache_dir, fingerprint)
-    section = cache.section("layers", protocol_key(target, warmup, runs, rounds))
+    section = cache.section("layers", protocol_key(target, warmup, runs, rounds, reference_ms))
     wanted = sorted(set(layers))
     missing = [layer for layer in wanted if layer.id not in section]
     log.info("%s: %d layers, %d cached under fingerprint %s, %d to measure", target.name, len(wanted),
              len(wanted) - len(missing), cache.fingerprint_id, len(missing))
-    best: dict[str, float] = {}
-    done = 0
-    for r in range(rounds):
-        for layer in (missing if r % 2 == 0 else missing[::-1]):
-            ms = float(measure(target, layer, warmup=warmup, runs=runs))
-            best[layer.id] = min(ms, best.get(layer.id, float("inf")))
-            done += 1
-            if progress is not None:
-                progress(done, len(missing) * rounds)
-    section.update(best)
+    paired = {} if reference_ms is None else {"rounds": rounds, "reference_ms": reference_ms}
+    best = sweep(missing, lambda layer: measure(target, layer, warmup=warmup, runs=runs, **paired), rounds=rounds,
+                 paired=bool(paired), progress=None if progress is None else lambda done, total, *_: progress(done, total))
+    section.update({layer.id: ms for layer, ms in best.items()})
     if missing:
         cache.save()
     entries = {layer: section[layer.id] for layer in wanted}
     return LatencyTable(target=target, fingerprint=fingerprint, granularity=granularity, warmup=warmup, runs=runs, rounds=rounds,
-                        entries=entries, build_seconds=time.perf_counter() - start, measured=len(missing),
-                        reused=len(wanted) - len(missing))
+                        reference_ms=reference_ms, entries=entries, build_seconds=time.perf_counter() - start,
+                        measured=len(missing), reused=len(wanted) - len(missing))

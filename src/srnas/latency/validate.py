@@ -20,6 +20,7 @@ import numpy as np
 from srnas.latency.layers import PrunedSubnet, as_pruned, random_pruned
 from srnas.latency.predictor import LatencyPredictor
 from srnas.latency.targets import Target
+from srnas.latency.timing import sweep
 from srnas.supernet.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -65,23 +66,22 @@ MeasureNetwork = Callable[..., float]
 
 
 def measure_networks(target: Target, nets: Sequence[PrunedSubnet], *, warmup: int, runs: int, rounds: int = 1,
-                     measure: MeasureNetwork | None = None, cache: dict[str, float] | None = None,
+                     reference_ms: float | None = None, measure: MeasureNetwork | None = None,
+                     cache: dict[str, float] | None = None,
                      progress: Callable[[int, int, str, float], None] | None = None) -> list[float]:
-    """End-to-end ms of each network on ``target``: the lowest of ``rounds`` medians, the rounds run over the whole
-    list in alternating order (a disturbance from outside lasting seconds hits one round of a network, rarely
-    both). ``cache`` (name -> ms) is read and filled."""
+    """End-to-end ms of each network on ``target`` under the protocol of :mod:`srnas.latency.timing`: absolute
+    (``reference_ms`` None: the lowest of ``rounds`` medians, the rounds sweeping the whole list in alternating
+    order) or paired with the reference whose latency is ``reference_ms`` (``measure`` then also gets ``rounds=``
+    and ``reference_ms=``). ``cache`` (name -> ms) is read and filled."""
     if measure is None:
         from srnas.latency.runtime import measure_network as measure
     cache = {} if cache is None else cache
     todo = [n for n in dict.fromkeys(nets) if n.name not in cache]
-    best: dict[str, float] = {}
-    for r in range(rounds):
-        for net in (todo if r % 2 == 0 else todo[::-1]):
-            ms = float(measure(target, net, warmup=warmup, runs=runs))
-            best[net.name] = min(ms, best.get(net.name, math.inf))
-            if progress is not None:
-                progress(len(best) if r == 0 else len(todo), len(todo), f"{net.name} (round {r + 1}/{rounds})", ms)
-    cache.update(best)
+    paired = {} if reference_ms is None else {"rounds": rounds, "reference_ms": reference_ms}
+    best = sweep(todo, lambda net: measure(target, net, warmup=warmup, runs=runs, **paired), rounds=rounds,
+                 paired=bool(paired), progress=None if progress is None else
+                 lambda done, total, net, ms: progress(done, total, net.name, ms))
+    cache.update({net.name: ms for net, ms in best.items()})
     return [cache[n.name] for n in nets]
 
 
@@ -175,10 +175,12 @@ class ValidationReport:
 def validate_predictor(predictor: LatencyPredictor, nets: Sequence[PrunedSubnet], *, warmup: int, runs: int,
                        rounds: int = 1, measure: MeasureNetwork | None = None,
                        progress: Callable[[int, int, str, float], None] | None = None) -> ValidationReport:
-    """Measure each of ``nets`` end to end on the predictor's target and compare with its prediction."""
+    """Measure each of ``nets`` end to end on the predictor's target, with the protocol its table was measured
+    with, and compare with its prediction."""
     start = time.perf_counter()
     target = predictor.table.target
-    measured = measure_networks(target, nets, warmup=warmup, runs=runs, rounds=rounds, measure=measure, progress=progress)
+    measured = measure_networks(target, nets, warmup=warmup, runs=runs, rounds=rounds, measure=measure, progress=progress,
+                                reference_ms=predictor.table.reference_ms)
     report = ValidationReport(target, [n.name for n in nets], [n.is_pruned for n in nets],
                               [predictor.predict(n) for n in nets], measured)
     report.seconds = time.perf_counter() - start

@@ -299,9 +299,9 @@ def _is_tty() -> bool:
 
 def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], runs: int,
                       latency: LatencyConfig) -> list[float] | None:
-    """End-to-end ms of ``nets`` on the predictor's target: ``runs`` calls per round, rounds alternating, at least
-    :data:`VERDICT_ROUNDS` of them, lowest median (None when ``runs`` is 0 or the target's runtime is not available
-    here). Warns when this machine is not the one the table was measured on."""
+    """End-to-end ms of ``nets`` on the predictor's target with its table's timing protocol: ``runs`` calls per
+    round, at least :data:`VERDICT_ROUNDS` rounds (None when ``runs`` is 0 or the target's runtime is not
+    available here). Warns when this machine is not the one the table was measured on."""
     from srnas.latency.runtime import target_available
     from srnas.latency.validate import measure_networks
 
@@ -314,7 +314,8 @@ def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], run
     if predictor.table.fingerprint_id != target.fingerprint_id():
         log.warning("%s: the latency table was measured under fingerprint %s, this machine is %s", target.name,
                     predictor.table.fingerprint_id, target.fingerprint_id())
-    return measure_networks(target, nets, warmup=latency.net_warmup, runs=runs, rounds=max(latency.net_rounds, VERDICT_ROUNDS))
+    return measure_networks(target, nets, warmup=latency.net_warmup, runs=runs, rounds=max(latency.net_rounds, VERDICT_ROUNDS),
+                            reference_ms=predictor.table.reference_ms)
 
 
 def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> None:

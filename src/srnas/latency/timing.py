@@ -1,0 +1,81 @@
+"""How a latency is measured on a machine whose speed moves: the two timing protocols, and sweeps over many items.
+
+``absolute``
+    A *round* is ``runs`` calls (after warm-up); the result is the lowest of ``rounds`` round medians, the rounds
+    sweeping the whole list of items in alternating order (a disturbance lasting seconds spoils one round of an
+    item, rarely all). Right on a quiet, dedicated device; on a shared host whose speed drifts by tens of percent
+    within minutes, two items measured minutes apart are not comparable.
+
+``paired`` (default)
+    Every round of an item is bracketed by rounds of a fixed *reference* call on the same runtime, each round
+    represented by its lowest call (interference from outside only ever slows a call down), and the item's latency
+    is ``reference_ms * median over rounds of (item round / mean of the reference rounds around it)``. A slowdown
+    of the host that lasts longer than a round scales the item and its reference alike and cancels; the median
+    drops the rounds a burst hit anyway. ``reference_ms`` is the reference's own lowest call, measured once when
+    the table is built (the target's speed when undisturbed), so every table entry and every later network
+    measurement is expressed at that one speed of the target.
+
+Both protocols produce milliseconds; the table records which one made it (and the reference), and every later
+measurement compared with its predictions (validation, the searches' verdicts) uses the same one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
+
+from srnas.config import LATENCY_PROTOCOLS
+from srnas.latency.layers import LayerKey
+
+__all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "REFERENCE_LAYER", "paired_ms", "sweep"]
+
+PAIRED, ABSOLUTE = LATENCY_PROTOCOLS
+PROTOCOLS = LATENCY_PROTOCOLS
+# The paired protocol's reference call: a mid-sized dense conv3x3 of the search space, in the target's precision
+# and runtime (fp32 on ONNX Runtime, whatever the scheme measured).
+REFERENCE_LAYER = LayerKey("conv", 16, 16)
+
+Item = TypeVar("Item", bound=Hashable)
+
+
+def paired_ms(item_round: Callable[[], float], reference_round: Callable[[], float], rounds: int, reference_ms: float) -> float:
+    """``reference_ms`` times the median over ``rounds`` of ``item_round() / mean(reference rounds before and after)``.
+
+    ``item_round`` / ``reference_round`` each time one round (a median of a few calls, or a difference of such
+    medians) and return milliseconds; calls alternate ``ref, item, ref, item, ..., ref``.
+    """
+    if rounds < 1:
+        raise ValueError(f"paired timing needs at least one round, got {rounds}")
+    if not reference_ms > 0:
+        raise ValueError(f"reference latency must be positive, got {reference_ms}")
+    refs = [reference_round()]
+    ratios = []
+    for _ in range(rounds):
+        value = item_round()
+        refs.append(reference_round())
+        ratios.append(value / max((refs[-2] + refs[-1]) / 2, 1e-9))
+    return reference_ms * statistics.median(ratios)
+
+
+def sweep(items: Sequence[Item], measure: Callable[[Item], float], *, rounds: int, paired: bool,
+          progress: Callable[[int, int, Item, float], None] | None = None) -> dict[Item, float]:
+    """Milliseconds of each distinct item.
+
+    Absolute: ``rounds`` sweeps in alternating order, the lowest value per item. Paired: one sweep; ``measure``
+    runs the item's rounds itself (bracketed by the reference), so the sweep does not repeat them.
+    ``progress(done, total, item, ms)`` after each measurement.
+    """
+    todo = list(dict.fromkeys(items))
+    sweeps = 1 if paired else rounds
+    best: dict[Item, float] = {}
+    done = 0
+    for r in range(sweeps):
+        for item in (todo if r % 2 == 0 else todo[::-1]):
+            ms = float(measure(item))
+            best[item] = min(ms, best.get(item, math.inf))
+            done += 1
+            if progress is not None:
+                progress(done, len(todo) * sweeps, item, ms)
+    return best
