@@ -80,7 +80,7 @@ def main() -> None:
         nets = sample_networks(space, args.count, np.random.default_rng(cfg.seed + 1), pruned_share=cfg.pruned_share,
                                granularity=table.granularity, exclude=calibration_from_table(table))
         start = time.perf_counter()
-        report = validate_predictor(result.predictor, nets, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.net_rounds)
+        report = validate_predictor(result.predictor, nets, **cfg.net_timing())
         s = report.summary()
         print(f"validation ({time.perf_counter() - start:.0f} s): {report.describe()}")
         print(f"quiet guard so far: {quiet_stats}")
@@ -90,7 +90,7 @@ def main() -> None:
         for err, name, pred, meas in worst:
             print(f"  {err:+7.1%}  predicted {pred:8.2f} ms  measured {meas:8.2f} ms  {name}")
         if args.retest:
-            again = validate_predictor(result.predictor, nets, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.net_rounds)
+            again = validate_predictor(result.predictor, nets, **cfg.net_timing())
             change = np.asarray(again.measured) / np.asarray(report.measured) - 1
             print(f"retest (the same {len(nets)} networks measured again): {np.mean(np.abs(change) <= 0.10):.1%} within "
                   f"+-10% of the first measurement, median |change| {np.median(np.abs(change)):.2%}, worst {np.max(np.abs(change)):.1%}; "

@@ -441,7 +441,8 @@ class LatencyConfig:
     drifts does not move the figures; ``absolute`` keeps the lowest of the rounds' medians. A round is
     ``runs`` calls of a layer (``net_runs`` of a network) after ``warmup`` (``net_warmup``) calls; a table entry
     takes ``rounds`` rounds, a network ``net_rounds``, the layers a scheme decision compares ``scheme_rounds``
-    (a 5% threshold needs steadier figures).
+    (a 5% threshold needs steadier figures). Paired measurements are repeated in ``passes`` (``net_passes``)
+    sweeps over the whole list and the median kept (absolute ones sweep ``rounds`` times and keep the lowest).
     Filter pruning is offered at channel granularities ``granularities``; the table is measured on the grid of the
     finest accelerated one, but never finer than ``min_table_granularity`` (off-grid counts are interpolated).
     Schemes are measured at ``prune_ratios`` / ``sparsities`` on layers of widths ``scheme_widths`` (empty: the
@@ -456,9 +457,11 @@ class LatencyConfig:
     runs: int = 5
     net_warmup: int = 2
     net_runs: int = 5
-    rounds: int = 7
-    net_rounds: int = 7
-    scheme_rounds: int = 9
+    rounds: int = 3
+    net_rounds: int = 3
+    scheme_rounds: int = 5
+    passes: int = 3
+    net_passes: int = 3
     reference_runs: int = 20
     reference_rounds: int = 5
     granularities: tuple[int, ...] = (16, 8, 4, 1)
@@ -478,7 +481,8 @@ class LatencyConfig:
         names = [t.name for t in self.targets]
         _check(len(set(names)) == len(names), "targets", f"duplicate target names in {names}")
         _check(self.protocol in LATENCY_PROTOCOLS, "protocol", f"choose from {', '.join(LATENCY_PROTOCOLS)}, got {self.protocol!r}")
-        for key in ("runs", "net_runs", "rounds", "net_rounds", "scheme_rounds", "reference_runs", "reference_rounds"):
+        for key in ("runs", "net_runs", "rounds", "net_rounds", "scheme_rounds", "passes", "net_passes", "reference_runs",
+                    "reference_rounds"):
             _check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
         for key in ("warmup", "net_warmup"):
             _check(getattr(self, key) >= 0, key, f"must be 0 or positive, got {getattr(self, key)}")
@@ -495,6 +499,17 @@ class LatencyConfig:
         _check(0.0 <= self.pruned_share <= 1.0, "pruned_share", f"must lie in [0, 1], got {self.pruned_share}")
         _check(self.seed >= 0, "seed", f"must be 0 or positive, got {self.seed}")
         _check(bool(self.cache_dir), "cache_dir", "must name a folder")
+
+    def layer_timing(self, rounds: int | None = None) -> dict[str, int]:
+        """How a layer is timed (``warmup``, ``runs``, ``rounds``, ``passes``), for the table's and the schemes' sweeps."""
+        return {"warmup": self.warmup, "runs": self.runs, "rounds": self.rounds if rounds is None else rounds,
+                "passes": self.passes}
+
+    def net_timing(self, runs: int | None = None, min_rounds: int = 1) -> dict[str, int]:
+        """How a whole network is timed (``warmup``, ``runs``, ``rounds``, ``passes``): calibration, validation, schemes
+        and the searches' verdicts (which ask for more calls per round and at least ``min_rounds`` rounds)."""
+        return {"warmup": self.net_warmup, "runs": self.net_runs if runs is None else runs,
+                "rounds": max(self.net_rounds, min_rounds), "passes": self.net_passes}
 
 
 # ------------------------------------------------------------------ stage 2: architecture search (search_arch)

@@ -16,7 +16,8 @@ rule search_ratio:
         trials="results/search_ratio/trials.csv",
         metrics="results/search_ratio/ratio_metrics.json",
     params:
-        config=config_json("search_ratio", "search_arch", "latency.targets", "latency.net_warmup", "latency.net_rounds"),
+        config=config_json("search_ratio", "search_arch", "latency.targets", "latency.protocol", "latency.net_warmup",
+                           "latency.net_runs", "latency.net_rounds", "latency.net_passes"),
         out=subpath(output.pruned, parent=True),
     log:
         "logs/search_ratio/search_ratio.log",
@@ -125,7 +126,8 @@ rule check_budget:
     output:
         verdict="results/check_budget.json",
     params:
-        config=config_json("search_arch", "latency.targets", "latency.net_warmup", "latency.net_rounds"),
+        config=config_json("search_arch", "latency.targets", "latency.protocol", "latency.net_warmup",
+                           "latency.net_runs", "latency.net_rounds", "latency.net_passes"),
     log:
         "logs/check_budget/check_budget.log",
     benchmark:

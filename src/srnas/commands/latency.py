@@ -125,7 +125,8 @@ def run_validate(args: argparse.Namespace) -> int:
     space = SearchSpace(space_cfg)
     targets = select_targets(cfg, scale, args.target)
     params = {"validation_subnets": count, "pruned_share": cfg.pruned_share, "seed": cfg.seed,
-              "net_warmup": cfg.net_warmup, "net_runs": cfg.net_runs, "rounds": cfg.net_rounds, "targets": [t.name for t in targets]}
+              "protocol": cfg.protocol, **{f"net_{k}": v for k, v in cfg.net_timing().items()},
+              "targets": [t.name for t in targets]}
     summary: dict[str, Any] = {}
     with tracking.stage_run(settings.tracking, "validate_latency", params, {"srnas.scale": str(scale)}) as stage:
         for target in targets:
@@ -143,8 +144,7 @@ def run_validate(args: argparse.Namespace) -> int:
             def progress(i: int, n: int, name: str, ms: float, target_name: str = target.name) -> None:
                 LOG.info("%s: %d/%d %s %.2f ms", target_name, i, n, name, ms)
 
-            report = validate_predictor(predictor, nets, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.net_rounds,
-                                        progress=progress)
+            report = validate_predictor(predictor, nets, **cfg.net_timing(), progress=progress)
             atomic.write_json(args.out / f"{target.name}.json", report.to_dict())
             s = report.summary()
             stage.log_metrics({f"latency_within10_{target.name}": s["within_10pct"], f"latency_mape_{target.name}": s["mape"],

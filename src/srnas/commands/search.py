@@ -169,7 +169,8 @@ def run_budget(args: argparse.Namespace) -> int:
         predicted = predictor.predict(network)
         fits = measured <= arch_cfg.budget_ms
         summary = {"network": network.name, "target": target_label, "budget_ms": arch_cfg.budget_ms, "measured_ms": measured,
-                   "predicted_ms": predicted, "within_budget": fits, "margin_ms": arch_cfg.budget_ms - measured}
+                   "predicted_ms": predicted, "within_budget": fits, "margin_ms": arch_cfg.budget_ms - measured,
+                   "timing": predictor.table.protocol()}
         stage.log_metrics({"measured_ms": measured, "predicted_ms": predicted, "within_budget": float(fits)})
         if fits:
             atomic.write_json(args.out, summary)

@@ -95,13 +95,11 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
         if i % 25 == 0 or i == n:
             log.info("%s: measured %d/%d layers", target.name, i, n)
 
-    table = build_table(target, layers, granularity=granularity, warmup=cfg.warmup, runs=cfg.runs, rounds=cfg.rounds,
-                        reference_ms=reference_ms, cache_dir=cache.path.parent, cache=cache, progress=progress)
+    table = build_table(target, layers, granularity=granularity, **cfg.layer_timing(), reference_ms=reference_ms,
+                        cache_dir=cache.path.parent, cache=cache, progress=progress)
     calibration = calibration_networks(space, cfg, granularity)
-    measured = measure_networks(target, calibration, warmup=cfg.net_warmup, runs=cfg.net_runs, rounds=cfg.net_rounds,
-                                reference_ms=reference_ms,
-                                cache=cache.section("networks", protocol_key(target, cfg.net_warmup, cfg.net_runs,
-                                                                             cfg.net_rounds, reference_ms)))
+    measured = measure_networks(target, calibration, **cfg.net_timing(), reference_ms=reference_ms,
+                                cache=cache.section("networks", protocol_key(target, **cfg.net_timing(), reference_ms=reference_ms)))
     cache.save()
     overhead = fit_overhead(table, calibration, measured)
     predictor = LatencyPredictor(table, overhead)
@@ -113,8 +111,7 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
                         for n, ms in zip(calibration, measured)],
         "space": space.to_dict(),
         "accepted_schemes": schemes.accepted(),
-        "net_protocol": {"warmup": cfg.net_warmup, "runs": cfg.net_runs, "rounds": cfg.net_rounds,
-                         "kind": table.protocol_kind},
+        "net_protocol": cfg.net_timing() | {"kind": table.protocol_kind},
     }
     table.save(out_dir / TABLE_FILE)
     atomic.write_json(out_dir / BUILD_JSON, table.build_info() | {"target": target.name,

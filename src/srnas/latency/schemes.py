@@ -142,7 +142,7 @@ def measure_schemes(
         if cache is None:
             cache = LatencyCache(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-schemes-")), target.fingerprint())
         layers: dict[LayerKey, float] = {}
-        nets = cache.section("networks", protocol_key(target, cfg.net_warmup, cfg.net_runs, cfg.net_rounds, reference_ms))
+        nets = cache.section("networks", protocol_key(target, **cfg.net_timing(), reference_ms=reference_ms))
         # The layers a decision needs depend on earlier decisions (the reference granularity): ask, measure what
         # was missing, decide again, until nothing is missing.
         for _ in range(10):
@@ -166,16 +166,15 @@ def measure_schemes(
             if not missing_layers and not missing_nets:
                 return report
             if missing_layers:
-                table = build_table(target, missing_layers, granularity=0, warmup=cfg.warmup, runs=cfg.runs,
-                                    rounds=cfg.scheme_rounds, reference_ms=reference_ms, cache_dir=cache.path.parent,
-                                    cache=cache, measure=measure_layer)
+                table = build_table(target, missing_layers, granularity=0, **cfg.layer_timing(cfg.scheme_rounds),
+                                    reference_ms=reference_ms, cache_dir=cache.path.parent, cache=cache, measure=measure_layer)
                 layers.update(table.entries)
             for key, (net, precision) in missing_nets.items():
                 def measure(t: Target, n: Any, *, _p: str = precision, **timing: Any) -> float:
                     return measure_network(t, n, precision=_p, **timing)
 
-                nets[key] = measure_networks(target, [as_pruned(net)], warmup=cfg.net_warmup, runs=cfg.net_runs,
-                                             rounds=cfg.net_rounds, reference_ms=reference_ms, measure=measure)[0]
+                nets[key] = measure_networks(target, [as_pruned(net)], **cfg.net_timing(), reference_ms=reference_ms,
+                                             measure=measure)[0]
             cache.save()
     raise RuntimeError("scheme measurement did not settle")  # pragma: no cover - each pass only adds layers
 

@@ -45,11 +45,12 @@ class TableError(SrnasError):
     """A latency table is missing, unreadable, for another target, or lacks a layer."""
 
 
-def protocol_key(target: Target, warmup: int, runs: int, rounds: int = 1, reference_ms: float | None = None) -> str:
+def protocol_key(target: Target, warmup: int, runs: int, rounds: int = 1, reference_ms: float | None = None,
+                 passes: int = 1) -> str:
     """What, besides the fingerprint, a cached measurement depends on: input size and timing protocol (paired
-    measurements also on the reference latency they are expressed in)."""
+    measurements also on their passes and the reference latency they are expressed in)."""
     key = f"{target.input_hw[0]}x{target.input_hw[1]}/w{warmup}r{runs}" + (f"x{rounds}" if rounds > 1 else "")
-    return key if reference_ms is None else f"{key}/paired@{reference_ms:.6g}"
+    return key if reference_ms is None else f"{key}p{passes}/paired@{reference_ms:.6g}"
 
 
 class LatencyCache:
@@ -95,6 +96,7 @@ class LatencyTable:
     runs: int
     entries: dict[LayerKey, float]
     rounds: int = 1
+    passes: int = 1
     reference_ms: float | None = None
     build_seconds: float = 0.0
     measured: int = 0
@@ -159,8 +161,9 @@ class LatencyTable:
         out: dict[str, Any] = {"warmup": self.warmup, "runs": self.runs, "rounds": self.rounds}
         if self.reference_ms is None:
             return out | {"kind": ABSOLUTE, "statistic": "lowest of the rounds' median ms"}
-        return out | {"kind": PAIRED, "reference": REFERENCE_LAYER.id, "reference_ms": self.reference_ms,
-                      "statistic": "reference_ms x median over rounds of (median ms / the reference's around it)"}
+        return out | {"kind": PAIRED, "passes": self.passes, "reference": REFERENCE_LAYER.id, "reference_ms": self.reference_ms,
+                      "statistic": "median over passes of reference_ms x median over rounds of "
+                                   "(lowest call / the reference's lowest calls around it)"}
 
     @property
     def protocol_kind(self) -> str:
@@ -197,7 +200,7 @@ class LatencyTable:
             known = {"format", "target", "fingerprint_id", "fingerprint", "granularity", "protocol", "entries"}
             return cls(target=target, fingerprint=dict(payload["fingerprint"]), granularity=int(payload["granularity"]),
                        warmup=int(payload["protocol"]["warmup"]), runs=int(payload["protocol"]["runs"]),
-                       rounds=int(payload["protocol"].get("rounds", 1)),
+                       rounds=int(payload["protocol"].get("rounds", 1)), passes=int(payload["protocol"].get("passes", 1)),
                        reference_ms=(float(payload["protocol"]["reference_ms"])
                                      if payload["protocol"].get("kind") == PAIRED else None),
                        entries={LayerKey.from_id(k): float(v) for k, v in payload["entries"].items()},
@@ -232,6 +235,7 @@ def build_table(
     runs: int,
     cache_dir: str | os.PathLike[str],
     rounds: int = 1,
+    passes: int = 1,
     reference_ms: float | None = None,
     measure: MeasureLayer | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -242,7 +246,8 @@ def build_table(
     ``measure(target, layer, warmup=, runs=) -> ms`` defaults to :func:`srnas.latency.runtime.measure_layer`.
     Absolute protocol (``reference_ms`` None): each entry is the lowest of ``rounds`` medians, the rounds sweeping
     the whole list in alternating order. Paired: ``measure`` also gets ``rounds=`` and ``reference_ms=`` and
-    brackets each round with the reference (:mod:`srnas.latency.timing`).
+    brackets each round with the reference; the entry is the median of ``passes`` such measurements, the passes
+    sweeping the list (:func:`srnas.latency.timing.sweep`).
     ``cache`` is an open :class:`LatencyCache` of this fingerprint to share (default: open the one in ``cache_dir``).
     """
     if measure is None:
@@ -251,18 +256,19 @@ def build_table(
     fingerprint = target.fingerprint()
     if cache is None or cache.fingerprint != fingerprint:
         cache = LatencyCache(cache_dir, fingerprint)
-    section = cache.section("layers", protocol_key(target, warmup, runs, rounds, reference_ms))
+    section = cache.section("layers", protocol_key(target, warmup, runs, rounds, reference_ms, passes))
     wanted = sorted(set(layers))
     missing = [layer for layer in wanted if layer.id not in section]
     log.info("%s: %d layers, %d cached under fingerprint %s, %d to measure", target.name, len(wanted),
              len(wanted) - len(missing), cache.fingerprint_id, len(missing))
     paired = {} if reference_ms is None else {"rounds": rounds, "reference_ms": reference_ms}
     best = sweep(missing, lambda layer: measure(target, layer, warmup=warmup, runs=runs, **paired), rounds=rounds,
-                 paired=bool(paired), progress=None if progress is None else lambda done, total, *_: progress(done, total))
+                 passes=passes, paired=bool(paired),
+                 progress=None if progress is None else lambda done, total, *_: progress(done, total))
     section.update({layer.id: ms for layer, ms in best.items()})
     if missing:
         cache.save()
     entries = {layer: section[layer.id] for layer in wanted}
     return LatencyTable(target=target, fingerprint=fingerprint, granularity=granularity, warmup=warmup, runs=runs, rounds=rounds,
-                        reference_ms=reference_ms, entries=entries, build_seconds=time.perf_counter() - start,
+                        passes=passes if reference_ms is not None else 1, reference_ms=reference_ms, entries=entries, build_seconds=time.perf_counter() - start,
                         measured=len(missing), reused=len(wanted) - len(missing))

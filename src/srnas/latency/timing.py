@@ -21,7 +21,6 @@ measurement compared with its predictions (validation, the searches' verdicts) u
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
@@ -59,23 +58,28 @@ def paired_ms(item_round: Callable[[], float], reference_round: Callable[[], flo
     return reference_ms * statistics.median(ratios)
 
 
-def sweep(items: Sequence[Item], measure: Callable[[Item], float], *, rounds: int, paired: bool,
+def sweep(items: Sequence[Item], measure: Callable[[Item], float], *, rounds: int, passes: int = 1, paired: bool,
           progress: Callable[[int, int, Item, float], None] | None = None) -> dict[Item, float]:
-    """Milliseconds of each distinct item.
+    """Milliseconds of each distinct item, measured over passes that sweep the whole list in alternating order.
 
-    Absolute: ``rounds`` sweeps in alternating order, the lowest value per item. Paired: one sweep; ``measure``
-    runs the item's rounds itself (bracketed by the reference), so the sweep does not repeat them.
-    ``progress(done, total, item, ms)`` after each measurement.
+    Absolute: ``rounds`` passes (``measure`` times one round), the lowest value per item. Paired: ``passes``
+    passes (``measure`` runs the item's rounds itself, bracketed by the reference), the median per item: a burst
+    on the host lasting seconds moves one pass of an item, rarely the others, and the reference does not always
+    cancel it (interference hits some kernels harder than others). ``progress(done, total, item, ms)`` after
+    each measurement.
     """
     todo = list(dict.fromkeys(items))
-    sweeps = 1 if paired else rounds
-    best: dict[Item, float] = {}
+    count = passes if paired else rounds
+    if count < 1:
+        raise ValueError(f"need at least one pass, got {count}")
+    values: dict[Item, list[float]] = {item: [] for item in todo}
     done = 0
-    for r in range(sweeps):
+    for r in range(count):
         for item in (todo if r % 2 == 0 else todo[::-1]):
             ms = float(measure(item))
-            best[item] = min(ms, best.get(item, math.inf))
+            values[item].append(ms)
             done += 1
             if progress is not None:
-                progress(done, len(todo) * sweeps, item, ms)
-    return best
+                progress(done, len(todo) * count, item, ms)
+    combine = statistics.median if paired else min
+    return {item: float(combine(v)) for item, v in values.items()}

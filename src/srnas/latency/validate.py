@@ -66,20 +66,20 @@ MeasureNetwork = Callable[..., float]
 
 
 def measure_networks(target: Target, nets: Sequence[PrunedSubnet], *, warmup: int, runs: int, rounds: int = 1,
-                     reference_ms: float | None = None, measure: MeasureNetwork | None = None,
+                     passes: int = 1, reference_ms: float | None = None, measure: MeasureNetwork | None = None,
                      cache: dict[str, float] | None = None,
                      progress: Callable[[int, int, str, float], None] | None = None) -> list[float]:
     """End-to-end ms of each network on ``target`` under the protocol of :mod:`srnas.latency.timing`: absolute
     (``reference_ms`` None: the lowest of ``rounds`` medians, the rounds sweeping the whole list in alternating
     order) or paired with the reference whose latency is ``reference_ms`` (``measure`` then also gets ``rounds=``
-    and ``reference_ms=``). ``cache`` (name -> ms) is read and filled."""
+    and ``reference_ms=``; the median of ``passes`` passes). ``cache`` (name -> ms) is read and filled."""
     if measure is None:
         from srnas.latency.runtime import measure_network as measure
     cache = {} if cache is None else cache
     todo = [n for n in dict.fromkeys(nets) if n.name not in cache]
     paired = {} if reference_ms is None else {"rounds": rounds, "reference_ms": reference_ms}
     best = sweep(todo, lambda net: measure(target, net, warmup=warmup, runs=runs, **paired), rounds=rounds,
-                 paired=bool(paired), progress=None if progress is None else
+                 passes=passes, paired=bool(paired), progress=None if progress is None else
                  lambda done, total, net, ms: progress(done, total, net.name, ms))
     cache.update({net.name: ms for net, ms in best.items()})
     return [cache[n.name] for n in nets]
@@ -173,14 +173,14 @@ class ValidationReport:
 
 
 def validate_predictor(predictor: LatencyPredictor, nets: Sequence[PrunedSubnet], *, warmup: int, runs: int,
-                       rounds: int = 1, measure: MeasureNetwork | None = None,
+                       rounds: int = 1, passes: int = 1, measure: MeasureNetwork | None = None,
                        progress: Callable[[int, int, str, float], None] | None = None) -> ValidationReport:
     """Measure each of ``nets`` end to end on the predictor's target, with the protocol its table was measured
     with, and compare with its prediction."""
     start = time.perf_counter()
     target = predictor.table.target
-    measured = measure_networks(target, nets, warmup=warmup, runs=runs, rounds=rounds, measure=measure, progress=progress,
-                                reference_ms=predictor.table.reference_ms)
+    measured = measure_networks(target, nets, warmup=warmup, runs=runs, rounds=rounds, passes=passes, measure=measure,
+                                progress=progress, reference_ms=predictor.table.reference_ms)
     report = ValidationReport(target, [n.name for n in nets], [n.is_pruned for n in nets],
                               [predictor.predict(n) for n in nets], measured)
     report.seconds = time.perf_counter() - start

@@ -314,8 +314,7 @@ def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], run
     if predictor.table.fingerprint_id != target.fingerprint_id():
         log.warning("%s: the latency table was measured under fingerprint %s, this machine is %s", target.name,
                     predictor.table.fingerprint_id, target.fingerprint_id())
-    return measure_networks(target, nets, warmup=latency.net_warmup, runs=runs, rounds=max(latency.net_rounds, VERDICT_ROUNDS),
-                            reference_ms=predictor.table.reference_ms)
+    return measure_networks(target, nets, **latency.net_timing(runs, VERDICT_ROUNDS), reference_ms=predictor.table.reference_ms)
 
 
 def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> None:
