@@ -1,12 +1,13 @@
 """The final pruned network's speedup over its unpruned parent: predicted by the latency model vs measured, repeated.
 
     .venv/bin/python bench/bench_pruning_speedup.py --ratio results/search_ratio/ratio.json \
-        --table results/profile_device/cpu_torch_bf16 [--repeats 3] [--rounds 5] [--runs 10]
+        --table results/profile_device/cpu_torch_bf16 [--repeats 3] [--runs 10]
 
-Each repeat measures the pruned network and its parent end to end on the table's target in alternating rounds
-(lowest median of ``--rounds``, ``--runs`` calls each, the verdict protocol of ``search_ratio`` and ``check_budget``)
-and prints both times, the measured speedup and its error against the prediction; then the median over repeats.
-Nothing else should run on the machine meanwhile.
+Each repeat measures the pruned network and its parent end to end on the table's target exactly like the verdicts
+of ``search_ratio`` and ``check_budget`` (:func:`srnas.search.run.measure_on_target`: the table's timing protocol,
+``--runs`` calls per round, the default ``latency`` section's rounds and passes) and prints both times, the
+measured speedup and its error against the prediction; then the median over repeats. Nothing else should run on
+the machine meanwhile.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import json
 import statistics
 from pathlib import Path
 
+from srnas.config import LatencyConfig
 from srnas.latency.layers import PrunedSubnet, as_pruned
 from srnas.latency.profile import load_predictor
-from srnas.latency.validate import measure_networks
+from srnas.search.run import measure_on_target
 
 
 def main() -> None:
@@ -26,7 +28,6 @@ def main() -> None:
     parser.add_argument("--ratio", type=Path, required=True, help="search_ratio's ratio.json")
     parser.add_argument("--table", type=Path, required=True, help="the target's profile_device folder")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     ratio = json.loads(args.ratio.read_text())
@@ -38,8 +39,10 @@ def main() -> None:
           f"{predictor.predict(pruned):.1f} / {predictor.predict(parent):.1f} ms, speedup {predicted:.2f}x")
     errors = []
     for r in range(args.repeats):
-        pruned_ms, parent_ms = measure_networks(predictor.table.target, [pruned, parent], warmup=2, runs=args.runs,
-                                                rounds=args.rounds)
+        timed = measure_on_target(predictor, [pruned, parent], args.runs, LatencyConfig())
+        if timed is None:
+            raise SystemExit(f"{predictor.table.target.name}: its runtime is not available here")
+        pruned_ms, parent_ms = timed
         measured = parent_ms / pruned_ms
         errors.append(measured / predicted - 1)
         print(f"repeat {r + 1}: pruned {pruned_ms:.1f} ms, parent {parent_ms:.1f} ms, speedup {measured:.2f}x "

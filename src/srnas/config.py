@@ -457,10 +457,10 @@ class LatencyConfig:
     runs: int = 5
     net_warmup: int = 2
     net_runs: int = 5
-    rounds: int = 3
+    rounds: int = 5
     net_rounds: int = 3
     scheme_rounds: int = 5
-    passes: int = 3
+    passes: int = 1
     net_passes: int = 3
     reference_runs: int = 20
     reference_rounds: int = 5
