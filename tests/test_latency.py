@@ -261,11 +261,15 @@ def test_table_json_round_trip_and_interpolation(tmp_path) -> None:
 # ------------------------------------------------------------------------------------ predictor
 
 
+@pytest.mark.parametrize("protocol", ["absolute", "paired"])
 @pytest.mark.parametrize("runtime_name,precision", [("torch_fp32", "fp32"), ("onnxruntime_fp32", "fp32")])
-def test_predictor_is_exact_on_one_profiled_block(tmp_path, runtime_name, precision) -> None:
+def test_predictor_is_exact_on_one_profiled_block(tmp_path, runtime_name, precision, protocol) -> None:
     target = _target(runtime_name, precision)
     block = LayerKey("conv", 8, 16)
-    table = build_table(target, [block], granularity=8, warmup=0, runs=2, cache_dir=tmp_path)  # really measured
+    reference_ms = runtime.measure_reference(target, warmup=0, runs=2, rounds=1) if protocol == "paired" else None
+    table = build_table(target, [block], granularity=8, warmup=0, runs=2, rounds=2, reference_ms=reference_ms,
+                        cache_dir=tmp_path)  # really measured
+    assert table.protocol()["kind"] == protocol
     # torch times the layer alone (positive); ONNX Runtime's is a marginal cost in context, unclamped (may dip below 0)
     assert math.isfinite(table.entries[block]) and (runtime_name == "onnxruntime_fp32" or table.entries[block] > 0)
     overhead = OverheadModel(per_join_ms=1.5, per_join_channel_ms=0.25)  # joins cost, but one block has none

@@ -16,8 +16,10 @@ the layout and precision they have inside the network:
   statically to QDQ (uint8 activations, int8 per-channel weights) with ``onnxruntime.quantization``, as the
   whole network would be.
 
-Each timing is the median of ``runs`` calls after ``warmup`` (:func:`srnas.profiling._time_calls`), with the
-glibc malloc fix of :mod:`srnas.profiling` in effect and the target's thread count pinned.
+Each timing follows one of the protocols of :mod:`srnas.latency.timing`: absolute (the median of ``runs`` calls
+after ``warmup``) or paired (rounds of the item between rounds of the reference layer, the median ratio times the
+reference's latency), with the glibc malloc fix of :mod:`srnas.profiling` in effect and the target's thread
+count pinned.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ __all__ = ["LayerModule", "measure_layer", "measure_network", "measure_reference
 log = logging.getLogger(__name__)
 
 _RELU_OPS = ("head", "conv", "expand")
-
 
 
 def scheme_precision(target: Target, scheme: str) -> str:
