@@ -103,6 +103,13 @@ def supernet_section(train_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def _timing_sentence(protocol: dict[str, Any]) -> str:
+    if protocol.get("kind") != "paired":
+        return ""
+    return (f" Timed with the paired protocol: every figure is at the target's undisturbed speed, relative to "
+            f"`{protocol.get('reference')}` at {protocol.get('reference_ms', float('nan')):.2f} ms.")
+
+
 def latency_model_section(device_dir: Path) -> list[str]:
     """Markdown lines on each target's latency table and measured pruning schemes (``profile_device`` output)."""
     lines: list[str] = []
@@ -112,7 +119,8 @@ def latency_model_section(device_dir: Path) -> list[str]:
             lines += [f"Latency table of `{target_dir.name}`: {build.get('entries', '?')} layer configurations on the "
                       f"granularity-{build.get('granularity', '?')} channel grid ({build.get('measured', '?')} measured, "
                       f"{build.get('reused', '?')} reused from the cache, {build.get('seconds', 0):.0f} s), overhead "
-                      f"model calibration MAPE {100 * build.get('calibration_mape', float('nan')):.1f}%.", ""]
+                      f"model calibration MAPE {100 * build.get('calibration_mape', float('nan')):.1f}%."
+                      + _timing_sentence(build.get("protocol", {})), ""]
         schemes = target_dir / "schemes.md"
         if schemes.is_file():
             lines += [schemes.read_text(encoding="utf-8").rstrip(), ""]

@@ -210,7 +210,10 @@ def others_busy(fn: Callable[[], float]) -> tuple[float, float]:
     busy1, own1, wall1 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
     if busy0 is None or busy1 is None:
         return value, 0.0
-    return value, max((busy1 - busy0) - (own1 - own0), 0.0) / max(wall1 - wall0, 1e-9)
+    # /proc/stat counts in clock ticks (10 ms): a window of a few ms can see a whole tick that getrusage (exact)
+    # does not, so two ticks of difference are not taken as someone else's work.
+    slack = 2.0 / os.sysconf("SC_CLK_TCK")
+    return value, max((busy1 - busy0) - (own1 - own0) - slack, 0.0) / max(wall1 - wall0, 1e-9)
 
 
 def quiet(fn: Callable[[], float], what: str = "") -> float:
@@ -281,7 +284,7 @@ def _warm(warmup: int, *calls: Callable[[], Any]) -> None:
 
 def _lowest_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
     """The lowest of ``runs`` calls after ``warmup``; the caller pauses the collector (:func:`gc_paused`) around
-    all its rounds, once: collecting before every short round would cost more than the rounds."""
+    all its rounds: a full collection before every short round would cost more than the rounds."""
     for _ in range(warmup):
         call()
     return float(min(call_times(call, runs)))
@@ -301,7 +304,7 @@ def _timed(target: Target, what: str, item_round: RoundTimer, warmup_calls: Sequ
         return quiet(lambda: item_round(_median_ms), what)
     reference = _reference_call(target, stack)
     _warm(warmup, *warmup_calls, reference)
-    with gc_paused():
+    with gc_paused(collect=False):
         return quiet(lambda: paired_ms(lambda: item_round(_lowest_ms), lambda: _lowest_ms(reference, 0, runs), rounds,
                                        reference_ms), what)
 

@@ -172,7 +172,7 @@ class LatencyTable:
     def build_info(self) -> dict[str, Any]:
         """How this table was obtained (varies between runs, so it is kept out of :meth:`to_dict`)."""
         return {"seconds": self.build_seconds, "measured": self.measured, "reused": self.reused, "entries": len(self.entries),
-                "granularity": self.granularity, "fingerprint_id": self.fingerprint_id}
+                "granularity": self.granularity, "fingerprint_id": self.fingerprint_id, "protocol": self.protocol()}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready and deterministic: the same measurements give the same bytes (build info excluded)."""
