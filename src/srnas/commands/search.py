@@ -152,7 +152,7 @@ def run_budget(args: argparse.Namespace) -> int:
     from srnas.errors import ConfigError
     from srnas.latency.profile import load_predictor
     from srnas.pruning import load_pruned
-    from srnas.search.run import measure_on_target, target_name
+    from srnas.search.run import VERDICT_ROUNDS, measure_on_target, target_name
 
     settings = settings_from_args(args)
     arch_cfg, latency = settings.search_arch, settings.latency
@@ -170,7 +170,8 @@ def run_budget(args: argparse.Namespace) -> int:
         fits = measured <= arch_cfg.budget_ms
         summary = {"network": network.name, "target": target_label, "budget_ms": arch_cfg.budget_ms, "measured_ms": measured,
                    "predicted_ms": predicted, "within_budget": fits, "margin_ms": arch_cfg.budget_ms - measured,
-                   "timing": predictor.table.protocol()}
+                   "timing": {"table": predictor.table.protocol(),
+                              "measurement": latency.net_timing(max(arch_cfg.verify_runs, 1), VERDICT_ROUNDS)}}
         stage.log_metrics({"measured_ms": measured, "predicted_ms": predicted, "within_budget": float(fits)})
         if fits:
             atomic.write_json(args.out, summary)

@@ -13,7 +13,9 @@
     of the host that lasts longer than a round scales the item and its reference alike and cancels; the median
     drops the rounds a burst hit anyway. ``reference_ms`` is the reference's own lowest call, measured once when
     the table is built (the target's speed when undisturbed), so every table entry and every later network
-    measurement is expressed at that one speed of the target.
+    measurement is expressed at that one speed of the target. Each item is measured in ``passes`` passes that
+    sweep the whole list, and the median of its passes is kept: a burst the reference did not cancel (it hits
+    some kernels harder than others) moves one pass, rarely two.
 
 Both protocols produce milliseconds; the table records which one made it (and the reference), and every later
 measurement compared with its predictions (validation, the searches' verdicts) uses the same one.
