@@ -437,7 +437,7 @@ class LatencyConfig:
 
     ``protocol`` (:mod:`srnas.latency.timing`): ``paired`` times every round of a layer or network between rounds
     of a fixed reference call and keeps the median ratio, times the reference's latency (measured once per
-    fingerprint: lowest of ``reference_rounds`` medians of ``reference_runs`` calls), so a host whose speed
+    fingerprint: its lowest call over ``reference_rounds`` rounds of ``reference_runs`` calls), so a host whose speed
     drifts does not move the figures; ``absolute`` keeps the lowest of the rounds' medians. A round is
     ``runs`` calls of a layer (``net_runs`` of a network) after ``warmup`` (``net_warmup``) calls; a table entry
     takes ``rounds`` rounds, a network ``net_rounds``, the layers a scheme decision compares ``scheme_rounds``

@@ -152,16 +152,17 @@ def run_budget(args: argparse.Namespace) -> int:
     from srnas.errors import ConfigError
     from srnas.latency.profile import load_predictor
     from srnas.pruning import load_pruned
-    from srnas.search.run import VERDICT_ROUNDS, measure_on_target, target_name
+    from srnas.search.run import measure_on_target, target_name, verdict_timing
 
     settings = settings_from_args(args)
     arch_cfg, latency = settings.search_arch, settings.latency
+    runs = max(arch_cfg.verify_runs, 1)
     target_label = target_name(arch_cfg, latency)
     predictor = load_predictor(args.tables / target_label)
     network = load_pruned(args.checkpoint).pruned
     with tracking.stage_run(settings.tracking, "check_budget", {"budget_ms": arch_cfg.budget_ms, "target": target_label},
                             {"srnas.target": target_label}) as stage:
-        timed = measure_on_target(predictor, [network], max(arch_cfg.verify_runs, 1), latency)
+        timed = measure_on_target(predictor, [network], runs, latency)
         if timed is None:
             raise ConfigError(f"search_arch.target {target_label}: its runtime {predictor.table.target.runtime} is not "
                               "available on this machine, so the final model cannot be measured against the budget")
@@ -171,7 +172,7 @@ def run_budget(args: argparse.Namespace) -> int:
         summary = {"network": network.name, "target": target_label, "budget_ms": arch_cfg.budget_ms, "measured_ms": measured,
                    "predicted_ms": predicted, "within_budget": fits, "margin_ms": arch_cfg.budget_ms - measured,
                    "timing": {"table": predictor.table.protocol(),
-                              "measurement": latency.net_timing(max(arch_cfg.verify_runs, 1), VERDICT_ROUNDS)}}
+                              "measurement": verdict_timing(latency, runs)}}
         stage.log_metrics({"measured_ms": measured, "predicted_ms": predicted, "within_budget": float(fits)})
         if fits:
             atomic.write_json(args.out, summary)

@@ -98,8 +98,9 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
     table = build_table(target, layers, granularity=granularity, **cfg.layer_timing(), reference_ms=reference_ms,
                         cache_dir=cache.path.parent, cache=cache, progress=progress)
     calibration = calibration_networks(space, cfg, granularity)
-    measured = measure_networks(target, calibration, **cfg.net_timing(), reference_ms=reference_ms,
-                                cache=cache.section("networks", protocol_key(target, **cfg.net_timing(), reference_ms=reference_ms)))
+    net_timing = cfg.net_timing()
+    measured = measure_networks(target, calibration, **net_timing, reference_ms=reference_ms,
+                                cache=cache.section("networks", protocol_key(target, **net_timing, reference_ms=reference_ms)))
     cache.save()
     overhead = fit_overhead(table, calibration, measured)
     predictor = LatencyPredictor(table, overhead)
@@ -111,7 +112,7 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
                         for n, ms in zip(calibration, measured)],
         "space": space.to_dict(),
         "accepted_schemes": schemes.accepted(),
-        "net_protocol": cfg.net_timing() | {"kind": table.protocol_kind},
+        "net_protocol": net_timing | {"kind": table.protocol_kind},
     }
     table.save(out_dir / TABLE_FILE)
     atomic.write_json(out_dir / BUILD_JSON, table.build_info() | {"target": target.name,

@@ -261,14 +261,13 @@ def build_table(
     missing = [layer for layer in wanted if layer.id not in section]
     log.info("%s: %d layers, %d cached under fingerprint %s, %d to measure", target.name, len(wanted),
              len(wanted) - len(missing), cache.fingerprint_id, len(missing))
-    paired = {} if reference_ms is None else {"rounds": rounds, "reference_ms": reference_ms}
-    best = sweep(missing, lambda layer: measure(target, layer, warmup=warmup, runs=runs, **paired), rounds=rounds,
-                 passes=passes, paired=bool(paired),
+    best = sweep(missing, lambda layer, **paired: measure(target, layer, warmup=warmup, runs=runs, **paired),
+                 rounds=rounds, passes=passes, reference_ms=reference_ms,
                  progress=None if progress is None else lambda done, total, *_: progress(done, total))
     section.update({layer.id: ms for layer, ms in best.items()})
     if missing:
         cache.save()
     entries = {layer: section[layer.id] for layer in wanted}
     return LatencyTable(target=target, fingerprint=fingerprint, granularity=granularity, warmup=warmup, runs=runs, rounds=rounds,
-                        passes=passes if reference_ms is not None else 1, reference_ms=reference_ms, entries=entries, build_seconds=time.perf_counter() - start,
-                        measured=len(missing), reused=len(wanted) - len(missing))
+                        passes=passes if reference_ms is not None else 1, reference_ms=reference_ms, entries=entries,
+                        build_seconds=time.perf_counter() - start, measured=len(missing), reused=len(wanted) - len(missing))

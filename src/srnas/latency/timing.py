@@ -60,17 +60,19 @@ def paired_ms(item_round: Callable[[], float], reference_round: Callable[[], flo
     return reference_ms * statistics.median(ratios)
 
 
-def sweep(items: Sequence[Item], measure: Callable[[Item], float], *, rounds: int, passes: int = 1, paired: bool,
+def sweep(items: Sequence[Item], measure: Callable[..., float], *, rounds: int, passes: int = 1,
+          reference_ms: float | None = None,
           progress: Callable[[int, int, Item, float], None] | None = None) -> dict[Item, float]:
     """Milliseconds of each distinct item, measured over passes that sweep the whole list in alternating order.
 
-    Absolute: ``rounds`` passes (``measure`` times one round), the lowest value per item. Paired: ``passes``
-    passes (``measure`` runs the item's rounds itself, bracketed by the reference), the median per item: a burst
-    on the host lasting seconds moves one pass of an item, rarely the others, and the reference does not always
-    cancel it (interference hits some kernels harder than others). ``progress(done, total, item, ms)`` after
-    each measurement.
+    Absolute (``reference_ms`` None): ``rounds`` passes of ``measure(item)``, which times one round; the lowest value
+    per item. Paired: ``passes`` passes of ``measure(item, rounds=, reference_ms=)``, which runs the item's rounds
+    itself, bracketed by the reference; the median per item: a burst on the host lasting seconds moves one pass of
+    an item, rarely the others, and the reference does not always cancel it (interference hits some kernels harder
+    than others). ``progress(done, total, item, ms)`` after each measurement.
     """
     todo = list(dict.fromkeys(items))
+    paired = {} if reference_ms is None else {"rounds": rounds, "reference_ms": reference_ms}
     count = passes if paired else rounds
     if count < 1:
         raise ValueError(f"need at least one pass, got {count}")
@@ -78,7 +80,7 @@ def sweep(items: Sequence[Item], measure: Callable[[Item], float], *, rounds: in
     done = 0
     for r in range(count):
         for item in (todo if r % 2 == 0 else todo[::-1]):
-            ms = float(measure(item))
+            ms = float(measure(item, **paired))
             values[item].append(ms)
             done += 1
             if progress is not None:

@@ -77,9 +77,8 @@ def measure_networks(target: Target, nets: Sequence[PrunedSubnet], *, warmup: in
         from srnas.latency.runtime import measure_network as measure
     cache = {} if cache is None else cache
     todo = [n for n in dict.fromkeys(nets) if n.name not in cache]
-    paired = {} if reference_ms is None else {"rounds": rounds, "reference_ms": reference_ms}
-    best = sweep(todo, lambda net: measure(target, net, warmup=warmup, runs=runs, **paired), rounds=rounds,
-                 passes=passes, paired=bool(paired), progress=None if progress is None else
+    best = sweep(todo, lambda net, **paired: measure(target, net, warmup=warmup, runs=runs, **paired), rounds=rounds,
+                 passes=passes, reference_ms=reference_ms, progress=None if progress is None else
                  lambda done, total, net, ms: progress(done, total, net.name, ms))
     cache.update({net.name: ms for net, ms in best.items()})
     return [cache[n.name] for n in nets]

@@ -45,9 +45,15 @@ __all__ = ["SearchError", "SearchInputs", "SearchResult", "TrialEvaluator", "mea
            "target_name"]
 
 STUDY_FILE = "study.db"
-# A verdict (the chosen network's latency, a pruning speedup, the final budget check) takes the lowest median of at
-# least this many rounds spread over seconds: one round of a table entry is steadied by the table's other entries.
+# A verdict (the chosen network's latency, a pruning speedup, the final budget check) takes at least this many
+# rounds (more than a table entry, which the table's other entries steady): see verdict_timing.
 VERDICT_ROUNDS = 5
+
+
+def verdict_timing(latency: LatencyConfig, runs: int) -> dict[str, int]:
+    """How a verdict times a network: the ``latency`` section's network timing, ``runs`` calls per round and at
+    least :data:`VERDICT_ROUNDS` rounds."""
+    return latency.net_timing(runs, VERDICT_ROUNDS)
 READY_TIMEOUT_S = 600  # a worker that has not loaded its inputs by then has failed
 ARCH_FILE = "arch.json"
 
@@ -314,7 +320,7 @@ def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], run
     if predictor.table.fingerprint_id != target.fingerprint_id():
         log.warning("%s: the latency table was measured under fingerprint %s, this machine is %s", target.name,
                     predictor.table.fingerprint_id, target.fingerprint_id())
-    return measure_networks(target, nets, **latency.net_timing(runs, VERDICT_ROUNDS), reference_ms=predictor.table.reference_ms)
+    return measure_networks(target, nets, **verdict_timing(latency, runs), reference_ms=predictor.table.reference_ms)
 
 
 def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> None:
