@@ -270,8 +270,7 @@ def test_predictor_is_exact_on_one_profiled_block(tmp_path, runtime_name, precis
     table = build_table(target, [block], granularity=8, warmup=0, runs=2, rounds=2, reference_ms=reference_ms,
                         cache_dir=tmp_path)  # really measured
     assert table.protocol()["kind"] == protocol
-    # torch times the layer alone (positive); ONNX Runtime's is a marginal cost in context, unclamped (may dip below 0)
-    assert math.isfinite(table.entries[block]) and (runtime_name == "onnxruntime_fp32" or table.entries[block] > 0)
+    assert math.isfinite(table.entries[block]) and table.entries[block] > 0
     overhead = OverheadModel(per_join_ms=1.5, per_join_channel_ms=0.25)  # joins cost, but one block has none
     assert LatencyPredictor(table, overhead).predict_layers([block]) == table.entries[block]
 
@@ -334,8 +333,7 @@ def test_every_layer_op_measures_on_each_runtime(runtime_name, precision) -> Non
     target = _target(runtime_name, precision)
     for layer in LAYERS:
         ms = runtime.measure_layer(target, layer, warmup=0, runs=1)
-        # ONNX Runtime values are marginal costs in context (unclamped, see measure_layer); torch times the layer alone
-        assert math.isfinite(ms) and (runtime_name == "onnxruntime_fp32" or ms > 0.0)
+        assert math.isfinite(ms) and ms > 0.0
     net = PrunedSubnet(SubnetConfig(16, (CellConfig("conv"), CellConfig("wdsr", 2))), (8, 8, 16, 8, 8))
     assert runtime.measure_network(target, net, warmup=0, runs=1) > 0.0
     # the paired protocol: a reference, then the same calls bracketed by it
@@ -343,6 +341,64 @@ def test_every_layer_op_measures_on_each_runtime(runtime_name, precision) -> Non
     assert reference_ms > 0.0
     assert math.isfinite(runtime.measure_layer(target, LAYERS[1], warmup=0, runs=1, rounds=2, reference_ms=reference_ms))
     assert runtime.measure_network(target, net, warmup=0, runs=1, rounds=2, reference_ms=reference_ms) > 0.0
+
+
+@pytest.mark.parametrize("layer", [*LAYERS, LayerKey("conv", 4, 4), LayerKey("wdsr_conv", 4, 8), LayerKey("conv", 8, 16, "int8")],
+                         ids=lambda layer: layer.id)
+def test_onnxruntime_profile_keeps_the_nodes_the_layer_owns(tmp_path, layer) -> None:
+    """In the graph ONNX Runtime optimised, the layer's nodes are its conv, what runs after it (epilogue; the tail's
+    residual and DepthToSpace) and what only feeds it (a reorder to NCHW): never the context, never the hand-back
+    of a non-tail result as a graph output."""
+    import onnx
+
+    from srnas.export import ort_session
+    from srnas.onnx_graph import CONTEXT_PREFIX, layer_nodes
+
+    target = _target("onnxruntime_fp32", "int8" if layer.scheme == "int8" else "fp32")
+    graph = runtime._ort_layer_graph(layer, target, runtime.scheme_precision(target, layer.scheme), 0.0, tmp_path)
+    ort_session(graph, 1, optimized_path=tmp_path / "optimized.onnx")
+    mine = layer_nodes(tmp_path / "optimized.onnx", keeps_output=layer.op == "tail")
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    nodes = {n.name: n for n in optimized.node}
+    convs = [n for n in mine if nodes[n].op_type in ("Conv", "QLinearConv", "FusedConv")]
+    assert len(convs) == 1, f"{layer.id}: one conv of its own, got {sorted(mine)}"
+    conv = nodes[convs[0]]
+    assert not any(n.startswith(CONTEXT_PREFIX) for n in mine)
+    assert any(n.startswith(CONTEXT_PREFIX) for n in nodes) == (layer.op != "head")  # the context is there, and left out
+    downstream, frontier = set(), set(conv.output)
+    for node in optimized.node:  # saved in topological order
+        if frontier & set(node.input):
+            downstream.add(node.name)
+            frontier |= set(node.output)
+    outputs = {o.name for o in optimized.output}
+    for name in mine - {conv.name} - downstream:  # upstream of the conv: only what feeds the layer and nothing else
+        users = [n for n in optimized.node if set(nodes[name].output) & set(n.input)]
+        assert users and all(u.name in mine for u in users), f"{layer.id}: {name} also feeds {[u.name for u in users]}"
+    produced = {o for n in mine for o in nodes[n].output}
+    if layer.op == "tail":
+        assert {"Expand", "DepthToSpace"} <= {nodes[n].op_type for n in mine} and outputs <= produced
+    else:
+        assert not outputs & produced, f"{layer.id}: the graph-output conversion is not the layer's"
+
+
+def test_ort_profile_runs_group_node_kernel_times(tmp_path) -> None:
+    from srnas.export import read_ort_profile
+
+    events = [
+        {"cat": "Session", "name": "model_loading_uri", "ts": 0, "dur": 50},
+        {"cat": "Node", "name": "conv_kernel_time", "ts": 10, "dur": 7},  # before any run: not counted
+        {"cat": "Session", "name": "model_run", "ts": 100, "dur": 40},
+        {"cat": "Node", "name": "conv_kernel_time", "ts": 105, "dur": 20},
+        {"cat": "Node", "name": "conv_fence_before", "ts": 104, "dur": 1},
+        {"cat": "Node", "name": "relu_kernel_time", "ts": 126, "dur": 10},
+        {"cat": "Session", "name": "model_run", "ts": 200, "dur": 30},
+        {"cat": "Node", "name": "conv_kernel_time", "ts": 201, "dur": 25},
+    ]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(events[::-1]), encoding="utf-8")  # any order
+    runs = read_ort_profile(path)
+    assert [r.run_us for r in runs] == [40.0, 30.0]
+    assert runs[0].node_us == {"conv": 20.0, "relu": 10.0} and runs[1].node_us == {"conv": 25.0}
 
 
 def test_torch_layer_module_matches_the_subnet_blocks() -> None:

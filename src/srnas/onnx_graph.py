@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OPSET", "EPILOGUES", "write_layer_graph", "quantize_int8"]
+__all__ = ["CONTEXT_PREFIX", "CONVERTER_OPS", "EPILOGUES", "LAYER_PREFIX", "OPSET", "layer_nodes", "quantize_int8",
+           "write_layer_graph"]
 
 OPSET = 17
 IMAGE_CHANNELS = 3
@@ -22,27 +23,34 @@ IMAGE_CHANNELS = 3
 EPILOGUES = ("relu", "add", "tail", "none")
 
 
-def _producer(name: str, channels: int, weight_seed: int) -> tuple[list[Any], list[Any]]:
-    """A conv1x1 (image -> ``channels``) writing tensor ``name``: the context that feeds a layer its input."""
+CONTEXT_PREFIX = "context_"
+LAYER_PREFIX = "layer_"
+
+
+def _producer(name: str, source: str, cin: int, channels: int, weight_seed: int) -> tuple[list[Any], list[Any]]:
+    """A conv1x1 (``source`` with ``cin`` channels -> ``channels``) writing tensor ``name``: context that feeds a layer."""
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(weight_seed)
-    w = (rng.standard_normal((channels, IMAGE_CHANNELS, 1, 1)) * 0.3).astype(np.float32)
+    w = (rng.standard_normal((channels, cin, 1, 1)) * 0.3 / np.sqrt(cin)).astype(np.float32)
     b = np.zeros(channels, dtype=np.float32)
     inits = [numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(b, f"{name}_b")]
-    node = helper.make_node("Conv", ["img", f"{name}_w", f"{name}_b"], [name], kernel_shape=[1, 1], pads=[0] * 4,
-                            strides=[1, 1], dilations=[1, 1], group=1)
+    node = helper.make_node("Conv", [source, f"{name}_w", f"{name}_b"], [name], name=name, kernel_shape=[1, 1],
+                            pads=[0] * 4, strides=[1, 1], dilations=[1, 1], group=1)
     return [node], inits
 
 
 def write_layer_graph(path: Path, weight: np.ndarray, bias: np.ndarray, *, epilogue: str, reads_image: bool,
-                      scale: int, context_only: bool = False) -> Path:
+                      scale: int) -> Path:
     """Write the ONNX graph of one conv layer as the exporter writes it inside a network, and return ``path``.
 
     The graph's only input is the image ``img`` (1x3xHxW, dynamic H and W). Unless the layer ``reads_image``
-    (a head conv), its input ``x`` (and, for ``epilogue="add"``, the residual ``res``) is produced inside the
-    graph by conv1x1 producers, so it comes in the layout (NCHWc blocks) and, once quantized, the precision it
-    has inside a network. ``context_only`` writes the producers alone (their time is subtracted by the caller).
+    (a head conv), its input is produced inside the graph by conv1x1 *context* nodes, so it comes in the layout
+    (NCHWc blocks, reordered to NCHW where the layer needs it) and, once quantized, the precision it has inside a
+    network. A residual layer (``epilogue="add"``) adds a tensor its own input was computed from, as a cell adds
+    its input to its output: ONNX Runtime fuses that addition into the conv only when both come from one tensor.
+    Context nodes and tensors are named ``context_*``, the layer's ``layer_*``: :func:`layer_nodes` tells them
+    apart in the optimised graph.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -54,60 +62,96 @@ def write_layer_graph(path: Path, weight: np.ndarray, bias: np.ndarray, *, epilo
     inputs = [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, IMAGE_CHANNELS, h, w])]
     nodes: list[Any] = []
     inits: list[Any] = []
-    outputs: list[Any] = []
     x_name = "img"
-    if not reads_image:
-        x_name = "x"
-        n, i = _producer("x", cin, 1)
-        nodes += n
-        inits += i
-        outputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, h, w]))
+    res = f"{CONTEXT_PREFIX}res"
     if epilogue == "add":
-        n, i = _producer("res", cout, 2)
+        nodes, inits = _producer(res, "img", IMAGE_CHANNELS, cout, 2)
+    if not reads_image:
+        x_name = f"{CONTEXT_PREFIX}x"
+        source, width = (res, cout) if epilogue == "add" else ("img", IMAGE_CHANNELS)
+        n, i = _producer(x_name, source, width, cin, 1)
         nodes += n
         inits += i
-        outputs.append(helper.make_tensor_value_info("res", TensorProto.FLOAT, [1, cout, h, w]))
-    if context_only:
-        if not nodes:
-            raise ValueError("a layer that reads the image has no context to subtract")
-    else:
-        inits += [numpy_helper.from_array(weight.astype(np.float32), "w"), numpy_helper.from_array(bias.astype(np.float32), "b")]
-        pad = kernel // 2
-        nodes.append(helper.make_node("Conv", [x_name, "w", "b"], ["conv"], kernel_shape=[kernel] * 2,
-                                      pads=[pad] * 4, strides=[1, 1], dilations=[1, 1], group=1))
-        out = "conv"
-        out_shape: list[Any] = [1, cout, h, w]
-        if epilogue == "relu":
-            nodes.append(helper.make_node("Relu", ["conv"], ["relu"]))
-            out = "relu"
-        elif epilogue == "add":
-            nodes.append(helper.make_node("Add", ["res", "conv"], ["add"]))
-            out = "add"
-        elif epilogue == "tail":
-            s2 = scale * scale
-            inits += [numpy_helper.from_array(np.array([2], dtype=np.int64), "axes"),
-                      numpy_helper.from_array(np.array([1, 1, s2, 1, 1], dtype=np.int64), "expand_shape"),
-                      numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
-                      numpy_helper.from_array(np.array([IMAGE_CHANNELS * s2], dtype=np.int64), "channels")]
-            nodes += [
-                helper.make_node("Unsqueeze", ["img", "axes"], ["unsq"]),
-                helper.make_node("Expand", ["unsq", "expand_shape"], ["expanded"]),
-                helper.make_node("Shape", ["img"], ["hw"], start=2),
-                helper.make_node("Concat", ["one", "channels", "hw"], ["rep_shape"], axis=0),
-                helper.make_node("Reshape", ["expanded", "rep_shape"], ["repeat"]),
-                helper.make_node("Add", ["conv", "repeat"], ["sum"]),
-                helper.make_node("DepthToSpace", ["sum"], ["sr"], blocksize=scale, mode="CRD"),
-            ]
-            out = "sr"
-            out_shape = [1, IMAGE_CHANNELS, "out_height", "out_width"]
-        outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)]
-    part = "context" if context_only else "layer"
-    graph = helper.make_graph(nodes, f"{part}_{epilogue}", inputs, outputs, inits)
+    inits += [numpy_helper.from_array(weight.astype(np.float32), f"{LAYER_PREFIX}w"),
+              numpy_helper.from_array(bias.astype(np.float32), f"{LAYER_PREFIX}b")]
+    pad = kernel // 2
+    out = f"{LAYER_PREFIX}conv"
+    nodes.append(helper.make_node("Conv", [x_name, f"{LAYER_PREFIX}w", f"{LAYER_PREFIX}b"], [out], name=out,
+                                  kernel_shape=[kernel] * 2, pads=[pad] * 4, strides=[1, 1], dilations=[1, 1], group=1))
+    out_shape: list[Any] = [1, cout, h, w]
+
+    def then(op: str, inputs: list[str], suffix: str, **attrs: Any) -> str:
+        name = f"{LAYER_PREFIX}{suffix}"
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    if epilogue == "relu":
+        out = then("Relu", [out], "relu")
+    elif epilogue == "add":
+        out = then("Add", [res, out], "add")
+    elif epilogue == "tail":
+        s2 = scale * scale
+        inits += [numpy_helper.from_array(np.array([2], dtype=np.int64), f"{LAYER_PREFIX}axes"),
+                  numpy_helper.from_array(np.array([1, 1, s2, 1, 1], dtype=np.int64), f"{LAYER_PREFIX}expand_shape"),
+                  numpy_helper.from_array(np.array([1], dtype=np.int64), f"{LAYER_PREFIX}one"),
+                  numpy_helper.from_array(np.array([IMAGE_CHANNELS * s2], dtype=np.int64), f"{LAYER_PREFIX}channels")]
+        unsq = then("Unsqueeze", ["img", f"{LAYER_PREFIX}axes"], "unsqueeze")
+        expanded = then("Expand", [unsq, f"{LAYER_PREFIX}expand_shape"], "expand")
+        hw = then("Shape", ["img"], "hw", start=2)
+        shape = then("Concat", [f"{LAYER_PREFIX}one", f"{LAYER_PREFIX}channels", hw], "repeat_shape", axis=0)
+        repeat = then("Reshape", [expanded, shape], "repeat")
+        total = then("Add", [out, repeat], "sum")
+        out = then("DepthToSpace", [total], "sr", blocksize=scale, mode="CRD")
+        out_shape = [1, IMAGE_CHANNELS, "out_height", "out_width"]
+    outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)]
+    graph = helper.make_graph(nodes, f"layer_{epilogue}", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="srnas.latency")
     model.ir_version = min(model.ir_version, 10)
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     return path
+
+
+# Ops that only convert a tensor's layout or precision: at a graph's output they hand the layer's result back
+# as NCHW fp32, which inside a network the next layer's input conversion does instead.
+CONVERTER_OPS = ("ReorderOutput", "Transpose", "DequantizeLinear")
+
+
+def layer_nodes(optimized_path: Path, *, keeps_output: bool) -> frozenset[str]:
+    """Names of the nodes of an optimised layer graph (:func:`write_layer_graph`, then ONNX Runtime) that run the layer.
+
+    Not the layer's: the context (nodes named ``context_*`` and every node whose results only the context uses,
+    such as a reorder feeding a context conv) and, unless ``keeps_output`` (the SR tail, whose output is the
+    network's), the chain of :data:`CONVERTER_OPS` that hands the result back as a graph output. Everything else
+    is: the conv with what ONNX Runtime fused into it, the reorder of its input when its kernel reads NCHW,
+    the epilogue's nodes.
+    """
+    import onnx
+
+    graph = onnx.load(str(optimized_path), load_external_data=False).graph
+    graph_outputs = {value.name for value in graph.output}
+    consumers: dict[str, list[Any]] = {}
+    producer: dict[str, Any] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node
+    context: set[str] = set()
+    for node in reversed(graph.node):  # saved in topological order: consumers are decided first
+        users = [c for out in node.output for c in consumers.get(out, [])]
+        only_context = bool(users) and all(c.name in context for c in users) and not graph_outputs & set(node.output)
+        if node.name.startswith(CONTEXT_PREFIX) or only_context:
+            context.add(node.name)
+    converters: set[str] = set()
+    if not keeps_output:
+        for name in graph_outputs:
+            node = producer.get(name)
+            while node is not None and node.op_type in CONVERTER_OPS and node.name not in context:
+                converters.add(node.name)
+                source = node.input[0] if node.input else ""
+                node = producer.get(source) if len(consumers.get(source, [])) == 1 else None
+    return frozenset(n.name for n in graph.node if n.name not in context and n.name not in converters)
 
 
 class _RandomFeeds:

@@ -41,8 +41,8 @@ from torch import nn
 
 from srnas.latency.layers import IMAGE_CHANNELS, LayerKey, PrunedSubnet, SubnetConfig, build_pruned_module
 from srnas.latency.targets import Target
-from srnas.latency.timing import REFERENCE_LAYER, paired_ms
-from srnas.onnx_graph import quantize_int8, write_layer_graph
+from srnas.latency.timing import REFERENCE_LAYER, paired_ms, paired_rounds, paired_value
+from srnas.onnx_graph import layer_nodes, quantize_int8, write_layer_graph
 from srnas.profiling import (RuntimeUnavailableError, _prepare_allocator, _time_calls, call_times, gc_paused, profile_module,
                              runtime_available, runtime_call)
 
@@ -149,27 +149,64 @@ def _torch_layer_call(layer: LayerKey, target: Target, precision: str, sparsity:
 # ------------------------------------------------------------------------------------ ONNX Runtime
 
 
-def _ort_call(layer: LayerKey, target: Target, precision: str, sparsity: float, part: str,
-              stack: contextlib.ExitStack) -> Callable[[], Any]:
-    from srnas.export import ort_session
-
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
+def _ort_layer_graph(layer: LayerKey, target: Target, precision: str, sparsity: float, folder: Path) -> Path:
+    """The layer's ONNX graph in its context (:func:`srnas.onnx_graph.write_layer_graph`), quantized for int8."""
     torch.manual_seed(0)
     conv = sparsify_(LayerModule(layer, target.scale), sparsity).conv
     epilogue = "relu" if layer.op in _RELU_OPS else {"wdsr_conv": "add", "tail": "tail"}.get(layer.op, "none")
-    path = write_layer_graph(tmp / f"{part}.onnx", conv.weight.detach().numpy(), conv.bias.detach().numpy(),
-                             epilogue=epilogue, reads_image=layer.op == "head", scale=target.scale,
-                             context_only=part == "context")
-    if precision == "int8":
-        path = quantize_int8(path, tmp / f"{part}.int8.onnx")
-    session = ort_session(path, target.threads)
+    path = write_layer_graph(folder / "layer.onnx", conv.weight.detach().numpy(), conv.bias.detach().numpy(),
+                             epilogue=epilogue, reads_image=layer.op == "head", scale=target.scale)
+    return quantize_int8(path, folder / "layer.int8.onnx") if precision == "int8" else path
+
+
+def _image_feeds(target: Target) -> dict[str, np.ndarray]:
     generator = torch.Generator().manual_seed(0)
-    feeds = {"img": np.ascontiguousarray(torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=generator).numpy())}
+    return {"img": np.ascontiguousarray(torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=generator).numpy())}
+
+
+def _ort_call(layer: LayerKey, target: Target, precision: str, sparsity: float,
+              stack: contextlib.ExitStack) -> Callable[[], Any]:
+    """One run of the layer's graph, context included (what the paired protocol's reference times)."""
+    from srnas.export import ort_session
+
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
+    session = ort_session(_ort_layer_graph(layer, target, precision, sparsity, folder), target.threads)
+    feeds = _image_feeds(target)
 
     def call() -> Any:
         return session.run(None, feeds)
 
     return call
+
+
+class _ProfiledLayer:
+    """A session of the layer's graph with ONNX Runtime's profiler on: :meth:`layer_ms` is, per run, the kernel
+    time of the nodes that run the layer (:func:`srnas.onnx_graph.layer_nodes`) -- not its context, not the
+    conversion of its result into a graph output. The head, the network's first layer, also carries what a run
+    costs outside any node (``session.run`` itself), so a network's layers add up to its end-to-end call.
+    A profile is read once, at the end: every measurement opens a fresh session (:meth:`open`)."""
+
+    def __init__(self, layer: LayerKey, target: Target, graph: Path, stack: contextlib.ExitStack) -> None:
+        from srnas.export import ort_session
+
+        self.folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-profile-")))
+        self.first = layer.op == "head"
+        self.session = ort_session(graph, target.threads, profile_prefix=self.folder / "profile",
+                                   optimized_path=self.folder / "optimized.onnx")
+        self.nodes = layer_nodes(self.folder / "optimized.onnx", keeps_output=layer.op == "tail")
+        self.feeds = _image_feeds(target)
+
+    def __call__(self) -> Any:
+        return self.session.run(None, self.feeds)
+
+    def layer_ms(self, skip: int) -> list[float]:
+        """Milliseconds of the layer in every run after the first ``skip`` (ends the profile)."""
+        from srnas.export import read_ort_profile
+
+        runs = read_ort_profile(self.session.end_profiling())[skip:]
+        if self.first:
+            return [(r.run_us - sum(us for n, us in r.node_us.items() if n not in self.nodes)) / 1000 for r in runs]
+        return [sum(us for n, us in r.node_us.items() if n in self.nodes) / 1000 for r in runs]
 
 
 # --------------------------------------------------------------------------------------- timing
@@ -254,25 +291,10 @@ def _median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
     return float(statistics.median(times))
 
 
-def _bracketed_difference_ms(with_layer: Callable[[], Any], context: Callable[[], Any], runs: int,
-                             stat: Callable[[Callable[[], Any], int, int], float] = _median_ms) -> float:
-    """The graph with the layer minus the mean of the context's figures just before and just after (``stat`` of
-    ``runs`` calls each: the median, or the lowest under the paired protocol).
-
-    Blocks, not alternating calls: ONNX Runtime's intra-op threads spin for a while after a run, so a session
-    called right after another one competes with the first one's spinning threads. Bracketing the layer between
-    two context blocks keeps the subtracted time from the same minute (a drifting machine cancels out).
-    """
-    before = stat(context, 0, runs)
-    total = stat(with_layer, 0, runs)
-    after = stat(context, 0, runs)
-    return total - (before + after) / 2
-
-
 def _reference_call(target: Target, stack: contextlib.ExitStack) -> Callable[[], Any]:
     """The paired protocol's reference: :data:`REFERENCE_LAYER` dense, in the target's precision and runtime."""
     if target.runtime == "onnxruntime_fp32":
-        return _ort_call(REFERENCE_LAYER, target, "fp32", 0.0, "layer", stack)
+        return _ort_call(REFERENCE_LAYER, target, "fp32", 0.0, stack)
     return _torch_layer_call(REFERENCE_LAYER, target, target.precision, 0.0)
 
 
@@ -290,23 +312,41 @@ def _lowest_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
     return float(min(call_times(call, runs)))
 
 
-RoundTimer = Callable[[Callable[[Callable[[], Any], int, int], float]], float]
-
-
-def _timed(target: Target, what: str, item_round: RoundTimer, warmup_calls: Sequence[Callable[[], Any]], *,
-           warmup: int, runs: int, rounds: int, reference_ms: float | None, stack: contextlib.ExitStack) -> float:
-    """One measurement under the quiet guard. ``item_round(stat)`` times one round of the item with ``stat(call,
-    warmup, runs)``: absolute, once with the median of the round's calls; paired (``reference_ms`` given, see
-    :mod:`srnas.latency.timing`), ``rounds`` times between rounds of the reference, each round its lowest call
-    (interference only ever slows a call down: the lowest of a round is its least disturbed one)."""
+def _timed(target: Target, what: str, call: Callable[[], Any], *, warmup: int, runs: int, rounds: int,
+           reference_ms: float | None, stack: contextlib.ExitStack) -> float:
+    """Wall-clock milliseconds of ``call`` under the quiet guard: absolute, the median of ``runs`` calls; paired
+    (``reference_ms`` given, see :mod:`srnas.latency.timing`), ``rounds`` rounds of ``runs`` calls between rounds
+    of the reference, each round its lowest call (interference only ever slows a call down: the lowest of a round
+    is its least disturbed one)."""
     if reference_ms is None:
-        _warm(warmup, *warmup_calls)
-        return quiet(lambda: item_round(_median_ms), what)
+        _warm(warmup, call)
+        return quiet(lambda: _median_ms(call, 0, runs), what)
     reference = _reference_call(target, stack)
-    _warm(warmup, *warmup_calls, reference)
+    _warm(warmup, call, reference)
     with gc_paused(collect=False):
-        return quiet(lambda: paired_ms(lambda: item_round(_lowest_ms), lambda: _lowest_ms(reference, 0, runs), rounds,
+        return quiet(lambda: paired_ms(lambda: _lowest_ms(call, 0, runs), lambda: _lowest_ms(reference, 0, runs), rounds,
                                        reference_ms), what)
+
+
+def _timed_profiled(target: Target, layer: LayerKey, graph: Path, *, warmup: int, runs: int, rounds: int,
+                    reference_ms: float | None, stack: contextlib.ExitStack) -> float:
+    """:func:`_timed` for an ONNX Runtime layer, whose time per run comes from the profiler (:class:`_ProfiledLayer`)
+    instead of the wall clock: same protocols, same statistics; the reference stays wall-clock."""
+    reference = None if reference_ms is None else _reference_call(target, stack)
+
+    def once() -> float:
+        with contextlib.ExitStack() as session_stack:
+            profiled = _ProfiledLayer(layer, target, graph, session_stack)
+            _warm(warmup, profiled, *([] if reference is None else [reference]))
+            with gc_paused(collect=False):
+                if reference is None or reference_ms is None:
+                    call_times(profiled, runs)
+                    return float(statistics.median(profiled.layer_ms(skip=warmup)))
+                _, refs = paired_rounds(lambda: call_times(profiled, runs), lambda: _lowest_ms(reference, 0, runs), rounds)
+            per_run = profiled.layer_ms(skip=warmup)
+            return paired_value([min(per_run[i * runs:(i + 1) * runs]) for i in range(rounds)], refs, reference_ms)
+
+    return quiet(once, layer.id)
 
 
 def measure_reference(target: Target, *, warmup: int, runs: int, rounds: int) -> float:
@@ -323,15 +363,15 @@ def measure_reference(target: Target, *, warmup: int, runs: int, rounds: int) ->
 
 def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int, rounds: int = 1,
                   reference_ms: float | None = None) -> float:
-    """Median milliseconds ``layer`` adds to a network on ``target`` (scheme ``bf16``/``int8``/``sparseNN`` applied).
+    """Milliseconds ``layer`` adds to a network on ``target`` (scheme ``bf16``/``int8``/``sparseNN`` applied).
 
     ``reference_ms`` given: the paired protocol, ``rounds`` rounds of ``runs`` calls each bracketed by the
-    reference; otherwise one median of ``runs`` calls (the caller sweeps the rounds). ONNX Runtime values are
-    marginal costs in context and may be slightly negative (see below).
+    reference; otherwise one median of ``runs`` calls (the caller sweeps the rounds).
 
     Torch: the layer module called on inputs already in the network's layout and precision. ONNX Runtime: the
-    layer graph with its input producers minus the producers alone (timed just before and after), so layout
-    reorders and the per-call cost of ``session.run`` are counted once per network, as they happen.
+    layer's graph in its context, its nodes' kernel times from ONNX Runtime's profiler (:class:`_ProfiledLayer`):
+    inside ONNX Runtime a layer's cost depends on its neighbours (NCHWc blocks, reorders where a kernel reads
+    NCHW, Conv+Add fusion), so the graph reproduces them and the profile keeps the nodes the layer owns.
     """
     _check_target(target)
     _prepare_allocator()
@@ -342,18 +382,12 @@ def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int, ro
         if target.runtime != "onnxruntime_fp32":
             if precision not in ("fp32", "bf16"):
                 raise ValueError(f"torch runs fp32 or bf16 layers, not {precision}")
-            call = _torch_layer_call(layer, target, precision, sparsity)
-            return _timed(target, layer.id, lambda stat: stat(call, 0, runs), [call], stack=stack, **timing)
+            return _timed(target, layer.id, _torch_layer_call(layer, target, precision, sparsity), stack=stack, **timing)
         if precision not in ("fp32", "int8"):
             raise ValueError(f"onnxruntime runs fp32 or int8 layers, not {precision}")
-        with_layer = _ort_call(layer, target, precision, sparsity, "layer", stack)
-        if layer.op == "head":
-            return _timed(target, layer.id, lambda stat: stat(with_layer, 0, runs), [with_layer], stack=stack, **timing)
-        context = _ort_call(layer, target, precision, 0.0, "context", stack)
-        # Not clamped at 0: a layer that narrows the activation (a reduce 64 -> 16) can cost less than the wide
-        # hand-over it removes; the sum over a network telescopes only with the signed values.
-        return _timed(target, layer.id, lambda stat: _bracketed_difference_ms(with_layer, context, runs, stat),
-                      [with_layer, context], stack=stack, **timing)
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
+        graph = _ort_layer_graph(layer, target, precision, sparsity, folder)
+        return _timed_profiled(target, layer, graph, stack=stack, **timing)
 
 
 _EXPORTS: dict[tuple[Any, ...], Path] = {}
@@ -407,5 +441,4 @@ def measure_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module
     x = torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=torch.Generator().manual_seed(0))
     with contextlib.ExitStack() as stack, _pinned(target.threads):
         call = runtime_call(model, runtime, x, target.threads, stack)
-        return _timed(target, name, lambda stat: stat(call, 0, runs), [call], warmup=warmup, runs=runs, rounds=rounds,
-                      reference_ms=reference_ms, stack=stack)
+        return _timed(target, name, call, warmup=warmup, runs=runs, rounds=rounds, reference_ms=reference_ms, stack=stack)

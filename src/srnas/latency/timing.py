@@ -30,7 +30,7 @@ from typing import TypeVar
 from srnas.config import LATENCY_PROTOCOLS
 from srnas.latency.layers import LayerKey
 
-__all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "REFERENCE_LAYER", "paired_ms", "sweep"]
+__all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "REFERENCE_LAYER", "paired_ms", "paired_rounds", "paired_value", "sweep"]
 
 PAIRED, ABSOLUTE = LATENCY_PROTOCOLS
 PROTOCOLS = LATENCY_PROTOCOLS
@@ -39,6 +39,31 @@ PROTOCOLS = LATENCY_PROTOCOLS
 REFERENCE_LAYER = LayerKey("conv", 16, 16)
 
 Item = TypeVar("Item", bound=Hashable)
+Round = TypeVar("Round")
+
+
+def paired_rounds(item_round: Callable[[], Round], reference_round: Callable[[], float], rounds: int) -> tuple[list[Round], list[float]]:
+    """Run ``ref, item, ref, item, ..., ref`` (``rounds`` item rounds); return what the item and reference rounds
+    returned. :func:`paired_ms` turns them into milliseconds; an item whose rounds are only known afterwards
+    (ONNX Runtime's profile, read at the end) passes its values to :func:`paired_value` itself."""
+    if rounds < 1:
+        raise ValueError(f"paired timing needs at least one round, got {rounds}")
+    refs = [reference_round()]
+    items: list[Round] = []
+    for _ in range(rounds):
+        items.append(item_round())
+        refs.append(reference_round())
+    return items, refs
+
+
+def paired_value(items: Sequence[float], refs: Sequence[float], reference_ms: float) -> float:
+    """``reference_ms`` times the median over rounds of ``items[i] / mean(refs[i], refs[i + 1])``."""
+    if not reference_ms > 0:
+        raise ValueError(f"reference latency must be positive, got {reference_ms}")
+    if len(refs) != len(items) + 1 or not items:
+        raise ValueError(f"paired timing: {len(items)} item rounds need {len(items) + 1} reference rounds, got {len(refs)}")
+    ratios = [value / max((before + after) / 2, 1e-9) for value, before, after in zip(items, refs, refs[1:])]
+    return reference_ms * statistics.median(ratios)
 
 
 def paired_ms(item_round: Callable[[], float], reference_round: Callable[[], float], rounds: int, reference_ms: float) -> float:
@@ -47,17 +72,9 @@ def paired_ms(item_round: Callable[[], float], reference_round: Callable[[], flo
     ``item_round`` / ``reference_round`` each time one round (a median of a few calls, or a difference of such
     medians) and return milliseconds; calls alternate ``ref, item, ref, item, ..., ref``.
     """
-    if rounds < 1:
-        raise ValueError(f"paired timing needs at least one round, got {rounds}")
     if not reference_ms > 0:
         raise ValueError(f"reference latency must be positive, got {reference_ms}")
-    refs = [reference_round()]
-    ratios = []
-    for _ in range(rounds):
-        value = item_round()
-        refs.append(reference_round())
-        ratios.append(value / max((refs[-2] + refs[-1]) / 2, 1e-9))
-    return reference_ms * statistics.median(ratios)
+    return paired_value(*paired_rounds(item_round, reference_round, rounds), reference_ms)
 
 
 def sweep(items: Sequence[Item], measure: Callable[..., float], *, rounds: int, passes: int = 1,
