@@ -1,6 +1,6 @@
 """Latency model on this machine: table build time, measured pruning schemes, and predictor validation.
 
-    .venv/bin/python bench/bench_latency.py [--target cpu_ort_fp32 ...] [--count 50] [--fresh] [--out DIR]
+    .venv/bin/python bench/bench_latency.py [--target cpu_ort_fp32 ...] [--count 50] [--fresh] [--retest] [--threads N] [--out DIR]
 
 For each target of the default ``latency`` configuration (ONNX Runtime fp32, PyTorch fp32, PyTorch bf16 where
 the CPU has native bf16) on the default search space at x2 (LR 360x640 -> 1280x720):
@@ -18,6 +18,7 @@ shared CPU every figure is as noisy as the neighbours. Run one target per invoca
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -50,6 +51,8 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("paired", "absolute"), help="timing protocol (default: latency.protocol)")
     parser.add_argument("--retest", action="store_true",
                         help="measure the validation networks a second time: the measurement's own repeatability")
+    parser.add_argument("--threads", type=int, help="run every target on this many threads instead of its own "
+                        "(the target's name gets a _t<N> suffix)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -61,6 +64,8 @@ def main() -> None:
     cache_dir = args.cache_dir or (Path(tempfile.mkdtemp(prefix="srnas-latency-cache-")) if args.fresh else Path(cfg.cache_dir))
     print(f"measurement cache: {cache_dir}")
     for target in select_targets(cfg, SCALE, args.target):
+        if args.threads is not None:
+            target = dataclasses.replace(target, name=f"{target.name}_t{args.threads}", threads=args.threads)
         print(f"\n=== {target.label}")
         if not target_available(target):
             print("runtime not available on this machine: skipped")

@@ -1,8 +1,9 @@
 """Hand-built ONNX graphs and static int8 quantization: the one module that does ONNX graph surgery.
 
 :mod:`srnas.export` owns the exporter (PyTorch -> ONNX) and ONNX Runtime sessions; this module builds small
-graphs node by node (the latency table times one layer in its network context) and rewrites graphs to int8 QDQ
-with ``onnxruntime.quantization``. Callers pass plain arrays and names; nothing here knows about search spaces.
+graphs node by node (the latency table times one layer in its network context), reads which nodes of such a graph,
+once ONNX Runtime optimised it, run the layer (:func:`layer_nodes`), and rewrites graphs to int8 QDQ with
+``onnxruntime.quantization``. Callers pass plain arrays and names; nothing here knows about search spaces.
 """
 
 from __future__ import annotations

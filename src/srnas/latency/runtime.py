@@ -12,9 +12,10 @@ the layout and precision they have inside the network:
 - ``torch_bf16``: channels-last tensors, bf16 between layers (fp32 only for the image), bf16 autocast -- what
   ``profile_module`` does to the whole network;
 - ``onnxruntime_fp32``: an ONNX graph of the layer *with* its activation / residual addition / PixelShuffle (the
-  runtime fuses Conv+ReLU and Conv+Add), all graph optimisations on; precision ``int8`` quantizes that graph
-  statically to QDQ (uint8 activations, int8 per-channel weights) with ``onnxruntime.quantization``, as the
-  whole network would be.
+  runtime fuses Conv+ReLU and Conv+Add) after context nodes that produce its input in the layout it has inside a
+  network, all graph optimisations on; the layer's time is the kernel time of the nodes it owns in ONNX Runtime's
+  own profile (:class:`_ProfiledLayer`). Precision ``int8`` quantizes that graph statically to QDQ (uint8
+  activations, int8 per-channel weights) with ``onnxruntime.quantization``, as the whole network would be.
 
 Each timing follows one of the protocols of :mod:`srnas.latency.timing`: absolute (the median of ``runs`` calls
 after ``warmup``) or paired (rounds of the item between rounds of the reference layer, the median ratio times the
@@ -31,7 +32,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ class _ProfiledLayer:
     time of the nodes that run the layer (:func:`srnas.onnx_graph.layer_nodes`) -- not its context, not the
     conversion of its result into a graph output. The head, the network's first layer, also carries what a run
     costs outside any node (``session.run`` itself), so a network's layers add up to its end-to-end call.
-    A profile is read once, at the end: every measurement opens a fresh session (:meth:`open`)."""
+    ONNX Runtime writes a profile once, at the end: every measurement opens a session of its own."""
 
     def __init__(self, layer: LayerKey, target: Target, graph: Path, stack: contextlib.ExitStack) -> None:
         from srnas.export import ort_session
