@@ -441,9 +441,8 @@ class LatencyConfig:
     drifts does not move the figures; ``absolute`` keeps the lowest of the rounds' medians. A round is
     ``runs`` calls of a layer (``net_runs`` of a network) after ``warmup`` (``net_warmup``) calls; a table entry
     takes ``rounds`` rounds, a network ``net_rounds``, the layers a scheme decision compares ``scheme_rounds``
-    (a 5% threshold needs steadier figures). Paired measurements are repeated in ``passes`` (``net_passes``, and
-    ``scheme_passes`` for the layers a scheme decision compares) sweeps over the whole list and the median kept
-    (absolute ones sweep ``rounds`` times and keep the lowest).
+    (a 5% threshold needs steadier figures). Paired measurements are repeated in ``passes`` (``net_passes``)
+    sweeps over the whole list and the median kept (absolute ones sweep ``rounds`` times and keep the lowest).
     Filter pruning is offered at channel granularities ``granularities``; the table is measured on the grid of the
     finest accelerated one, but never finer than ``min_table_granularity`` (off-grid counts are interpolated).
     Schemes are measured at ``prune_ratios`` / ``sparsities`` on layers of widths ``scheme_widths`` (empty: the
@@ -463,7 +462,6 @@ class LatencyConfig:
     scheme_rounds: int = 5
     passes: int = 1
     net_passes: int = 3
-    scheme_passes: int = 3
     reference_runs: int = 20
     reference_rounds: int = 5
     granularities: tuple[int, ...] = (16, 8, 4, 1)
@@ -483,8 +481,8 @@ class LatencyConfig:
         names = [t.name for t in self.targets]
         _check(len(set(names)) == len(names), "targets", f"duplicate target names in {names}")
         _check(self.protocol in LATENCY_PROTOCOLS, "protocol", f"choose from {', '.join(LATENCY_PROTOCOLS)}, got {self.protocol!r}")
-        for key in ("runs", "net_runs", "rounds", "net_rounds", "scheme_rounds", "passes", "net_passes", "scheme_passes",
-                    "reference_runs", "reference_rounds"):
+        for key in ("runs", "net_runs", "rounds", "net_rounds", "scheme_rounds", "passes", "net_passes", "reference_runs",
+                    "reference_rounds"):
             _check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
         for key in ("warmup", "net_warmup"):
             _check(getattr(self, key) >= 0, key, f"must be 0 or positive, got {getattr(self, key)}")
@@ -502,11 +500,10 @@ class LatencyConfig:
         _check(self.seed >= 0, "seed", f"must be 0 or positive, got {self.seed}")
         _check(bool(self.cache_dir), "cache_dir", "must name a folder")
 
-    def layer_timing(self, for_schemes: bool = False) -> dict[str, int]:
-        """How a layer is timed (``warmup``, ``runs``, ``rounds``, ``passes``): for the table's sweep, or for the layers
-        the scheme decisions compare (``scheme_rounds``, ``scheme_passes``)."""
-        return {"warmup": self.warmup, "runs": self.runs, "rounds": self.scheme_rounds if for_schemes else self.rounds,
-                "passes": self.scheme_passes if for_schemes else self.passes}
+    def layer_timing(self, rounds: int | None = None) -> dict[str, int]:
+        """How a layer is timed (``warmup``, ``runs``, ``rounds``, ``passes``), for the table's and the schemes' sweeps."""
+        return {"warmup": self.warmup, "runs": self.runs, "rounds": self.rounds if rounds is None else rounds,
+                "passes": self.passes}
 
     def net_timing(self, runs: int | None = None, min_rounds: int = 1) -> dict[str, int]:
         """How a whole network is timed (``warmup``, ``runs``, ``rounds``, ``passes``): calibration, validation, schemes

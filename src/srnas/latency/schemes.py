@@ -128,10 +128,9 @@ def measure_schemes(
 ) -> SchemeReport:
     """Measure every candidate scheme on ``target`` (see the module docstring) and decide which are accelerated.
 
-    Layers are measured like table entries (:func:`~srnas.latency.table.build_table`), with ``cfg.scheme_rounds``
-    rounds and, paired, ``cfg.scheme_passes`` passes (a 5% decision needs steadier figures than a table entry), and
-    networks like validation networks; ``cache`` (the target's :class:`~srnas.latency.table.LatencyCache`) keeps
-    them, so a rerun measures nothing.
+    Layers are measured like table entries (:func:`~srnas.latency.table.build_table`: lowest median of
+    ``cfg.scheme_rounds`` sweeps) and networks like validation networks; ``cache`` (the target's
+    :class:`~srnas.latency.table.LatencyCache`) shares them with the table and makes a rerun measure nothing.
     ``reference_ms``: measure with the paired protocol against that reference (:mod:`srnas.latency.timing`).
     """
     from srnas.latency import runtime
@@ -167,7 +166,7 @@ def measure_schemes(
             if not missing_layers and not missing_nets:
                 return report
             if missing_layers:
-                table = build_table(target, missing_layers, granularity=0, **cfg.layer_timing(for_schemes=True),
+                table = build_table(target, missing_layers, granularity=0, **cfg.layer_timing(cfg.scheme_rounds),
                                     reference_ms=reference_ms, cache_dir=cache.path.parent, cache=cache, measure=measure_layer)
                 layers.update(table.entries)
             for key, (net, precision) in missing_nets.items():
