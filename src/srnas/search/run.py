@@ -48,14 +48,14 @@ STUDY_FILE = "study.db"
 # A verdict (the chosen network's latency, a pruning speedup, the final budget check) takes at least this many
 # rounds (more than a table entry, which the table's other entries steady): see verdict_timing.
 VERDICT_ROUNDS = 5
+READY_TIMEOUT_S = 600  # a worker that has not loaded its inputs by then has failed
+ARCH_FILE = "arch.json"
 
 
 def verdict_timing(latency: LatencyConfig, runs: int) -> dict[str, int]:
     """How a verdict times a network: the ``latency`` section's network timing, ``runs`` calls per round and at
     least :data:`VERDICT_ROUNDS` rounds."""
     return latency.net_timing(runs, VERDICT_ROUNDS)
-READY_TIMEOUT_S = 600  # a worker that has not loaded its inputs by then has failed
-ARCH_FILE = "arch.json"
 
 
 class SearchError(SrnasError):
