@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from srnas.arch.space import SearchSpace
 from srnas.config import LatencyConfig, SearchSpaceConfig
+from srnas.latency.measure import target_available
 from srnas.latency.profile import calibration_from_table, profile_target
-from srnas.latency.runtime import quiet_stats, target_available
 from srnas.latency.schemes import schemes_markdown
 from srnas.latency.targets import select_targets
 from srnas.latency.validate import sample_networks, validate_predictor
-from srnas.supernet.space import SearchSpace
+from srnas.runtimes.timing import quiet_stats
 
 SCALE = 2
 

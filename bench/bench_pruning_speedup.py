@@ -17,8 +17,8 @@ import json
 import statistics
 from pathlib import Path
 
+from srnas.arch.pruned import PrunedSubnet, as_pruned
 from srnas.config import LatencyConfig
-from srnas.latency.layers import PrunedSubnet, as_pruned
 from srnas.latency.profile import load_predictor
 from srnas.search.run import measure_on_target
 

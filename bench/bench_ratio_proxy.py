@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from srnas.arch.network import save_network
 from srnas.config import FinetuneConfig, RatioSearchConfig, SearchArchConfig
 from srnas.finetune import finetune
 from srnas.latency.validate import spearman
-from srnas.pruning import save_pruned
 from srnas.search import ArchCandidate, SearchInputs
 from srnas.search.candidate import DENSE
 from srnas.search.run import TrialEvaluator
@@ -64,7 +64,7 @@ def main() -> None:
             net = candidate.network(keeps)
             proxy = evaluator.quality.psnr_network(net)
             path = Path(work) / f"p{k}.pt"
-            save_pruned(path, evaluator.quality.model(net))
+            save_network(path, evaluator.quality.model(net))
             cfg = dataclasses.replace(FinetuneConfig(), steps=args.steps, checkpoint_every=0, log_every=args.steps, distill=0.0)
             tuned = finetune(path, args.supernet, args.data_dir, cfg, Path(work) / f"f{k}", resume=False, progress=False)
             rows.append({"network": net.name, "predicted_ms": evaluator.predictor.predict(net), "proxy_psnr": proxy,

@@ -26,7 +26,10 @@ from torch import nn
 
 from srnas.export import export_onnx
 from srnas.fingerprint import cpu_model, fingerprint_id, target_fingerprint
-from srnas.profiling import _time_calls, apply_malloc_fix, available_runtimes, lr_size_for_720p, malloc_env, profile_all
+from srnas.profiling import lr_size_for_720p, profile_all
+from srnas.runtimes.allocator import apply_malloc_fix, malloc_env
+from srnas.runtimes.availability import available_runtimes
+from srnas.runtimes.timing import time_calls
 
 SCALE = 2
 WIDTHS = (16, 32)
@@ -52,7 +55,7 @@ def child(mode: str, runs: int, threads: int) -> None:
     with torch.inference_mode():
         for width in WIDTHS:
             model = plain_net(width)
-            times, faults = _time_calls(lambda: model(x), 3, runs)
+            times, faults = time_calls(lambda: model(x), 3, runs)
             times.sort()
             rows[width] = {"median_ms": times[len(times) // 2], "faults_per_run": faults}
     print(json.dumps(rows))

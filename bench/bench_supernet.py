@@ -50,13 +50,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from srnas.arch.network import SubnetSR
+from srnas.arch.space import SearchSpace, SubnetConfig, subnet_macs_per_pixel
 from srnas.config import DataConfig, SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
 from srnas.data.prepare import load_manifest, prepare_data, read_pairs
 from srnas.errors import DataError
 from srnas.evaluation import evaluate_pairs
 from srnas.inference import torch_upscaler
 from srnas.models import gmacs
-from srnas.supernet import SearchSpace, SRSupernet, SubnetConfig, SubnetSR, subnet_macs_per_pixel
+from srnas.supernet import SRSupernet
 from srnas.supernet.train import SandwichLoss, patch_generator, sandwich_subnets, train_supernet
 from srnas.training import PatchSampler, load_pairs, resolve_bf16, step_generator, train_step
 

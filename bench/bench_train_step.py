@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from srnas.models import create_model
-from srnas.training import ImagePairs, PatchSampler, cpu_has_native_bf16, step_generator, train_step
+from srnas.runtimes.availability import bf16_supported
+from srnas.training import ImagePairs, PatchSampler, step_generator, train_step
 
 MODES = {  # name: (bf16, channels_last)
     "fp32-NCHW": (False, False),
@@ -99,7 +100,7 @@ def main() -> None:
     modes = list(MODES) if args.all_modes else ["fp32-NCHW", "bf16+CL"]
     pairs = synthetic_pairs(count=16, lr_size=128, scale=2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {bf16_supported()}, "
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
     print(f"batch {args.batch}, x2, median of {args.repeat} steps after {args.warmup} warm-up; ms per step (sampling included)")
     for patch in args.patches:

@@ -12,17 +12,9 @@ from torch import nn
 
 from srnas import export as export_mod
 from srnas.errors import SrnasError
-from srnas.export import (
-    ExecuTorchUnavailableError,
-    ExportError,
-    ParityError,
-    check_parity,
-    executorch_available,
-    export_onnx,
-    export_pte,
-    onnx_exporter,
-    ort_session,
-)
+from srnas.export import ExportError, ParityError, check_parity, export_onnx, export_pte, onnx_exporter
+from srnas.runtimes.executorch import ExecuTorchUnavailableError, executorch_available
+from srnas.runtimes.ort import ort_session
 
 SCALE = 2
 

@@ -14,18 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_weights, kill_at_first_checkpoint, write_prepared_set
 
+from srnas.arch.network import load_network, save_network
+from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig
+from srnas.checkpoint import CheckpointError, load_checkpoint
 from srnas.config import FinetuneConfig, SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
 from srnas.errors import ConfigError
 from srnas.finetune import FinetuneResult, finetune
 from srnas.models import count_params
-from srnas.pruning import load_pruned, prunable_convs, prune_subnet, pruned_from_keep, save_pruned
-from srnas.supernet import CellConfig, SearchSpace, SRSupernet, SubnetConfig, save_supernet
+from srnas.pruning import prunable_convs, prune_subnet, pruned_from_keep
+from srnas.supernet import SRSupernet, save_supernet
 from srnas.supernet.train import train_supernet
-from srnas.training.checkpoint import CheckpointError, load_checkpoint
 from srnas.training.patches import PatchSampler, load_pairs, step_generator
-
-from conftest import assert_same_weights, kill_at_first_checkpoint, write_prepared_set
 
 SCALE = 2
 SPACE = SearchSpaceConfig(num_cells=2, widths=(8, 16), expansions=(2,))
@@ -60,7 +61,7 @@ def inputs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     keep = [0.5] * len(prunable_convs(SUBNET))
     pruned = prune_subnet(supernet.get_active_subnet(SUBNET), pruned_from_keep(SUBNET, keep, 4))
     assert pruned.pruned.is_pruned
-    save_pruned(root / "pruned.pt", pruned, extra={"importance": "l1"})
+    save_network(root / "pruned.pt", pruned, extra={"importance": "l1"})
     return root / "pruned.pt", root / "supernet.pt"
 
 
@@ -94,7 +95,7 @@ def test_finetuning_learns_and_writes_a_loadable_pruned_network(reference: tuple
     losses = [m["train_loss"] for _, m in seen if "train_loss" in m]
     assert [s for s, m in seen if "train_loss" in m] == [10, 20, 30, 40]
     assert losses[-1] < losses[0], losses
-    start, tuned = load_pruned(inputs[0]), load_pruned(result.model_path)
+    start, tuned = load_network(inputs[0]), load_network(result.model_path)
     assert tuned.pruned == start.pruned and tuned.scale == SCALE and not tuned.training
     assert any(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), tuned.state_dict().values()))
     assert _l1_on_fixed_batch(tuned, data_dir) < 0.95 * _l1_on_fixed_batch(start, data_dir)
@@ -126,7 +127,7 @@ def test_distill_zero_builds_no_teacher(inputs: tuple[Path, Path], data_dir: Pat
     result = finetune(inputs[0], tmp_path / "no-supernet.pt", data_dir, cfg, tmp_path / "out", progress=False)
     assert result.teacher is None and result.distill == 0.0
     assert json.loads(result.metrics_path.read_text())["teacher"] is None
-    assert _l1_on_fixed_batch(load_pruned(result.model_path), data_dir) < 0.95 * _l1_on_fixed_batch(load_pruned(inputs[0]), data_dir)
+    assert _l1_on_fixed_batch(load_network(result.model_path), data_dir) < 0.95 * _l1_on_fixed_batch(load_network(inputs[0]), data_dir)
     # the teacher's term changes the result
     assert any(not torch.equal(a, b) for a, b in zip(_weights(result.model_path).values(),
                                                        _weights(reference[0].model_path).values()))
@@ -231,7 +232,7 @@ def test_finetune_command(inputs: tuple[Path, Path], data_dir: Path, tmp_path: P
     printed = json.loads(capsys.readouterr().out)
     assert printed["steps"] == 4 and printed["model_path"] == str(out / "model.pt") and printed["distill"] == 0.5
     assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "model.pt", "train_metrics.json"]
-    assert load_pruned(out / "model.pt").pruned == load_pruned(inputs[0]).pruned
+    assert load_network(out / "model.pt").pruned == load_network(inputs[0]).pruned
     args.no_resume, args.json = True, False
     assert command.run(args) == 0
     assert json.loads((out / "train_metrics.json").read_text())["resumed_from_step"] == 0

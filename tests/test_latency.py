@@ -14,28 +14,21 @@ import pytest
 import torch
 
 from srnas import fingerprint as fp_mod
+from srnas.arch.network import build_network
+from srnas.arch.pruned import PrunedSubnet, as_pruned, full_channels, random_pruned
+from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig
 from srnas.config import LatencyConfig, SearchSpaceConfig, TargetConfig, from_mapping
 from srnas.errors import ConfigError
-from srnas.latency import runtime
-from srnas.latency.layers import (
-    LayerKey,
-    PrunedSubnet,
-    as_pruned,
-    build_pruned_module,
-    enumerate_layers,
-    full_channels,
-    network_layers,
-    random_pruned,
-)
+from srnas.latency import measure as runtime
+from srnas.latency.layers import LayerKey, enumerate_layers, network_layers
 from srnas.latency.predictor import LatencyPredictor, OverheadModel, fit_overhead, join_features
 from srnas.latency.profile import calibration_from_table, load_predictor, profile_target
 from srnas.latency.schemes import measure_schemes, schemes_markdown
 from srnas.latency.table import LatencyTable, TableError, build_table
 from srnas.latency.targets import Target, resolve_target
-from srnas.latency.timing import paired_ms
 from srnas.latency.validate import sample_networks, spearman, validate_predictor
-from srnas.profiling import bf16_supported
-from srnas.supernet.space import CellConfig, SearchSpace, SubnetConfig
+from srnas.runtimes.availability import bf16_supported
+from srnas.runtimes.timing import paired_ms
 
 TINY_SPACE = SearchSpace(SearchSpaceConfig(num_cells=3, widths=(8, 16), expansions=(2,)))
 HW = (12, 16)
@@ -72,7 +65,7 @@ def fake_reference_ms(target: Target, *, warmup: int, runs: int, rounds: int) ->
 
 
 def patch_fake_timers(mp: pytest.MonkeyPatch) -> None:
-    """Every timer of :mod:`srnas.latency.runtime` replaced by the deterministic fakes above."""
+    """Every timer of :mod:`srnas.latency.measure` replaced by the deterministic fakes above."""
     mp.setattr(runtime, "measure_layer", fake_layer_ms)
     mp.setattr(runtime, "measure_network", fake_network_ms)
     mp.setattr(runtime, "measure_reference", fake_reference_ms)
@@ -112,7 +105,7 @@ def test_pruned_subnet_keeps_residuals_and_tail_aligned() -> None:
         PrunedSubnet(cfg, (8, 17, 20, 4, 17))  # pruning never adds channels
     with pytest.raises(ConfigError, match="expected 5"):
         PrunedSubnet(cfg, (8, 12))
-    model = build_pruned_module(pruned, 2)
+    model = build_network(pruned, 2)
     out = model(torch.rand(1, 3, 10, 14))
     assert out.shape == (1, 3, 20, 28)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -351,8 +344,8 @@ def test_onnxruntime_profile_keeps_the_nodes_the_layer_owns(tmp_path, layer) -> 
     of a non-tail result as a graph output."""
     import onnx
 
-    from srnas.export import ort_session
     from srnas.onnx_graph import CONTEXT_PREFIX, layer_nodes
+    from srnas.runtimes.ort import ort_session
 
     target = _target("onnxruntime_fp32", "int8" if layer.scheme == "int8" else "fp32")
     graph = runtime._ort_layer_graph(layer, target, runtime.scheme_precision(target, layer.scheme), 0.0, tmp_path)
@@ -382,7 +375,7 @@ def test_onnxruntime_profile_keeps_the_nodes_the_layer_owns(tmp_path, layer) -> 
 
 
 def test_ort_profile_runs_group_node_kernel_times(tmp_path) -> None:
-    from srnas.export import read_ort_profile
+    from srnas.runtimes.ort import read_ort_profile
 
     events = [
         {"cat": "Session", "name": "model_loading_uri", "ts": 0, "dur": 50},
@@ -405,7 +398,7 @@ def test_torch_layer_module_matches_the_subnet_blocks() -> None:
     """The measured layer modules compute what the network computes (so they cost what it costs)."""
     torch.manual_seed(0)
     net = PrunedSubnet(SubnetConfig(8, (CellConfig("wdsr", 2),)), (8, 16, 8, 8))
-    model = build_pruned_module(net, 2)
+    model = build_network(net, 2)
     x = torch.rand(1, 3, 6, 5)
     modules = [runtime.LayerModule(layer, 2) for layer in network_layers(net, 2)]
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]

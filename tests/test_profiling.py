@@ -14,20 +14,12 @@ from torch import nn
 
 from srnas import fingerprint as fp_mod
 from srnas import profiling
+from srnas.runtimes import allocator
 from srnas.export import export_onnx
 from srnas.fingerprint import fingerprint_id, target_fingerprint
-from srnas.profiling import (
-    RUNTIMES,
-    LatencyResult,
-    RuntimeUnavailableError,
-    available_runtimes,
-    lr_size_for_720p,
-    malloc_env,
-    malloc_env_set,
-    profile_all,
-    profile_module,
-    runtime_available,
-)
+from srnas.profiling import LatencyResult, lr_size_for_720p, profile_all, profile_module
+from srnas.runtimes.allocator import malloc_env, malloc_env_set
+from srnas.runtimes.availability import RUNTIMES, RuntimeUnavailableError, available_runtimes, runtime_available
 
 HW = (12, 16)
 
@@ -129,9 +121,9 @@ def test_malloc_env() -> None:
 
 
 def test_warns_once_when_no_allocator_fix_is_possible(monkeypatch) -> None:
-    monkeypatch.setattr(profiling, "malloc_env_set", lambda environ=None: False)
-    monkeypatch.setattr(profiling, "apply_malloc_fix", lambda: False)
-    profiling._prepare_allocator.cache_clear()
+    monkeypatch.setattr(allocator, "malloc_env_set", lambda environ=None: False)
+    monkeypatch.setattr(allocator, "apply_malloc_fix", lambda: False)
+    allocator.prepare_allocator.cache_clear()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -140,17 +132,17 @@ def test_warns_once_when_no_allocator_fix_is_possible(monkeypatch) -> None:
         relevant = [w for w in caught if "MALLOC_MMAP_THRESHOLD_" in str(w.message)]
         assert len(relevant) == 1 and issubclass(relevant[0].category, RuntimeWarning)
     finally:
-        profiling._prepare_allocator.cache_clear()
+        allocator.prepare_allocator.cache_clear()
 
 
-@pytest.mark.skipif(profiling._glibc() is None, reason="mallopt is glibc only")
+@pytest.mark.skipif(allocator._glibc() is None, reason="mallopt is glibc only")
 def test_mallopt_stops_per_call_page_faults() -> None:
     """Allocate, touch and free 64 MB a few times, as a torch forward does; count minor faults per
     round before and after :func:`apply_malloc_fix`, in a fresh process without MALLOC_* variables."""
     script = textwrap.dedent(
         """
         import ctypes, resource
-        from srnas import profiling
+        from srnas.runtimes import allocator
 
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc.restype = ctypes.c_void_p
@@ -169,7 +161,7 @@ def test_mallopt_stops_per_call_page_faults() -> None:
             return sum(faults[1:]) // 3  # the first round may grow the heap once
 
         plain = faults_per_round()
-        assert profiling.apply_malloc_fix()
+        assert allocator.apply_malloc_fix()
         print(plain, faults_per_round())
         """
     )

@@ -10,21 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+from srnas.arch.network import SubnetSR, load_network, save_network
+from srnas.arch.pruned import PrunedSubnet, as_pruned, full_channels
+from srnas.arch.space import CellConfig, SubnetConfig
+from srnas.checkpoint import CheckpointError
 from srnas.errors import ConfigError
-from srnas.latency.layers import PrunedSR, PrunedSubnet, as_pruned, full_channels, network_layers
+from srnas.latency.layers import network_layers
 from srnas.models import count_params
-from srnas.pruning import (
-    CRITERIA,
-    filter_importance,
-    kept_channels,
-    load_pruned,
-    prunable_convs,
-    prune_subnet,
-    pruned_from_keep,
-    save_pruned,
-)
-from srnas.supernet import CellConfig, SubnetConfig, SubnetSR, save_subnet
-from srnas.training.checkpoint import CheckpointError
+from srnas.pruning import CRITERIA, filter_importance, kept_channels, prunable_convs, prune_subnet, pruned_from_keep
 
 CONV, SKIP = CellConfig("conv"), CellConfig("skip")
 W2, W4 = CellConfig("wdsr", 2), CellConfig("wdsr", 4)
@@ -58,7 +51,7 @@ def test_keeping_every_filter_reproduces_the_subnet(scale: int) -> None:
     config = SubnetConfig(8, (CONV, W2, SKIP, W4, CONV, W2))
     model = _subnet(config, scale)
     net = prune_subnet(model, as_pruned(config))
-    assert isinstance(net, PrunedSR) and not net.training and net.scale == scale
+    assert isinstance(net, SubnetSR) and not net.training and net.scale == scale
     assert all(p.dtype == torch.float32 for p in net.parameters())
     x = torch.rand(2, 3, 9, 11)
     with torch.no_grad():
@@ -168,8 +161,8 @@ def test_pruned_from_keep_rejects_bad_ratios_and_granularities(keep: list[float]
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     net = prune_subnet(_subnet(MIXED, 3), MIXED_PRUNED)
-    save_pruned(tmp_path / "pruned.pt", net, extra={"criterion": "l1"})
-    again = load_pruned(tmp_path / "pruned.pt")
+    save_network(tmp_path / "pruned.pt", net, extra={"criterion": "l1"})
+    again = load_network(tmp_path / "pruned.pt")
     assert again.pruned == MIXED_PRUNED and again.scale == 3 and not again.training
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
@@ -180,18 +173,18 @@ def test_unusable_pruned_files_are_checkpoint_errors(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"corrupt\.pt.*not a readable checkpoint"):
-        load_pruned(corrupt)
+        load_network(corrupt)
     with pytest.raises(CheckpointError, match=r"missing\.pt: no such file"):
-        load_pruned(tmp_path / "missing.pt")
-    save_subnet(tmp_path / "subnet.pt", _subnet(MIXED, 2))
+        load_network(tmp_path / "missing.pt")
+    save_network(tmp_path / "subnet.pt", _subnet(MIXED, 2))
     with pytest.raises(CheckpointError, match=r"subnet\.pt: expected a 'srnas-pruned/1' file"):
-        load_pruned(tmp_path / "subnet.pt")
+        load_network(tmp_path / "subnet.pt")
     # weights that do not fit the stored channel counts
     net = prune_subnet(_subnet(MIXED, 2), MIXED_PRUNED)
     object.__setattr__(net, "pruned", PrunedSubnet(MIXED, (4, 10, 6, 4, 6, 20, 3, 6)))
-    save_pruned(tmp_path / "mismatch.pt", net)
+    save_network(tmp_path / "mismatch.pt", net)
     with pytest.raises(CheckpointError, match=r"(?s)mismatch\.pt: .*size mismatch"):
-        load_pruned(tmp_path / "mismatch.pt")
+        load_network(tmp_path / "mismatch.pt")
 
 
 def test_mismatched_configuration_or_scale_is_a_config_error() -> None:

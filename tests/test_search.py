@@ -15,23 +15,23 @@ import numpy as np
 import optuna
 import pytest
 import torch
-
 from conftest import kill_when, write_prepared_set
+from test_latency import patch_fake_timers
+
+from srnas.arch.pruned import as_pruned
+from srnas.arch.space import SearchSpace, SubnetConfig
 from srnas.config import LatencyConfig, SearchArchConfig, SearchSpaceConfig, from_mapping
 from srnas.errors import ConfigError
 from srnas.latency.profile import load_predictor, profile_target
 from srnas.latency.targets import Target
+from srnas.pruning import prunable_convs
 from srnas.search import ArchCandidate, SearchInputs, search_arch
 from srnas.search.pareto import pareto_front
 from srnas.search.quality import QualityEvaluator
 from srnas.search.run import searchable_schemes
 from srnas.search.study import TrialRecord
-from srnas.supernet.space import SearchSpace, SubnetConfig
-from srnas.latency.layers import as_pruned
-from srnas.pruning import prunable_convs
 from srnas.supernet.supernet import SRSupernet, load_supernet, save_supernet
 from srnas.training.patches import load_pairs
-from test_latency import patch_fake_timers
 
 SPACE = SearchSpace(SearchSpaceConfig(num_cells=3, widths=(8, 16), expansions=(2, 4)))
 TARGET = Target("cpu_test", "test-cpu", "torch_fp32", "fp32", 1, (12, 16), 2)
@@ -261,8 +261,8 @@ def test_cli_logs_each_trial_as_a_nested_mlflow_run(inputs, tmp_path, monkeypatc
 
 
 def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_stage2(inputs, tmp_path) -> None:
+    from srnas.arch.network import load_network
     from srnas.config import RatioSearchConfig
-    from srnas.pruning import load_pruned
     from srnas.search.ratio import search_ratio
 
     predictor = load_predictor(inputs.table_dir)
@@ -290,7 +290,7 @@ def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_sta
     quality = QualityEvaluator(load_supernet(inputs.supernet), load_pairs(inputs.data_dir / "val" / "x2", 2), count=2,
                                size=16, precision="fp32", prune_keep=0.5, importance=arch_cfg.importance)
     assert result.psnr >= quality.psnr_network(stage2_net) - 1e-9
-    model = load_pruned(tmp_path / "ratio" / "pruned.pt")
+    model = load_network(tmp_path / "ratio" / "pruned.pt")
     assert model.pruned == result.network
     saved = json.loads((tmp_path / "ratio" / "ratio.json").read_text())
     assert saved["network"] == result.network.to_dict() and saved["predicted_speedup"] >= 1.0
@@ -298,11 +298,12 @@ def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_sta
 
 
 def test_check_budget_passes_or_fails_with_the_miss(inputs, tmp_path, capsys) -> None:
+    from srnas.arch.network import save_network
     from srnas.cli import main
-    from srnas.pruning import prune_subnet, save_pruned
+    from srnas.pruning import prune_subnet
 
     net = ArchCandidate.normalized(SPACE.smallest(), ["dense"] * 4, 0.5).pruned(0.5)
-    save_pruned(tmp_path / "model.pt", prune_subnet(load_supernet(inputs.supernet).get_active_subnet(net.config), net))
+    save_network(tmp_path / "model.pt", prune_subnet(load_supernet(inputs.supernet).get_active_subnet(net.config), net))
     args = ["check-budget", "--checkpoint", str(tmp_path / "model.pt"), "--tables", str(inputs.table_dir.parent)]
     assert main([*args, "--params", str(_params(tmp_path, verify_runs=2)), "--out", str(tmp_path / "ok.json")]) == 0
     verdict = json.loads((tmp_path / "ok.json").read_text())

@@ -13,27 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
 from torch import nn
 
+from srnas.arch.network import SubnetSR, load_network, save_network
+from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig, subnet_macs_per_pixel
+from srnas.checkpoint import CheckpointError, load_checkpoint
 from srnas.config import SearchSpaceConfig, SupernetConfig, SupernetTrainConfig, from_mapping
 from srnas.errors import ConfigError, DataError
 from srnas.images import write_png
 from srnas.models import count_params, gmacs
-from srnas.supernet import (
-    CellConfig,
-    SearchSpace,
-    SRSupernet,
-    SubnetConfig,
-    SubnetSR,
-    load_subnet,
-    load_supernet,
-    save_subnet,
-    subnet_macs_per_pixel,
-)
+from srnas.supernet import SRSupernet, load_supernet
 from srnas.supernet.train import patch_generator, sandwich_subnets, train_supernet
-from srnas.training.checkpoint import CheckpointError, load_checkpoint
-
-from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
 
 SCALE = 2
 SMALL_SPACE = SearchSpaceConfig(num_cells=4, widths=(8, 16, 24), blocks=("conv", "wdsr", "skip"), expansions=(2, 4))
@@ -212,8 +203,8 @@ def test_standalone_subnet_exports_to_onnx_with_parity_and_profiles(tmp_path: Pa
     assert report.passed and report.max_abs_diff_random <= 1e-4
     latency = profile_module(sub, "torch_fp32", (16, 16), threads=1, warmup=0, runs=2)
     assert latency.median_ms > 0 and latency.input_shape == (1, 3, 16, 16)
-    save_subnet(tmp_path / "subnet.pt", sub)
-    again = load_subnet(tmp_path / "subnet.pt")
+    save_network(tmp_path / "subnet.pt", sub)
+    again = load_network(tmp_path / "subnet.pt")
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(again(x), sub.eval()(x))

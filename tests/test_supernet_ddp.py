@@ -11,11 +11,11 @@ import textwrap
 from pathlib import Path
 
 import torch
-
-from srnas.config import SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
-from srnas.supernet import SearchSpace, SRSupernet
-
 from test_supernet import write_prepared
+
+from srnas.arch.space import SearchSpace
+from srnas.config import SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
+from srnas.supernet import SRSupernet
 
 _SCRIPT = textwrap.dedent("""
     import json, os, sys

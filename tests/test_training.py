@@ -11,23 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
 
+from srnas.checkpoint import CheckpointError, load_checkpoint
 from srnas.config import TrainConfig, from_mapping
 from srnas.errors import ConfigError, DataError
 from srnas.images import write_png
+from srnas.loading import load_trained
 from srnas.models import create_model
-from srnas.training import (
-    CheckpointError,
-    ImagePairs,
-    PatchSampler,
-    load_pairs,
-    load_trained,
-    step_generator,
-    train,
-)
-from srnas.training.checkpoint import load_checkpoint
-
-from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
+from srnas.training import ImagePairs, PatchSampler, load_pairs, step_generator, train
 
 SCALE = 2
 # Tiny but real: 4 x 64x64 training images, LR patches of 8, batch 4.

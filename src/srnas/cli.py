@@ -37,21 +37,6 @@ COMMANDS = (
 )
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every stage: where the configuration and the log go."""
-    group = parser.add_argument_group("configuration")
-    group.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file (default: %(default)s)")
-    group.add_argument(
-        "--overlay",
-        type=Path,
-        action="append",
-        default=[],
-        help="YAML merged on top of --params, e.g. config/smoke.yaml (repeatable)",
-    )
-    group.add_argument("--config-json", help="the whole configuration as JSON (Snakemake passes this; replaces --params)")
-    parser.add_argument("--log", type=Path, help="also write the log to this file")
-
-
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 

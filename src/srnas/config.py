@@ -317,12 +317,12 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class SearchSpaceConfig:
-    """The ``supernet.space`` section: what the weight-sharing supernet holds (see :mod:`srnas.supernet.space`).
+    """The ``supernet.space`` section: what the weight-sharing supernet holds (see :mod:`srnas.arch.space`).
 
     A subnet is head conv 3x3 (3 -> width), ``num_cells`` cells each one of ``blocks`` (``conv``: 3x3 conv + ReLU;
     ``wdsr``: WDSR-B residual block, 1x1 expand by one of ``expansions``, ReLU, 1x1 reduce, 3x3; ``skip``: identity,
     which makes depth elastic), tail conv 3x3 (width -> 3*s^2), global residual, PixelShuffle. The width is one
-    of ``widths`` for the whole subnet (a global width; why: :mod:`srnas.supernet.space`). Widths and expansions
+    of ``widths`` for the whole subnet (a global width; why: :mod:`srnas.arch.space`). Widths and expansions
     are listed in increasing order.
     """
 
@@ -428,14 +428,14 @@ def _default_targets() -> tuple[TargetConfig, ...]:
     )
 
 
-LATENCY_PROTOCOLS = ("paired", "absolute")  # srnas.latency.timing
+LATENCY_PROTOCOLS = ("paired", "absolute")  # srnas.runtimes.timing
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
     """The ``latency`` section: the targets and how the latency table, the schemes and the validation are measured.
 
-    ``protocol`` (:mod:`srnas.latency.timing`): ``paired`` times every round of a layer or network between rounds
+    ``protocol`` (:mod:`srnas.runtimes.timing`): ``paired`` times every round of a layer or network between rounds
     of a fixed reference call and keeps the median ratio, times the reference's latency (measured once per
     fingerprint: its lowest call over ``reference_rounds`` rounds of ``reference_runs`` calls), so a host whose speed
     drifts does not move the figures; ``absolute`` keeps the lowest of the rounds' medians. A round is

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import importlib.util
 import logging
 import math
 import os
@@ -45,11 +43,14 @@ import torch
 
 from srnas.atomic import atomic_path
 from srnas.errors import DataError, SrnasError
+from srnas.inference import to_tensor, to_uint8
+from srnas.metrics import calculate_psnr
+from srnas.runtimes.calls import INPUT_NAME, OUTPUT_NAME
+from srnas.runtimes.executorch import executorch_method, require_executorch
+from srnas.runtimes.ort import ort_session
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "lr"
-OUTPUT_NAME = "sr"
 # LR (height, width) sizes the random-input parity check runs on: odd, unequal, and different from
 # the traced sample, so a graph that silently kept the sample's size or mixed up H and W fails.
 RANDOM_PARITY_SIZES = ((48, 40), (33, 57))
@@ -64,10 +65,6 @@ class ExportError(SrnasError):
 
 class ParityError(SrnasError):
     """An exported artifact does not reproduce the PyTorch model. The artifact has been deleted."""
-
-
-class ExecuTorchUnavailableError(SrnasError):
-    """ExecuTorch (the optional ``mobile`` extra) is not installed or cannot be imported."""
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -227,67 +224,8 @@ def onnx_exporter(path: str | os.PathLike[str]) -> str | None:
     return {p.key: p.value for p in proto.metadata_props}.get("srnas.exporter")
 
 
-def ort_session(path: str | os.PathLike[str], threads: int | None = None, *,
-                profile_prefix: str | os.PathLike[str] | None = None,
-                optimized_path: str | os.PathLike[str] | None = None) -> Any:
-    """An ONNX Runtime CPU session configured as deployed: all graph optimisations, fixed threads.
-
-    ``profile_prefix``: ONNX Runtime's profiler on (every run's node kernel times, written to
-    ``<prefix>_<date>.json`` by ``session.end_profiling()``, read by :func:`read_ort_profile`).
-    ``optimized_path``: where to save the graph as optimised for this machine (names the profiled nodes).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_prefix)
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-@dataclass(frozen=True)
-class RunProfile:
-    """One ``session.run`` in ONNX Runtime's profile: its duration and each node's kernel time (microseconds)."""
-
-    run_us: float
-    node_us: dict[str, float]
-
-
-def read_ort_profile(path: str | os.PathLike[str]) -> list[RunProfile]:
-    """The runs of a profile written by ``session.end_profiling()``, in order, each with its nodes' kernel times."""
-    import json
-
-    events = json.loads(Path(path).read_text(encoding="utf-8"))
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"])
-    kernels = sorted((e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")),
-                     key=lambda e: e["ts"])
-    out: list[RunProfile] = []
-    k = 0
-    for run in runs:
-        start, end = run["ts"], run["ts"] + run["dur"]
-        nodes: dict[str, float] = {}
-        while k < len(kernels) and kernels[k]["ts"] < start:
-            k += 1
-        while k < len(kernels) and kernels[k]["ts"] <= end:
-            name = kernels[k]["name"][: -len("_kernel_time")]
-            nodes[name] = nodes.get(name, 0.0) + float(kernels[k]["dur"])
-            k += 1
-        out.append(RunProfile(float(run["dur"]), nodes))
-    return out
-
-
 def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """An ``LR uint8 -> SR uint8`` function running an exported model on ONNX Runtime."""
-    from srnas.inference import to_tensor, to_uint8
-
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such ONNX file")
@@ -305,30 +243,6 @@ def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None) -> C
 # ------------------------------------------------------------------------------------ ExecuTorch
 
 
-@functools.lru_cache(maxsize=1)
-def _executorch_import_error() -> str | None:
-    if importlib.util.find_spec("executorch") is None:
-        return "executorch is not installed (pip install 'srnas[mobile]', i.e. executorch==1.5.1)"
-    try:
-        import executorch.exir  # noqa: F401
-        import executorch.runtime  # noqa: F401
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - a broken install is as unusable as a missing one
-        return f"executorch is installed but cannot be imported ({type(exc).__name__}: {exc})"
-    return None
-
-
-def executorch_available() -> bool:
-    """True when ExecuTorch with the XNNPACK partitioner and the Python runtime can be imported."""
-    return _executorch_import_error() is None
-
-
-def _require_executorch(what: str) -> None:
-    error = _executorch_import_error()
-    if error is not None:
-        raise ExecuTorchUnavailableError(f"{what}: {error}")
-
-
 def export_pte(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
@@ -342,7 +256,7 @@ def export_pte(
     bound). Raises :class:`ExecuTorchUnavailableError` when executorch cannot be imported.
     """
     path = Path(path)
-    _require_executorch(str(path))
+    require_executorch(str(path))
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -366,15 +280,6 @@ def export_pte(
             os.fsync(handle.fileno())
     log.info("%s: exported ExecuTorch program (XNNPACK delegate, LR up to %dx%d)", path, *max_hw)
     return path
-
-
-def executorch_method(path: str | os.PathLike[str]) -> Any:
-    """Load the ``forward`` method of a ``.pte`` with the ExecuTorch Python runtime."""
-    _require_executorch(str(path))
-    from executorch.runtime import Runtime
-
-    program = Runtime.get().load_program(Path(path))
-    return program.load_method("forward")
 
 
 # ---------------------------------------------------------------------------------------- parity
@@ -466,9 +371,6 @@ def _parity(
     psnr_tol: float,
     max_hw: tuple[int, int] | None,
 ) -> ParityReport:
-    from srnas.inference import to_tensor, to_uint8
-    from srnas.metrics import calculate_psnr
-
     generator = torch.Generator().manual_seed(0)
     device = _model_device(model)
     diff_random, diff_images = 0.0, float("nan")
@@ -588,7 +490,7 @@ def check_pte_parity(
     path = Path(pte_path)
     if not path.is_file():
         raise ParityError(f"{path}: no such ExecuTorch program")
-    _require_executorch(str(path))
+    require_executorch(str(path))
 
     def make_report() -> ParityReport:
         pairs = _split_pairs(val_images)

@@ -1,6 +1,6 @@
 """Fine-tuning of the physically pruned network (the ``finetune`` stage), distilled from the supernet.
 
-The student is the :class:`~srnas.latency.layers.PrunedSR` that ``search_ratio`` wrote (``pruned.pt``, weights
+The student is the :class:`~srnas.arch.network.SubnetSR` that ``search_ratio`` wrote (``pruned.pt``, weights
 inherited from the supernet). Pruning removed filters, so it first needs a few steps of training to recover. The
 teacher is the supernet's largest subnet with its inherited weights, frozen: the student minimises::
 
@@ -13,7 +13,7 @@ not read). The reported ``train_loss`` / ``final_loss`` is the student's L1 to H
 
 A run resumes from ``out_dir/last.ckpt`` only when it was written for the same config (but for checkpoint, log and
 validation cadence), the same pruned file and supernet file (SHA-256) and the same data; otherwise it warns and starts
-over. Outputs: ``model.pt`` (:func:`~srnas.pruning.load_pruned` reads it), ``train_metrics.json``, ``last.ckpt``.
+over. Outputs: ``model.pt`` (:func:`~srnas.arch.network.load_network` reads it), ``train_metrics.json``, ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from typing import Any
 
 from torch import nn
 
+from srnas.arch.network import SubnetSR, load_network, save_network
 from srnas.config import FinetuneConfig
+from srnas.digests import file_sha256
 from srnas.errors import ConfigError
-from srnas.latency.layers import PrunedSR
 from srnas.models import count_params
-from srnas.supernet.subnet import SubnetSR
+from srnas.supernet.supernet import load_supernet
 from srnas.training.loop import MetricsCallback, config_identity, load_training_data, run_training
 
 __all__ = ["FinetuneResult", "finetune", "load_teacher"]
@@ -57,11 +58,9 @@ class FinetuneResult:
     resumed_from_step: int
 
 
-def load_teacher(supernet_path: Path, student: PrunedSR, pruned_path: Path) -> SubnetSR:
+def load_teacher(supernet_path: Path, student: SubnetSR, pruned_path: Path) -> SubnetSR:
     """The largest subnet of the supernet in ``supernet_path`` (eval, frozen); ConfigError naming the file when it does
     not fit ``student`` (another scale, or a space the pruned network's subnet is not part of)."""
-    from srnas.supernet.supernet import load_supernet
-
     supernet = load_supernet(supernet_path)
     if supernet.scale != student.scale:
         raise ConfigError(f"{supernet_path}: the supernet is x{supernet.scale} but the pruned network {pruned_path} is "
@@ -94,11 +93,8 @@ def finetune(
     CheckpointError names an unreadable pruned or supernet file, ConfigError a supernet that does not fit,
     DataError missing data.
     """
-    from srnas.data.download import file_sha256
-    from srnas.pruning import load_pruned, save_pruned
-
     pruned_path, supernet_path = Path(pruned_path), Path(supernet_path)
-    student = load_pruned(pruned_path)
+    student = load_network(pruned_path)
     scale = student.scale
     teacher = load_teacher(supernet_path, student, pruned_path) if cfg.distill > 0 else None
     teacher_name = teacher.subnet.name if teacher is not None else None
@@ -113,8 +109,8 @@ def finetune(
     name = student.pruned.name
 
     def save_model(path: Path, model: nn.Module, metrics: dict[str, Any]) -> None:
-        assert isinstance(model, PrunedSR)
-        save_pruned(path, model, extra={"metrics": metrics, "config": dataclasses.asdict(cfg)})
+        assert isinstance(model, SubnetSR)
+        save_network(path, model, extra={"metrics": metrics, "config": dataclasses.asdict(cfg)})
 
     result = run_training(student, cfg, data, Path(out_dir), identity, label=f"{name} x{scale}", save_model=save_model,
                           describe={"pruned": name, "scale": scale, "teacher": teacher_name, "distill": cfg.distill},

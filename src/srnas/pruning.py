@@ -1,5 +1,6 @@
-"""Physical filter pruning of a trained subnet: :func:`prune_subnet` turns a ``SubnetSR`` into the smaller
-:class:`~srnas.latency.layers.PrunedSR` that a :class:`~srnas.latency.layers.PrunedSubnet` describes.
+"""Physical filter pruning of a trained subnet: :func:`prune_subnet` turns an unpruned
+:class:`~srnas.arch.network.SubnetSR` into the smaller ``SubnetSR`` that a :class:`~srnas.arch.pruned.PrunedSubnet`
+describes: the one module that does graph surgery on networks.
 
 Channels are *removed*, not masked: for every pruned conv the ``k`` most important output filters (by the
 L1 or L2 norm of their weights, :func:`filter_importance`) are kept in their original order, and the next
@@ -14,39 +15,32 @@ conv3x3) keep the *same* channel indices, chosen by their summed importance. The
 are never pruned (PixelShuffle groups and the global residual need them).
 
 :func:`pruned_from_keep` turns per-conv keep ratios (what the stage-3 search chooses) into a
-``PrunedSubnet``; :func:`save_pruned` / :func:`load_pruned` store the result (``srnas-pruned/1``).
+``PrunedSubnet``; :func:`srnas.arch.network.save_network` stores the result (``srnas-pruned/1``).
 """
 
 from __future__ import annotations
 
 import numbers
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from srnas.arch.network import SubnetSR
+from srnas.arch.pruned import IMAGE_CHANNELS, PrunedSubnet, full_channels, round_channels
+from srnas.arch.space import SubnetConfig
 from srnas.errors import ConfigError
-from srnas.latency.layers import IMAGE_CHANNELS, PrunedSR, PrunedSubnet, full_channels, round_channels
-from srnas.supernet.space import SubnetConfig
-from srnas.supernet.subnet import SubnetSR
 
 __all__ = [
     "CRITERIA",
-    "PRUNED_FORMAT",
     "filter_importance",
     "kept_channels",
-    "load_pruned",
     "prunable_convs",
     "prune_subnet",
     "pruned_from_keep",
-    "save_pruned",
 ]
 
 CRITERIA = ("l1", "l2", "leading")
-PRUNED_FORMAT = "srnas-pruned/1"
 
 
 def filter_importance(weight: Tensor, criterion: str) -> Tensor:
@@ -103,7 +97,7 @@ def pruned_from_keep(config: SubnetConfig, keep: Sequence[float], granularity: i
 
 
 def _convs(model: nn.Module, config: SubnetConfig) -> list[nn.Conv2d]:
-    """Every conv but the tail, in the order of ``PrunedSubnet.channels`` (SubnetSR and PrunedSR name them alike)."""
+    """Every conv but the tail, in the order of ``PrunedSubnet.channels`` (pruned or not, ``SubnetSR`` names them alike)."""
     convs = [model.head]
     for cell, module in zip(config.active_cells, model.cells, strict=True):
         convs += [module.conv] if cell.block == "conv" else [module.expand, module.reduce, module.conv]
@@ -114,6 +108,8 @@ def _check(model: SubnetSR, pruned: PrunedSubnet, scale: int | None) -> None:
     """ConfigError unless ``pruned`` (and ``scale``) describe ``model``: weights copied across would not fit."""
     if not isinstance(model, SubnetSR):
         raise ConfigError(f"pruning: expected a SubnetSR to prune, got {type(model).__name__}")
+    if model.pruned.is_pruned:
+        raise ConfigError(f"pruning: {model.pruned.name} is pruned already; prune the unpruned subnet")
     if not isinstance(pruned, PrunedSubnet):
         raise ConfigError(f"pruning: expected a PrunedSubnet, got {type(pruned).__name__}")
     if pruned.config != model.subnet:
@@ -151,7 +147,7 @@ def _copy(src: nn.Conv2d, dst: nn.Conv2d, rows: Tensor | None, cols: Tensor | No
     dst.bias.copy_(bias)
 
 
-def prune_subnet(model: SubnetSR, pruned: PrunedSubnet, criterion: str = "l1", scale: int | None = None) -> PrunedSR:
+def prune_subnet(model: SubnetSR, pruned: PrunedSubnet, criterion: str = "l1", scale: int | None = None) -> SubnetSR:
     """The physically pruned copy of ``model`` (weights taken from it, fp32, eval mode, on its device).
 
     ``pruned.config`` must be ``model.subnet``; ``scale``, when given, must be ``model.scale``.
@@ -159,7 +155,7 @@ def prune_subnet(model: SubnetSR, pruned: PrunedSubnet, criterion: str = "l1", s
     _check(model, pruned, scale)
     keep = kept_channels(model, pruned, criterion)
     with torch.device("meta"):  # every parameter is copied below: skip the random initialisation
-        net = PrunedSR(pruned, model.scale)
+        net = SubnetSR(pruned, model.scale)
     net = net.to_empty(device=model.head.weight.device)
     inputs = (None, *keep)  # conv j reads conv j-1's kept filters (the head reads the image)
     with torch.no_grad():
@@ -167,26 +163,3 @@ def prune_subnet(model: SubnetSR, pruned: PrunedSubnet, criterion: str = "l1", s
             _copy(src, dst, keep[j], inputs[j])
         _copy(model.tail, net.tail, None, keep[-1])
     return net.eval()
-
-
-def save_pruned(path: str | os.PathLike[str], model: PrunedSR, extra: dict[str, Any] | None = None) -> None:
-    """Write a pruned network's configuration, scale and fp32 weights atomically (read by :func:`load_pruned`)."""
-    from srnas.training.checkpoint import _save
-
-    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
-    _save(Path(path), {"format": PRUNED_FORMAT, "pruned": model.pruned.to_dict(), "scale": model.scale,
-                       "state_dict": state, **(extra or {})})
-
-
-def load_pruned(path: str | os.PathLike[str]) -> PrunedSR:
-    """The :class:`PrunedSR` saved by :func:`save_pruned`, in eval mode; CheckpointError when unusable."""
-    from srnas.training.checkpoint import CheckpointError, _load
-
-    path = Path(path)
-    payload = _load(path, PRUNED_FORMAT, ("pruned", "scale", "state_dict"))
-    try:
-        model = PrunedSR(PrunedSubnet.from_dict(payload["pruned"]), int(payload["scale"]))
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except (ConfigError, RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    return model.eval()

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from srnas.atomic import atomic_path
 from srnas.errors import DataError
+from srnas.metrics import rgb_to_y
 
 REAL_TIME_MS = 33.0  # 30 frames per second
 
@@ -265,8 +267,6 @@ def plot_pareto(results: list[ModelResult], scale: int, set_name: str, path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from srnas.atomic import atomic_path
-
     rows = [r for r in results if r.scale == scale and r.latencies and set_name in r.sets]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = "osD^v<>p*"
@@ -296,8 +296,6 @@ def plot_pareto(results: list[ModelResult], scale: int, set_name: str, path: Pat
 
 def _crop_box(hr: np.ndarray, size: int) -> tuple[int, int, int]:
     """Top-left corner and side of the ``size`` crop with the most detail (largest gradient energy)."""
-    from srnas.metrics import rgb_to_y
-
     y = rgb_to_y(hr)
     side = min(size, hr.shape[0], hr.shape[1])
     energy = np.abs(np.diff(y, axis=0))[:, :-1] + np.abs(np.diff(y, axis=1))[:-1, :]
@@ -312,8 +310,6 @@ def _crop_box(hr: np.ndarray, size: int) -> tuple[int, int, int]:
 def comparison_image(panels: list[tuple[str, np.ndarray]], hr: np.ndarray, path: Path, crop: int = 96, zoom: int = 3) -> None:
     """Side-by-side crops (HR first, then each ``(label, sr)``) of the most detailed region, enlarged ``zoom`` x."""
     from PIL import Image, ImageDraw
-
-    from srnas.atomic import atomic_path
 
     top, left, side = _crop_box(hr, crop)
     tiles = [("HR", hr)] + panels

@@ -11,6 +11,8 @@ import types
 import typing
 from typing import Any
 
+from srnas.settings import Settings
+
 _SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
@@ -61,7 +63,5 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
 
 
 def settings_schema() -> dict[str, Any]:
-    from srnas.settings import Settings
-
     schema = dataclass_schema(Settings)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "srnas configuration (params.yaml)", **schema}

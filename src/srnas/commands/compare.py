@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from srnas.commands.common import print_json, settings_from_args
+from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "compare",
         help="print a table of models across MLflow experiments",

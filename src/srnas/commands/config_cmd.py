@@ -10,14 +10,12 @@ from typing import Any
 
 import yaml
 
-from srnas.commands.common import settings_from_args
+from srnas.commands.common import add_settings_arguments, settings_from_args
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:-]+$")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser("config", help="show, validate or translate the configuration")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="validate and print the merged configuration as YAML")

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from srnas.commands.common import print_json, settings_from_args
+from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
 
 LOG = logging.getLogger("srnas.evaluate")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "evaluate",
         help="score a model with PSNR/SSIM (stage evaluate)",
@@ -50,7 +48,7 @@ def make_upscaler(model: str, scale: int, checkpoint: Path | None) -> Callable[[
     if checkpoint is None:
         raise ConfigError(f"--checkpoint: model {model!r} needs its trained weights (model.pt)")
     from srnas.inference import torch_upscaler
-    from srnas.training import load_trained
+    from srnas.loading import load_trained
 
     return torch_upscaler(load_trained(checkpoint))
 

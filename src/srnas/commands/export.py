@@ -6,14 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from srnas.commands.common import settings_from_args
+from srnas.commands.common import add_settings_arguments, settings_from_args
 
 LOG = logging.getLogger("srnas.export")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "export",
         help="export a trained model to ONNX (and .pte) with parity checks (stage export)",
@@ -34,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
     from srnas.data.prepare import read_pairs
     from srnas.export import check_parity, check_pte_parity, export_onnx, export_pte
-    from srnas.training import load_trained
+    from srnas.loading import load_trained
 
     settings = settings_from_args(args)
     cfg = settings.export

@@ -7,14 +7,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from srnas.commands.common import print_json, settings_from_args
+from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
 
 LOG = logging.getLogger("srnas.finetune")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "finetune",
         help="fine-tune the pruned network with distillation (stage finetune)",

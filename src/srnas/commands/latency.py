@@ -19,14 +19,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from srnas.commands.common import print_json, settings_from_args
+from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
 
 LOG = logging.getLogger("srnas.latency")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     profile = subparsers.add_parser(
         "profile-device",
         help="measure the latency table and pruning schemes of each target (stage profile_device)",
@@ -70,10 +68,10 @@ def _sections(settings: Any) -> tuple[Any, Any, int]:
 
 def run_profile(args: argparse.Namespace) -> int:
     from srnas import tracking
+    from srnas.arch.space import SearchSpace
+    from srnas.latency.measure import target_available
     from srnas.latency.profile import profile_target, write_unavailable
-    from srnas.latency.runtime import target_available
     from srnas.latency.targets import select_targets
-    from srnas.supernet.space import SearchSpace
 
     settings = settings_from_args(args)
     cfg, space_cfg, scale = _sections(settings)
@@ -110,12 +108,12 @@ def run_validate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from srnas import atomic, tracking
+    from srnas.arch.space import SearchSpace
     from srnas.errors import ConfigError
+    from srnas.latency.measure import target_available
     from srnas.latency.profile import calibration_from_table, load_predictor
-    from srnas.latency.runtime import target_available
     from srnas.latency.targets import select_targets
     from srnas.latency.validate import sample_networks, validate_predictor
-    from srnas.supernet.space import SearchSpace
 
     settings = settings_from_args(args)
     cfg, space_cfg, scale = _sections(settings)

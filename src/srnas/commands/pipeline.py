@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from srnas.commands.common import settings_from_args
+from srnas.commands.common import add_settings_arguments, settings_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser("pipeline", help="open or close the parent MLflow run of a pipeline run")
     parser.add_argument("action", choices=("start", "end"))
     parser.add_argument("--status", choices=("FINISHED", "FAILED"), default="FINISHED", help="for end (default: %(default)s)")

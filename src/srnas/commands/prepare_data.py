@@ -7,14 +7,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from srnas.commands.common import settings_from_args
+from srnas.commands.common import add_settings_arguments, settings_from_args
 
 LOG = logging.getLogger("srnas.prepare_data")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "prepare-data",
         help="prepare HR/LR image pairs (stage prepare_data)",

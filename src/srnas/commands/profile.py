@@ -6,14 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from srnas.commands.common import print_json, settings_from_args
+from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
 
 LOG = logging.getLogger("srnas.profile")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "profile",
         help="measure latency on every available runtime (stage profile_model)",
@@ -35,9 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
+    from srnas.loading import load_trained
     from srnas.models import count_params, create_model, gmacs
     from srnas.profiling import lr_size_for_720p, profile_all, resolve_threads
-    from srnas.training import load_trained
 
     settings = settings_from_args(args)
     cfg = settings.profile

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import os
 from pathlib import Path
 
-from srnas.commands.common import settings_from_args
+from srnas.commands.common import add_settings_arguments, settings_from_args
 
 LOG = logging.getLogger("srnas.report")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "report",
         help="write results/report.md, its figures and the metrics summary (stage report)",
@@ -50,8 +48,16 @@ def _comparison(results_dir: Path, models: list[str], scale: int, set_name: str,
 
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
-    from srnas.report import (collect_results, final_section, latency_model_section, metrics_summary, plot_pareto,
-                              render_markdown, search_section, supernet_section)
+    from srnas.report import (
+        collect_results,
+        final_section,
+        latency_model_section,
+        metrics_summary,
+        plot_pareto,
+        render_markdown,
+        search_section,
+        supernet_section,
+    )
 
     settings = settings_from_args(args)
     with tracking.stage_run(settings.tracking, "report", {"results": str(args.results)}) as stage:

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from srnas.commands.common import print_json, settings_from_args
+from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
 
 LOG = logging.getLogger("srnas.search_arch")
 
@@ -32,8 +32,6 @@ def _inputs(args: argparse.Namespace, settings: Any) -> tuple[str, Any]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "search-arch",
         help="search architecture and per-layer pruning schemes under a latency budget (stage search_arch)",
@@ -86,8 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_ratio_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "search-ratio",
         help="search per-layer pruning ratios for the stage-2 architecture, prune it physically (stage search_ratio)",
@@ -129,8 +125,6 @@ def run_ratio(args: argparse.Namespace) -> int:
 
 
 def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "check-budget",
         help="measure the final model on the target and fail when it misses the latency budget (stage check_budget)",
@@ -149,9 +143,9 @@ def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_budget(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
+    from srnas.arch.network import load_network
     from srnas.errors import ConfigError
     from srnas.latency.profile import load_predictor
-    from srnas.pruning import load_pruned
     from srnas.search.run import measure_on_target, target_name, verdict_timing
 
     settings = settings_from_args(args)
@@ -159,7 +153,7 @@ def run_budget(args: argparse.Namespace) -> int:
     runs = max(arch_cfg.verify_runs, 1)
     target_label = target_name(arch_cfg, latency)
     predictor = load_predictor(args.tables / target_label)
-    network = load_pruned(args.checkpoint).pruned
+    network = load_network(args.checkpoint).pruned
     with tracking.stage_run(settings.tracking, "check_budget", {"budget_ms": arch_cfg.budget_ms, "target": target_label},
                             {"srnas.target": target_label}) as stage:
         timed = measure_on_target(predictor, [network], runs, latency)

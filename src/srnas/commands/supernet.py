@@ -8,14 +8,12 @@ import logging
 import os
 from pathlib import Path
 
-from srnas.commands.common import print_json, settings_from_args
+from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
 
 LOG = logging.getLogger("srnas.train_supernet")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "train-supernet",
         help="train the weight-sharing supernet (stage train_supernet)",
@@ -40,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from srnas import tracking
-    from srnas.supernet.space import SearchSpace
+    from srnas.arch.space import SearchSpace
 
     settings = settings_from_args(args)
     cfg = settings.supernet

@@ -7,14 +7,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from srnas.commands.common import settings_from_args
+from srnas.commands.common import add_settings_arguments, settings_from_args
 
 LOG = logging.getLogger("srnas.train")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from srnas.cli import add_settings_arguments
-
     parser = subparsers.add_parser(
         "train",
         help="train a baseline model (stage train_baseline)",
@@ -34,10 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
+    from srnas.checkpoint import save_trained
     from srnas.errors import ConfigError
     from srnas.models import create_model, list_models, model_info
     from srnas.training import train
-    from srnas.training.checkpoint import save_trained
 
     settings = settings_from_args(args)
     info = model_info(args.model)

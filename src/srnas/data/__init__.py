@@ -1,6 +1,6 @@
 """Data for the ``prepare_data`` stage: image sources, verified downloads, and HR/LR pair preparation."""
 
-from srnas.data.download import download_file, fetch_archive, file_sha256, safe_extract
+from srnas.data.download import download_file, fetch_archive, safe_extract
 from srnas.data.prepare import SkippedImageWarning, image_pairs, load_manifest, prepare_data
 from srnas.data.sources import SKIMAGE_PHOTOS, SourceImage, source_images
 
@@ -10,7 +10,6 @@ __all__ = [
     "SourceImage",
     "download_file",
     "fetch_archive",
-    "file_sha256",
     "image_pairs",
     "load_manifest",
     "prepare_data",

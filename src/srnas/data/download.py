@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
@@ -37,9 +36,10 @@ from typing import IO
 from tqdm import tqdm
 
 from srnas.atomic import atomic_dir, write_json
+from srnas.digests import file_sha256
 from srnas.errors import ConfigError, DataError
 
-__all__ = ["download_file", "fetch_archive", "file_sha256", "safe_extract", "EXTRACT_MARKER"]
+__all__ = ["download_file", "fetch_archive", "safe_extract", "EXTRACT_MARKER"]
 
 LOG = logging.getLogger(__name__)
 
@@ -53,12 +53,6 @@ _ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
 
 class _Retryable(Exception):
     """A transient network failure: keep the part file and resume."""
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _check_sha256(sha256: str, what: str) -> str:

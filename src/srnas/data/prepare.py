@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from srnas.atomic import atomic_dir, write_json
 from srnas.config import DataConfig
-from srnas.data.download import file_sha256
 from srnas.data.sources import SourceImage, source_images
+from srnas.digests import file_sha256
 from srnas.errors import DataError, ImageError
 from srnas.images import read_rgb, write_png
 from srnas.imresize import bicubic_downscale, modcrop

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from srnas.config import DataConfig, Div2kConfig
+from srnas.data.download import fetch_archive
 from srnas.errors import ConfigError, DataError
 from srnas.images import IMAGE_SUFFIXES, list_images
 
@@ -134,8 +135,6 @@ def folder_images(root: str | Path, train_set: str, eval_sets: Iterable[str] = (
 
 def div2k_images(cfg: Div2kConfig, *, show_progress: bool = True) -> list[SourceImage]:
     """Download (once, verified) and extract the DIV2K HR archives; ``train`` and ``val`` image lists."""
-    from srnas.data.download import fetch_archive
-
     splits = (
         ("train", cfg.train_archive, "train_sha256", cfg.max_train_images),
         ("val", cfg.valid_archive, "valid_sha256", cfg.max_val_images),

@@ -1,8 +1,8 @@
 """Compiler-aware latency model: per-target layer table, measured pruning schemes, validated predictor.
 
 - :mod:`~srnas.latency.targets`: targets from ``params.yaml`` (device, runtime, precision, threads, input size);
-- :mod:`~srnas.latency.layers`: every layer a (pruned) subnet can contain; :class:`PrunedSubnet`;
-- :mod:`~srnas.latency.runtime`: timing one layer / one network on the target's runtime, in context;
+- :mod:`~srnas.latency.layers`: every layer a (pruned) subnet can contain;
+- :mod:`~srnas.latency.measure`: timing one layer / one network on the target's runtime, in context;
 - :mod:`~srnas.latency.table`: the lookup table, cached by target fingerprint;
 - :mod:`~srnas.latency.schemes`: which pruning schemes really accelerate the target;
 - :mod:`~srnas.latency.predictor`: table sum + fitted join overhead;
@@ -10,7 +10,7 @@
 - :mod:`~srnas.latency.profile`: the ``profile_device`` stage for one target; :func:`load_predictor`.
 """
 
-from srnas.latency.layers import LayerKey, PrunedSubnet, as_pruned, build_pruned_module, enumerate_layers, network_layers, random_pruned
+from srnas.latency.layers import LayerKey, enumerate_layers, network_layers
 from srnas.latency.predictor import LatencyPredictor, OverheadModel, fit_overhead
 from srnas.latency.profile import load_predictor, profile_target
 from srnas.latency.table import LatencyTable, TableError, build_table
@@ -22,19 +22,15 @@ __all__ = [
     "LatencyTable",
     "LayerKey",
     "OverheadModel",
-    "PrunedSubnet",
     "TableError",
     "Target",
     "ValidationReport",
-    "as_pruned",
-    "build_pruned_module",
     "build_table",
     "enumerate_layers",
     "fit_overhead",
     "load_predictor",
     "network_layers",
     "profile_target",
-    "random_pruned",
     "resolve_target",
     "resolve_targets",
     "sample_networks",

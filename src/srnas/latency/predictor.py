@@ -4,7 +4,7 @@
 
 A *join* is the hand-over of an activation from one layer to the next (``n - 1`` joins for ``n`` layers,
 ``channels`` the width handed over). Table entries are measured per layer in the network's context (see
-:mod:`srnas.latency.runtime`); what is left between the sum and a measured network -- memory traffic at the
+:mod:`srnas.latency.measure`); what is left between the sum and a measured network -- memory traffic at the
 hand-overs, cache effects, per-call costs -- is fitted by least squares on relative error over a handful of
 measured *calibration* networks (:func:`fit_overhead`), held out from the validation. A network of one layer
 has no join, so its prediction is exactly its table entry. No FLOP count enters the prediction.
@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from srnas.latency.layers import LayerKey, PrunedSubnet, SubnetConfig, as_pruned, network_layers
+from srnas.arch.pruned import PrunedSubnet, as_pruned
+from srnas.arch.space import SubnetConfig
+from srnas.latency.layers import LayerKey, network_layers
 from srnas.latency.table import LatencyTable
 
 __all__ = ["LatencyPredictor", "OverheadModel", "fit_overhead", "join_features"]

@@ -24,15 +24,18 @@ from typing import Any
 import numpy as np
 
 from srnas import atomic
+from srnas.arch.pruned import PrunedSubnet
+from srnas.arch.space import SearchSpace
 from srnas.config import LatencyConfig
-from srnas.latency.layers import PrunedSubnet, enumerate_layers
+from srnas.latency import measure as measuring
+from srnas.latency.layers import enumerate_layers
+from srnas.latency.measure import REFERENCE_LAYER
 from srnas.latency.predictor import LatencyPredictor, OverheadModel, fit_overhead
 from srnas.latency.schemes import SchemeReport, measure_schemes, schemes_markdown
 from srnas.latency.table import LatencyCache, LatencyTable, TableError, build_table, protocol_key
 from srnas.latency.targets import Target
-from srnas.latency.timing import ABSOLUTE, REFERENCE_LAYER
 from srnas.latency.validate import measure_networks, sample_networks
-from srnas.supernet.space import SearchSpace
+from srnas.runtimes.timing import ABSOLUTE
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +132,9 @@ def measure_reference_cached(target: Target, cfg: LatencyConfig, cache: LatencyC
     fingerprint and kept in ``cache``: every cached paired measurement is expressed against this value."""
     if cfg.protocol == ABSOLUTE:
         return None
-    from srnas.latency.runtime import measure_reference
-
     section = cache.section("reference", protocol_key(target, cfg.net_warmup, cfg.reference_runs, cfg.reference_rounds))
     if REFERENCE_LAYER.id not in section:
-        section[REFERENCE_LAYER.id] = measure_reference(target, warmup=cfg.net_warmup, runs=cfg.reference_runs,
+        section[REFERENCE_LAYER.id] = measuring.measure_reference(target, warmup=cfg.net_warmup, runs=cfg.reference_runs,
                                                         rounds=cfg.reference_rounds)
         cache.save()
     log.info("%s: reference %s at %.3f ms (paired protocol)", target.name, REFERENCE_LAYER.id, section[REFERENCE_LAYER.id])

@@ -31,11 +31,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from srnas.arch.pruned import as_pruned, round_channels
+from srnas.arch.space import SearchSpace, SubnetConfig
 from srnas.config import LatencyConfig
-from srnas.latency.layers import LayerKey, SubnetConfig, as_pruned, round_channels
+from srnas.latency import measure as measuring
+from srnas.latency.layers import LayerKey
 from srnas.latency.table import LatencyCache, build_table, protocol_key
 from srnas.latency.targets import Target
-from srnas.supernet.space import SearchSpace
+from srnas.latency.validate import measure_networks
+from srnas.runtimes.availability import bf16_supported
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +135,10 @@ def measure_schemes(
     Layers are measured like table entries (:func:`~srnas.latency.table.build_table`: lowest median of
     ``cfg.scheme_rounds`` sweeps) and networks like validation networks; ``cache`` (the target's
     :class:`~srnas.latency.table.LatencyCache`) shares them with the table and makes a rerun measure nothing.
-    ``reference_ms``: measure with the paired protocol against that reference (:mod:`srnas.latency.timing`).
+    ``reference_ms``: measure with the paired protocol against that reference (:mod:`srnas.runtimes.timing`).
     """
-    from srnas.latency import runtime
-    from srnas.latency.validate import measure_networks
-
-    measure_layer = measure_layer or runtime.measure_layer
-    measure_network = measure_network or runtime.measure_network
+    measure_layer = measure_layer or measuring.measure_layer
+    measure_network = measure_network or measuring.measure_network
     with contextlib.ExitStack() as stack:
         if cache is None:
             cache = LatencyCache(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-schemes-")), target.fingerprint())
@@ -253,8 +254,6 @@ def _decide(target: Target, space: SearchSpace, cfg: LatencyConfig, layer_ms: Ca
     if not target.runtime.startswith("torch"):
         results.append(precision_scheme("int8", "static QDQ per network (an int8 target's table)"))
     else:
-        from srnas.profiling import bf16_supported
-
         if bf16_supported():
             results.append(precision_scheme("bf16", "per network (use the bf16 target's table)"))
         else:

@@ -29,9 +29,11 @@ from typing import Any
 from srnas import atomic
 from srnas.errors import SrnasError
 from srnas.fingerprint import fingerprint_id
+from srnas.latency import measure as measuring
 from srnas.latency.layers import LayerKey
+from srnas.latency.measure import REFERENCE_LAYER
 from srnas.latency.targets import Target
-from srnas.latency.timing import ABSOLUTE, PAIRED, REFERENCE_LAYER, sweep
+from srnas.runtimes.timing import ABSOLUTE, PAIRED, sweep
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,8 @@ class LatencyCache:
 class LatencyTable:
     """Milliseconds per layer on one target, with where they came from.
 
-    ``reference_ms`` is set when the entries were measured with the paired protocol (:mod:`srnas.latency.timing`):
-    the latency of :data:`srnas.latency.timing.REFERENCE_LAYER` every entry is expressed against; measurements
+    ``reference_ms`` is set when the entries were measured with the paired protocol (:mod:`srnas.runtimes.timing`):
+    the latency of :data:`srnas.latency.measure.REFERENCE_LAYER` every entry is expressed against; measurements
     compared with this table's predictions must use it too (:meth:`protocol`).
     """
 
@@ -243,15 +245,14 @@ def build_table(
 ) -> LatencyTable:
     """The table of ``layers`` on ``target``: cached measurements under the same fingerprint, the rest measured.
 
-    ``measure(target, layer, warmup=, runs=) -> ms`` defaults to :func:`srnas.latency.runtime.measure_layer`.
+    ``measure(target, layer, warmup=, runs=) -> ms`` defaults to :func:`srnas.latency.measure.measure_layer`.
     Absolute protocol (``reference_ms`` None): each entry is the lowest of ``rounds`` medians, the rounds sweeping
     the whole list in alternating order. Paired: ``measure`` also gets ``rounds=`` and ``reference_ms=`` and
     brackets each round with the reference; the entry is the median of ``passes`` such measurements, the passes
-    sweeping the list (:func:`srnas.latency.timing.sweep`).
+    sweeping the list (:func:`srnas.runtimes.timing.sweep`).
     ``cache`` is an open :class:`LatencyCache` of this fingerprint to share (default: open the one in ``cache_dir``).
     """
-    if measure is None:
-        from srnas.latency.runtime import measure_layer as measure
+    measure = measuring.measure_layer if measure is None else measure
     start = time.perf_counter()
     fingerprint = target.fingerprint()
     if cache is None or cache.fingerprint != fingerprint:

@@ -16,6 +16,7 @@ from typing import Any
 from srnas.config import LatencyConfig, TargetConfig
 from srnas.errors import ConfigError
 from srnas.fingerprint import fingerprint_id, target_fingerprint
+from srnas.profiling import lr_size_for_720p, resolve_threads
 
 __all__ = ["Target", "resolve_target", "resolve_targets", "select_targets"]
 
@@ -52,8 +53,6 @@ class Target:
 
 def resolve_target(cfg: TargetConfig, scale: int) -> Target:
     """``cfg`` with threads and input size made concrete for this machine and ``scale``."""
-    from srnas.profiling import lr_size_for_720p, resolve_threads
-
     hw = tuple(cfg.input_size) if cfg.input_size else lr_size_for_720p(scale)
     return Target(cfg.name, cfg.device, cfg.runtime, cfg.precision, resolve_threads(cfg.threads), (int(hw[0]), int(hw[1])), scale)
 

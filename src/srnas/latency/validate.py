@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from srnas.latency.layers import PrunedSubnet, as_pruned, random_pruned
+from srnas.arch.pruned import PrunedSubnet, as_pruned, random_pruned
+from srnas.arch.space import SearchSpace
+from srnas.latency import measure as measuring
 from srnas.latency.predictor import LatencyPredictor
 from srnas.latency.targets import Target
-from srnas.latency.timing import sweep
-from srnas.supernet.space import SearchSpace
+from srnas.runtimes.timing import sweep
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,11 @@ def measure_networks(target: Target, nets: Sequence[PrunedSubnet], *, warmup: in
                      passes: int = 1, reference_ms: float | None = None, measure: MeasureNetwork | None = None,
                      cache: dict[str, float] | None = None,
                      progress: Callable[[int, int, str, float], None] | None = None) -> list[float]:
-    """End-to-end ms of each network on ``target`` under the protocol of :mod:`srnas.latency.timing`: absolute
+    """End-to-end ms of each network on ``target`` under the protocol of :mod:`srnas.runtimes.timing`: absolute
     (``reference_ms`` None: the lowest of ``rounds`` medians, the rounds sweeping the whole list in alternating
     order) or paired with the reference whose latency is ``reference_ms`` (``measure`` then also gets ``rounds=``
     and ``reference_ms=``; the median of ``passes`` passes). ``cache`` (name -> ms) is read and filled."""
-    if measure is None:
-        from srnas.latency.runtime import measure_network as measure
+    measure = measuring.measure_network if measure is None else measure
     cache = {} if cache is None else cache
     todo = [n for n in dict.fromkeys(nets) if n.name not in cache]
     best = sweep(todo, lambda net, **paired: measure(target, net, warmup=warmup, runs=runs, **paired), rounds=rounds,

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from srnas.arch.pruned import PrunedSubnet, full_channels, round_channels
+from srnas.arch.space import SubnetConfig
 from srnas.errors import ConfigError
-from srnas.latency.layers import PrunedSubnet, full_channels, round_channels
 from srnas.pruning import pruned_from_keep
-from srnas.supernet.space import SubnetConfig
 
 __all__ = ["DENSE", "ArchCandidate", "scheme_granularity"]
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from srnas.arch.network import SubnetSR
+from srnas.arch.pruned import PrunedSubnet
 from srnas.errors import ConfigError, DataError
-from srnas.latency.layers import PrunedSR, PrunedSubnet
 from srnas.metrics import calculate_psnr
 from srnas.pruning import prune_subnet
 from srnas.search.candidate import ArchCandidate
@@ -61,7 +62,7 @@ class QualityEvaluator:
         self.lr = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(255.0).contiguous()
         self._cache: dict[str, float] = {}
 
-    def model(self, network: PrunedSubnet) -> PrunedSR:
+    def model(self, network: PrunedSubnet) -> SubnetSR:
         """The standalone ``network`` with inherited weights, physically pruned (every filter kept when it is not)."""
         return prune_subnet(self.supernet.get_active_subnet(network.config).eval(), network, self.importance)
 

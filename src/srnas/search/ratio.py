@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from srnas import atomic
+from srnas.arch.network import save_network
+from srnas.arch.pruned import PrunedSubnet, as_pruned
 from srnas.config import LatencyConfig, RatioSearchConfig, SearchArchConfig
 from srnas.errors import DataError
-from srnas.latency.layers import PrunedSubnet, as_pruned
-from srnas.pruning import save_pruned
 from srnas.search import study as studies
-from srnas.search.pareto import write_rows
 from srnas.search.candidate import DENSE, ArchCandidate
+from srnas.search.pareto import write_rows
 from srnas.search.run import SearchError, SearchInputs, TrialEvaluator, measure_on_target
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
 
 def _write(result: RatioResult, rows: list[dict[str, Any]], keeps: dict[str, float], cfg: RatioSearchConfig,
            arch_cfg: SearchArchConfig, evaluator: TrialEvaluator, out_dir: Path) -> None:
-    save_pruned(out_dir / "pruned.pt", evaluator.quality.model(result.network),
+    save_network(out_dir / "pruned.pt", evaluator.quality.model(result.network),
                 extra={"importance": arch_cfg.importance, "keeps": keeps})
     fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith(("trial", "network", "psnr", "latency", "feasible")), k))
     write_rows(out_dir / "trials.csv", rows, fields)

@@ -26,18 +26,23 @@ from typing import Any
 import torch
 
 from srnas import atomic
+from srnas.arch.pruned import PrunedSubnet
+from srnas.arch.space import SearchSpace
 from srnas.config import LatencyConfig, SearchArchConfig
-from srnas.data.download import file_sha256
+from srnas.digests import file_sha256
 from srnas.errors import ConfigError, DataError, SrnasError
-from srnas.latency.layers import PrunedSubnet
+from srnas.latency.measure import target_available
 from srnas.latency.predictor import LatencyPredictor
 from srnas.latency.profile import load_predictor
-from srnas.search import pareto, study as studies
+from srnas.latency.validate import measure_networks
+from srnas.search import pareto
+from srnas.search import study as studies
 from srnas.search.candidate import DENSE, ArchCandidate, scheme_granularity
 from srnas.search.quality import QualityEvaluator
 from srnas.search.study import TrialRecord
-from srnas.supernet.space import SearchSpace
 from srnas.supernet.supernet import load_supernet
+from srnas.training.loop import resolve_val_dir
+from srnas.training.patches import load_pairs
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +131,6 @@ def first_reaching(records: list[TrialRecord], psnr: float) -> int:
 
 
 def _val_folder(data_dir: Path, cfg: SearchArchConfig, scale: int) -> Path:
-    from srnas.training.loop import resolve_val_dir
-
     folder = resolve_val_dir(data_dir, scale, cfg.val_set or None)
     if folder is None:
         raise DataError(f"{data_dir}: no validation or evaluation set prepared at x{scale} (run `srnas prepare-data`)")
@@ -149,8 +152,6 @@ class TrialEvaluator:
     """A trial's two numbers: PSNR with inherited weights and predicted latency; built once per process."""
 
     def __init__(self, inputs: SearchInputs, cfg: SearchArchConfig) -> None:
-        from srnas.training.patches import load_pairs
-
         self.predictor = load_predictor(inputs.table_dir)
         self.supernet = load_supernet(inputs.supernet)
         self.space = self.supernet.space
@@ -308,9 +309,6 @@ def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], run
     """End-to-end ms of ``nets`` on the predictor's target with its table's timing protocol: ``runs`` calls per
     round, at least :data:`VERDICT_ROUNDS` rounds (None when ``runs`` is 0 or the target's runtime is not
     available here). Warns when this machine is not the one the table was measured on."""
-    from srnas.latency.runtime import target_available
-    from srnas.latency.validate import measure_networks
-
     target = predictor.table.target
     if runs == 0:
         return None

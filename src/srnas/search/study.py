@@ -32,9 +32,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from srnas.arch.space import SearchSpace, SubnetConfig
 from srnas.config import SearchArchConfig
 from srnas.search.candidate import DENSE, ArchCandidate
-from srnas.supernet.space import SearchSpace, SubnetConfig
 
 __all__ = ["TrialRecord", "completed", "completed_trials", "make_sampler", "open_study", "quiet_optuna", "run_trials",
            "search_keeps", "study_name", "suggest_candidate"]

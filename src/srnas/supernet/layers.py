@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srnas.supernet.space import CellConfig
+from srnas.arch.space import CellConfig
 
 __all__ = ["DynamicConv2d", "DynamicWDSR", "DynamicCell"]
 

@@ -1,11 +1,11 @@
 """The weight-sharing SR supernet with once-for-all's contract.
 
-``SRSupernet(space, scale)`` holds every subnet of ``space`` (a :class:`~srnas.supernet.space.SearchSpace`
+``SRSupernet(space, scale)`` holds every subnet of ``space`` (a :class:`~srnas.arch.space.SearchSpace`
 or its config) at one upscaling factor:
 
 - ``set_active_subnet(cfg)`` validates ``cfg`` against the space and makes it the subnet ``forward`` runs;
 - ``sample_active_subnet(rng)`` draws one uniformly (``SearchSpace.sample``), sets and returns it;
-- ``get_active_subnet(cfg=None)`` returns a standalone :class:`~srnas.supernet.subnet.SubnetSR` (plain
+- ``get_active_subnet(cfg=None)`` returns a standalone :class:`~srnas.arch.network.SubnetSR` (plain
   ``nn.Conv2d`` / ``nn.PixelShuffle``) with the weights of ``cfg`` (default: the active subnet) copied out.
   Its output equals ``supernet(x, subnet=cfg)`` (same operations on the same numbers; the tests hold it to
   1e-6) and it exports and profiles like any registered model.
@@ -26,10 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from srnas.arch.network import ConvCell, SubnetSR, WDSRCell
+from srnas.arch.pruned import IMAGE_CHANNELS
+from srnas.arch.space import SearchSpace, SubnetConfig, as_subnet
+from srnas.checkpoint import CheckpointError, load_payload, save_payload
 from srnas.config import SearchSpaceConfig
+from srnas.errors import ConfigError
 from srnas.supernet.layers import DynamicCell, DynamicConv2d
-from srnas.supernet.space import SearchSpace, SubnetConfig, as_subnet
-from srnas.supernet.subnet import ConvCell, SubnetSR, WDSRCell
 
 __all__ = ["SRSupernet", "SUPERNET_FORMAT", "save_supernet", "load_supernet"]
 
@@ -39,15 +42,15 @@ SUPERNET_FORMAT = "srnas-supernet/1"
 class SRSupernet(nn.Module):
     """Head, ``num_cells`` dynamic cells and tail sized for the widest subnet; see the module docstring."""
 
-    def __init__(self, space: SearchSpace | SearchSpaceConfig, scale: int, channels: int = 3) -> None:
+    def __init__(self, space: SearchSpace | SearchSpaceConfig, scale: int) -> None:
         super().__init__()
         self.space = space if isinstance(space, SearchSpace) else SearchSpace(space)
         self.scale = scale
-        self.channels = channels
+        self.channels = IMAGE_CHANNELS
         width, expand = self.space.max_width, max(self.space.max_expand, 1)
-        self.head = DynamicConv2d(channels, width, 3)
+        self.head = DynamicConv2d(IMAGE_CHANNELS, width, 3)
         self.cells = nn.ModuleList(DynamicCell(width, expand, self.space.config.blocks) for _ in range(self.space.num_cells))
-        self.tail = DynamicConv2d(width, channels * scale * scale, 3)
+        self.tail = DynamicConv2d(width, IMAGE_CHANNELS * scale * scale, 3)
         self.upsample = nn.PixelShuffle(scale)
         self._active = self.space.largest()
 
@@ -70,20 +73,20 @@ class SRSupernet(nn.Module):
         """A standalone :class:`SubnetSR` for ``subnet`` (default: the active one) with copied fp32 weights."""
         cfg = self._active if subnet is None else self.space.validate(as_subnet(subnet))
         width = cfg.width
-        model = SubnetSR(cfg, self.scale, self.channels)
+        model = SubnetSR(cfg, self.scale)
         model.head = self.head.export(self.channels, width)
         exported: list[nn.Module] = []
         for cell, dyn in zip(cfg.cells, self.cells):
             if cell.block == "conv":
                 assert dyn.conv is not None
-                block = ConvCell(width)
+                block = ConvCell(width, width)
                 block.conv = dyn.conv.export(width, width)
                 with torch.no_grad():  # fold the identity branch of the training form into the kernel
                     index = torch.arange(width)
                     block.conv.weight[index, index, 1, 1] += 1.0
             elif cell.block == "wdsr":
                 assert dyn.wdsr is not None
-                block = WDSRCell(width, cell.expand)
+                block = WDSRCell(width, width * cell.expand, width)
                 block.expand = dyn.wdsr.expand.export(width, width * cell.expand)
                 block.reduce = dyn.wdsr.reduce.export(width * cell.expand, width)
                 block.conv = dyn.wdsr.conv.export(width, width)
@@ -110,20 +113,15 @@ class SRSupernet(nn.Module):
 
 def save_supernet(path: str | os.PathLike[str], model: SRSupernet, extra: dict[str, Any] | None = None) -> None:
     """Write the space, scale and fp32 NCHW weights atomically (read back by :func:`load_supernet`)."""
-    from srnas.training.checkpoint import _save
-
     state = {k: v.detach().float().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    _save(Path(path), {"format": SUPERNET_FORMAT, "space": model.space.to_dict(), "scale": model.scale,
+    save_payload(Path(path), {"format": SUPERNET_FORMAT, "space": model.space.to_dict(), "scale": model.scale,
                        "state_dict": state, **(extra or {})})
 
 
 def load_supernet(path: str | os.PathLike[str]) -> SRSupernet:
     """The supernet saved by :func:`save_supernet` (CPU, eval mode); CheckpointError naming the file when unusable."""
-    from srnas.errors import ConfigError
-    from srnas.training.checkpoint import CheckpointError, _load
-
     path = Path(path)
-    payload = _load(path, SUPERNET_FORMAT, ("space", "scale", "state_dict"))
+    payload = load_payload(path, SUPERNET_FORMAT, ("space", "scale", "state_dict"))
     try:
         model = SRSupernet(SearchSpace.from_dict(payload["space"], f"{path}:space"), int(payload["scale"]))
         model.load_state_dict(payload["state_dict"], strict=True)

@@ -65,14 +65,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from srnas.arch.space import SearchSpace, SubnetConfig
 from srnas.atomic import write_json
+from srnas.checkpoint import TRAINING_STATE, CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
 from srnas.config import SupernetConfig
 from srnas.errors import ConfigError, DataError
 from srnas.models import check_scale, count_params
-from srnas.supernet.space import SearchSpace, SubnetConfig
 from srnas.supernet.supernet import SRSupernet, save_supernet
-from srnas.training.checkpoint import TRAINING_STATE, CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
-from srnas.training.loop import TrainingDiverged, _val_psnr, resolve_bf16, resolve_val_dir
+from srnas.training.loop import TrainingDiverged, resolve_bf16, resolve_val_dir, validation_psnr
 from srnas.training.patches import ImagePairs, PatchSampler, load_pairs
 
 __all__ = [
@@ -268,7 +268,7 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 def _subnet_psnr(supernet: SRSupernet, subnet: SubnetConfig, pairs: ImagePairs) -> float | None:
     """Validation PSNR of ``subnet`` with inherited weights (a standalone copy, fp32, CPU)."""
     model = supernet.get_active_subnet(subnet).cpu().eval()
-    return _val_psnr(model, pairs)
+    return validation_psnr(model, pairs)
 
 
 def train_supernet(

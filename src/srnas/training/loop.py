@@ -42,10 +42,13 @@ from torch import nn
 from tqdm import tqdm
 
 from srnas.atomic import write_json
+from srnas.checkpoint import TRAINING_STATE, load_checkpoint, restore_training_state, save_checkpoint, save_trained
 from srnas.config import TrainConfig
 from srnas.errors import ConfigError, DataError, SrnasError
+from srnas.inference import torch_upscaler
+from srnas.metrics import calculate_psnr
 from srnas.models import check_scale, count_params, create_model, model_info
-from srnas.training.checkpoint import TRAINING_STATE, load_checkpoint, restore_training_state, save_checkpoint, save_trained
+from srnas.runtimes.availability import bf16_supported
 from srnas.training.patches import ImagePairs, PatchSampler, load_pairs, step_generator
 
 __all__ = [
@@ -53,7 +56,6 @@ __all__ = [
     "TrainingData",
     "TrainingDiverged",
     "config_identity",
-    "cpu_has_native_bf16",
     "find_val_set",
     "load_training_data",
     "resolve_bf16",
@@ -93,27 +95,6 @@ class TrainResult:
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX) and oneDNN's bf16 path is available."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        return False
-    if not flags & {"avx512_bf16", "amx_bf16"}:
-        return False
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return True
-
-
 def resolve_bf16(mode: str) -> bool:
     """``"on"`` -> True, ``"off"`` -> False, ``"auto"`` -> whether the CPU has native bf16."""
     if mode == "on":
@@ -121,7 +102,7 @@ def resolve_bf16(mode: str) -> bool:
     if mode == "off":
         return False
     if mode == "auto":
-        return cpu_has_native_bf16()
+        return bf16_supported()
     raise ConfigError(f"bf16: expected auto, on or off, got {mode!r}")
 
 
@@ -162,16 +143,8 @@ def find_val_set(data_dir: Path, scale: int) -> Path | None:
     return None
 
 
-def _val_psnr(model: nn.Module, pairs: ImagePairs) -> float | None:
+def validation_psnr(model: nn.Module, pairs: ImagePairs) -> float | None:
     """Mean PSNR (Y channel, ``scale`` pixels of border cropped) of the model in fp32 over ``pairs``."""
-    from srnas.inference import torch_upscaler
-
-    try:
-        from srnas.metrics import calculate_psnr
-    except ImportError as exc:  # the protocol module is optional for training itself
-        logger.warning("validation skipped: srnas.metrics is not importable (%s)", exc)
-        return None
-
     was_training = model.training
     upscale = torch_upscaler(model)
     try:
@@ -325,7 +298,7 @@ def run_training(
                     logger.info("step %d/%d loss %.5f lr %.2e %.1f steps/s", step, cfg.steps, mean_loss, scheduler.get_last_lr()[0], rate)
                 emit({"train_loss": mean_loss, "lr": float(scheduler.get_last_lr()[0]), "steps_per_s": rate}, step)
             if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps and val_pairs is not None:
-                psnr = _val_psnr(model, val_pairs)
+                psnr = validation_psnr(model, val_pairs)
                 if psnr is not None:
                     emit({"val_psnr": psnr}, step)
             if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
@@ -337,7 +310,7 @@ def run_training(
     if steps_run == 0:  # resumed a finished run: nothing was trained now
         run_seconds = 0.0
 
-    val_psnr = _val_psnr(model, val_pairs) if val_pairs is not None else None
+    val_psnr = validation_psnr(model, val_pairs) if val_pairs is not None else None
     final_loss = float(np.mean(losses)) if losses else float("nan")
     seconds = elapsed_before + run_seconds
     steps_per_s = steps_run / run_seconds if run_seconds > 0 and steps_run > 0 else 0.0

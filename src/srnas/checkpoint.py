@@ -1,6 +1,9 @@
-"""Checkpoints (``last.ckpt``: everything needed to resume) and trained weights (``model.pt``).
+"""The saved-file format every stage shares: checkpoints (``last.ckpt``: everything needed to resume), trained weights
+(``model.pt``), and the payload reader/writer (:func:`save_payload`, :func:`load_payload`) the supernet and the
+searched networks store themselves with. A bottom-layer module: it knows formats, not models (reading any saved
+model back is :func:`srnas.loading.load_trained`).
 
-Both are written atomically (temporary sibling, fsync, rename) and read with ``weights_only=True``:
+All are written atomically (temporary sibling, fsync, rename) and read with ``weights_only=True``:
 a checkpoint holds only tensors, numbers, strings, lists and dicts, never pickled code.
 A missing key, a truncated or corrupt file raises :class:`CheckpointError` naming the file.
 """
@@ -17,7 +20,8 @@ from torch import nn
 from srnas.atomic import atomic_path
 from srnas.errors import SrnasError
 
-__all__ = ["CheckpointError", "CKPT_FORMAT", "MODEL_FORMAT", "save_checkpoint", "load_checkpoint", "save_trained", "load_trained"]
+__all__ = ["CheckpointError", "CKPT_FORMAT", "MODEL_FORMAT", "TRAINING_STATE", "load_checkpoint", "load_payload",
+           "restore_training_state", "save_checkpoint", "save_payload", "save_trained"]
 
 CKPT_FORMAT = "srnas-train-checkpoint/1"
 MODEL_FORMAT = "srnas-model/1"
@@ -27,7 +31,9 @@ class CheckpointError(SrnasError):
     """A checkpoint or model file cannot be used. The message names the file and what is wrong."""
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
+def save_payload(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (tensors, numbers, strings, lists, dicts; its ``format`` tag included) to ``path`` atomically:
+    a temporary sibling, fsync, rename."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             torch.save(payload, handle)
@@ -35,7 +41,9 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
             os.fsync(handle.fileno())
 
 
-def _load(path: Path, expected_format: str | tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
+def load_payload(path: Path, expected_format: str | tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
+    """The payload at ``path`` (read with ``weights_only=True``), checked for one of the ``expected_format`` tags and the
+    ``required`` keys; CheckpointError naming the file otherwise."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
@@ -56,12 +64,12 @@ def _load(path: Path, expected_format: str | tuple[str, ...], required: tuple[st
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
     """Write a training checkpoint atomically (``payload`` gets the format tag)."""
-    _save(Path(path), {"format": CKPT_FORMAT, **payload})
+    save_payload(Path(path), {"format": CKPT_FORMAT, **payload})
 
 
 def load_checkpoint(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a training checkpoint written by :func:`save_checkpoint`; CheckpointError if unusable."""
-    return _load(Path(path), CKPT_FORMAT, required)
+    return load_payload(Path(path), CKPT_FORMAT, required)
 
 
 TRAINING_STATE = ("identity", "step", "model", "optimizer", "scheduler", "rng", "losses", "elapsed_s")
@@ -85,31 +93,5 @@ def save_trained(path: str | os.PathLike[str], model: nn.Module, model_name: str
     """Write final weights: fp32 contiguous ``state_dict`` plus model name, scale and training config."""
     state = {k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.detach().clone()
              for k, v in model.state_dict().items()}
-    _save(Path(path), {"format": MODEL_FORMAT, "model_name": model_name, "scale": scale, "config": config,
+    save_payload(Path(path), {"format": MODEL_FORMAT, "model_name": model_name, "scale": scale, "config": config,
                        "state_dict": state, **(extra or {})})
-
-
-def load_trained(model_pt_path: str | os.PathLike[str]) -> nn.Module:
-    """The model saved in ``model.pt``, in eval mode (fp32, NCHW): a registered model rebuilt from the registry, or a
-    searched network (a supernet subnet, ``srnas-subnet/1``, or a physically pruned one, ``srnas-pruned/1``), so every
-    stage after training (export, profile, evaluate, upscale) takes either."""
-    from srnas.models import create_model  # late: keep checkpoint reading importable on its own
-    from srnas.pruning import PRUNED_FORMAT, load_pruned
-    from srnas.supernet.subnet import SUBNET_FORMAT, load_subnet
-
-    path = Path(model_pt_path)
-    payload = _load(path, (MODEL_FORMAT, PRUNED_FORMAT, SUBNET_FORMAT), ("scale", "state_dict"))
-    searched = {PRUNED_FORMAT: load_pruned, SUBNET_FORMAT: load_subnet}
-    if payload["format"] in searched:
-        return searched[payload["format"]](path)
-    if "model_name" not in payload:
-        raise CheckpointError(f"{path}: missing key(s) model_name")
-    try:
-        model = create_model(str(payload["model_name"]), int(payload["scale"]))
-    except SrnasError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {payload['model_name']!r} x{payload['scale']}: {exc}") from None
-    return model.eval()

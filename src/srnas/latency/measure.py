@@ -1,9 +1,9 @@
 """Time one layer, or one whole network, on a target's runtime, the way the deployed network runs it.
 
-The only module of :mod:`srnas.latency` that runs ONNX Runtime: sessions come from :func:`srnas.export.ort_session`,
-layer graphs and int8 QDQ rewrites from :mod:`srnas.onnx_graph` (the graph-surgery owner), whole networks are
-exported with :func:`srnas.export.export_onnx` and timed by :func:`srnas.profiling.profile_module`, exactly like
-the ``profile_model`` stage does.
+The only module of :mod:`srnas.latency` that runs anything: sessions, calls and timing primitives come from
+:mod:`srnas.runtimes`, layer graphs and int8 QDQ rewrites from :mod:`srnas.onnx_graph` (the graph-surgery owner),
+whole networks are exported with :func:`srnas.export.export_onnx` and timed by
+:func:`srnas.profiling.profile_module`, exactly like the ``profile_model`` stage does.
 
 Context matters more than the op: a layer is timed at the target's input size with its inputs already in
 the layout and precision they have inside the network:
@@ -17,9 +17,9 @@ the layout and precision they have inside the network:
   own profile (:class:`_ProfiledLayer`). Precision ``int8`` quantizes that graph statically to QDQ (uint8
   activations, int8 per-channel weights) with ``onnxruntime.quantization``, as the whole network would be.
 
-Each timing follows one of the protocols of :mod:`srnas.latency.timing`: absolute (the median of ``runs`` calls
+Each timing follows one of the protocols of :mod:`srnas.runtimes.timing`: absolute (the median of ``runs`` calls
 after ``warmup``) or paired (rounds of the item between rounds of the reference layer, the median ratio times the
-reference's latency), with the glibc malloc fix of :mod:`srnas.profiling` in effect and the target's thread
+reference's latency), with the glibc malloc fix of :mod:`srnas.runtimes.allocator` in effect and the target's thread
 count pinned.
 """
 
@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import resource
 import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +37,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from srnas.latency.layers import IMAGE_CHANNELS, LayerKey, PrunedSubnet, SubnetConfig, build_pruned_module
+from srnas.arch.network import build_network
+from srnas.arch.pruned import IMAGE_CHANNELS, PrunedSubnet
+from srnas.arch.space import SubnetConfig
+from srnas.export import export_onnx
+from srnas.latency.layers import LayerKey
 from srnas.latency.targets import Target
-from srnas.latency.timing import REFERENCE_LAYER, paired_ms, paired_rounds, paired_value
 from srnas.onnx_graph import layer_nodes, quantize_int8, write_layer_graph
-from srnas.profiling import (RuntimeUnavailableError, _prepare_allocator, _time_calls, call_times, gc_paused, profile_module,
-                             runtime_available, runtime_call)
+from srnas.profiling import profile_module
+from srnas.runtimes.allocator import prepare_allocator
+from srnas.runtimes.availability import RuntimeUnavailableError, runtime_available
+from srnas.runtimes.calls import runtime_call
+from srnas.runtimes.ort import ort_session, read_ort_profile
+from srnas.runtimes.timing import (
+    call_times,
+    gc_paused,
+    lowest_ms,
+    median_ms,
+    paired_ms,
+    paired_rounds,
+    paired_value,
+    pinned_threads,
+    quiet,
+    warm,
+)
 
-__all__ = ["LayerModule", "measure_layer", "measure_network", "measure_reference", "sparsify_",
+__all__ = ["REFERENCE_LAYER", "LayerModule", "measure_layer", "measure_network", "measure_reference", "sparsify_",
            "scheme_precision", "scheme_sparsity", "target_available"]
 
 log = logging.getLogger(__name__)
 
 _RELU_OPS = ("head", "conv", "expand")
+# The paired protocol's reference call: a mid-sized dense conv3x3 of the search space, in the target's precision
+# and runtime (fp32 on ONNX Runtime, whatever the scheme measured).
+REFERENCE_LAYER = LayerKey("conv", 16, 16)
 
 
 def scheme_precision(target: Target, scheme: str) -> str:
@@ -168,8 +186,6 @@ def _image_feeds(target: Target) -> dict[str, np.ndarray]:
 def _ort_call(layer: LayerKey, target: Target, precision: str, sparsity: float,
               stack: contextlib.ExitStack) -> Callable[[], Any]:
     """One run of the layer's graph, context included (what the paired protocol's reference times)."""
-    from srnas.export import ort_session
-
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
     session = ort_session(_ort_layer_graph(layer, target, precision, sparsity, folder), target.threads)
     feeds = _image_feeds(target)
@@ -188,8 +204,6 @@ class _ProfiledLayer:
     ONNX Runtime writes a profile once, at the end: every measurement opens a session of its own."""
 
     def __init__(self, layer: LayerKey, target: Target, graph: Path, stack: contextlib.ExitStack) -> None:
-        from srnas.export import ort_session
-
         self.folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-profile-")))
         self.first = layer.op == "head"
         self.session = ort_session(graph, target.threads, profile_prefix=self.folder / "profile",
@@ -202,8 +216,6 @@ class _ProfiledLayer:
 
     def layer_ms(self, skip: int) -> list[float]:
         """Milliseconds of the layer in every run after the first ``skip`` (ends the profile)."""
-        from srnas.export import read_ort_profile
-
         runs = read_ort_profile(self.session.end_profiling())[skip:]
         if self.first:
             return [(r.run_us - sum(us for n, us in r.node_us.items() if n not in self.nodes)) / 1000 for r in runs]
@@ -212,84 +224,9 @@ class _ProfiledLayer:
 
 # --------------------------------------------------------------------------------------- timing
 
-# The quiet guard. The machine may be shared: a neighbour's process taking a core in the middle of a
-# measurement inflates it (two threads on two cores: one descheduled thread stalls the other). So every
-# measurement counts the CPU time the *rest of the system* used meanwhile (/proc/stat minus this process)
-# and, when that exceeds QUIET_LIMIT cores on average, waits and measures again, up to QUIET_ATTEMPTS times.
-QUIET_LIMIT = 0.15
-QUIET_ATTEMPTS = 6
-QUIET_WAIT_S = 2.0
-quiet_stats = {"measurements": 0, "retries": 0, "disturbed": 0}
-
-
-def _system_busy_s() -> float | None:
-    """CPU seconds every CPU of the system has been busy since boot (None where /proc/stat is unavailable)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as handle:
-            fields = handle.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu":
-        return None
-    values = [int(v) for v in fields[1:]]
-    busy = sum(values[:8]) - values[3] - (values[4] if len(values) > 4 else 0)  # all but idle and iowait
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def others_busy(fn: Callable[[], float]) -> tuple[float, float]:
-    """Run ``fn``; return its value and the cores the rest of the system kept busy meanwhile (0 if unknown)."""
-    busy0, own0, wall0 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
-    value = fn()
-    busy1, own1, wall1 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
-    if busy0 is None or busy1 is None:
-        return value, 0.0
-    # /proc/stat counts in clock ticks (10 ms): a window of a few ms can see a whole tick that getrusage (exact)
-    # does not, so two ticks of difference are not taken as someone else's work.
-    slack = 2.0 / os.sysconf("SC_CLK_TCK")
-    return value, max((busy1 - busy0) - (own1 - own0) - slack, 0.0) / max(wall1 - wall0, 1e-9)
-
-
-def quiet(fn: Callable[[], float], what: str = "") -> float:
-    """``fn()`` measured while the rest of the machine stays (nearly) idle; see :data:`QUIET_LIMIT`."""
-    quiet_stats["measurements"] += 1
-    value, others = others_busy(fn)
-    for _ in range(QUIET_ATTEMPTS - 1):
-        if others <= QUIET_LIMIT:
-            return value
-        quiet_stats["retries"] += 1
-        log.debug("%s: other processes kept %.2f cores busy; measuring again", what, others)
-        time.sleep(QUIET_WAIT_S)
-        value, others = others_busy(fn)
-    if others > QUIET_LIMIT:
-        quiet_stats["disturbed"] += 1
-        log.warning("%s: measured while other processes kept %.2f cores busy (after %d attempts)", what, others, QUIET_ATTEMPTS)
-    return value
-
-
-@contextlib.contextmanager
-def _pinned(threads: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _check_target(target: Target) -> None:
     if not runtime_available(target.runtime):
         raise RuntimeUnavailableError(f"target {target.name}: runtime {target.runtime!r} is not available on this machine")
-
-
-def _median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
-    times, _ = _time_calls(call, warmup, runs)
-    return float(statistics.median(times))
 
 
 def _reference_call(target: Target, stack: contextlib.ExitStack) -> Callable[[], Any]:
@@ -299,33 +236,19 @@ def _reference_call(target: Target, stack: contextlib.ExitStack) -> Callable[[],
     return _torch_layer_call(REFERENCE_LAYER, target, target.precision, 0.0)
 
 
-def _warm(warmup: int, *calls: Callable[[], Any]) -> None:
-    for _ in range(warmup):
-        for call in calls:
-            call()
-
-
-def _lowest_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
-    """The lowest of ``runs`` calls after ``warmup``; the caller pauses the collector (:func:`gc_paused`) around
-    all its rounds: a full collection before every short round would cost more than the rounds."""
-    for _ in range(warmup):
-        call()
-    return float(min(call_times(call, runs)))
-
-
 def _timed(target: Target, what: str, call: Callable[[], Any], *, warmup: int, runs: int, rounds: int,
            reference_ms: float | None, stack: contextlib.ExitStack) -> float:
     """Wall-clock milliseconds of ``call`` under the quiet guard: absolute, the median of ``runs`` calls; paired
-    (``reference_ms`` given, see :mod:`srnas.latency.timing`), ``rounds`` rounds of ``runs`` calls between rounds
+    (``reference_ms`` given, see :mod:`srnas.runtimes.timing`), ``rounds`` rounds of ``runs`` calls between rounds
     of the reference, each round its lowest call (interference only ever slows a call down: the lowest of a round
     is its least disturbed one)."""
     if reference_ms is None:
-        _warm(warmup, call)
-        return quiet(lambda: _median_ms(call, 0, runs), what)
+        warm(warmup, call)
+        return quiet(lambda: median_ms(call, 0, runs), what)
     reference = _reference_call(target, stack)
-    _warm(warmup, call, reference)
+    warm(warmup, call, reference)
     with gc_paused(collect=False):
-        return quiet(lambda: paired_ms(lambda: _lowest_ms(call, 0, runs), lambda: _lowest_ms(reference, 0, runs), rounds,
+        return quiet(lambda: paired_ms(lambda: lowest_ms(call, 0, runs), lambda: lowest_ms(reference, 0, runs), rounds,
                                        reference_ms), what)
 
 
@@ -338,12 +261,12 @@ def _timed_profiled(target: Target, layer: LayerKey, graph: Path, *, warmup: int
     def once() -> float:
         with contextlib.ExitStack() as session_stack:
             profiled = _ProfiledLayer(layer, target, graph, session_stack)
-            _warm(warmup, profiled, *([] if reference is None else [reference]))
+            warm(warmup, profiled, *([] if reference is None else [reference]))
             with gc_paused(collect=False):
                 if reference is None or reference_ms is None:
                     call_times(profiled, runs)
                     return float(statistics.median(profiled.layer_ms(skip=warmup)))
-                _, refs = paired_rounds(lambda: call_times(profiled, runs), lambda: _lowest_ms(reference, 0, runs), rounds)
+                _, refs = paired_rounds(lambda: call_times(profiled, runs), lambda: lowest_ms(reference, 0, runs), rounds)
             per_run = profiled.layer_ms(skip=warmup)
             return paired_value([min(per_run[i * runs:(i + 1) * runs]) for i in range(rounds)], refs, reference_ms)
 
@@ -354,12 +277,12 @@ def measure_reference(target: Target, *, warmup: int, runs: int, rounds: int) ->
     """Milliseconds of the reference call alone (:data:`REFERENCE_LAYER`): its lowest call over ``rounds`` rounds
     of ``runs`` calls, i.e. the target's speed when undisturbed; the unit of every paired measurement."""
     _check_target(target)
-    _prepare_allocator()
-    with contextlib.ExitStack() as stack, _pinned(target.threads):
+    prepare_allocator()
+    with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
         reference = _reference_call(target, stack)
-        _warm(warmup, reference)
+        warm(warmup, reference)
         with gc_paused():
-            return min(quiet(lambda: _lowest_ms(reference, 0, runs), "reference") for _ in range(rounds))
+            return min(quiet(lambda: lowest_ms(reference, 0, runs), "reference") for _ in range(rounds))
 
 
 def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int, rounds: int = 1,
@@ -375,11 +298,11 @@ def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int, ro
     NCHW, Conv+Add fusion), so the graph reproduces them and the profile keeps the nodes the layer owns.
     """
     _check_target(target)
-    _prepare_allocator()
+    prepare_allocator()
     precision = scheme_precision(target, layer.scheme)
     sparsity = scheme_sparsity(layer.scheme)
     timing = {"warmup": warmup, "runs": runs, "rounds": rounds, "reference_ms": reference_ms}
-    with contextlib.ExitStack() as stack, _pinned(target.threads):
+    with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
         if target.runtime != "onnxruntime_fp32":
             if precision not in ("fp32", "bf16"):
                 raise ValueError(f"torch runs fp32 or bf16 layers, not {precision}")
@@ -399,8 +322,6 @@ def _exported(model: nn.Module, net: Any, precision: str, sparsity: float) -> Pa
     """``model`` exported with :func:`srnas.export.export_onnx` (and quantized for int8); a (pruned) subnet is
     exported once per process, so measuring it again (another round) does not pay the export again."""
     global _EXPORT_DIR
-    from srnas.export import export_onnx
-
     if _EXPORT_DIR is None:
         _EXPORT_DIR = tempfile.TemporaryDirectory(prefix="srnas-nets-")
     key = (net.name, precision, sparsity) if isinstance(net, (PrunedSubnet, SubnetConfig)) else None
@@ -420,14 +341,14 @@ def measure_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module
                     reference_ms: float | None = None) -> float:
     """Median milliseconds of one end-to-end call of a whole network on ``target``, as deployed.
 
-    ``net``: a (pruned) subnet, built physically with :func:`build_pruned_module`, or any SR module. Torch
+    ``net``: a (pruned) subnet, built physically with :func:`srnas.arch.network.build_network`, or any SR module. Torch
     targets and ONNX Runtime fp32 run it like :func:`srnas.profiling.profile_module` (ONNX: exported with
     :func:`srnas.export.export_onnx`); int8 exports, quantizes (static QDQ) and times the quantized file.
     ``precision`` overrides the target's (``bf16`` on a torch target runs it as ``torch_bf16`` does).
     ``reference_ms`` given: the paired protocol (``rounds`` rounds of ``runs`` calls, see :func:`measure_layer`).
     """
     _check_target(target)
-    model = net if isinstance(net, nn.Module) else build_pruned_module(net, target.scale)
+    model = net if isinstance(net, nn.Module) else build_network(net, target.scale)
     sparsify_(model, sparsity)
     precision = precision or target.precision
     name = getattr(net, "name", "network")
@@ -438,8 +359,8 @@ def measure_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module
     if reference_ms is None:
         return quiet(lambda: profile_module(model, runtime, target.input_hw, threads=target.threads, warmup=warmup,
                                             runs=runs).median_ms, name)
-    _prepare_allocator()
+    prepare_allocator()
     x = torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=torch.Generator().manual_seed(0))
-    with contextlib.ExitStack() as stack, _pinned(target.threads):
-        call = runtime_call(model, runtime, x, target.threads, stack)
+    with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
+        call = runtime_call(model, runtime, x, target.threads)
         return _timed(target, name, call, warmup=warmup, runs=runs, rounds=rounds, reference_ms=reference_ms, stack=stack)

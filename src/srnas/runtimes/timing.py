@@ -1,0 +1,251 @@
+"""Timing primitives every measurement shares: calls timed with the collector paused, threads pinned, the quiet guard
+against a busy host, and the two timing protocols.
+
+How a latency is measured on a machine whose speed moves: the two timing protocols, and sweeps over many items.
+
+``absolute``
+    A *round* is ``runs`` calls (after warm-up); the result is the lowest of ``rounds`` round medians, the rounds
+    sweeping the whole list of items in alternating order (a disturbance lasting seconds spoils one round of an
+    item, rarely all). Right on a quiet, dedicated device; on a shared host whose speed drifts by tens of percent
+    within minutes, two items measured minutes apart are not comparable.
+
+``paired`` (default)
+    Every round of an item is bracketed by rounds of a fixed *reference* call on the same runtime, each round
+    represented by its lowest call (interference from outside only ever slows a call down), and the item's latency
+    is ``reference_ms * median over rounds of (item round / mean of the reference rounds around it)``. A slowdown
+    of the host that lasts longer than a round scales the item and its reference alike and cancels; the median
+    drops the rounds a burst hit anyway. ``reference_ms`` is the reference's own lowest call, measured once when
+    the table is built (the target's speed when undisturbed), so every table entry and every later network
+    measurement is expressed at that one speed of the target. Each item is measured in ``passes`` passes that
+    sweep the whole list, and the median of its passes is kept: a burst the reference did not cancel (it hits
+    some kernels harder than others) moves one pass, rarely two.
+
+Both protocols produce milliseconds; the table records which one made it (and the reference), and every later
+measurement compared with its predictions (validation, the searches' verdicts) uses the same one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from srnas.config import LATENCY_PROTOCOLS
+from srnas.runtimes.allocator import minor_faults
+
+__all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "QUIET_ATTEMPTS", "QUIET_LIMIT", "QUIET_WAIT_S", "call_times", "gc_paused",
+           "lowest_ms", "median_ms", "others_busy", "paired_ms", "paired_rounds", "paired_value", "pinned_threads", "quiet",
+           "quiet_stats", "sweep", "time_calls", "warm"]
+
+log = logging.getLogger(__name__)
+
+PAIRED, ABSOLUTE = LATENCY_PROTOCOLS
+PROTOCOLS = LATENCY_PROTOCOLS
+
+Item = TypeVar("Item", bound=Hashable)
+Round = TypeVar("Round")
+
+
+# ------------------------------------------------------------------------------------------ calls
+
+
+@contextlib.contextmanager
+def gc_paused(collect: bool = True) -> Iterator[None]:
+    """Python's garbage collector off while timing (a collection inside a timed call is not the model's); run once
+    before when ``collect`` (a full collection costs ~0.1 s in a process with torch loaded)."""
+    was_enabled = gc.isenabled()
+    if collect:
+        gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def call_times(call: Callable[[], Any], runs: int) -> list[float]:
+    """Milliseconds of each of ``runs`` calls (no warm-up, no collector handling: see :func:`gc_paused`)."""
+    times: list[float] = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        call()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def time_calls(call: Callable[[], Any], warmup: int, runs: int) -> tuple[list[float], float]:
+    """Milliseconds of each of ``runs`` calls after ``warmup`` calls, and minor faults per call."""
+    for _ in range(warmup):
+        call()
+    with gc_paused():
+        faults_before = minor_faults()
+        times = call_times(call, runs)
+        faults = (minor_faults() - faults_before) / runs
+    return times, faults
+
+
+def median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
+    """The median milliseconds of ``runs`` calls after ``warmup`` (collector paused)."""
+    times, _ = time_calls(call, warmup, runs)
+    return float(statistics.median(times))
+
+
+def lowest_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
+    """The lowest of ``runs`` calls after ``warmup``; the caller pauses the collector (:func:`gc_paused`) around
+    all its rounds: a full collection before every short round would cost more than the rounds."""
+    for _ in range(warmup):
+        call()
+    return float(min(call_times(call, runs)))
+
+
+def warm(warmup: int, *calls: Callable[[], Any]) -> None:
+    """``warmup`` rounds of every call, in turn."""
+    for _ in range(warmup):
+        for call in calls:
+            call()
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside the block (restored after)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------------------------ quiet guard
+
+# The quiet guard. The machine may be shared: a neighbour's process taking a core in the middle of a
+# measurement inflates it (two threads on two cores: one descheduled thread stalls the other). So every
+# measurement counts the CPU time the *rest of the system* used meanwhile (/proc/stat minus this process)
+# and, when that exceeds QUIET_LIMIT cores on average, waits and measures again, up to QUIET_ATTEMPTS times.
+QUIET_LIMIT = 0.15
+QUIET_ATTEMPTS = 6
+QUIET_WAIT_S = 2.0
+quiet_stats = {"measurements": 0, "retries": 0, "disturbed": 0}
+
+
+def _system_busy_s() -> float | None:
+    """CPU seconds every CPU of the system has been busy since boot (None where /proc/stat is unavailable)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:]]
+    busy = sum(values[:8]) - values[3] - (values[4] if len(values) > 4 else 0)  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def others_busy(fn: Callable[[], float]) -> tuple[float, float]:
+    """Run ``fn``; return its value and the cores the rest of the system kept busy meanwhile (0 if unknown)."""
+    busy0, own0, wall0 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
+    value = fn()
+    busy1, own1, wall1 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
+    if busy0 is None or busy1 is None:
+        return value, 0.0
+    # /proc/stat counts in clock ticks (10 ms): a window of a few ms can see a whole tick that getrusage (exact)
+    # does not, so two ticks of difference are not taken as someone else's work.
+    slack = 2.0 / os.sysconf("SC_CLK_TCK")
+    return value, max((busy1 - busy0) - (own1 - own0) - slack, 0.0) / max(wall1 - wall0, 1e-9)
+
+
+def quiet(fn: Callable[[], float], what: str = "") -> float:
+    """``fn()`` measured while the rest of the machine stays (nearly) idle; see :data:`QUIET_LIMIT`."""
+    quiet_stats["measurements"] += 1
+    value, others = others_busy(fn)
+    for _ in range(QUIET_ATTEMPTS - 1):
+        if others <= QUIET_LIMIT:
+            return value
+        quiet_stats["retries"] += 1
+        log.debug("%s: other processes kept %.2f cores busy; measuring again", what, others)
+        time.sleep(QUIET_WAIT_S)
+        value, others = others_busy(fn)
+    if others > QUIET_LIMIT:
+        quiet_stats["disturbed"] += 1
+        log.warning("%s: measured while other processes kept %.2f cores busy (after %d attempts)", what, others, QUIET_ATTEMPTS)
+    return value
+
+
+# -------------------------------------------------------------------------------------- protocols
+
+
+def paired_rounds(item_round: Callable[[], Round], reference_round: Callable[[], float], rounds: int) -> tuple[list[Round], list[float]]:
+    """Run ``ref, item, ref, item, ..., ref`` (``rounds`` item rounds); return what the item and reference rounds
+    returned. :func:`paired_ms` turns them into milliseconds; an item whose rounds are only known afterwards
+    (ONNX Runtime's profile, read at the end) passes its values to :func:`paired_value` itself."""
+    if rounds < 1:
+        raise ValueError(f"paired timing needs at least one round, got {rounds}")
+    refs = [reference_round()]
+    items: list[Round] = []
+    for _ in range(rounds):
+        items.append(item_round())
+        refs.append(reference_round())
+    return items, refs
+
+
+def paired_value(items: Sequence[float], refs: Sequence[float], reference_ms: float) -> float:
+    """``reference_ms`` times the median over rounds of ``items[i] / mean(refs[i], refs[i + 1])``."""
+    if not reference_ms > 0:
+        raise ValueError(f"reference latency must be positive, got {reference_ms}")
+    if len(refs) != len(items) + 1 or not items:
+        raise ValueError(f"paired timing: {len(items)} item rounds need {len(items) + 1} reference rounds, got {len(refs)}")
+    ratios = [value / max((before + after) / 2, 1e-9) for value, before, after in zip(items, refs, refs[1:])]
+    return reference_ms * statistics.median(ratios)
+
+
+def paired_ms(item_round: Callable[[], float], reference_round: Callable[[], float], rounds: int, reference_ms: float) -> float:
+    """``reference_ms`` times the median over ``rounds`` of ``item_round() / mean(reference rounds before and after)``.
+
+    ``item_round`` / ``reference_round`` each time one round (the lowest of a few calls) and return milliseconds;
+    calls alternate ``ref, item, ref, item, ..., ref``.
+    """
+    return paired_value(*paired_rounds(item_round, reference_round, rounds), reference_ms)
+
+
+def sweep(items: Sequence[Item], measure: Callable[..., float], *, rounds: int, passes: int = 1,
+          reference_ms: float | None = None,
+          progress: Callable[[int, int, Item, float], None] | None = None) -> dict[Item, float]:
+    """Milliseconds of each distinct item, measured over passes that sweep the whole list in alternating order.
+
+    Absolute (``reference_ms`` None): ``rounds`` passes of ``measure(item)``, which times one round; the lowest value
+    per item. Paired: ``passes`` passes of ``measure(item, rounds=, reference_ms=)``, which runs the item's rounds
+    itself, bracketed by the reference; the median per item: a burst on the host lasting seconds moves one pass of
+    an item, rarely the others, and the reference does not always cancel it (interference hits some kernels harder
+    than others). ``progress(done, total, item, ms)`` after each measurement.
+    """
+    todo = list(dict.fromkeys(items))
+    paired = {} if reference_ms is None else {"rounds": rounds, "reference_ms": reference_ms}
+    count = passes if paired else rounds
+    if count < 1:
+        raise ValueError(f"need at least one pass, got {count}")
+    values: dict[Item, list[float]] = {item: [] for item in todo}
+    done = 0
+    for r in range(count):
+        for item in (todo if r % 2 == 0 else todo[::-1]):
+            ms = float(measure(item, **paired))
+            values[item].append(ms)
+            done += 1
+            if progress is not None:
+                progress(done, len(todo) * count, item, ms)
+    combine = statistics.median if paired else min
+    return {item: float(combine(v)) for item, v in values.items()}
