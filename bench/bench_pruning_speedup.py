@@ -1,7 +1,7 @@
 """The final pruned network's speedup over its unpruned parent: predicted by the latency model vs measured, repeated.
 
     .venv/bin/python bench/bench_pruning_speedup.py --ratio results/search_ratio/ratio.json \
-        --table results/profile_device/cpu_torch_bf16 [--repeats 3] [--runs 10]
+        --table results/profile_device/cpu_auto [--repeats 3] [--runs 10]
 
 Each repeat measures the pruned network and its parent end to end on the table's target exactly like the verdicts
 of ``search_ratio`` and ``check_budget`` (:func:`srnas.search.run.measure_on_target`: the table's timing protocol,

@@ -2,7 +2,7 @@
 against PSNR after a short recovery fine-tune, over random keep ratios of one stage-2 architecture.
 
     .venv/bin/python bench/bench_ratio_proxy.py --arch results/search_arch/arch.json \
-        --supernet results/train_supernet/supernet.pt --table results/profile_device/cpu_torch_bf16 \
+        --supernet results/train_supernet/supernet.pt --table results/profile_device/cpu_auto \
         --data-dir results/prepare_data [--count 8] [--steps 400] [--json FILE]
 
 For ``--count`` keep-ratio settings of the architecture's pruned convs (stage 2's own setting first, the rest drawn

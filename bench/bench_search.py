@@ -1,7 +1,7 @@
 """Stage-2 search on this machine: wall time of a 200-trial search, Bayesian optimization vs random search, and the
 chosen architecture's measured latency against its prediction.
 
-    .venv/bin/python bench/bench_search.py --supernet SUPERNET.pt --table results/profile_device/cpu_torch_bf16 \
+    .venv/bin/python bench/bench_search.py --supernet SUPERNET.pt --table results/profile_device/cpu_auto \
         --data-dir results/prepare_data [--trials 200] [--seeds 0 1 2] [--strategies tpe random] [--json FILE]
 
 Inputs are what the pipeline produced: a trained supernet (``train_supernet``), the target's latency table

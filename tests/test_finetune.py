@@ -193,7 +193,7 @@ def test_bad_inputs_are_clear_errors(inputs: tuple[Path, Path], data_dir: Path, 
         finetune(tmp_path / "missing.pt", supernet, data_dir, CFG, out)
     with pytest.raises(CheckpointError, match=r"missing\.pt: no such file"):
         finetune(pruned, tmp_path / "missing.pt", data_dir, CFG, out)
-    with pytest.raises(CheckpointError, match=r"supernet\.pt: expected a 'srnas-pruned/1' file"):
+    with pytest.raises(CheckpointError, match=r"supernet\.pt: expected a 'srnas-subnet/1' or 'srnas-pruned/1' file, found 'srnas-supernet/1'"):
         finetune(supernet, supernet, data_dir, CFG, out)
     x3 = tmp_path / "supernet_x3.pt"
     save_supernet(x3, _supernet(scale=3))

@@ -18,14 +18,14 @@ PROJECT_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "params.yaml",
 pytestmark = pytest.mark.slow
 
 
-def _env() -> dict[str, str]:
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SRNAS_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    return env
+    return env | (extra or {})
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+def _run(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(extra_env), capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -52,9 +52,13 @@ def _stage_runs(project: Path) -> list[dict]:
         os.chdir(cwd)
 
 
-def test_snakemake_smoke_pipeline(tmp_path: Path) -> None:
+def test_snakemake_smoke_pipeline_without_native_bf16(tmp_path: Path) -> None:
+    """The whole DAG as on a CPU without native bf16 (most laptops, ARM servers, Apple silicon): SRNAS_HIDE_BF16 hides
+    it, and the default target's ``runtime: auto`` resolves to a runtime this machine then runs. (The DVC test below
+    runs the DAG with the machine as it is.)"""
     project = _copy_project(tmp_path)
-    _run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "config/smoke.yaml"], project)
+    hidden = {"SRNAS_HIDE_BF16": "1"}
+    _run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "config/smoke.yaml"], project, hidden)
 
     report = (project / "results" / "report.md").read_text()
     assert "## x2" in report and "| bicubic |" in report and "| plain16 |" in report
@@ -71,8 +75,13 @@ def test_snakemake_smoke_pipeline(tmp_path: Path) -> None:
     assert "## Supernet" in report and "## Latency model and pruning schemes" in report and "| filter_g16 |" in report
     supernet = json.loads((project / "results" / "train_supernet" / "train_metrics.json").read_text())
     assert supernet["steps"] == 20 and supernet["space_size"] > 1 and (project / "results" / "train_supernet" / "supernet.pt").is_file()
-    table = json.loads((project / "results" / "profile_device" / "cpu_torch_fp32" / "table.json").read_text())
-    assert table["entries"] and table["fingerprint"]["runtime"] == "torch_fp32"
+    table = json.loads((project / "results" / "profile_device" / "cpu_auto" / "table.json").read_text())
+    build = json.loads((project / "results" / "profile_device" / "cpu_auto" / "build.json").read_text())
+    choice = build["runtime_choice"]
+    assert choice["runtime"] in ("torch_fp32", "onnxruntime_fp32") and "torch_bf16" not in choice["scores_ms"]
+    assert table["entries"] and table["fingerprint"]["runtime"] == choice["runtime"]
+    assert not table["fingerprint"]["cpu_flags"]["avx512_bf16"] and not table["fingerprint"]["cpu_flags"]["amx_bf16"]
+    assert f"resolved it to `{choice['runtime']}`" in report
     arch = json.loads((project / "results" / "search_arch" / "arch.json").read_text())
     assert arch["trials"] == 8 and arch["chosen"]["predicted_ms"] <= arch["budget_ms"] and arch["chosen"]["measured_ms"] > 0
     assert "## Architecture search (stage 2)" in report and "search_arch/pareto.png" in report
@@ -89,7 +98,7 @@ def test_snakemake_smoke_pipeline(tmp_path: Path) -> None:
     evaluate = next(run for run in runs if run["stage"] == "evaluate" and run["tags"]["srnas.model"] == "bicubic")
     assert evaluate["metrics"]["psnr_val_x2"] == pytest.approx(metrics["bicubic_x2"]["psnr_val_x2"])
 
-    dry = _run([str(BIN / "snakemake"), "-n", "--configfile", "config/smoke.yaml"], project)
+    dry = _run([str(BIN / "snakemake"), "-n", "--configfile", "config/smoke.yaml"], project, hidden)
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 

@@ -13,11 +13,10 @@ import torch
 from torch import nn
 
 from srnas import fingerprint as fp_mod
-from srnas import profiling
-from srnas.runtimes import allocator
 from srnas.export import export_onnx
 from srnas.fingerprint import fingerprint_id, target_fingerprint
 from srnas.profiling import LatencyResult, lr_size_for_720p, profile_all, profile_module
+from srnas.runtimes import allocator
 from srnas.runtimes.allocator import malloc_env, malloc_env_set
 from srnas.runtimes.availability import RUNTIMES, RuntimeUnavailableError, available_runtimes, runtime_available
 

@@ -13,9 +13,10 @@ from torch import nn
 from srnas.arch.network import SubnetSR, load_network, save_network
 from srnas.arch.pruned import PrunedSubnet, as_pruned, full_channels
 from srnas.arch.space import CellConfig, SubnetConfig
-from srnas.checkpoint import CheckpointError
+from srnas.checkpoint import CheckpointError, save_checkpoint
 from srnas.errors import ConfigError
 from srnas.latency.layers import network_layers
+from srnas.loading import load_trained
 from srnas.models import count_params
 from srnas.pruning import CRITERIA, filter_importance, kept_channels, prunable_convs, prune_subnet, pruned_from_keep
 
@@ -169,6 +170,24 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         assert torch.equal(again(x), net(x))
 
 
+def test_one_network_class_and_one_loader_for_pruned_and_unpruned(tmp_path: Path) -> None:
+    """The subnet and the pruned network are one class; each is stored in its own format and read by one loader."""
+    whole = _subnet(MIXED, 2)
+    pruned = prune_subnet(whole, MIXED_PRUNED)
+    assert type(whole) is type(pruned) is SubnetSR and not whole.pruned.is_pruned and pruned.pruned.is_pruned
+    assert set(whole.state_dict()) == set(pruned.state_dict())
+    x = torch.rand(1, 3, 8, 8)
+    for name, net, fmt in (("whole.pt", whole, "srnas-subnet/1"), ("pruned.pt", pruned, "srnas-pruned/1")):
+        save_network(tmp_path / name, net)
+        assert torch.load(tmp_path / name, weights_only=True)["format"] == fmt
+        for loaded in (load_network(tmp_path / name), load_trained(tmp_path / name)):
+            assert isinstance(loaded, SubnetSR) and loaded.pruned == net.pruned
+            with torch.no_grad():
+                assert torch.equal(loaded(x), net.eval()(x))
+    with pytest.raises(ConfigError, match="pruned already"):
+        prune_subnet(pruned, MIXED_PRUNED)
+
+
 def test_unusable_pruned_files_are_checkpoint_errors(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
@@ -176,9 +195,10 @@ def test_unusable_pruned_files_are_checkpoint_errors(tmp_path: Path) -> None:
         load_network(corrupt)
     with pytest.raises(CheckpointError, match=r"missing\.pt: no such file"):
         load_network(tmp_path / "missing.pt")
-    save_network(tmp_path / "subnet.pt", _subnet(MIXED, 2))
-    with pytest.raises(CheckpointError, match=r"subnet\.pt: expected a 'srnas-pruned/1' file"):
-        load_network(tmp_path / "subnet.pt")
+    ckpt = tmp_path / "last.ckpt"
+    save_checkpoint(ckpt, {"step": 1})
+    with pytest.raises(CheckpointError, match=r"last\.ckpt: expected a 'srnas-subnet/1' or 'srnas-pruned/1' file"):
+        load_network(ckpt)
     # weights that do not fit the stored channel counts
     net = prune_subnet(_subnet(MIXED, 2), MIXED_PRUNED)
     object.__setattr__(net, "pruned", PrunedSubnet(MIXED, (4, 10, 6, 4, 6, 20, 3, 6)))

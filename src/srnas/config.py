@@ -387,9 +387,13 @@ class SupernetConfig:
 
 # ------------------------------------------------------------------------- latency model (profile_device)
 
-LATENCY_RUNTIMES = ("torch_fp32", "torch_bf16", "onnxruntime_fp32")
-# The precisions each latency runtime deploys: ONNX Runtime runs fp32 graphs or static int8 (QDQ) ones.
-LATENCY_PRECISIONS = {"torch_fp32": ("fp32",), "torch_bf16": ("bf16",), "onnxruntime_fp32": ("fp32", "int8")}
+# ``auto``: the fastest of the others that this machine really runs, measured (srnas.latency.auto).
+AUTO_RUNTIME = "auto"
+LATENCY_RUNTIMES = (AUTO_RUNTIME, "torch_fp32", "torch_bf16", "onnxruntime_fp32")
+# The precisions each latency runtime deploys: ONNX Runtime runs fp32 graphs or static int8 (QDQ) ones; ``auto``
+# takes the precision of the runtime it resolves to.
+LATENCY_PRECISIONS = {AUTO_RUNTIME: (AUTO_RUNTIME,), "torch_fp32": ("fp32",), "torch_bf16": ("bf16",),
+                      "onnxruntime_fp32": ("fp32", "int8")}
 
 
 @dataclass(frozen=True)
@@ -397,7 +401,8 @@ class TargetConfig:
     """One item of ``latency.targets``: a device and the runtime a model is deployed with there.
 
     ``name`` names the output folder (``results/profile_device/<name>``) and metrics (``latency_ms_<name>``);
-    ``device`` is a label for humans; ``runtime`` one of ``torch_fp32``, ``torch_bf16``, ``onnxruntime_fp32``;
+    ``device`` is a label for humans; ``runtime`` one of ``torch_fp32``, ``torch_bf16``, ``onnxruntime_fp32``, or
+    ``auto`` (the fastest of them this machine runs, measured once per machine and cached; ``precision: auto``);
     ``precision`` ``fp32`` / ``bf16`` / ``int8`` (int8 = ONNX Runtime static QDQ); ``threads`` 0 means every CPU
     this process may use; ``input_size`` the LR [height, width], empty for the size whose output is 1280x720.
     """

@@ -19,6 +19,12 @@ from typing import Any
 # CPU features that change which kernels the runtimes pick (Linux /proc/cpuinfo names).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
+# ``SRNAS_HIDE_BF16=1`` hides native bf16: the CPU is described (and every runtime decision made) as if it lacked
+# these flags, as on most laptops, ARM servers and Apple silicon. A machine that has bf16 can so check that the
+# default job works without it; the fingerprint changes with it, so no table is shared across the two.
+HIDE_BF16_ENV = "SRNAS_HIDE_BF16"
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
 # Distributions whose version changes a measured latency. executorch appears only when installed.
 PACKAGES = ("torch", "onnxruntime", "onnx", "executorch")
 
@@ -51,6 +57,16 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
     return model or platform.processor() or platform.machine() or "unknown", flags
 
 
+def bf16_hidden() -> bool:
+    """True when :data:`HIDE_BF16_ENV` is set to a non-empty value other than ``0``."""
+    return os.environ.get(HIDE_BF16_ENV, "") not in ("", "0")
+
+
+def _visible_flags() -> frozenset[str]:
+    flags = _cpuinfo()[1]
+    return flags - BF16_FLAGS if bf16_hidden() else flags
+
+
 def cpu_model() -> str:
     """The CPU's marketing name, e.g. ``AMD EPYC`` or ``Intel(R) Xeon(R) Platinum 8481C``."""
     return _cpuinfo()[0]
@@ -58,12 +74,13 @@ def cpu_model() -> str:
 
 def cpu_flags() -> dict[str, bool]:
     """Which of :data:`CPU_FLAGS` this CPU reports (all False where /proc/cpuinfo is unavailable)."""
-    flags = _cpuinfo()[1]
+    flags = _visible_flags()
     return {flag: flag in flags for flag in CPU_FLAGS}
 
 
 def has_cpu_flag(flag: str) -> bool:
-    return flag in _cpuinfo()[1]
+    """Whether the CPU reports ``flag`` (bf16 flags read as absent while :func:`bf16_hidden`)."""
+    return flag in _visible_flags()
 
 
 def usable_cpus() -> int:

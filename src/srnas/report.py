@@ -117,6 +117,10 @@ def latency_model_section(device_dir: Path) -> list[str]:
     lines: list[str] = []
     for target_dir in sorted(p for p in device_dir.glob("*") if p.is_dir()) if device_dir.is_dir() else []:
         build = _read_json(target_dir / "build.json") if (target_dir / "build.json").is_file() else {}
+        choice = build.get("runtime_choice")
+        if isinstance(choice, dict):
+            lines += [f"Target `{target_dir.name}` asked for `runtime: auto`; this machine resolved it to "
+                      f"`{choice.get('runtime', '?')}` ({choice.get('precision', '?')}): {choice.get('reason', '?')}.", ""]
         if build.get("available", True) and build:
             lines += [f"Latency table of `{target_dir.name}`: {build.get('entries', '?')} layer configurations on the "
                       f"granularity-{build.get('granularity', '?')} channel grid ({build.get('measured', '?')} measured, "

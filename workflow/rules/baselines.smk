@@ -4,7 +4,7 @@
 rule train_baseline:
     input:
         data="results/prepare_data",
-        code=package_files("training", "models"),
+        code=stage_code("train"),
     output:
         model="results/train_baseline/{model}_x{scale}/model.pt",
         metrics="results/train_baseline/{model}_x{scale}/train_metrics.json",
@@ -26,7 +26,7 @@ rule export:
     input:
         checkpoint="results/train_baseline/{model}_x{scale}/model.pt",
         data="results/prepare_data",
-        code=package_files("export.py", "inference.py"),
+        code=stage_code("export"),
     output:
         onnx="results/export/{model}_x{scale}/model.onnx",
         parity="results/export/{model}_x{scale}/parity.json",
@@ -48,7 +48,7 @@ rule profile_model:
     input:
         checkpoint="results/train_baseline/{model}_x{scale}/model.pt",
         onnx="results/export/{model}_x{scale}/model.onnx",
-        code=package_files("profiling.py", "fingerprint.py"),
+        code=stage_code("profile"),
     output:
         latency="results/profile_model/{model}_x{scale}.json",
     params:

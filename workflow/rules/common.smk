@@ -1,10 +1,10 @@
 # Shared helpers: config validation, the CLI invocation, and the parent MLflow run.
-import glob
 import json
-import os
 import subprocess
 
 from snakemake.utils import validate
+
+from srnas.stage_code import stage_code_files
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -47,13 +47,10 @@ def final_name():
     return f"final_x{config['supernet']['scale']}"
 
 
-def package_files(*relative):
-    """Package source files a stage runs, so code changes rerun it (DVC lists the same deps)."""
-    files = []
-    for rel in relative:
-        path = os.path.join("src", "srnas", rel)
-        files.extend(sorted(glob.glob(os.path.join(path, "*.py"))) if os.path.isdir(path) else [path])
-    return files
+def stage_code(command):
+    """The package source files the stage's subcommand runs (its transitive imports), so a code change reruns it;
+    dvc.yaml lists the same code (tests/test_stage_code.py)."""
+    return stage_code_files("src", command)
 
 
 def pipeline_hook(*args):

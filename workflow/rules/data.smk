@@ -1,6 +1,6 @@
 rule prepare_data:
     input:
-        code=package_files("data", "imresize.py", "images.py"),
+        code=stage_code("prepare_data"),
     output:
         directory("results/prepare_data"),
     params:

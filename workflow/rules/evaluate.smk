@@ -2,7 +2,7 @@ rule evaluate:
     input:
         data="results/prepare_data",
         checkpoint="results/train_baseline/{model}_x{scale}/model.pt",
-        code=package_files("evaluation.py", "metrics.py", "inference.py"),
+        code=stage_code("evaluate"),
     output:
         metrics="results/evaluate/{model}_x{scale}.json",
     params:

@@ -9,7 +9,7 @@ rule search_ratio:
         supernet="results/train_supernet/supernet.pt",
         tables="results/profile_device",
         data="results/prepare_data",
-        code=package_files("search", "pruning.py"),
+        code=stage_code("search"),
     output:
         pruned="results/search_ratio/pruned.pt",
         ratio="results/search_ratio/ratio.json",
@@ -35,7 +35,7 @@ rule finetune:
         pruned="results/search_ratio/pruned.pt",
         supernet="results/train_supernet/supernet.pt",
         data="results/prepare_data",
-        code=package_files("finetune.py", "training"),
+        code=stage_code("finetune"),
     output:
         model="results/finetune/model.pt",
         metrics="results/finetune/train_metrics.json",
@@ -57,7 +57,7 @@ rule export_final:
     input:
         checkpoint="results/finetune/model.pt",
         data="results/prepare_data",
-        code=package_files("export.py", "inference.py"),
+        code=stage_code("export"),
     output:
         onnx=f"results/export/{final_name()}/model.onnx",
         parity=f"results/export/{final_name()}/parity.json",
@@ -80,7 +80,7 @@ rule profile_final:
     input:
         checkpoint="results/finetune/model.pt",
         onnx=f"results/export/{final_name()}/model.onnx",
-        code=package_files("profiling.py", "fingerprint.py"),
+        code=stage_code("profile"),
     output:
         latency=f"results/profile_model/{final_name()}.json",
     params:
@@ -101,7 +101,7 @@ rule evaluate_final:
     input:
         data="results/prepare_data",
         checkpoint="results/finetune/model.pt",
-        code=package_files("evaluation.py", "metrics.py", "inference.py"),
+        code=stage_code("evaluate"),
     output:
         metrics=f"results/evaluate/{final_name()}.json",
     params:
@@ -122,7 +122,7 @@ rule check_budget:
     input:
         checkpoint="results/finetune/model.pt",
         tables="results/profile_device",
-        code=package_files("search", "latency"),
+        code=stage_code("search"),
     output:
         verdict="results/check_budget.json",
     params:

@@ -4,7 +4,7 @@
 
 rule profile_device:
     input:
-        code=package_files("latency", "supernet/space.py", "supernet/subnet.py", "export.py", "profiling.py", "fingerprint.py"),
+        code=stage_code("latency"),
     output:
         tables=directory("results/profile_device"),
     params:

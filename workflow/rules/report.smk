@@ -14,7 +14,7 @@ rule report:
         final_parity=f"results/export/{final_name()}/parity.json",
         final_training="results/finetune/train_metrics.json",
         budget="results/check_budget.json",
-        code=package_files("report.py"),
+        code=stage_code("report"),
     output:
         report="results/report.md",
         figures=directory("results/report"),

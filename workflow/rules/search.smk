@@ -7,7 +7,7 @@ rule search_arch:
         supernet="results/train_supernet/supernet.pt",
         tables="results/profile_device",
         data="results/prepare_data",
-        code=package_files("search", "pruning.py"),
+        code=stage_code("search"),
     output:
         arch="results/search_arch/arch.json",
         trials="results/search_arch/trials.csv",

@@ -4,7 +4,7 @@
 rule train_supernet:
     input:
         data="results/prepare_data",
-        code=package_files("supernet", "training"),
+        code=stage_code("supernet"),
     output:
         supernet="results/train_supernet/supernet.pt",
         metrics="results/train_supernet/train_metrics.json",

@@ -76,23 +76,26 @@ def run_profile(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     cfg, space_cfg, scale = _sections(settings)
     space = SearchSpace(space_cfg)
-    targets = select_targets(cfg, scale, args.target)
+    resolved = select_targets(cfg, scale, args.target)
+    targets = [r.target for r in resolved]
     params = {"latency": cfg.__dict__ | {"targets": [t.to_dict() for t in targets]}, "space": space.to_dict(), "scale": scale}
     summary: dict[str, Any] = {}
     with tracking.stage_run(settings.tracking, "profile_device", params, {"srnas.scale": str(scale)}) as stage:
-        for target in targets:
+        for target, choice in ((r.target, r.choice) for r in resolved):
             out = args.out / target.name
+            if choice is not None:
+                summary.setdefault(target.name, {})["runtime_choice"] = choice.to_dict()
             if not target_available(target):
                 reason = f"runtime {target.runtime} is not available on this machine"
                 LOG.warning("%s: %s; writing placeholders", target.name, reason)
                 write_unavailable(target, out, reason)
-                summary[target.name] = {"available": False, "reason": reason}
+                summary[target.name] = {**summary.get(target.name, {}), "available": False, "reason": reason}
                 continue
-            result = profile_target(target, space, cfg, out, cache_dir=args.cache_dir)
+            result = profile_target(target, space, cfg, out, cache_dir=args.cache_dir, runtime_choice=choice)
             metrics = result.metrics()
             stage.log_metrics(metrics)
             stage.log_artifact(out, f"profile_device/{target.name}")
-            summary[target.name] = {"available": True, "fingerprint_id": result.table.fingerprint_id,
+            summary[target.name] = {**summary.get(target.name, {}), "available": True, "fingerprint_id": result.table.fingerprint_id,
                                     "granularity": result.table.granularity, "entries": len(result.table),
                                     "measured": result.table.measured, "reused": result.table.reused,
                                     "seconds": result.seconds, "accepted_schemes": result.schemes.accepted(),
@@ -121,7 +124,7 @@ def run_validate(args: argparse.Namespace) -> int:
     if count < 2:
         raise ConfigError(f"--count: need at least 2 networks for a rank correlation, got {count}")
     space = SearchSpace(space_cfg)
-    targets = select_targets(cfg, scale, args.target)
+    targets = [r.target for r in select_targets(cfg, scale, args.target)]
     params = {"validation_subnets": count, "pruned_share": cfg.pruned_share, "seed": cfg.seed,
               "protocol": cfg.protocol, **{f"net_{k}": v for k, v in cfg.net_timing().items()},
               "targets": [t.name for t in targets]}

@@ -28,6 +28,7 @@ from srnas.arch.pruned import PrunedSubnet
 from srnas.arch.space import SearchSpace
 from srnas.config import LatencyConfig
 from srnas.latency import measure as measuring
+from srnas.latency.auto import RuntimeChoice
 from srnas.latency.layers import enumerate_layers
 from srnas.latency.measure import REFERENCE_LAYER
 from srnas.latency.predictor import LatencyPredictor, OverheadModel, fit_overhead
@@ -79,8 +80,9 @@ def calibration_networks(space: SearchSpace, cfg: LatencyConfig, granularity: in
 
 
 def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_dir: str | os.PathLike[str], *,
-                   cache_dir: str | os.PathLike[str] | None = None) -> ProfileResult:
-    """Measure schemes and table on ``target``, calibrate the overhead, write ``out_dir``; cached by fingerprint."""
+                   cache_dir: str | os.PathLike[str] | None = None, runtime_choice: RuntimeChoice | None = None) -> ProfileResult:
+    """Measure schemes and table on ``target``, calibrate the overhead, write ``out_dir``; cached by fingerprint.
+    ``runtime_choice``: how ``runtime: auto`` chose the target's runtime (recorded in ``build.json``)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     cache = LatencyCache(cache_dir if cache_dir is not None else cfg.cache_dir, target.fingerprint())
@@ -118,8 +120,9 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
         "net_protocol": net_timing | {"kind": table.protocol_kind},
     }
     table.save(out_dir / TABLE_FILE)
-    atomic.write_json(out_dir / BUILD_JSON, table.build_info() | {"target": target.name,
-                                                                 "calibration_mape": overhead.calibration_mape})
+    atomic.write_json(out_dir / BUILD_JSON, table.build_info() | {
+        "target": target.name, "calibration_mape": overhead.calibration_mape,
+        "runtime_choice": runtime_choice.to_dict() if runtime_choice is not None else None})
     atomic.write_json(out_dir / SCHEMES_JSON, schemes.to_dict())
     atomic.write_text(out_dir / SCHEMES_MD, schemes_markdown(schemes))
     log.info("%s: %d layers (%d measured, %d reused), granularity %d, overhead %s, calibration MAPE %.1f%%, %.0f s",

@@ -1,24 +1,30 @@
 """Latency targets: where and how a model is deployed (device, runtime, precision, threads, input size).
 
 A target comes from ``params.yaml`` (:class:`srnas.config.TargetConfig`, section ``latency.targets``) and is
-resolved here against this machine: ``threads: 0`` becomes every usable CPU and an empty ``input_size``
-the LR size whose output is 1280x720 at the search space's scale. Its fingerprint
+resolved here against this machine: ``threads: 0`` becomes every usable CPU, an empty ``input_size``
+the LR size whose output is 1280x720 at the search space's scale, and ``runtime: auto`` the fastest runtime this
+machine really has (:mod:`srnas.latency.auto`: measured once per machine, cached in ``latency.cache_dir``). Its fingerprint
 (:func:`srnas.fingerprint.target_fingerprint`: CPU model and flags, runtime, precision, threads, library
 versions) keys the latency table: a table is only reused under the same fingerprint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from srnas.config import LatencyConfig, TargetConfig
+from srnas.config import AUTO_RUNTIME, LatencyConfig, TargetConfig
 from srnas.errors import ConfigError
 from srnas.fingerprint import fingerprint_id, target_fingerprint
+from srnas.latency.auto import RuntimeChoice, choose_runtime
 from srnas.profiling import lr_size_for_720p, resolve_threads
 
-__all__ = ["Target", "resolve_target", "resolve_targets", "select_targets"]
+__all__ = ["ResolvedTarget", "Target", "resolve_target", "resolve_targets", "select_targets"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,23 +57,41 @@ class Target:
                 "threads": self.threads, "input_hw": list(self.input_hw), "scale": self.scale}
 
 
-def resolve_target(cfg: TargetConfig, scale: int) -> Target:
-    """``cfg`` with threads and input size made concrete for this machine and ``scale``."""
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A target and, for ``runtime: auto``, the measured choice that made its runtime concrete (else None)."""
+
+    target: Target
+    choice: RuntimeChoice | None
+
+
+def resolve_target(cfg: TargetConfig, scale: int, cache_dir: str) -> ResolvedTarget:
+    """``cfg`` with threads, input size and (for ``runtime: auto``) runtime and precision made concrete for this
+    machine and ``scale``; ``cache_dir`` keeps the auto choice (``latency.cache_dir``)."""
     hw = tuple(cfg.input_size) if cfg.input_size else lr_size_for_720p(scale)
-    return Target(cfg.name, cfg.device, cfg.runtime, cfg.precision, resolve_threads(cfg.threads), (int(hw[0]), int(hw[1])), scale)
+    input_hw = (int(hw[0]), int(hw[1]))
+    threads = resolve_threads(cfg.threads)
+    choice = choose_runtime(threads, input_hw, scale, cache_dir) if cfg.runtime == AUTO_RUNTIME else None
+    runtime, precision = (choice.runtime, choice.precision) if choice else (cfg.runtime, cfg.precision)
+    return ResolvedTarget(Target(cfg.name, cfg.device, runtime, precision, threads, input_hw, scale), choice)
 
 
-def resolve_targets(cfg: LatencyConfig, scale: int) -> list[Target]:
-    return [resolve_target(t, scale) for t in cfg.targets]
+def resolve_targets(cfg: LatencyConfig, scale: int) -> list[ResolvedTarget]:
+    resolved = [resolve_target(t, scale, cfg.cache_dir) for t in cfg.targets]
+    for item in resolved:
+        if item.choice is not None:
+            logger.info("%s: runtime auto -> %s (%s): %s", item.target.name, item.target.runtime, item.target.precision,
+                        item.choice.reason)
+    return resolved
 
 
-def select_targets(cfg: LatencyConfig, scale: int, names: Sequence[str] | None) -> list[Target]:
+def select_targets(cfg: LatencyConfig, scale: int, names: Sequence[str] | None) -> list[ResolvedTarget]:
     """The targets named in ``names`` (all when empty/None); ConfigError naming an unknown one."""
-    targets = resolve_targets(cfg, scale)
-    if not names:
-        return targets
-    by_name = {t.name: t for t in targets}
-    unknown = [n for n in names if n not in by_name]
+    known = [t.name for t in cfg.targets]
+    unknown = [n for n in names or () if n not in known]
     if unknown:
-        raise ConfigError(f"latency.targets: no target named {', '.join(unknown)}; known: {', '.join(by_name)}")
-    return [by_name[n] for n in names]
+        raise ConfigError(f"latency.targets: no target named {', '.join(unknown)}; known: {', '.join(known)}")
+    chosen = [t for t in cfg.targets if not names or t.name in names]
+    resolved = resolve_targets(dataclasses.replace(cfg, targets=tuple(chosen)), scale)
+    by_name = {r.target.name: r for r in resolved}
+    return [by_name[n] for n in (names or known)]

@@ -9,13 +9,11 @@ Runtimes (:data:`RUNTIMES`, the names ``params.yaml`` uses):
 - ``executorch_xnnpack``: ExecuTorch with the XNNPACK delegate, when executorch is installed.
 - ``torch_cuda``: eager PyTorch fp32 on the GPU, when CUDA is available.
 
-``SRNAS_HIDE_BF16=1`` in the environment hides native bf16 (as on a CPU without it: most laptops, ARM servers,
-Apple silicon), so a machine that has it can check that everything still works without it.
+``SRNAS_HIDE_BF16=1`` in the environment hides native bf16 (:func:`srnas.fingerprint.bf16_hidden`), so a machine
+that has it can check that everything still works without it.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -25,8 +23,8 @@ from srnas.fingerprint import has_cpu_flag
 from srnas.runtimes.executorch import executorch_available
 from srnas.runtimes.ort import onnxruntime_available
 
-__all__ = ["HIDE_BF16_ENV", "RUNTIMES", "RUNTIME_PRECISION", "RuntimeUnavailableError", "available_runtimes",
-           "bf16_hidden", "bf16_supported", "runtime_available"]
+__all__ = ["RUNTIMES", "RUNTIME_PRECISION", "RuntimeUnavailableError", "available_runtimes", "bf16_supported",
+           "runtime_available"]
 
 RUNTIMES: tuple[str, ...] = PROFILE_RUNTIMES
 RUNTIME_PRECISION = {
@@ -36,21 +34,15 @@ RUNTIME_PRECISION = {
     "executorch_xnnpack": "fp32",
     "torch_cuda": "fp32",
 }
-HIDE_BF16_ENV = "SRNAS_HIDE_BF16"
 
 
 class RuntimeUnavailableError(SrnasError):
     """The requested runtime cannot run on this machine (library missing, CPU without bf16, no GPU)."""
 
 
-def bf16_hidden() -> bool:
-    """True when ``SRNAS_HIDE_BF16`` is set to a non-empty value other than ``0``: native bf16 is treated as absent."""
-    return os.environ.get(HIDE_BF16_ENV, "") not in ("", "0")
-
-
 def bf16_supported() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), oneDNN can use it, and it is not hidden."""
-    if bf16_hidden() or not (has_cpu_flag("avx512_bf16") or has_cpu_flag("amx_bf16")):
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16, not hidden) and oneDNN can use it."""
+    if not (has_cpu_flag("avx512_bf16") or has_cpu_flag("amx_bf16")):
         return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -6,8 +6,8 @@ Lowering a model to a ``.pte`` is :func:`srnas.export.export_pte`; this module o
 from __future__ import annotations
 
 import functools
-import logging
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Any
