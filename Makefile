@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.srnas-installed
-# Large activations: keep glibc from returning memory to the OS on every forward (DESIGN.md section 5).
+# Large activations: keep glibc from returning memory to the OS on every forward (srnas.runtimes.allocator explains why).
 export MALLOC_MMAP_THRESHOLD_ := 1073741824
 export MALLOC_TRIM_THRESHOLD_ := 1073741824
 export PATH := $(BIN):$(PATH)

@@ -19,7 +19,8 @@ Why one global width, not a width per cell
   around it feed each other, so a cell's output width must equal its input width wherever a residual
   path crosses it. Per-cell widths would need a rule to reconcile them (zero-pad the narrower tensor or
   slice the wider one). Padding adds real memory traffic and compute on the target for channels that carry
-  nothing -- exactly what DESIGN.md section 5 says does not count as a physical saving -- and slicing
+  nothing -- padded or zeroed channels are not a physical saving (measured: unstructured zeros gave no speedup on
+  any runtime, see docs/latency.md) -- and slicing
   silently drops features. With one width per subnet every addition is aligned by construction.
 - *The space stays searchable.* 5 widths per cell over 6 cells would multiply the space by 5^5 = 3125 for
   choices whose effect on latency is mostly the sum of the per-layer widths; stage 2's budget is better
