@@ -64,7 +64,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min); CPUs usable: {len(os.sched_getaffinity(0))}")
     cache_dir = args.cache_dir or (Path(tempfile.mkdtemp(prefix="srnas-latency-cache-")) if args.fresh else Path(cfg.cache_dir))
     print(f"measurement cache: {cache_dir}")
-    for target in select_targets(cfg, SCALE, args.target):
+    for target in (resolved.target for resolved in select_targets(cfg, SCALE, args.target)):
         if args.threads is not None:
             target = dataclasses.replace(target, name=f"{target.name}_t{args.threads}", threads=args.threads)
         print(f"\n=== {target.label}")
