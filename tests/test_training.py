@@ -13,13 +13,14 @@ import pytest
 import torch
 from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
 
-from srnas.checkpoint import CheckpointError, load_checkpoint
+from srnas.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from srnas.config import TrainConfig, from_mapping
 from srnas.errors import ConfigError, DataError
 from srnas.images import write_png
 from srnas.loading import load_trained
 from srnas.models import create_model
 from srnas.training import ImagePairs, PatchSampler, load_pairs, step_generator, train
+from srnas.training.loop import LoopSpec, TrainingDiverged, optimizer_and_schedule, run_loop
 
 SCALE = 2
 # Tiny but real: 4 x 64x64 training images, LR patches of 8, batch 4.
@@ -189,6 +190,54 @@ def test_resume_ignores_a_checkpoint_for_another_config(data_dir: Path, tmp_path
     other = train("plain16", SCALE, data_dir, dataclasses.replace(cfg, lr=1e-3), tmp_path)
     assert other.resumed_from_step == 0
     assert "different model, config or data" in caplog.text
+
+
+def test_a_checkpoint_with_the_older_one_loss_history_resumes(data_dir: Path, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(CFG, steps=6, log_every=4)
+    first = train("plain16", SCALE, data_dir, cfg, tmp_path)
+    ckpt = load_checkpoint(tmp_path / "last.ckpt")
+    assert list(ckpt["losses"]) == ["train_loss"] and len(ckpt["losses"]["train_loss"]) == 4
+    ckpt["losses"] = ckpt["losses"]["train_loss"]  # the format before losses were named: one bare list
+    save_checkpoint(tmp_path / "last.ckpt", {k: v for k, v in ckpt.items() if k != "format"})
+    again = train("plain16", SCALE, data_dir, cfg, tmp_path)
+    assert again.resumed_from_step == 6 and again.final_loss == first.final_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class _FailingStep:
+    """A step function whose second loss stops being finite at step index 2."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    is_main: bool = True
+
+    def step(self, index: int) -> dict[str, float]:
+        self.optimizer.step()  # no gradients: nothing moves
+        self.scheduler.step()
+        return {"train_loss": 1.0, "loss_other": float("inf") if index == 2 else 0.5}
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def save_model(self, path: Path, metrics: dict) -> None:
+        raise AssertionError("a diverged run writes no model")
+
+    def barrier(self) -> None:
+        pass
+
+
+def test_a_loss_that_is_not_finite_stops_the_loop(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    step_fn = _FailingStep(model, *optimizer_and_schedule(model, CFG))
+    spec = LoopSpec(label="toy", summary="a toy", identity={}, describe={}, losses=("train_loss", "loss_other"))
+    seen: list[tuple[int, dict]] = []
+    with pytest.raises(TrainingDiverged, match=r"toy: training loss became .*loss_other inf at step 3"):
+        run_loop(step_fn, spec, dataclasses.replace(CFG, log_every=2, checkpoint_every=1), tmp_path,
+                 on_metrics=lambda m, s: seen.append((s, m)), progress=False)
+    assert [s for s, _ in seen] == [2] and seen[0][1]["loss_other"] == 0.5
+    assert load_checkpoint(tmp_path / "last.ckpt")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])

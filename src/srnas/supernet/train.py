@@ -35,6 +35,10 @@ once), gives each process ``batch_size / N`` patches from its own patch generato
 show progress and write files. Replicas start from the same seed and DDP broadcasts rank 0's weights, so
 they stay identical. ``batch_size`` is the global batch: the effective batch does not change with N.
 
+The step loop (checkpoints, exact resume, loss windows, logging, validation, final metrics, which process writes) is
+the one every training runs on, :func:`srnas.training.loop.run_loop`; this module supplies its step function,
+:class:`SandwichStep`.
+
 CPU speed: bf16 autocast (``bf16``) and channels-last activations (``channels_last``), as in baseline
 training; the losses are computed in fp32. ``bench/bench_supernet.py`` measures a supernet step against a
 plain training step of the largest subnet.
@@ -48,12 +52,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
-import sys
-import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,16 +63,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from torch.optim.lr_scheduler import LRScheduler
 
 from srnas.arch.space import SearchSpace, SubnetConfig
-from srnas.atomic import write_json
-from srnas.checkpoint import TRAINING_STATE, CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
 from srnas.config import SupernetConfig
 from srnas.errors import ConfigError, DataError
 from srnas.models import check_scale, count_params
 from srnas.supernet.supernet import SRSupernet, save_supernet
-from srnas.training.loop import TrainingDiverged, resolve_bf16, resolve_val_dir, validation_psnr
+from srnas.training.loop import (
+    LoopSpec,
+    config_identity,
+    optimizer_and_schedule,
+    resolve_bf16,
+    resolve_val_dir,
+    run_loop,
+    validation_psnr,
+)
 from srnas.training.patches import ImagePairs, PatchSampler, load_pairs
 
 __all__ = [
@@ -82,6 +88,7 @@ __all__ = [
     "patch_generator",
     "sandwich_subnets",
     "SandwichLoss",
+    "SandwichStep",
     "train_supernet",
 ]
 
@@ -89,8 +96,9 @@ logger = logging.getLogger(__name__)
 
 MetricsCallback = Callable[[dict[str, float], int], None]
 
-# Config fields that do not change the trained weights: a checkpoint is resumed across changes of these.
-_NON_IDENTITY_FIELDS = ("checkpoint_every", "log_every", "val_every", "device")
+# The losses a sandwich step reports: the largest subnet's L1 to HR (comparable with baseline training), the
+# smallest's, and the mean over the random subnets (when there are any).
+SANDWICH_LOSSES = ("train_loss", "loss_smallest", "loss_random")
 
 
 @dataclass(frozen=True)
@@ -249,26 +257,85 @@ class SandwichLoss(nn.Module):
         return total, torch.stack(report)
 
 
+# ------------------------------------------------------------------------------------ the step function
+
+
+@dataclass(frozen=True)
+class SandwichStep:
+    """The supernet's step function on :func:`~srnas.training.loop.run_loop`.
+
+    Step ``k``: this process's ``batch_size / N`` patches from ``patch_generator(seed, k, rank)``, the subnets of
+    ``sandwich_subnets(space, seed, k, num_random)``, one forward of ``sandwich`` (the :class:`SandwichLoss` of
+    ``supernet``, wrapped in ``DistributedDataParallel`` under torchrun), one backward, one Adam step and one schedule
+    step. Reports :data:`SANDWICH_LOSSES`, each averaged over the processes; validates the largest and the smallest
+    subnet with inherited weights (``val_psnr_largest``, ``val_psnr_smallest``) on ``val_pairs`` (rank 0's).
+    """
+
+    supernet: SRSupernet
+    sandwich: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    cfg: SupernetConfig
+    sampler: PatchSampler
+    val_pairs: ImagePairs | None
+    dist: DistContext
+
+    @property
+    def model(self) -> nn.Module:
+        return self.supernet
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def step(self, index: int) -> dict[str, float]:
+        train, dist = self.cfg.train, self.dist
+        lr_batch, hr_batch = self.sampler.sample(train.batch_size // dist.world_size, patch_generator(train.seed, index, dist.rank),
+                                                 train.augment, train.channels_last)
+        if dist.device.type != "cpu":
+            lr_batch = lr_batch.to(dist.device, non_blocking=True)
+            hr_batch = hr_batch.to(dist.device, non_blocking=True)
+        subnets = sandwich_subnets(self.supernet.space, train.seed, index, train.num_random)
+        self.optimizer.zero_grad(set_to_none=True)
+        total, report = self.sandwich(lr_batch, hr_batch, subnets)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if dist.distributed:
+            torch.distributed.all_reduce(report)
+            report = report / dist.world_size
+        values = report.cpu().tolist()
+        losses = {"train_loss": values[0], "loss_smallest": values[1]}
+        if len(values) > 2:
+            losses["loss_random"] = float(np.mean(values[2:]))
+        return losses
+
+    def subnet_psnr(self, subnet: SubnetConfig, pairs: ImagePairs) -> float | None:
+        """Validation PSNR of ``subnet`` with inherited weights (a standalone copy, fp32, CPU)."""
+        return validation_psnr(self.supernet.get_active_subnet(subnet).cpu().eval(), pairs)
+
+    def validate(self) -> dict[str, float]:
+        if self.val_pairs is None:
+            return {}
+        space = self.supernet.space
+        found = {"val_psnr_largest": self.subnet_psnr(space.largest(), self.val_pairs),
+                 "val_psnr_smallest": self.subnet_psnr(space.smallest(), self.val_pairs)}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def save_model(self, path: Path, metrics: dict[str, Any]) -> None:
+        save_supernet(path, self.supernet, extra={"config": dataclasses.asdict(self.cfg), "metrics": metrics})
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 
 def _identity(cfg: SupernetConfig, data_fingerprint: str, world_size: int) -> dict[str, Any]:
-    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _NON_IDENTITY_FIELDS}
-    return {"scale": cfg.scale, "space": SearchSpace(cfg.space).to_dict(), "train": train, "data": data_fingerprint,
-            "world_size": world_size}
-
-
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Temporary files a killed run left behind (``.last.ckpt.XXXX.tmp``); finished files are never touched."""
-    for name in ("last.ckpt", "supernet.pt", "train_metrics.json"):
-        for tmp in out_dir.glob(f".{name}.*.tmp*"):
-            tmp.unlink(missing_ok=True)
-
-
-def _subnet_psnr(supernet: SRSupernet, subnet: SubnetConfig, pairs: ImagePairs) -> float | None:
-    """Validation PSNR of ``subnet`` with inherited weights (a standalone copy, fp32, CPU)."""
-    model = supernet.get_active_subnet(subnet).cpu().eval()
-    return validation_psnr(model, pairs)
+    """What a ``last.ckpt`` must have been written for to be resumed: space, scale, weight-changing config, data, processes."""
+    return {"scale": cfg.scale, "space": SearchSpace(cfg.space).to_dict(), "train": config_identity(cfg.train),
+            "data": data_fingerprint, "world_size": world_size}
 
 
 def train_supernet(
@@ -301,10 +368,9 @@ def train_supernet(
     space = SearchSpace(cfg.space)
 
     with distributed_context(train_cfg.device) as dist_ctx:
-        world, rank, device = dist_ctx.world_size, dist_ctx.rank, dist_ctx.device
+        world, device = dist_ctx.world_size, dist_ctx.device
         if train_cfg.batch_size % world:
             raise ConfigError(f"supernet.train.batch_size: {train_cfg.batch_size} does not split over {world} processes")
-        local_batch = train_cfg.batch_size // world
         sampler = PatchSampler(load_pairs(train_dir, scale), train_cfg.lr_patch_size)
         val_pairs: ImagePairs | None = None
         val_name: str | None = None
@@ -324,33 +390,7 @@ def train_supernet(
             supernet = SRSupernet(space, scale)
         supernet.to(device)
         supernet.train()
-        optimizer = torch.optim.Adam(supernet.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.steps, eta_min=train_cfg.min_lr)
-        identity = _identity(cfg, sampler.fingerprint(), world)
-
-        ckpt_path = out_dir / "last.ckpt"
-        if dist_ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temporaries(out_dir)
-        start_step = 0
-        elapsed_before = 0.0
-        window = max(train_cfg.log_every, 1)
-        history: dict[str, deque[float]] = {k: deque(maxlen=window) for k in ("largest", "smallest", "random")}
-        if resume and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path, TRAINING_STATE)
-            if ckpt["identity"] != identity:
-                if dist_ctx.is_main:
-                    logger.warning("%s: written for a different space, config, data or process count; starting from scratch", ckpt_path)
-            else:
-                start_step, elapsed_before = restore_training_state(ckpt_path, ckpt, supernet, optimizer, scheduler)
-                try:
-                    for key, values in ckpt["losses"].items():
-                        history[key].extend(float(v) for v in values)
-                except (KeyError, ValueError, TypeError, AttributeError) as exc:
-                    raise CheckpointError(f"{ckpt_path}: cannot restore the loss history: {exc}") from None
-                if dist_ctx.is_main:
-                    logger.info("resuming the supernet x%d from %s at step %d/%d", scale, ckpt_path, start_step, train_cfg.steps)
-
+        optimizer, scheduler = optimizer_and_schedule(supernet, train_cfg)
         sandwich: nn.Module = SandwichLoss(supernet, distill=train_cfg.distill, child_weight=train_cfg.child_weight, bf16=use_bf16)
         if dist_ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -360,140 +400,29 @@ def train_supernet(
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True,  # each step uses one block type per cell, not all
             )
-
-        def checkpoint(step: int, elapsed: float) -> None:
-            save_checkpoint(ckpt_path, {
-                "identity": identity,
-                "step": step,
-                "model": supernet.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state()},
-                "losses": {k: list(v) for k, v in history.items()},
-                "elapsed_s": elapsed,
-            })
-
-        def emit(metrics: dict[str, float], step: int) -> None:
-            if on_metrics is not None and dist_ctx.is_main:
-                on_metrics(metrics, step)
-
-        def means() -> dict[str, float]:
-            out = {"train_loss": float(np.mean(history["largest"])) if history["largest"] else float("nan"),
-                   "loss_smallest": float(np.mean(history["smallest"])) if history["smallest"] else float("nan")}
-            if history["random"]:
-                out["loss_random"] = float(np.mean(history["random"]))
-            return out
-
-        def validate() -> dict[str, float]:
-            if val_pairs is None:
-                return {}
-            found = {"val_psnr_largest": _subnet_psnr(supernet, space.largest(), val_pairs),
-                     "val_psnr_smallest": _subnet_psnr(supernet, space.smallest(), val_pairs)}
-            return {k: v for k, v in found.items() if v is not None}
-
-        show_bar = dist_ctx.is_main and (sys.stderr.isatty() if progress is None else progress)
-        bar = tqdm(total=train_cfg.steps, initial=start_step, desc=f"supernet x{scale}", unit="step", disable=not show_bar,
-                   dynamic_ncols=True)
-        if dist_ctx.is_main:
-            logger.info("training the supernet x%d (%s subnets): %d steps, sandwich of %d, batch %d over %d process(es), "
-                        "LR patch %d, bf16 %s, channels_last %s, %s", scale, f"{space.size():,}", train_cfg.steps,
-                        2 + train_cfg.num_random, train_cfg.batch_size, world, train_cfg.lr_patch_size, use_bf16,
-                        channels_last, device)
-        t0 = time.perf_counter()
-        window_t0, window_steps = t0, 0
-        step = start_step
-        quiet = warnings.catch_warnings()
-        quiet.__enter__()
-        # 1x1 weights' gradients come back with channels-last strides, which DDP reports as a layout mismatch
-        # with its bucket views; for size-1 dimensions the memory layout is the same.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        try:
-            while step < train_cfg.steps:
-                lr_batch, hr_batch = sampler.sample(local_batch, patch_generator(train_cfg.seed, step, rank), train_cfg.augment,
-                                                    channels_last)
-                if device.type != "cpu":
-                    lr_batch = lr_batch.to(device, non_blocking=True)
-                    hr_batch = hr_batch.to(device, non_blocking=True)
-                subnets = sandwich_subnets(space, train_cfg.seed, step, train_cfg.num_random)
-                optimizer.zero_grad(set_to_none=True)
-                total, report = sandwich(lr_batch, hr_batch, subnets)
-                total.backward()
-                optimizer.step()
-                scheduler.step()
-                if dist_ctx.distributed:
-                    torch.distributed.all_reduce(report)
-                    report = report / world
-                values = report.cpu().tolist()
-                step += 1
-                window_steps += 1
-                if not all(math.isfinite(v) for v in values):
-                    raise TrainingDiverged(f"supernet x{scale}: training loss became {values} at step {step}; try a lower lr")
-                history["largest"].append(values[0])
-                history["smallest"].append(values[1])
-                if len(values) > 2:
-                    history["random"].append(float(np.mean(values[2:])))
-                bar.update(1)
-                if step % train_cfg.log_every == 0 or step == train_cfg.steps:
-                    now = time.perf_counter()
-                    rate = window_steps / max(now - window_t0, 1e-9)
-                    window_t0, window_steps = now, 0
-                    current = means()
-                    bar.set_postfix(loss=f"{current['train_loss']:.4f}", small=f"{current['loss_smallest']:.4f}", refresh=False)
-                    if dist_ctx.is_main and not show_bar:
-                        logger.info("step %d/%d loss largest %.5f smallest %.5f lr %.2e %.2f steps/s", step, train_cfg.steps,
-                                    current["train_loss"], current["loss_smallest"], scheduler.get_last_lr()[0], rate)
-                    emit({**current, "lr": float(scheduler.get_last_lr()[0]), "steps_per_s": rate}, step)
-                if train_cfg.val_every and step % train_cfg.val_every == 0 and step < train_cfg.steps and dist_ctx.is_main:
-                    emit(validate(), step)
-                if dist_ctx.is_main and (step == train_cfg.steps or (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)):
-                    checkpoint(step, elapsed_before + time.perf_counter() - t0)
-        finally:
-            quiet.__exit__(None, None, None)
-            bar.close()
-        run_seconds = time.perf_counter() - t0
-        steps_run = train_cfg.steps - start_step
-        if steps_run == 0:
-            run_seconds = 0.0
-
-        supernet_path = out_dir / "supernet.pt"
-        metrics_path = out_dir / "train_metrics.json"
-        final = means()
-        seconds = elapsed_before + run_seconds
-        steps_per_s = steps_run / run_seconds if run_seconds > 0 and steps_run > 0 else 0.0
-        val = validate() if dist_ctx.is_main else {}
-        if dist_ctx.is_main:
-            metrics: dict[str, Any] = {
-                "scale": scale,
-                "steps": train_cfg.steps,
-                "final_loss": final["train_loss"],
-                "final_loss_smallest": final["loss_smallest"],
-                "seconds": seconds,
-                "steps_per_s": steps_per_s,
-                "val_psnr_largest": val.get("val_psnr_largest"),
-                "val_psnr_smallest": val.get("val_psnr_smallest"),
-                "val_set": val_name,
-                "val_images": len(val_pairs) if val_pairs is not None else 0,
-                "train_images": len(sampler),
-                "params": count_params(supernet),
-                "space_size": space.size(),
-                "largest": space.largest().name,
-                "smallest": space.smallest().name,
-                "sandwich": 2 + train_cfg.num_random,
-                "world_size": world,
-                "bf16": use_bf16,
-                "channels_last": channels_last,
-                "resumed_from_step": start_step,
-            }
-            save_supernet(supernet_path, supernet, extra={"config": dataclasses.asdict(cfg), "metrics": {
-                k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}})
-            write_json(metrics_path, metrics)
-            emit({"final_loss": final["train_loss"], "final_loss_smallest": final["loss_smallest"], "train_seconds": seconds,
-                  "steps_per_s": steps_per_s, **val}, train_cfg.steps)
-            logger.info("trained the supernet x%d: loss largest %.5f smallest %.5f, val PSNR largest %s smallest %s, %.1f s",
-                        scale, final["train_loss"], final["loss_smallest"],
-                        f"{val['val_psnr_largest']:.3f}" if "val_psnr_largest" in val else "n/a",
-                        f"{val['val_psnr_smallest']:.3f}" if "val_psnr_smallest" in val else "n/a", seconds)
-        dist_ctx.barrier()  # no process leaves (and tears the group down) before rank 0 has written everything
-    return SupernetTrainResult(supernet_path, metrics_path, ckpt_path, train_cfg.steps, final["train_loss"], seconds,
-                               steps_per_s, val.get("val_psnr_largest"), val.get("val_psnr_smallest"), val_name, start_step,
-                               world, use_bf16, channels_last, supernet)
+        step_fn = SandwichStep(supernet, sandwich, optimizer, scheduler, cfg, sampler, val_pairs, dist_ctx)
+        spec = LoopSpec(
+            label=f"supernet x{scale}",
+            summary=f"{space.size():,} subnets, {train_cfg.steps} steps, sandwich of {2 + train_cfg.num_random}, batch "
+                    f"{train_cfg.batch_size} over {world} process(es), LR patch {train_cfg.lr_patch_size}, bf16 {use_bf16}, "
+                    f"channels_last {channels_last}, {device}",
+            identity=_identity(cfg, sampler.fingerprint(), world),
+            describe={"scale": scale, "val_set": val_name, "val_images": len(val_pairs) if val_pairs is not None else 0,
+                      "train_images": len(sampler), "params": count_params(supernet), "space_size": space.size(),
+                      "largest": space.largest().name, "smallest": space.smallest().name,
+                      "sandwich": 2 + train_cfg.num_random, "world_size": world, "bf16": use_bf16, "channels_last": channels_last},
+            model_file="supernet.pt",
+            losses=SANDWICH_LOSSES,
+            final_losses=(("train_loss", "final_loss"), ("loss_smallest", "final_loss_smallest")),
+            validation=("val_psnr_largest", "val_psnr_smallest"),
+            mismatch="a different space, config, data or process count",
+        )
+        with warnings.catch_warnings():
+            # 1x1 weights' gradients come back with channels-last strides, which DDP reports as a layout mismatch
+            # with its bucket views; for size-1 dimensions the memory layout is the same.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            result = run_loop(step_fn, spec, train_cfg, out_dir, on_metrics=on_metrics, resume=resume, progress=progress)
+    return SupernetTrainResult(result.model_path, result.metrics_path, result.checkpoint_path, result.steps,
+                               result.final["final_loss"], result.seconds, result.steps_per_s,
+                               result.validation.get("val_psnr_largest"), result.validation.get("val_psnr_smallest"), val_name,
+                               result.resumed_from_step, world, use_bf16, channels_last, supernet)

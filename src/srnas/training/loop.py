@@ -16,9 +16,13 @@ weights as an uninterrupted run on the same machine and thread count.
 Speed on CPU: bf16 autocast (``cfg.bf16``) and channels-last (``cfg.channels_last``); see
 ``bench/bench_train_step.py`` for measured step times. The loss is always computed in fp32.
 
-The step loop itself (checkpoints, resume with an identity check, cosine schedule, progress, metrics, final
-validation, atomic outputs) is :func:`run_training`, shared with fine-tuning (:mod:`srnas.finetune`), which
-passes a frozen ``teacher`` to distill from; :func:`train` only builds the model and says how to save it.
+The one training loop: :func:`run_loop` drives a :class:`StepFunction` (what one step trains, how the weights are
+validated and saved) and owns everything around it: ``last.ckpt`` (written every ``checkpoint_every`` steps, resumed
+after an identity check), the named loss windows and the divergence check, logging, progress and metrics every
+``log_every`` steps, validation, the final figures, ``train_metrics.json`` and the model file, stale temporaries of a
+killed run, and, under ``torchrun``, which process writes. Three kinds of training are step functions on it:
+baseline training (:func:`train`) and fine-tuning (:mod:`srnas.finetune`, distilled from a frozen teacher) are
+:class:`SupervisedStep`; supernet training is :class:`srnas.supernet.train.SandwichStep`.
 """
 
 from __future__ import annotations
@@ -33,16 +37,24 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from tqdm import tqdm
 
 from srnas.atomic import write_json
-from srnas.checkpoint import TRAINING_STATE, load_checkpoint, restore_training_state, save_checkpoint, save_trained
+from srnas.checkpoint import (
+    TRAINING_STATE,
+    CheckpointError,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    save_trained,
+)
 from srnas.config import TrainConfig
 from srnas.errors import ConfigError, DataError, SrnasError
 from srnas.inference import torch_upscaler
@@ -52,16 +64,23 @@ from srnas.runtimes.availability import bf16_supported
 from srnas.training.patches import ImagePairs, PatchSampler, load_pairs, step_generator
 
 __all__ = [
+    "LoopResult",
+    "LoopSpec",
+    "StepFunction",
+    "SupervisedStep",
     "TrainResult",
     "TrainingData",
     "TrainingDiverged",
     "config_identity",
     "find_val_set",
     "load_training_data",
+    "optimizer_and_schedule",
     "resolve_bf16",
+    "run_loop",
     "run_training",
     "train",
     "train_step",
+    "validation_psnr",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,8 +89,12 @@ MetricsCallback = Callable[[dict[str, float], int], None]
 # ``save_model(path, model, metrics)``: write the final weights (atomically) with the scalar final metrics.
 ModelSaver = Callable[[Path, nn.Module, dict[str, Any]], None]
 
-# Config fields that do not change the trained weights: a checkpoint is resumed across changes of these.
-_NON_IDENTITY_FIELDS = ("checkpoint_every", "log_every", "val_every")
+CHECKPOINT_FILE = "last.ckpt"
+METRICS_FILE = "train_metrics.json"
+
+# Config fields that do not change the trained weights: a checkpoint is resumed across changes of these
+# (``device`` is the supernet's: a run may resume on another device).
+_NON_IDENTITY_FIELDS = ("checkpoint_every", "log_every", "val_every", "device")
 
 
 class TrainingDiverged(SrnasError):
@@ -80,6 +103,8 @@ class TrainingDiverged(SrnasError):
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What :func:`train` (or :func:`run_training`) did and wrote."""
+
     model_path: Path
     metrics_path: Path
     checkpoint_path: Path
@@ -195,11 +220,288 @@ def config_identity(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NON_IDENTITY_FIELDS}
 
 
-def _remove_stale_temporaries(out_dir: Path) -> None:
+def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Adam, CosineAnnealingLR]:
+    """Adam over ``model``'s parameters (``cfg.lr``, ``cfg.weight_decay``) and its cosine schedule from ``cfg.lr`` down to
+    ``cfg.min_lr`` over ``cfg.steps`` steps: the optimisation every kind of training uses."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, CosineAnnealingLR(optimizer, T_max=cfg.steps, eta_min=cfg.min_lr)
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+class StepFunction(Protocol):
+    """One kind of training as :func:`run_loop` drives it.
+
+    ``model``, ``optimizer`` and ``scheduler`` are what ``last.ckpt`` saves and restores. ``step(k)`` trains step ``k``
+    (0-based): one optimiser step and one schedule step on the batch of step ``k``, which must be a pure function of the
+    seed and ``k`` (so a resumed run repeats an uninterrupted one); it returns the step's named losses, the same on every
+    process. ``validate()`` scores the current weights (called on the main process only); a figure it cannot compute
+    is left out. ``save_model(path, metrics)`` writes the final weights atomically, with the scalar final metrics.
+    ``is_main``: this process logs, reports and writes files (the only process but under ``torchrun``);
+    ``barrier()`` returns once every process has reached it.
+    """
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
+
+    @property
+    def scheduler(self) -> LRScheduler: ...
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def step(self, index: int) -> dict[str, float]: ...
+
+    def validate(self) -> dict[str, float]: ...
+
+    def save_model(self, path: Path, metrics: dict[str, Any]) -> None: ...
+
+    def barrier(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """How :func:`run_loop` names, resumes and reports one run.
+
+    ``label`` names the run in logs, errors and the progress bar; ``summary`` says what is trained (logged at the
+    start). ``identity``: ``last.ckpt`` is resumed only when it was written with an equal identity; otherwise the run
+    warns that it was written for ``mismatch`` and starts over. ``losses``: the names ``step()`` returns (the first is
+    the headline loss); each is reported as its mean over the last ``log_every`` steps. ``final_losses``: the losses
+    reported at the end, as ``(name, final name)`` pairs. ``validation``: the names ``validate()`` returns (null in
+    ``train_metrics.json`` when missing). ``describe``: the fields of ``train_metrics.json`` that say what was trained on
+    what (model, data, precision...). ``model_file``: the final weights' file name in the output folder.
+    """
+
+    label: str
+    summary: str
+    identity: dict[str, Any]
+    describe: dict[str, Any]
+    model_file: str = "model.pt"
+    losses: tuple[str, ...] = ("train_loss",)
+    final_losses: tuple[tuple[str, str], ...] = (("train_loss", "final_loss"),)
+    validation: tuple[str, ...] = ("val_psnr",)
+    mismatch: str = "a different model, config or data"
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """What :func:`run_loop` did and wrote: ``final`` holds the final losses by their final names (``final_loss``...),
+    ``validation`` the final validation (empty but on the main process, which alone wrote the files)."""
+
+    model_path: Path
+    metrics_path: Path
+    checkpoint_path: Path
+    steps: int
+    final: dict[str, float]
+    seconds: float
+    steps_per_s: float
+    validation: dict[str, float]
+    resumed_from_step: int
+
+
+def _remove_stale_temporaries(out_dir: Path, names: tuple[str, ...]) -> None:
     """Temporary files a killed run left behind (``.last.ckpt.XXXX.tmp``); finished files are never touched."""
-    for name in ("last.ckpt", "model.pt", "train_metrics.json"):
+    for name in names:
         for tmp in out_dir.glob(f".{name}.*.tmp*"):
             tmp.unlink(missing_ok=True)
+
+
+def _restore_windows(path: Path, saved: Any, windows: dict[str, deque[float]]) -> None:
+    """Refill the loss windows from a checkpoint's ``losses``: a mapping of loss names to values, or a bare list (the
+    one-loss format written before the losses were named), which is the headline loss's. Names this run does not
+    report are ignored (so a checkpoint whose losses had other names resumes the weights with empty windows)."""
+    if isinstance(saved, list):
+        saved = {next(iter(windows)): saved}
+    try:
+        for name, window in windows.items():
+            window.extend(float(v) for v in saved.get(name, ()))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: cannot restore the loss history: {exc}") from None
+
+
+def _resume(path: Path, step_fn: StepFunction, spec: LoopSpec, windows: dict[str, deque[float]], steps: int) -> tuple[int, float]:
+    """Restore ``path`` into ``step_fn`` and ``windows`` when it was written for ``spec.identity``; return (step, seconds
+    trained so far), ``(0, 0.0)`` for a checkpoint of another run. CheckpointError when it cannot be read or restored."""
+    ckpt = load_checkpoint(path, TRAINING_STATE)
+    if ckpt["identity"] != spec.identity:
+        if step_fn.is_main:
+            logger.warning("%s: written for %s; starting from scratch", path, spec.mismatch)
+        return 0, 0.0
+    start_step, elapsed = restore_training_state(path, ckpt, step_fn.model, step_fn.optimizer, step_fn.scheduler)
+    _restore_windows(path, ckpt["losses"], windows)
+    if step_fn.is_main:
+        logger.info("resuming %s from %s at step %d/%d", spec.label, path, start_step, steps)
+    return start_step, elapsed
+
+
+def _save_checkpoint(path: Path, identity: dict[str, Any], step_fn: StepFunction, step: int,
+                     windows: dict[str, deque[float]], elapsed: float) -> None:
+    """Write ``last.ckpt`` atomically: everything :func:`_resume` needs to continue after ``step`` steps."""
+    save_checkpoint(path, {
+        "identity": identity,
+        "step": step,
+        "model": step_fn.model.state_dict(),
+        "optimizer": step_fn.optimizer.state_dict(),
+        "scheduler": step_fn.scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state()},
+        "losses": {name: list(window) for name, window in windows.items()},
+        "elapsed_s": elapsed,
+    })
+
+
+def _means(windows: dict[str, deque[float]]) -> dict[str, float]:
+    """The mean of every loss window that holds a value."""
+    return {name: float(np.mean(window)) for name, window in windows.items() if window}
+
+
+def _pairs_text(figures: dict[str, float], fmt: str) -> str:
+    """``name value, name value`` for a log line."""
+    return ", ".join(f"{name} {value:{fmt}}" for name, value in figures.items())
+
+
+def run_loop(
+    step_fn: StepFunction,
+    spec: LoopSpec,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    on_metrics: MetricsCallback | None = None,
+    resume: bool = True,
+    progress: bool | None = None,
+) -> LoopResult:
+    """Run ``step_fn`` for ``cfg.steps`` steps and write ``out_dir/{last.ckpt, <spec.model_file>, train_metrics.json}``.
+
+    The one training loop. It resumes ``last.ckpt`` when ``resume`` and the identity allow (see :class:`LoopSpec`),
+    raises TrainingDiverged when a loss is not finite, reports every ``cfg.log_every`` steps (and at the last) the
+    mean of each loss over those steps with ``lr`` and ``steps_per_s``, validates every ``cfg.val_every`` steps
+    (0: only at the end), writes ``last.ckpt`` every ``cfg.checkpoint_every`` steps (0: only at the end) and finally
+    the weights and ``train_metrics.json``. ``on_metrics(metrics, step)`` receives the figures; ``progress``: tqdm bar
+    (None: only on a terminal). Only the main process logs, reports and writes; every process waits for it to finish.
+    """
+    is_main = step_fn.is_main
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out_dir, (CHECKPOINT_FILE, spec.model_file, METRICS_FILE))
+    windows: dict[str, deque[float]] = {name: deque(maxlen=cfg.log_every) for name in spec.losses}
+    start_step, elapsed_before = 0, 0.0
+    if resume and ckpt_path.exists():
+        start_step, elapsed_before = _resume(ckpt_path, step_fn, spec, windows, cfg.steps)
+
+    def emit(metrics: dict[str, float], step: int) -> None:
+        if on_metrics is not None and is_main and metrics:
+            on_metrics(metrics, step)
+
+    show_bar = is_main and (sys.stderr.isatty() if progress is None else progress)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=spec.label, unit="step", disable=not show_bar, dynamic_ncols=True)
+    if is_main:
+        logger.info("training %s: %s", spec.label, spec.summary)
+    t0 = time.perf_counter()
+    window_t0, window_steps = t0, 0
+    step = start_step
+    try:
+        while step < cfg.steps:
+            losses = step_fn.step(step)
+            step += 1
+            window_steps += 1
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise TrainingDiverged(f"{spec.label}: training loss became {_pairs_text(losses, '.5f')} at step {step}; "
+                                       "try a lower lr")
+            for name, value in losses.items():
+                windows[name].append(value)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                rate = window_steps / max(now - window_t0, 1e-9)
+                window_t0, window_steps = now, 0
+                current = _means(windows)
+                lr = float(step_fn.scheduler.get_last_lr()[0])
+                bar.set_postfix({name.removeprefix("train_").removeprefix("loss_"): f"{value:.4f}" for name, value in current.items()},
+                                refresh=False)
+                if is_main and not show_bar:
+                    logger.info("step %d/%d %s, lr %.2e, %.2f steps/s", step, cfg.steps, _pairs_text(current, ".5f"), lr, rate)
+                emit({**current, "lr": lr, "steps_per_s": rate}, step)
+            if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps and is_main:
+                emit(step_fn.validate(), step)
+            if is_main and (step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                _save_checkpoint(ckpt_path, spec.identity, step_fn, step, windows, elapsed_before + time.perf_counter() - t0)
+    finally:
+        bar.close()
+    run_seconds = time.perf_counter() - t0
+    steps_run = cfg.steps - start_step
+    if steps_run == 0:  # resumed a finished run: nothing was trained now
+        run_seconds = 0.0
+
+    means = _means(windows)
+    final = {final_name: means.get(name, float("nan")) for name, final_name in spec.final_losses}
+    seconds = elapsed_before + run_seconds
+    steps_per_s = steps_run / run_seconds if run_seconds > 0 and steps_run > 0 else 0.0
+    validation = step_fn.validate() if is_main else {}
+    model_path = out_dir / spec.model_file
+    metrics_path = out_dir / METRICS_FILE
+    if is_main:
+        metrics: dict[str, Any] = {
+            **spec.describe,
+            "steps": cfg.steps,
+            **final,
+            "seconds": seconds,
+            "steps_per_s": steps_per_s,
+            **{name: validation.get(name) for name in spec.validation},
+            "resumed_from_step": start_step,
+        }
+        step_fn.save_model(model_path, {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
+        write_json(metrics_path, metrics)
+        emit({**final, "train_seconds": seconds, "steps_per_s": steps_per_s, **validation}, cfg.steps)
+        logger.info("trained %s: %s; %s; %.1f s", spec.label, _pairs_text(final, ".5f"),
+                    _pairs_text(validation, ".3f") or "no validation", seconds)
+    step_fn.barrier()  # no process leaves (and tears a process group down) before the main one has written everything
+    return LoopResult(model_path, metrics_path, ckpt_path, cfg.steps, final, seconds, steps_per_s, validation, start_step)
+
+
+# ------------------------------------------------------------------------ baseline training and fine-tuning
+
+
+@dataclass(frozen=True)
+class SupervisedStep:
+    """The step function of baseline training and fine-tuning (one process): :func:`train_step` on the patches of step
+    ``k`` (``step_generator(cfg.seed, k)``), distilled from a frozen ``teacher`` when one is given, then one schedule
+    step. Reports ``train_loss`` (the L1 to HR); validates ``val_psnr`` on ``data.val_pairs``; ``saver`` writes the
+    final weights."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    cfg: TrainConfig
+    data: TrainingData
+    saver: ModelSaver
+    use_bf16: bool
+    teacher: nn.Module | None = None
+    distill: float = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        return True
+
+    def step(self, index: int) -> dict[str, float]:
+        cfg = self.cfg
+        lr_batch, hr_batch = self.data.sampler.sample(cfg.batch_size, step_generator(cfg.seed, index), cfg.augment, cfg.channels_last)
+        loss = float(train_step(self.model, self.optimizer, lr_batch, hr_batch, self.use_bf16, self.teacher, self.distill))
+        self.scheduler.step()
+        return {"train_loss": loss}
+
+    def validate(self) -> dict[str, float]:
+        psnr = validation_psnr(self.model, self.data.val_pairs) if self.data.val_pairs is not None else None
+        return {} if psnr is None else {"val_psnr": psnr}
+
+    def save_model(self, path: Path, metrics: dict[str, Any]) -> None:
+        self.saver(path, self.model, metrics)
+
+    def barrier(self) -> None:
+        """One process: nothing to wait for."""
 
 
 def run_training(
@@ -220,10 +522,9 @@ def run_training(
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` steps and write ``out_dir/{last.ckpt,model.pt,train_metrics.json}``.
 
-    The one step loop behind :func:`train` and fine-tuning: Adam + cosine schedule from ``cfg``, patches of step
-    ``k`` from ``step_generator(cfg.seed, k)``, bf16 autocast and channels-last as configured, ``last.ckpt`` every
-    ``cfg.checkpoint_every`` steps, resumed when its ``identity`` equals ``identity`` (else a warning and a fresh
-    start). ``teacher``/``distill``: see :func:`train_step`. ``label`` names the run in logs and errors;
+    Baseline training and fine-tuning: a :class:`SupervisedStep` on :func:`run_loop`, with Adam + cosine schedule from
+    ``cfg`` and bf16 autocast and channels-last as configured; ``last.ckpt`` is resumed when its identity equals
+    ``identity``. ``teacher``/``distill``: see :func:`train_step`. ``label`` names the run in logs and errors;
     ``describe`` leads ``train_metrics.json``; ``save_model`` writes ``model.pt``. See :func:`train` for the rest.
     """
     use_bf16 = resolve_bf16(cfg.bf16)
@@ -231,116 +532,25 @@ def run_training(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps, eta_min=cfg.min_lr)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg)
     if teacher is not None:
         teacher = teacher.to(memory_format=torch.channels_last) if channels_last else teacher
         teacher.eval().requires_grad_(False)
     sampler, val_pairs, val_name = data.sampler, data.val_pairs, data.val_name
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
-    ckpt_path = out_dir / "last.ckpt"
-    start_step = 0
-    elapsed_before = 0.0
-    losses: deque[float] = deque(maxlen=cfg.log_every)
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, TRAINING_STATE)
-        if ckpt["identity"] != identity:
-            logger.warning("%s: written for a different model, config or data; starting from scratch", ckpt_path)
-        else:
-            start_step, elapsed_before = restore_training_state(ckpt_path, ckpt, model, optimizer, scheduler)
-            losses.extend(float(x) for x in ckpt["losses"])
-            logger.info("resuming %s from %s at step %d/%d", label, ckpt_path, start_step, cfg.steps)
-
-    def checkpoint(step: int, elapsed: float) -> None:
-        save_checkpoint(ckpt_path, {
-            "identity": identity,
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
-            "losses": list(losses),
-            "elapsed_s": elapsed,
-        })
-
-    def emit(metrics: dict[str, float], step: int) -> None:
-        if on_metrics is not None:
-            on_metrics(metrics, step)
-
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=cfg.steps, initial=start_step, desc=label, unit="step", disable=not show_bar, dynamic_ncols=True)
-    logger.info("training %s: %d steps, batch %d, LR patch %d, bf16 %s, channels_last %s, %d train images%s",
-                label, cfg.steps, cfg.batch_size, cfg.lr_patch_size, use_bf16, channels_last, len(sampler),
-                f", distill {distill} from a teacher" if teacher is not None and distill > 0 else "")
-    t0 = time.perf_counter()
-    window_t0, window_steps = t0, 0
-    step = start_step
-    try:
-        while step < cfg.steps:
-            lr_batch, hr_batch = sampler.sample(cfg.batch_size, step_generator(cfg.seed, step), cfg.augment, channels_last)
-            loss = float(train_step(model, optimizer, lr_batch, hr_batch, use_bf16, teacher, distill))
-            scheduler.step()
-            step += 1
-            window_steps += 1
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"{label}: training loss became {loss} at step {step}; try a lower lr")
-            losses.append(loss)
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                rate = window_steps / max(now - window_t0, 1e-9)
-                window_t0, window_steps = now, 0
-                mean_loss = float(np.mean(losses))
-                bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-                if not show_bar:
-                    logger.info("step %d/%d loss %.5f lr %.2e %.1f steps/s", step, cfg.steps, mean_loss, scheduler.get_last_lr()[0], rate)
-                emit({"train_loss": mean_loss, "lr": float(scheduler.get_last_lr()[0]), "steps_per_s": rate}, step)
-            if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps and val_pairs is not None:
-                psnr = validation_psnr(model, val_pairs)
-                if psnr is not None:
-                    emit({"val_psnr": psnr}, step)
-            if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                checkpoint(step, elapsed_before + time.perf_counter() - t0)
-    finally:
-        bar.close()
-    run_seconds = time.perf_counter() - t0
-    steps_run = cfg.steps - start_step
-    if steps_run == 0:  # resumed a finished run: nothing was trained now
-        run_seconds = 0.0
-
-    val_psnr = validation_psnr(model, val_pairs) if val_pairs is not None else None
-    final_loss = float(np.mean(losses)) if losses else float("nan")
-    seconds = elapsed_before + run_seconds
-    steps_per_s = steps_run / run_seconds if run_seconds > 0 and steps_run > 0 else 0.0
-    metrics: dict[str, Any] = {
-        **describe,
-        "steps": cfg.steps,
-        "final_loss": final_loss,
-        "seconds": seconds,
-        "steps_per_s": steps_per_s,
-        "val_psnr": val_psnr,
-        "val_set": val_name,
-        "val_images": len(val_pairs) if val_pairs is not None else 0,
-        "train_images": len(sampler),
-        "params": count_params(model),
-        "bf16": use_bf16,
-        "channels_last": channels_last,
-        "resumed_from_step": start_step,
-    }
-    model_path = out_dir / "model.pt"
-    metrics_path = out_dir / "train_metrics.json"
-    save_model(model_path, model, {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
-    write_json(metrics_path, metrics)
-    final = {"final_loss": final_loss, "train_seconds": seconds, "steps_per_s": steps_per_s}
-    if val_psnr is not None:
-        final["val_psnr"] = val_psnr
-    emit(final, cfg.steps)
-    logger.info("trained %s: loss %.5f, val PSNR %s, %.1f s", label, final_loss,
-                f"{val_psnr:.3f} dB ({val_name})" if val_psnr is not None else "n/a", seconds)
-    return TrainResult(model_path, metrics_path, ckpt_path, cfg.steps, final_loss, seconds, steps_per_s, val_psnr,
-                       val_name, start_step, use_bf16, channels_last)
+    spec = LoopSpec(
+        label=label,
+        summary=f"{cfg.steps} steps, batch {cfg.batch_size}, LR patch {cfg.lr_patch_size}, bf16 {use_bf16}, channels_last "
+                f"{channels_last}, {len(sampler)} train images"
+                + (f", distill {distill} from a teacher" if teacher is not None and distill > 0 else ""),
+        identity=identity,
+        describe={**describe, "val_set": val_name, "val_images": len(val_pairs) if val_pairs is not None else 0,
+                  "train_images": len(sampler), "params": count_params(model), "bf16": use_bf16, "channels_last": channels_last},
+    )
+    step_fn = SupervisedStep(model, optimizer, scheduler, cfg, data, save_model, use_bf16, teacher, distill)
+    result = run_loop(step_fn, spec, cfg, Path(out_dir), on_metrics=on_metrics, resume=resume, progress=progress)
+    return TrainResult(result.model_path, result.metrics_path, result.checkpoint_path, result.steps, result.final["final_loss"],
+                       result.seconds, result.steps_per_s, result.validation.get("val_psnr"), val_name,
+                       result.resumed_from_step, use_bf16, channels_last)
 
 
 def train(
