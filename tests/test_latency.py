@@ -498,9 +498,9 @@ def test_cli_profile_device_and_validate_latency(tmp_path, fake_timers, monkeypa
 def test_target_config_validation() -> None:
     cfg = from_mapping(LatencyConfig, {"targets": [{"name": "phone", "runtime": "onnxruntime_fp32", "precision": "int8",
                                                     "input_size": [180, 320], "threads": 4}]}, "params.yaml:latency")
-    target = resolve_target(cfg.targets[0], 4)
+    target = resolve_target(cfg.targets[0], 4, cfg.cache_dir).target
     assert target.input_hw == (180, 320) and target.threads == 4 and target.scale == 4
-    assert resolve_target(TargetConfig("x", runtime="torch_fp32"), 2).input_hw == (360, 640)
+    assert resolve_target(TargetConfig("x", runtime="torch_fp32"), 2, cfg.cache_dir).target.input_hw == (360, 640)
     with pytest.raises(ConfigError, match="latency.targets\\[0\\].precision"):
         from_mapping(LatencyConfig, {"targets": [{"name": "a", "runtime": "torch_fp32", "precision": "bf16"}]}, "params.yaml:latency")
     with pytest.raises(ConfigError, match="duplicate target names"):
