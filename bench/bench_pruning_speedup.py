@@ -3,9 +3,9 @@
     .venv/bin/python bench/bench_pruning_speedup.py --ratio results/search_ratio/ratio.json \
         --table results/profile_device/cpu_auto [--repeats 3] [--runs 10]
 
-Each repeat measures the pruned network and its parent end to end on the table's target exactly like the verdicts
-of ``search_ratio`` and ``check_budget`` (:func:`srnas.search.run.measure_on_target`: the table's timing protocol,
-``--runs`` calls per round, the default ``latency`` section's rounds and passes) and prints both times, the
+Each repeat measures the pruned network and its parent end to end on the table's target exactly like the verdict
+of ``search_ratio`` (:func:`srnas.search.run.measure_on_target`: the table's timing protocol, ``--runs`` calls per
+round, the default ``latency`` section's rounds and passes; ``check_budget`` times the fine-tuned weights the same way) and prints both times, the
 measured speedup and its error against the prediction; then the median over repeats. Nothing else should run on
 the machine meanwhile.
 """

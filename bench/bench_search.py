@@ -6,11 +6,12 @@ chosen architecture's measured latency against its prediction.
 
 Inputs are what the pipeline produced: a trained supernet (``train_supernet``), the target's latency table
 (``profile_device``) and the prepared data (``prepare_data``; the search scores ``search_arch.val_set``, by default
-``val`` or else the first evaluation set). Everything else is the default ``search_arch`` configuration (33 ms budget,
-per-layer schemes among the accelerated filter schemes, 32 LR crops of 64 px).
+``val`` or else the first evaluation set). Everything else is the default ``search_arch`` configuration (per-layer
+schemes among the accelerated filter schemes, 32 LR crops of 64 px, ``search_ratio.importance``) under the default
+``budget.latency_ms`` (33 ms), with no margin unless ``--margin`` says otherwise (the README's figures: no margin).
 
 1. one search with the default strategy (TPE), timed from start to finish, then its chosen network measured end to
-   end on the target (``latency.net_rounds`` rounds of ``search_arch.verify_runs`` calls, lowest median);
+   end on the target (``latency.net_rounds`` rounds of ``budget.verify_runs`` calls, lowest median);
 2. for each seed, a search per strategy with the same trial budget; for each, the best feasible PSNR and the trial
    at which it was first reached; for Bayesian optimization, the trial at which it first reached the best PSNR that
    random search found in all its trials (same seed), and the median of that over the seeds.
@@ -30,7 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from srnas.config import LatencyConfig, SearchArchConfig
+from srnas.config import (
+    BudgetConfig,
+    LatencyConfig,
+    RatioSearchConfig,
+    SearchArchConfig,
+)
 from srnas.search import SearchInputs, search_arch
 from srnas.search.run import first_reaching
 
@@ -43,7 +49,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=["tpe", "random"], help="the last one is the baseline")
-    parser.add_argument("--budget-ms", type=float, default=SearchArchConfig().budget_ms)
+    parser.add_argument("--budget-ms", type=float, default=BudgetConfig().latency_ms)
+    parser.add_argument("--margin", type=float, default=0.0, help="budget.margin (default: %(default)s)")
     parser.add_argument("--work", type=Path, help="study folders (default: a new temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -51,13 +58,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     work = args.work or Path(tempfile.mkdtemp(prefix="srnas-bench-search-"))
     inputs = SearchInputs(args.supernet, args.table, args.data_dir)
-    base = dataclasses.replace(SearchArchConfig(), trials=args.trials, budget_ms=args.budget_ms)
+    base = dataclasses.replace(SearchArchConfig(), trials=args.trials)
+    budget = dataclasses.replace(BudgetConfig(), latency_ms=args.budget_ms, margin=args.margin)
+    importance = RatioSearchConfig().importance
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min); CPUs usable: {len(os.sched_getaffinity(0))}; work: {work}")
     figures: dict = {"trials": args.trials, "budget_ms": args.budget_ms, "seeds": args.seeds}
 
     # 1. wall time of the default search, and the chosen network measured
     start = time.perf_counter()
-    result = search_arch(inputs, base, work / "timed", latency=LatencyConfig(), progress=False)
+    result = search_arch(inputs, base, budget, work / "timed", importance=importance, latency=LatencyConfig(), progress=False)
     wall = time.perf_counter() - start
     c = result.chosen
     print(f"\n1. default search ({base.strategy}, {args.trials} trials, budget {args.budget_ms:g} ms): {wall:.1f} s wall "
@@ -72,9 +81,10 @@ def main() -> None:
     runs: dict[str, dict[int, dict]] = {s: {} for s in args.strategies}
     for seed in args.seeds:
         for strategy in args.strategies:
-            cfg = dataclasses.replace(base, strategy=strategy, seed=seed, verify_runs=0)
+            cfg = dataclasses.replace(base, strategy=strategy, seed=seed)
             t0 = time.perf_counter()
-            r = search_arch(inputs, cfg, work / f"{strategy}_s{seed}", progress=False)
+            r = search_arch(inputs, cfg, dataclasses.replace(budget, verify_runs=0), work / f"{strategy}_s{seed}",
+                            importance=importance, progress=False)
             runs[strategy][seed] = {"best_psnr": r.chosen.psnr, "best_at": first_reaching(r.records, r.chosen.psnr),
                                     "chosen": r.chosen.candidate.name, "predicted_ms": r.chosen.latency_ms,
                                     "seconds": time.perf_counter() - t0, "records": r.records}

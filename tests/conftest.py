@@ -72,3 +72,21 @@ def kill_when(cmd: list[str], ready, what: str, timeout_s: float = 120) -> None:
 def kill_at_first_checkpoint(cmd: list[str], ckpt: Path, timeout_s: float = 120) -> None:
     """Run ``cmd`` (a training child process) and SIGKILL it as soon as ``ckpt`` appears."""
     kill_when(cmd, ckpt.exists, "checkpoint", timeout_s)
+
+
+def config_of(cls, overrides: dict, where: str = "params.yaml:section"):
+    """Section ``cls`` built by :func:`srnas.config.from_mapping` (every check a params.yaml section goes through) from
+    its defaults -- params.yaml's values -- with ``overrides`` merged in (nested sections merge, the rest replaces)."""
+    from srnas.config import from_mapping
+    from srnas.settings import deep_merge, plain
+
+    return from_mapping(cls, deep_merge(plain(cls()), overrides), where)
+
+
+def params_overlay(tmp_path: Path, overlay: dict, name: str = "overlay.yaml") -> list[str]:
+    """CLI arguments selecting the repository's params.yaml with ``overlay`` (written to ``tmp_path/name``) on top."""
+    import json
+
+    path = tmp_path / name
+    path.write_text(json.dumps(overlay), encoding="utf-8")
+    return ["--params", str(Path(__file__).resolve().parents[1] / "params.yaml"), "--overlay", str(path)]

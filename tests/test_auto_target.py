@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import config_of
 
 from srnas import fingerprint
-from srnas.config import LatencyConfig, TargetConfig, from_mapping
+from srnas.config import LatencyConfig, TargetConfig
 from srnas.errors import ConfigError
 from srnas.latency import auto
 from srnas.latency.targets import resolve_target, select_targets
@@ -74,8 +75,7 @@ def test_resolving_an_auto_target_measures_the_real_runtimes(tmp_path, monkeypat
     """The default path end to end at a tiny input size: real probe nets on this machine's runtimes, bf16 hidden so the
     choice is one every CPU has."""
     monkeypatch.setenv(fingerprint.HIDE_BF16_ENV, "1")
-    resolved = resolve_target(TargetConfig("cpu_auto", runtime="auto", precision="auto", threads=1, input_size=(16, 24)),
-                              2, str(tmp_path))
+    resolved = resolve_target(TargetConfig("cpu_auto", "this-cpu", "auto", "auto", 1, (16, 24)), 2, str(tmp_path))
     assert resolved.choice is not None and resolved.target.runtime == resolved.choice.runtime
     assert resolved.target.runtime in ("torch_fp32", "onnxruntime_fp32") and resolved.target.precision == "fp32"
     assert all(ms > 0 for ms in resolved.choice.scores_ms.values()) and "torch_bf16" in resolved.choice.unavailable
@@ -83,8 +83,8 @@ def test_resolving_an_auto_target_measures_the_real_runtimes(tmp_path, monkeypat
 
 def test_explicit_targets_are_resolved_as_before_and_never_measured(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(auto, "choose_runtime", lambda *a, **k: pytest.fail("an explicit target was measured"))
-    cfg = from_mapping(LatencyConfig, {"cache_dir": str(tmp_path), "targets": [
-        {"name": "ort", "runtime": "onnxruntime_fp32", "precision": "int8", "threads": 1, "input_size": [8, 8]}]}, "latency")
+    cfg = config_of(LatencyConfig, {"cache_dir": str(tmp_path), "targets": [
+        {"name": "ort", "device": "d", "runtime": "onnxruntime_fp32", "precision": "int8", "threads": 1, "input_size": [8, 8]}]})
     [resolved] = select_targets(cfg, 2, None)
     assert (resolved.target.runtime, resolved.target.precision, resolved.choice) == ("onnxruntime_fp32", "int8", None)
 
@@ -92,4 +92,4 @@ def test_explicit_targets_are_resolved_as_before_and_never_measured(tmp_path, mo
 @pytest.mark.parametrize("runtime,precision", [("auto", "fp32"), ("torch_fp32", "auto")])
 def test_auto_goes_with_auto(runtime: str, precision: str) -> None:
     with pytest.raises(ConfigError, match="precision"):
-        TargetConfig("t", runtime=runtime, precision=precision)
+        TargetConfig("t", "d", runtime, precision, 0, ())

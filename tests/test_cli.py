@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import params_overlay
 from PIL import Image
 
 from srnas.cli import build_parser, main
@@ -35,16 +36,15 @@ def _photo(path: Path, size: tuple[int, int] = (64, 56), seed: int = 0) -> None:
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
 
 
-def _folder_params(tmp_path: Path, root: Path, **data: object) -> Path:
-    params = tmp_path / "params.yaml"
+def _folder_params(tmp_path: Path, root: Path, **data: object) -> list[str]:
+    """CLI arguments: params.yaml with an overlay selecting the folder source ``root``."""
     section = {"source": "folder", "root": str(root), "train_set": "train", "eval_sets": [], "scales": [2], "val_images": 1, "min_size": 16, **data}
-    params.write_text(json.dumps({"tracking": {"enabled": False}, "data": section}))
-    return params
+    return params_overlay(tmp_path, {"tracking": {"enabled": False}, "data": section})
 
 
-def _prepare(tmp_path: Path, params: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, Path]:
+def _prepare(tmp_path: Path, params: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, Path]:
     out = tmp_path / "out"
-    code = main(["prepare-data", "--params", str(params), "--out", str(out)])
+    code = main(["prepare-data", *params, "--out", str(out)])
     return code, capsys.readouterr().err, out
 
 
@@ -114,7 +114,7 @@ def test_skip_bad_images_warns_and_continues(tmp_path: Path, data_root: Path, ca
     params = _folder_params(tmp_path, data_root, skip_bad_images=True)
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="img0.png"):
-        code = main(["prepare-data", "--params", str(params), "--out", str(out)])
+        code = main(["prepare-data", *params, "--out", str(out)])
     assert code == 0
     assert [p.name for p in (out / "train" / "x2" / "hr").iterdir()] == ["img1.png"]
 

@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from srnas.commands.config_cmd import dvc_overrides
-from srnas.config import TrainConfig, from_mapping
+from srnas.config import BudgetConfig, TrainConfig, from_mapping
 from srnas.errors import ConfigError
 from srnas.schema import settings_schema
-from srnas.settings import load_settings
+from srnas.settings import Settings, deep_merge, default_mapping, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _params_without(tmp_path: Path, dotted: str) -> Path:
+    """A copy of params.yaml with the key ``dotted`` deleted."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    *parents, leaf = dotted.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    del node[leaf]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
 
 
 def test_default_params_load() -> None:
@@ -37,21 +57,111 @@ def test_profiles_overlay_params(profile: str) -> None:
     [
         ("data: {scales: [5]}", "data.scales: scale 5 is not supported"),
         ("data: {source: ftp}", "data.source: unknown source 'ftp'"),
-        ("data: {sauce: skimage}", "unknown key(s) sauce"),
+        ("data: {sauce: skimage}", "data.sauce: unknown key"),
         ("data: {scales: 2}", "data.scales: expected a list"),
         ("data: {val_images: two}", "data.val_images: expected an integer"),
         ("data: {source: folder}", "data.root: the folder source needs a root folder"),
-        ("nonsense: 1", "unknown key(s) nonsense"),
+        ("nonsense: 1", "nonsense: unknown key"),
         ("- a list", "expected a mapping"),
     ],
 )
-def test_bad_params_name_the_key(tmp_path: Path, yaml_text: str, expected: str) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml_text)
+def test_bad_overlays_name_the_file_and_the_key(tmp_path: Path, yaml_text: str, expected: str) -> None:
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml_text)
     with pytest.raises(ConfigError) as info:
-        load_settings(params)
+        load_settings(ROOT / "params.yaml", (overlay,))
     assert expected in str(info.value)
-    assert str(params) in str(info.value) or "expected a mapping" in expected
+    assert str(overlay) in str(info.value)
+
+
+def test_dataclass_defaults_are_params_yaml() -> None:
+    """One set of values: params.yaml sets every key, and the dataclasses' defaults (what library callers and tests
+    get without a file) are exactly params.yaml's values -- a default changed in one place only fails here."""
+    assert default_mapping() == yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert load_settings(ROOT / "params.yaml") == Settings()
+
+
+@pytest.mark.parametrize("dotted", ["budget.latency_ms", "search_arch.trials", "latency.targets", "data.div2k.cache_dir",
+                                    "supernet.train.steps", "finetune"])
+def test_a_missing_key_is_an_error_naming_it(tmp_path: Path, dotted: str) -> None:
+    params = _params_without(tmp_path, dotted)
+    with pytest.raises(ConfigError, match=rf"^{params}:{dotted}: missing key"):
+        load_settings(params)
+
+
+def test_an_unknown_key_in_params_is_an_error_naming_it(tmp_path: Path) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["search_arch"]["budget_ms"] = 33.0  # where the budget used to live
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^{path}:search_arch.budget_ms: unknown key; known: strategy,"):
+        load_settings(path)
+
+
+def test_an_unknown_key_in_an_overlay_is_one_line_naming_the_overlay(tmp_path: Path, capsys) -> None:
+    from srnas.cli import main
+
+    overlay = tmp_path / "smoke.yaml"
+    overlay.write_text((ROOT / "config" / "smoke.yaml").read_text().replace("  trials: 8", "  trails: 8"), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^{overlay}:search_arch.trails: unknown key"):
+        load_settings(ROOT / "params.yaml", (overlay,))
+    for command in (["config", "check", "--params", str(ROOT / "params.yaml"), "--overlay", str(overlay)],
+                    ["config", "dvc-args", str(overlay)]):
+        assert main(command) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.splitlines() == [(f"srnas: error: {overlay}:search_arch.trails: unknown key; known: "
+                                              "strategy, mode, trials, n_workers, seed, prune_keep, val_set, val_crops, crop_size")]
+    # a list replaces the one it overlays: its items must be complete
+    partial = tmp_path / "target.yaml"
+    partial.write_text("latency: {targets: [{name: t, runtime: torch_fp32, precision: fp32}]}", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^{partial}:latency.targets\[0\].device: missing key"):
+        load_settings(ROOT / "params.yaml", (partial,))
+
+
+@pytest.mark.slow
+def test_snakemake_stops_on_an_overlay_typo_naming_the_overlay(tmp_path: Path) -> None:
+    overlay = tmp_path / "smoke.yaml"
+    overlay.write_text((ROOT / "config" / "smoke.yaml").read_text().replace("  trials: 8", "  trails: 8"), encoding="utf-8")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([str(BIN / "snakemake"), "--dry-run", "--configfile", str(overlay)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    assert f"{overlay}:search_arch.trails: unknown key" in proc.stdout + proc.stderr
+
+
+def _snakemake_config_json(config: dict):
+    """``config_json`` of workflow/rules/common.smk, run on ``config`` outside Snakemake."""
+    source = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    tree = ast.parse(source[source.index("ALWAYS_PASSED = "):source.index("def scales():")])
+
+    class WorkflowError(Exception):
+        pass
+
+    namespace = {"config": config, "json": json, "WorkflowError": WorkflowError}
+    exec(compile(tree, "common.smk", "exec"), namespace)  # noqa: S102 -- the workflow's own code, as Snakemake runs it
+    return namespace["config_json"], WorkflowError
+
+
+def test_snakemake_config_json_fails_on_a_missing_key() -> None:
+    config = default_mapping()
+    config_json, WorkflowError = _snakemake_config_json(config)
+    picked = json.loads(config_json("budget", "latency.targets"))
+    assert set(picked) == {"tracking", "data", "budget", "latency"} and set(picked["latency"]) == {"targets"}
+    del config["search_ratio"]["importance"]
+    with pytest.raises(WorkflowError, match=r"no key search_ratio.importance \(a rule passes search_ratio.importance\)"):
+        config_json("budget", "search_ratio.importance")
+    with pytest.raises(WorkflowError, match=r"no key nonsense \(a rule passes nonsense.deep\)"):
+        config_json("nonsense.deep")
+
+
+def test_config_json_passes_what_the_rule_names_over_the_defaults() -> None:
+    passed = {"tracking": {"enabled": False}, "budget": {"target": "", "latency_ms": 5.0, "margin": 0.0, "verify_runs": 1}}
+    settings = load_settings(config_json=json.dumps(passed))
+    assert settings.budget == BudgetConfig("", 5.0, 0.0, 1) and not settings.tracking.enabled
+    assert settings.search_arch == Settings().search_arch  # not passed: params.yaml's values, never read by the stage
+    with pytest.raises(ConfigError, match=r"^--config-json:budget.budget_ms: unknown key"):
+        load_settings(config_json=json.dumps({"budget": {"budget_ms": 5.0}}))
 
 
 def test_missing_params_file_is_named(tmp_path: Path) -> None:
@@ -64,14 +174,20 @@ def test_committed_schema_is_current() -> None:
     assert committed == settings_schema(), "run: srnas config schema > workflow/schemas/config.schema.yaml"
 
 
-def test_schema_accepts_profiles_and_rejects_typos() -> None:
+def test_schema_accepts_profiles_and_rejects_typos_and_missing_keys() -> None:
     import jsonschema
 
     schema = settings_schema()
-    for name in ("params.yaml", "config/smoke.yaml", "config/benchmark.yaml"):
-        jsonschema.validate(yaml.safe_load((ROOT / name).read_text()), schema)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"data": {"scalez": [2]}}, schema)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    jsonschema.validate(params, schema)
+    for name in ("config/smoke.yaml", "config/benchmark.yaml"):  # what Snakemake validates: params.yaml + the overlay
+        jsonschema.validate(deep_merge(params, yaml.safe_load((ROOT / name).read_text())), schema)
+    with pytest.raises(jsonschema.ValidationError, match="scalez"):
+        jsonschema.validate(deep_merge(params, {"data": {"scalez": [2]}}), schema)
+    del params["budget"]["latency_ms"]
+    with pytest.raises(jsonschema.ValidationError, match="latency_ms"):
+        jsonschema.validate(params, schema)
+    assert '"default":' not in json.dumps(schema)  # the values live in params.yaml alone
 
 
 def test_dvc_overrides_flatten_a_profile() -> None:
@@ -82,10 +198,11 @@ def test_dvc_overrides_flatten_a_profile() -> None:
 
 
 def test_steps_by_model_overrides_the_step_budget_per_model() -> None:
-    train = from_mapping(TrainConfig, {"steps": 100, "steps_by_model": {"fsrcnn": 40}}, "params.yaml:train")
+    defaults = dataclasses.asdict(TrainConfig())
+    train = from_mapping(TrainConfig, defaults | {"steps": 100, "steps_by_model": {"fsrcnn": 40}}, "params.yaml:train")
     assert train.for_model("fsrcnn").steps == 40 and train.for_model("fsrcnn").steps_by_model == {}
     assert train.for_model("plain32").steps == 100
     with pytest.raises(ConfigError, match=r"params.yaml:train.steps_by_model.fsrcnn: must be at least 1"):
-        from_mapping(TrainConfig, {"steps_by_model": {"fsrcnn": 0}}, "params.yaml:train")
+        from_mapping(TrainConfig, defaults | {"steps_by_model": {"fsrcnn": 0}}, "params.yaml:train")
     with pytest.raises(ConfigError, match=r"params.yaml:train.steps_by_model.fsrcnn: expected an integer"):
-        from_mapping(TrainConfig, {"steps_by_model": {"fsrcnn": "many"}}, "params.yaml:train")
+        from_mapping(TrainConfig, defaults | {"steps_by_model": {"fsrcnn": "many"}}, "params.yaml:train")

@@ -93,3 +93,27 @@ def test_every_dvc_param_is_in_params_yaml() -> None:
                     break
                 node = node[part]
     assert not missing, f"dvc.yaml params missing from params.yaml: {missing}"
+
+
+def _rule_config_keys() -> dict[str, set[str]]:
+    """rule name -> the keys its ``config_json(...)`` passes, read from workflow/rules/*.smk."""
+    keys: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"^rule ", path.read_text(), flags=re.MULTILINE)[1:]:
+            call = re.search(r"config=config_json\(([^)]*)\)", block)
+            if call:
+                keys[block.split(":", 1)[0]] = set(re.findall(r'"([^"]+)"', call.group(1)))
+    return keys
+
+
+def test_rules_pass_what_their_dvc_stage_lists_as_params() -> None:
+    """A rule reruns when what it passes the CLI changes, a DVC stage when its params do: the same keys, so both runners
+    rerun a stage for the same changes (``data`` is passed to every rule; ``tracking`` never triggers a rerun)."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    rules = _rule_config_keys()
+    assert set(rules) == set(stages)
+    for name, stage in stages.items():
+        assert rules[name] - {"data"} == set(stage.get("params", [])) - {"data"}, name
+    assert rules["check_budget"] >= {"budget"} and not any(k.startswith("search_arch") for k in rules["check_budget"])

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import config_of
 from PIL import Image
 
-from srnas.config import DataConfig, Div2kConfig, from_mapping
+from srnas.config import DataConfig, Div2kConfig
 from srnas.data.sources import (
     SKIMAGE_PHOTOS,
     SourceImage,
@@ -146,7 +147,7 @@ def test_same_stem_in_different_sets_is_fine(tmp_path: Path) -> None:
 )
 def test_config_errors_name_the_key(mapping: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"params.yaml:{key}")):
-        from_mapping(DataConfig, mapping, "params.yaml:data")
+        config_of(DataConfig, mapping, "params.yaml:data")
 
 
 def test_div2k_default_hashes_are_real_sha256() -> None:

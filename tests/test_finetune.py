@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_weights, kill_at_first_checkpoint, write_prepared_set
+from conftest import assert_same_weights, kill_at_first_checkpoint, params_overlay, write_prepared_set
 
 from srnas.arch.network import load_network, save_network
 from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig
@@ -222,11 +222,10 @@ def test_finetune_command(inputs: tuple[Path, Path], data_dir: Path, tmp_path: P
         Path("results/search_ratio/pruned.pt"), Path("results/train_supernet/supernet.pt"), Path("results/prepare_data"),
         Path("results/finetune"))
 
-    params = tmp_path / "params.yaml"
     section = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(CFG, steps=4, log_every=2))))
-    params.write_text(json.dumps({"tracking": {"enabled": False}, "finetune": section}))
+    params = params_overlay(tmp_path, {"tracking": {"enabled": False}, "finetune": section})
     out = tmp_path / "results" / "finetune"
-    args = parser.parse_args(["finetune", "--params", str(params), "--pruned", str(inputs[0]), "--supernet", str(inputs[1]),
+    args = parser.parse_args(["finetune", *params, "--pruned", str(inputs[0]), "--supernet", str(inputs[1]),
                               "--data-dir", str(data_dir), "--out", str(out), "--json"])
     assert args.handler(args) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import config_of, params_overlay
 
 from srnas import fingerprint as fp_mod
 from srnas.arch.network import build_network
@@ -29,6 +30,7 @@ from srnas.latency.targets import Target, resolve_target
 from srnas.latency.validate import sample_networks, spearman, validate_predictor
 from srnas.runtimes.availability import bf16_supported
 from srnas.runtimes.timing import paired_ms
+from srnas.settings import plain
 
 TINY_SPACE = SearchSpace(SearchSpaceConfig(num_cells=3, widths=(8, 16), expansions=(2,)))
 HW = (12, 16)
@@ -479,32 +481,40 @@ def test_cli_profile_device_and_validate_latency(tmp_path, fake_timers, monkeypa
     from srnas.cli import main
 
     monkeypatch.chdir(tmp_path)
-    params = tmp_path / "params.yaml"
-    params.write_text("tracking:\n  enabled: false\n", encoding="utf-8")
-    assert main(["profile-device", "--params", str(params), "--target", "cpu_torch_fp32", "--out", "pd",
+    fp32 = {"name": "cpu_torch_fp32", "device": "this-cpu", "runtime": "torch_fp32", "precision": "fp32", "threads": 0,
+            "input_size": []}
+    params = params_overlay(tmp_path, {"tracking": {"enabled": False}, "latency": {"targets": [fp32]}})
+    assert main(["profile-device", *params, "--target", "cpu_torch_fp32", "--out", "pd",
                  "--cache-dir", "cache"]) == 0
     table = json.loads((tmp_path / "pd" / "cpu_torch_fp32" / "table.json").read_text())
     assert table["target"]["input_hw"] == [360, 640] and table["entries"]
-    assert main(["validate-latency", "--params", str(params), "--target", "cpu_torch_fp32", "--tables", "pd",
+    assert main(["validate-latency", *params, "--target", "cpu_torch_fp32", "--tables", "pd",
                  "--out", "vl", "--count", "6"]) == 0
     summary = json.loads((tmp_path / "vl" / "cpu_torch_fp32.json").read_text())["summary"]
     assert summary["networks"] == 6 and summary["within_10pct"] == 1.0
-    assert main(["profile-device", "--params", str(params), "--target", "nope", "--out", "pd"]) == 2
+    assert main(["profile-device", *params, "--target", "nope", "--out", "pd"]) == 2
 
 
 # ------------------------------------------------------------------------------------- config
 
 
 def test_target_config_validation() -> None:
-    cfg = from_mapping(LatencyConfig, {"targets": [{"name": "phone", "runtime": "onnxruntime_fp32", "precision": "int8",
-                                                    "input_size": [180, 320], "threads": 4}]}, "params.yaml:latency")
-    target = resolve_target(cfg.targets[0], 4, cfg.cache_dir).target
-    assert target.input_hw == (180, 320) and target.threads == 4 and target.scale == 4
-    assert resolve_target(TargetConfig("x", runtime="torch_fp32"), 2, cfg.cache_dir).target.input_hw == (360, 640)
+    def target(**keys):
+        return {"name": "a", "device": "d", "runtime": "torch_fp32", "precision": "fp32", "threads": 0, "input_size": []} | keys
+
+    cfg = config_of(LatencyConfig, {"targets": [target(name="phone", runtime="onnxruntime_fp32", precision="int8",
+                                                       input_size=[180, 320], threads=4)]}, "params.yaml:latency")
+    resolved = resolve_target(cfg.targets[0], 4, cfg.cache_dir).target
+    assert resolved.input_hw == (180, 320) and resolved.threads == 4 and resolved.scale == 4
+    assert resolve_target(TargetConfig("x", "d", "torch_fp32", "fp32", 0, ()), 2, cfg.cache_dir).target.input_hw == (360, 640)
     with pytest.raises(ConfigError, match="latency.targets\\[0\\].precision"):
-        from_mapping(LatencyConfig, {"targets": [{"name": "a", "runtime": "torch_fp32", "precision": "bf16"}]}, "params.yaml:latency")
+        config_of(LatencyConfig, {"targets": [target(precision="bf16")]}, "params.yaml:latency")
     with pytest.raises(ConfigError, match="duplicate target names"):
-        from_mapping(LatencyConfig, {"targets": [{"name": "a"}, {"name": "a"}]}, "params.yaml:latency")
+        config_of(LatencyConfig, {"targets": [target(), target()]}, "params.yaml:latency")
     with pytest.raises(ConfigError, match="runtime"):
-        from_mapping(LatencyConfig, {"targets": [{"name": "a", "runtime": "tflite"}]}, "params.yaml:latency")
+        config_of(LatencyConfig, {"targets": [target(runtime="tflite")]}, "params.yaml:latency")
+    with pytest.raises(ConfigError, match=r"latency.targets\[0\].threads: missing key"):
+        from_mapping(LatencyConfig, plain(LatencyConfig()) | {"targets": [{"name": "a", "device": "d", "runtime": "torch_fp32",
+                                                                          "precision": "fp32", "input_size": []}]},
+                     "params.yaml:latency")
     assert math.isclose(LatencyConfig().min_speedup, 1.05)

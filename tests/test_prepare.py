@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import config_of
 from PIL import Image
 
-from srnas.config import DataConfig, from_mapping
+from srnas.config import DataConfig
 from srnas.data.prepare import SkippedImageWarning, image_pairs, load_manifest, prepare_data
 from srnas.errors import ConfigError, DataError, ImageError, SrnasError
 from srnas.images import read_rgb
@@ -240,7 +241,7 @@ def test_failure_keeps_previous_good_output(data_root: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize(("mapping", "key"), [({"source": "flickr"}, "data.source"), ({"scales": [5]}, "data.scales")])
 def test_config_errors_before_anything_runs(mapping: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)):
-        from_mapping(DataConfig, mapping, "params.yaml:data")
+        config_of(DataConfig, mapping, "params.yaml:data")
 
 
 # ------------------------------------------------------------------------------------------------ skipping

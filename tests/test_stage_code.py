@@ -48,7 +48,9 @@ def test_every_stage_is_mapped_to_the_subcommand_it_runs() -> None:
 @pytest.mark.parametrize("stage", sorted(STAGE_COMMANDS))
 def test_dvc_lists_the_code_each_stage_imports(stage: str) -> None:
     expected = [os.path.relpath(u, ROOT) for u in stage_code(SRC, STAGE_COMMANDS[stage])]
-    assert _dvc_code(_dvc_stages()[stage]) == sorted(expected), f"dvc.yaml {stage}: code deps differ from its imports"
+    listed = _dvc_code(_dvc_stages()[stage])
+    assert listed == sorted(expected), (f"dvc.yaml {stage}: code deps differ from its imports; missing "
+                                        f"{sorted(set(expected) - set(listed))}, not imported {sorted(set(listed) - set(expected))}")
 
 
 def test_the_transitive_imports_follow_lazy_and_submodule_imports() -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
+from conftest import assert_same_weights, config_of, kill_at_first_checkpoint, smooth_image
 from torch import nn
 
 from srnas.arch.network import SubnetSR, load_network, save_network
 from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig, subnet_macs_per_pixel
 from srnas.checkpoint import CheckpointError, load_checkpoint
-from srnas.config import SearchSpaceConfig, SupernetConfig, SupernetTrainConfig, from_mapping
+from srnas.config import SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
 from srnas.errors import ConfigError, DataError
 from srnas.images import write_png
 from srnas.models import count_params, gmacs
@@ -114,14 +114,14 @@ def test_space_validation_names_what_does_not_fit() -> None:
     with pytest.raises(ConfigError, match=r"cell 1 \(w3\)"):
         space.validate(SubnetConfig(8, (CellConfig("conv"), CellConfig("wdsr", 3), CellConfig("skip"), CellConfig("skip"))))
     with pytest.raises(ConfigError, match=r"supernet\.space\.widths: must be strictly increasing"):
-        from_mapping(SupernetConfig, {"space": {"widths": [16, 8]}}, "supernet")
+        config_of(SupernetConfig, {"space": {"widths": [16, 8]}}, "supernet")
     with pytest.raises(ConfigError, match=r"supernet\.space\.blocks: unknown block 'pool'"):
-        from_mapping(SupernetConfig, {"space": {"blocks": ["conv", "pool"]}}, "supernet")
+        config_of(SupernetConfig, {"space": {"blocks": ["conv", "pool"]}}, "supernet")
     with pytest.raises(ConfigError, match=r"supernet\.train\.distill: must be between 0 and 1"):
-        from_mapping(SupernetConfig, {"train": {"distill": 1.5}}, "supernet")
+        config_of(SupernetConfig, {"train": {"distill": 1.5}}, "supernet")
     with pytest.raises(ConfigError, match=r"supernet\.train\.steps"):
-        from_mapping(SupernetConfig, {"train": {"steps": 0}}, "supernet")
-    cfg = from_mapping(SupernetConfig, {"scale": 4, "train": {"num_random": 0, "bf16": "off"}}, "supernet")
+        config_of(SupernetConfig, {"train": {"steps": 0}}, "supernet")
+    cfg = config_of(SupernetConfig, {"scale": 4, "train": {"num_random": 0, "bf16": "off"}}, "supernet")
     assert cfg.scale == 4 and cfg.train.num_random == 0 and cfg.train.batch_size == 32
 
 
@@ -316,9 +316,10 @@ def test_missing_data_and_bad_batch_are_clear_errors(data_dir: Path, tmp_path: P
 # --- the command ------------------------------------------------------------------------------------------
 
 
-def _args(params: Path, **kwargs: object) -> argparse.Namespace:
-    base = {"params": params, "overlay": [], "config_json": None, "log": None, "data_dir": None, "out": None,
-            "no_resume": False, "describe": False, "json": False}
+def _args(overlay: Path, **kwargs: object) -> argparse.Namespace:
+    """The command's arguments: the repository's params.yaml with ``overlay`` on top."""
+    base = {"params": Path(__file__).resolve().parents[1] / "params.yaml", "overlay": [overlay], "config_json": None,
+            "log": None, "data_dir": None, "out": None, "no_resume": False, "describe": False, "json": False}
     return argparse.Namespace(**{**base, **kwargs})
 
 
@@ -326,7 +327,7 @@ def test_train_supernet_command(data_dir: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     from srnas.commands import supernet as command
 
-    params = tmp_path / "params.yaml"
+    params = tmp_path / "overlay.yaml"
     section = _as_mapping(dataclasses.replace(TINY, train=dataclasses.replace(TINY_TRAIN, steps=4, log_every=2)))
     params.write_text(json.dumps({"tracking": {"enabled": False}, "supernet": section}))
     assert command.run(_args(params, describe=True)) == 0

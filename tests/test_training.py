@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_weights, kill_at_first_checkpoint, smooth_image
+from conftest import assert_same_weights, config_of, kill_at_first_checkpoint, smooth_image
 
 from srnas.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from srnas.config import TrainConfig, from_mapping
+from srnas.config import TrainConfig
 from srnas.errors import ConfigError, DataError
 from srnas.images import write_png
 from srnas.loading import load_trained
@@ -270,13 +270,13 @@ def test_bicubic_and_unknown_models_are_rejected(data_dir: Path, tmp_path: Path)
 
 def test_train_config_validation() -> None:
     assert TrainConfig().batch_size == 32 and TrainConfig().bf16 == "auto"
-    cfg = from_mapping(TrainConfig, {"steps": 10, "lr": 1, "bf16": "off"}, "params.yaml:train_baseline")
+    cfg = config_of(TrainConfig, {"steps": 10, "lr": 1, "bf16": "off"}, "params.yaml:train_baseline")
     assert cfg.lr == 1.0 and cfg.bf16 == "off"
     with pytest.raises(ConfigError, match=r"params\.yaml:train_baseline\.bf16: expected one of auto, on, off"):
-        from_mapping(TrainConfig, {"bf16": "yes"}, "params.yaml:train_baseline")
+        config_of(TrainConfig, {"bf16": "yes"}, "params.yaml:train_baseline")
     with pytest.raises(ConfigError, match=r"train_baseline\.min_lr"):
-        from_mapping(TrainConfig, {"lr": 1e-4, "min_lr": 1e-3}, "train_baseline")
+        config_of(TrainConfig, {"lr": 1e-4, "min_lr": 1e-3}, "train_baseline")
     with pytest.raises(ConfigError, match=r"train_baseline\.steps"):
-        from_mapping(TrainConfig, {"steps": 0}, "train_baseline")
+        config_of(TrainConfig, {"steps": 0}, "train_baseline")
     with pytest.raises(ConfigError, match=r"train_baseline\.channels_last: expected true or false"):
-        from_mapping(TrainConfig, {"channels_last": "yes"}, "train_baseline")
+        config_of(TrainConfig, {"channels_last": "yes"}, "train_baseline")

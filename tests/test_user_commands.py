@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import params_overlay
 from PIL import Image
 
 from srnas.cli import main
@@ -61,24 +62,21 @@ def test_compare_joins_evaluate_and_profile_runs(tmp_path: Path, monkeypatch: py
     with tracking.stage_run(cfg, "profile_model", {}, tags) as stage:
         stage.log_metrics({"latency_ms_onnxruntime_fp32": 40.0})
     tracking.end_pipeline(cfg)
-    params = tmp_path / "params.yaml"
-    params.write_text("tracking: {uri: 'sqlite:///mlflow.db', experiment: exp-a}\n")
-    assert main(["compare", "--params", str(params), "--json"]) == 0
+    params = params_overlay(tmp_path, {"tracking": {"uri": "sqlite:///mlflow.db", "experiment": "exp-a"}})
+    assert main(["compare", *params, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows == [
         {"experiment": "exp-a", "data": "folder", "model": "plain16", "scale": 2, "psnr_set5_x2": 36.5, "ssim_set5_x2": 0.95, "latency_ms_onnxruntime_fp32": 40.0}
     ]
-    assert main(["compare", "--params", str(params)]) == 0
+    assert main(["compare", *params]) == 0
     table = capsys.readouterr().out
     assert "plain16" in table and "36.50" in table and "40.00" in table
 
 
 def test_profile_json_for_an_untrained_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        "tracking: {enabled: false}\nprofile: {runtimes: [torch_fp32, onnxruntime_fp32], warmup: 0, runs: 2, input_size: [24, 32]}\n"
-    )
-    assert main(["profile", "--params", str(params), "--model", "espcn", "--scale", "2", "--json"]) == 0
+    params = params_overlay(tmp_path, {"tracking": {"enabled": False}, "profile": {
+        "runtimes": ["torch_fp32", "onnxruntime_fp32"], "warmup": 0, "runs": 2, "input_size": [24, 32]}})
+    assert main(["profile", *params, "--model", "espcn", "--scale", "2", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["input_hw"] == [24, 32] and payload["output_hw"] == [48, 64]
     assert {r["runtime"] for r in payload["results"]} == {"torch_fp32", "onnxruntime_fp32"}

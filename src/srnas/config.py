@@ -2,6 +2,10 @@
 
 ``params.yaml`` (or a Snakemake config) is read by the CLI only; library code receives these
 dataclasses. Every error names the key path (``params.yaml:data.scales``) and what is wrong.
+
+:func:`from_mapping` requires every field: ``params.yaml`` sets every key, and a missing one is an error, never a
+silent default. The defaults below exist for library callers and tests; they equal ``params.yaml``'s values exactly
+(``tests/test_config.py`` holds them so), so there is one set of values. :func:`check_keys` checks an overlay.
 """
 
 from __future__ import annotations
@@ -67,24 +71,53 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     raise TypeError(f"unsupported config annotation {annotation!r} at {where}")
 
 
-def from_mapping(cls: type[T], mapping: Any, where: str) -> T:
-    """Build dataclass ``cls`` from ``mapping``; unknown keys and bad types raise ConfigError naming ``where``."""
-    if mapping is None:
-        mapping = {}
+def key_path(where: str, key: object) -> str:
+    """The dotted path of ``key`` inside ``where``: ``params.yaml:`` + ``data`` -> ``params.yaml:data``,
+    ``params.yaml:data`` + ``scales`` -> ``params.yaml:data.scales`` (a path ending in ``:`` is a file's top level)."""
+    return f"{where}{key}" if where.endswith(":") else f"{where}.{key}"
+
+
+def _fields_of(cls: type, mapping: Any, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fields, type hints) of dataclass ``cls``, after checking that ``mapping`` is a mapping without unknown keys."""
     if not isinstance(mapping, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {type(mapping).__name__} {mapping!r}")
-    hints = typing.get_type_hints(cls)
+        raise ConfigError(f"{where.rstrip(':')}: expected a mapping of keys, got {type(mapping).__name__} {mapping!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(mapping) - set(fields))
+    unknown = sorted(map(str, set(mapping) - set(fields)))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(fields)}")
-    kwargs = {name: _coerce(mapping[name], hints[name], f"{where}.{name}") for name in fields if name in mapping}
+        others = f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+        raise ConfigError(f"{key_path(where, unknown[0])}: unknown key{others}; known: {', '.join(fields)}")
+    return fields, typing.get_type_hints(cls)
+
+
+def from_mapping(cls: type[T], mapping: Any, where: str) -> T:
+    """Build dataclass ``cls`` from ``mapping``, which must set every field: no value is ever filled in behind the
+    user's back (params.yaml lists every key; a test holds the dataclass defaults equal to it). Unknown keys, missing
+    keys and bad types raise ConfigError naming the key's path in ``where`` (``params.yaml:search_arch``)."""
+    fields, hints = _fields_of(cls, mapping, where)
+    kwargs = {name: _coerce(mapping[name], hints[name], key_path(where, name)) for name in fields if name in mapping}
+    missing = [name for name in fields if name not in mapping]
+    if missing:
+        others = f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise ConfigError(f"{key_path(where, missing[0])}: missing key{others}; every key must be set")
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where.rstrip(':')}: {exc}") from None
     except ConfigError as exc:
-        raise ConfigError(f"{where}.{exc}") from None
+        raise ConfigError(key_path(where, str(exc))) from None
+
+
+def check_keys(cls: type, mapping: Any, where: str) -> None:
+    """Check a partial mapping for ``cls`` -- an overlay of ``params.yaml`` -- without building it: every key it sets
+    must exist and have the right type, nested sections are checked the same way, and an item of a list of sections
+    (``latency.targets``) must be complete, since a list replaces the one it overlays. Errors name ``where``."""
+    _, hints = _fields_of(cls, mapping, where)
+    for name, value in mapping.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
+            check_keys(annotation, value, key_path(where, name))  # type: ignore[arg-type]
+        else:
+            _coerce(value, annotation, key_path(where, name))
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -188,7 +221,7 @@ class TrackingConfig:
     """The ``tracking`` section: where MLflow writes. The default is a local SQLite file, no server."""
 
     uri: str = "sqlite:///mlflow.db"
-    experiment: str = "srnas"
+    experiment: str = "srnas-default"
     artifact_location: str = "mlartifacts"
     enabled: bool = True
 
@@ -197,7 +230,7 @@ class TrackingConfig:
 class BaselinesConfig:
     """The ``baselines`` section: hand-designed models that go through train, export, profile and evaluate."""
 
-    models: tuple[str, ...] = ("bicubic",)
+    models: tuple[str, ...] = ("bicubic", "espcn", "fsrcnn", "plain16", "plain32")
 
     def __post_init__(self) -> None:
         _check(len(self.models) > 0, "models", "list at least one model (bicubic needs no training)")
@@ -212,7 +245,7 @@ class TrainConfig:
     """How a baseline is trained (``srnas.training.train``): L1 loss, Adam, cosine schedule over ``steps``.
 
     Defaults train fast on a 2-core CPU: LR patches of 24 (HR 48 at x2; the paper uses 48 LR on DIV2K),
-    batch 32, 2000 steps. ``steps_by_model`` overrides ``steps`` per model name (a model that runs fewer
+    batch 32, 3000 steps. ``steps_by_model`` overrides ``steps`` per model name (a model that runs fewer
     steps per second gets fewer steps, so every model fits the same wall-clock budget on the reference machine).
     ``bf16``: ``auto`` uses bfloat16 autocast when the CPU has native bf16 (avx512_bf16 or AMX) and oneDNN
     supports it; ``on`` forces it, ``off`` trains in fp32.
@@ -222,7 +255,7 @@ class TrainConfig:
     ``log_every`` and ``val_every`` do not change the result.
     """
 
-    steps: int = 2000
+    steps: int = 3000
     steps_by_model: dict[str, int] = field(default_factory=dict, hash=False)
     batch_size: int = 32
     lr_patch_size: int = 24
@@ -230,7 +263,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     weight_decay: float = 0.0
     seed: int = 0
-    checkpoint_every: int = 250
+    checkpoint_every: int = 500
     log_every: int = 50
     bf16: str = "auto"
     channels_last: bool = True
@@ -359,6 +392,8 @@ class SupernetTrainConfig(TrainConfig):
     patches (it must divide). ``device``: ``auto`` is CUDA when available, else CPU.
     """
 
+    steps: int = 1500
+    checkpoint_every: int = 250
     num_random: int = 2
     distill: float = 0.5
     child_weight: float = 0.5
@@ -407,12 +442,12 @@ class TargetConfig:
     this process may use; ``input_size`` the LR [height, width], empty for the size whose output is 1280x720.
     """
 
-    name: str = "cpu_ort_fp32"
-    device: str = "this-cpu"
-    runtime: str = "onnxruntime_fp32"
-    precision: str = "fp32"
-    threads: int = 0
-    input_size: tuple[int, ...] = ()
+    name: str
+    device: str
+    runtime: str
+    precision: str
+    threads: int
+    input_size: tuple[int, ...]
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and all(c.isalnum() or c in "_-." for c in self.name) and self.name not in (".", ".."),
@@ -426,11 +461,8 @@ class TargetConfig:
 
 
 def _default_targets() -> tuple[TargetConfig, ...]:
-    return (
-        TargetConfig("cpu_ort_fp32", runtime="onnxruntime_fp32", precision="fp32"),
-        TargetConfig("cpu_torch_fp32", runtime="torch_fp32", precision="fp32"),
-        TargetConfig("cpu_torch_bf16", runtime="torch_bf16", precision="bf16"),
-    )
+    """params.yaml's ``latency.targets``: the fastest runtime of this CPU (``auto``), every core, the 720p-output LR size."""
+    return (TargetConfig("cpu_auto", "this-cpu", AUTO_RUNTIME, AUTO_RUNTIME, 0, ()),)
 
 
 LATENCY_PROTOCOLS = ("paired", "absolute")  # srnas.runtimes.timing
@@ -517,6 +549,40 @@ class LatencyConfig:
                 "rounds": max(self.net_rounds, min_rounds), "passes": self.net_passes}
 
 
+# ------------------------------------------------------------------------ the deployment budget (budget)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """The ``budget`` section: the latency the final model must meet, where, and how it is checked.
+
+    ``latency_ms`` per frame at ``target``'s input size (a name of ``latency.targets``; empty: the first). Both
+    searches keep the *predicted* latency under ``latency_ms`` less ``margin`` of it (:attr:`search_ms`: room for
+    the latency model's error and the target's drift); ``check_budget`` measures the fine-tuned model against the
+    whole ``latency_ms``. A verdict -- the chosen architecture's measured latency (stage 2), the measured pruning
+    speedup (stage 3), the final check -- times ``verify_runs`` calls per round (0: the searches measure nothing;
+    ``check_budget`` always measures, at least one call per round).
+
+    Its own section, so that the stages which need the budget rerun when it changes and only then: changing the
+    number of stage-2 trials does not invalidate the budget check.
+    """
+
+    target: str = ""
+    latency_ms: float = 33.0
+    margin: float = 0.15
+    verify_runs: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.latency_ms > 0, "latency_ms", f"must be positive, got {self.latency_ms}")
+        _check(0.0 <= self.margin < 1.0, "margin", f"must lie in [0, 1), got {self.margin}")
+        _check(self.verify_runs >= 0, "verify_runs", f"must be 0 (no measurement) or positive, got {self.verify_runs}")
+
+    @property
+    def search_ms(self) -> float:
+        """What the searches allow the *predicted* latency: ``latency_ms`` less the margin."""
+        return self.latency_ms * (1.0 - self.margin)
+
+
 # ------------------------------------------------------------------ stage 2: architecture search (search_arch)
 
 SEARCH_STRATEGIES = ("tpe", "gp", "random")
@@ -529,52 +595,36 @@ class SearchArchConfig:
     """The ``search_arch`` section: compiler-aware architecture and pruning-scheme search (stage 2).
 
     Each trial picks a global width, one block per cell and, for the head and each cell, a pruning scheme among
-    ``dense`` and the filter schemes the latency model marks as accelerated on ``target`` (empty: the first of
-    ``latency.targets``). A filter-scheme layer keeps ``prune_keep`` of its filters (chosen by ``importance``)
-    rounded to the scheme's granularity: stage 3 searches the real ratios. Objective: validation PSNR with inherited
-    supernet weights on ``val_crops`` LR crops of ``crop_size`` pixels from ``val_set`` (empty: the prepared
-    ``val`` set, else the first evaluation set by name), in the target's precision. Constraint: predicted latency
-    at most ``budget_ms`` less ``latency_margin`` of it (:attr:`search_budget_ms`: room for the latency model's error
-    and the target's drift; the final model is measured against the whole ``budget_ms``). ``strategy`` ``tpe`` /
-    ``gp`` (Bayesian optimization) or ``random`` (the baseline);
-    ``mode`` ``single`` (one best point) or ``pareto`` (PSNR and latency, the front). ``trials`` completed
-    trials in all, shared by ``n_workers`` processes through one persisted study.
+    ``dense`` and the filter schemes the latency model marks as accelerated on the budget's target
+    (:class:`BudgetConfig`). A filter-scheme layer keeps ``prune_keep`` of its filters (chosen by
+    ``search_ratio.importance``, the criterion stage 3 prunes with) rounded to the scheme's granularity: stage 3
+    searches the real ratios. Objective: validation PSNR with inherited supernet weights on ``val_crops`` LR crops of
+    ``crop_size`` pixels from ``val_set`` (empty: the prepared ``val`` set, else the first evaluation set by name), in
+    the target's precision. Constraint: predicted latency at most :attr:`BudgetConfig.search_ms`. ``strategy`` ``tpe``
+    / ``gp`` (Bayesian optimization) or ``random`` (the baseline); ``mode`` ``single`` (one best point) or ``pareto``
+    (PSNR and latency, the front). ``trials`` completed trials in all, shared by ``n_workers`` processes through one
+    persisted study.
     """
 
-    target: str = ""
-    budget_ms: float = 33.0
-    latency_margin: float = 0.0
     strategy: str = "tpe"
     mode: str = "single"
     trials: int = 200
     n_workers: int = 1
     seed: int = 0
     prune_keep: float = 0.5
-    importance: str = "leading"
     val_set: str = ""
     val_crops: int = 32
     crop_size: int = 64
-    verify_runs: int = 10
 
     def __post_init__(self) -> None:
-        _check(self.budget_ms > 0, "budget_ms", f"must be positive, got {self.budget_ms}")
-        _check(0.0 <= self.latency_margin < 1.0, "latency_margin", f"must lie in [0, 1), got {self.latency_margin}")
         _check(self.strategy in SEARCH_STRATEGIES, "strategy", f"unknown strategy {self.strategy!r}; choose from {', '.join(SEARCH_STRATEGIES)}")
         _check(self.mode in SEARCH_MODES, "mode", f"unknown mode {self.mode!r}; choose from {', '.join(SEARCH_MODES)}")
         _check(self.trials >= 1, "trials", f"must be at least 1, got {self.trials}")
         _check(self.n_workers >= 1, "n_workers", f"must be at least 1, got {self.n_workers}")
         _check(self.seed >= 0, "seed", f"must be 0 or positive, got {self.seed}")
         _check(0.0 < self.prune_keep < 1.0, "prune_keep", f"must lie in (0, 1), got {self.prune_keep}")
-        _check(self.importance in PRUNING_CRITERIA, "importance",
-               f"unknown criterion {self.importance!r}; choose from {', '.join(PRUNING_CRITERIA)}")
         _check(self.val_crops >= 1, "val_crops", f"must be at least 1, got {self.val_crops}")
         _check(self.crop_size >= 8, "crop_size", f"must be at least 8 LR pixels, got {self.crop_size}")
-        _check(self.verify_runs >= 0, "verify_runs", f"must be 0 (no measurement) or positive, got {self.verify_runs}")
-
-    @property
-    def search_budget_ms(self) -> float:
-        """What the searches allow the *predicted* latency: ``budget_ms`` less the margin."""
-        return self.budget_ms * (1.0 - self.latency_margin)
 
 
 # ------------------------------------------------- stage 3: pruning-ratio search and fine-tuning (search_ratio, finetune)
@@ -582,14 +632,17 @@ class SearchArchConfig:
 
 @dataclass(frozen=True)
 class RatioSearchConfig:
-    """The ``search_ratio`` section: per-layer pruning ratios for the stage-2 architecture (stage 3).
+    """The ``search_ratio`` section: per-layer pruning ratios for the stage-2 architecture (stage 3), and the pruning
+    criterion.
 
     Every layer stage 2 gave a filter scheme keeps a share of its filters in [``min_keep``, 1] (suggested in steps of
-    ``keep_step``), rounded to that scheme's granularity and removed physically by ``importance``; ``dense`` layers
-    stay whole. Bayesian optimization (``strategy``: ``tpe`` / ``gp`` / ``random``) over ``trials`` trials maximizes
-    the proxy -- validation PSNR right after pruning the stage-2 subnet's inherited weights, on the search's crops --
-    under the predicted-latency budget ``search_arch.budget_ms`` on ``search_arch.target``. The best pruned network is
-    written with its weights for ``finetune``.
+    ``keep_step``), rounded to that scheme's granularity and removed physically; ``importance`` (``leading``: the
+    filters weight sharing trains as the narrower widths; ``l1`` / ``l2``: the largest norms) chooses which filters
+    stay -- also when stage 2 scores its candidates at ``search_arch.prune_keep``, so both stages prune alike.
+    ``dense`` layers stay whole. Bayesian optimization (``strategy``: ``tpe`` / ``gp`` / ``random``) over ``trials``
+    trials maximizes the proxy -- validation PSNR right after pruning the stage-2 subnet's inherited weights, on the
+    search's crops -- under the predicted-latency budget :attr:`BudgetConfig.search_ms` on the budget's target. The
+    best pruned network is written with its weights for ``finetune``.
     """
 
     strategy: str = "tpe"
@@ -597,6 +650,7 @@ class RatioSearchConfig:
     seed: int = 0
     min_keep: float = 0.25
     keep_step: float = 0.05
+    importance: str = "leading"
 
     def __post_init__(self) -> None:
         _check(self.strategy in SEARCH_STRATEGIES, "strategy", f"unknown strategy {self.strategy!r}; choose from {', '.join(SEARCH_STRATEGIES)}")
@@ -605,6 +659,8 @@ class RatioSearchConfig:
         _check(0.0 < self.min_keep <= 1.0, "min_keep", f"must lie in (0, 1], got {self.min_keep}")
         _check(0.0 < self.keep_step <= 1.0 - self.min_keep or self.min_keep == 1.0, "keep_step",
                f"must lie in (0, 1 - min_keep], got {self.keep_step}")
+        _check(self.importance in PRUNING_CRITERIA, "importance",
+               f"unknown criterion {self.importance!r}; choose from {', '.join(PRUNING_CRITERIA)}")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """JSON schema for the configuration, generated from the typed dataclasses (so the two cannot drift).
 
 ``workflow/schemas/config.schema.yaml`` is this output, committed; a test checks it is current.
-Snakemake validates its config with it; the dataclasses then add the semantic checks.
+Snakemake validates its merged config with it: every key is required and no other is allowed, and the schema
+carries no defaults (the values live in ``params.yaml`` alone); the dataclasses then add the semantic checks.
 """
 
 from __future__ import annotations
@@ -35,12 +36,6 @@ def _type_schema(annotation: Any) -> dict[str, Any]:
     raise TypeError(f"no JSON schema for {annotation!r}")
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_json_default(v) for v in value]
-    return value
-
-
 def dataclass_schema(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     properties: dict[str, Any] = {}
@@ -51,12 +46,9 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
             target["enum"] = list(f.metadata["enum"])
         if f.metadata.get("help"):
             prop["description"] = f.metadata["help"]
-        if f.default is not dataclasses.MISSING and not dataclasses.is_dataclass(f.default):
-            prop["default"] = _json_default(f.default)
-        elif f.default_factory is dict:  # type: ignore[comparison-overlap]
-            prop["default"] = {}
         properties[f.name] = prop
-    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": list(properties),
+                              "additionalProperties": False}
     if cls.__doc__:
         schema["description"] = " ".join(cls.__doc__.split())
     return schema

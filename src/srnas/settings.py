@@ -1,10 +1,18 @@
 """Load the whole configuration (``params.yaml`` or Snakemake's merged config) into typed sections.
 
 Only the CLI calls :func:`load_settings`; stages receive the typed sections.
+
+``params.yaml`` is the one place the configuration's values live: it sets every key (a missing one is an error naming
+it), an overlay (``config/smoke.yaml``, ``--overlay``) may only change keys that exist (an unknown one is an error
+naming the overlay file and the key's dotted path), and the dataclasses' defaults equal ``params.yaml`` (a test holds
+them so). ``--config-json`` is what a Snakemake rule passes: the keys its DVC stage lists as params, picked from a
+config Snakemake validated whole against the generated schema (every key required, no unknown key); the keys a rule
+does not pass are not read by its stage, and stand at ``params.yaml``'s values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +23,7 @@ import yaml
 
 from srnas.config import (
     BaselinesConfig,
+    BudgetConfig,
     DataConfig,
     ExportConfig,
     FinetuneConfig,
@@ -25,6 +34,7 @@ from srnas.config import (
     SupernetConfig,
     TrackingConfig,
     TrainConfig,
+    check_keys,
     from_mapping,
 )
 from srnas.errors import ConfigError
@@ -34,7 +44,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 @dataclass(frozen=True)
 class Settings:
-    """Every top-level section of ``params.yaml``. Missing sections take their defaults."""
+    """Every top-level section of ``params.yaml``. The defaults are ``params.yaml``'s values (tests/test_config.py)."""
 
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -44,6 +54,7 @@ class Settings:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     search_arch: SearchArchConfig = field(default_factory=SearchArchConfig)
     search_ratio: RatioSearchConfig = field(default_factory=RatioSearchConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -75,28 +86,61 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     return dict(loaded)
 
 
+def plain(value: Any) -> Any:
+    """``value`` with dataclasses as mappings and tuples as lists: what YAML or JSON would hold."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def default_mapping() -> dict[str, Any]:
+    """The dataclasses' defaults as a ``params.yaml`` mapping (equal to ``params.yaml``: tests/test_config.py)."""
+    return plain(Settings())
+
+
+def check_overlay(overlay: Mapping[str, Any], label: str) -> None:
+    """ConfigError naming ``label`` (the overlay's file) and the key's dotted path when ``overlay`` sets a key that
+    does not exist or a value of the wrong type (:func:`srnas.config.check_keys`)."""
+    check_keys(Settings, overlay, f"{label}:")
+
+
+def _from_json(config_json: str) -> dict[str, Any]:
+    try:
+        loaded = json.loads(config_json)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config-json: not valid JSON ({exc})") from None
+    if not isinstance(loaded, Mapping):
+        raise ConfigError("--config-json: expected a JSON object of sections")
+    return dict(loaded)
+
+
 def raw_config(params: Path | None = None, overlays: tuple[Path, ...] = (), config_json: str | None = None) -> tuple[dict[str, Any], str]:
     """The merged raw mapping and a label for error messages.
 
-    ``config_json`` (what Snakemake passes) replaces the file entirely: it already is the merged config.
+    ``config_json`` (what a Snakemake rule passes: the keys its stage reads) replaces the file: its keys are checked
+    (unknown ones named) and put over :func:`default_mapping` (see the module docstring). Otherwise ``params`` is read
+    and every overlay checked (errors name the overlay) and merged on top.
     """
     if config_json is not None:
-        try:
-            loaded = json.loads(config_json)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--config-json: not valid JSON ({exc})") from None
-        if not isinstance(loaded, Mapping):
-            raise ConfigError("--config-json: expected a JSON object of sections")
-        return dict(loaded), "config"
+        passed = _from_json(config_json)
+        check_overlay(passed, "--config-json")
+        return deep_merge(default_mapping(), passed), "--config-json"
     path = params or DEFAULT_PARAMS
     merged = read_yaml_mapping(path)
     label = str(path)
     for overlay in overlays:
-        merged = deep_merge(merged, read_yaml_mapping(overlay))
+        layer = read_yaml_mapping(overlay)
+        check_overlay(layer, str(overlay))
+        merged = deep_merge(merged, layer)
         label += f"+{overlay}"
     return merged, label
 
 
 def load_settings(params: Path | None = None, overlays: tuple[Path, ...] = (), config_json: str | None = None) -> Settings:
+    """Every section, typed; ConfigError naming the file and the key's dotted path for a missing, unknown or bad key."""
     merged, label = raw_config(params, overlays, config_json)
-    return from_mapping(Settings, merged, label)
+    return from_mapping(Settings, merged, f"{label}:")

@@ -1,6 +1,6 @@
 # Stage 3 of the method and the deliverable: pruning-ratio search, physical pruning, fine-tuning with distillation,
-# then the final model goes through the baselines' export (parity), profiling and evaluation, and is measured
-# against the latency budget on the search's target (the run fails when it misses).
+# then the final model goes through the baselines' export (parity), profiling and evaluation, and its fine-tuned
+# weights are timed against the latency budget (the `budget` section) on its target (the run fails when it misses).
 
 
 rule search_ratio:
@@ -16,8 +16,8 @@ rule search_ratio:
         trials="results/search_ratio/trials.csv",
         metrics="results/search_ratio/ratio_metrics.json",
     params:
-        config=config_json("search_ratio", "search_arch", "latency.targets", "latency.protocol", "latency.net_warmup",
-                           "latency.net_runs", "latency.net_rounds", "latency.net_passes"),
+        config=config_json("search_ratio", "search_arch", "budget", "latency.targets", "latency.protocol",
+                           "latency.net_warmup", "latency.net_runs", "latency.net_rounds", "latency.net_passes"),
         out=subpath(output.pruned, parent=True),
     log:
         "logs/search_ratio/search_ratio.log",
@@ -126,7 +126,7 @@ rule check_budget:
     output:
         verdict="results/check_budget.json",
     params:
-        config=config_json("search_arch", "latency.targets", "latency.protocol", "latency.net_warmup",
+        config=config_json("budget", "latency.targets", "latency.protocol", "latency.net_warmup",
                            "latency.net_runs", "latency.net_rounds", "latency.net_passes"),
     log:
         "logs/check_budget/check_budget.log",

@@ -15,8 +15,8 @@ rule search_arch:
         plot="results/search_arch/pareto.png",
         metrics="results/search_arch/search_metrics.json",
     params:
-        config=config_json("search_arch", "latency.targets", "latency.protocol", "latency.net_warmup",
-                           "latency.net_runs", "latency.net_rounds", "latency.net_passes"),
+        config=config_json("search_arch", "budget", "search_ratio.importance", "latency.targets", "latency.protocol",
+                           "latency.net_warmup", "latency.net_runs", "latency.net_rounds", "latency.net_passes"),
         out=subpath(output.arch, parent=True),
     log:
         "logs/search_arch/search_arch.log",

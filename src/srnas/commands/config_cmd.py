@@ -1,4 +1,4 @@
-"""``srnas config``: show the merged configuration, its JSON schema, or DVC ``-S`` overrides for a profile."""
+"""``srnas config``: check or show the merged configuration, its JSON schema, or DVC ``-S`` overrides for a profile."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from srnas.commands.common import add_settings_arguments, settings_from_args
+from srnas.settings import check_overlay, plain, read_yaml_mapping
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:-]+$")
 
@@ -18,6 +19,12 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_./:-]+$")
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("config", help="show, validate or translate the configuration")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = actions.add_parser(
+        "check", help="validate params.yaml and its overlays; exit 2 with one line naming the file and the key",
+        description="Every key of params.yaml must be set; an overlay may only set keys that exist. Snakemake runs this "
+        "on params.yaml and its --configfile overlays before anything else.")
+    add_settings_arguments(check)
+    check.set_defaults(handler=run_check)
     show = actions.add_parser("show", help="validate and print the merged configuration as YAML")
     add_settings_arguments(show)
     show.set_defaults(handler=run_show)
@@ -33,11 +40,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dvc_args.set_defaults(handler=run_dvc_args)
 
 
-def run_show(args: argparse.Namespace) -> int:
-    import dataclasses
+def run_check(args: argparse.Namespace) -> int:
+    settings_from_args(args)
+    return 0
 
-    settings = settings_from_args(args)
-    print(yaml.safe_dump(_plain(dataclasses.asdict(settings)), sort_keys=False), end="")
+
+def run_show(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(plain(settings_from_args(args)), sort_keys=False), end="")
     return 0
 
 
@@ -46,14 +55,6 @@ def run_schema(args: argparse.Namespace) -> int:
 
     print(yaml.safe_dump(settings_schema(), sort_keys=False), end="")
     return 0
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _override_value(value: Any) -> str:
@@ -96,7 +97,7 @@ def dvc_overrides(overlay: Mapping[str, Any], extra: list[str]) -> list[str]:
 
 
 def run_dvc_args(args: argparse.Namespace) -> int:
-    from srnas.settings import read_yaml_mapping
-
-    print(" ".join(dvc_overrides(read_yaml_mapping(args.overlay), args.set)))
+    overlay = read_yaml_mapping(args.overlay)
+    check_overlay(overlay, str(args.overlay))  # `-S ++key=value` would add a typo'd key to params.yaml silently
+    print(" ".join(dvc_overrides(overlay, args.set)))
     return 0

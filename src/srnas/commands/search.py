@@ -12,6 +12,7 @@ from typing import Any
 from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
 
 LOG = logging.getLogger("srnas.search_arch")
+BUDGET_LOG = logging.getLogger("srnas.check_budget")
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def _inputs(args: argparse.Namespace, settings: Any) -> tuple[str, Any]:
     """(target name, SearchInputs) of a search command."""
     from srnas.search.run import SearchInputs, target_name
 
-    target = target_name(settings.search_arch, settings.latency)
+    target = target_name(settings.budget, settings.latency)
     return target, SearchInputs(args.supernet, args.tables / target, args.data_dir)
 
 
@@ -38,8 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Bayesian optimization (search_arch.strategy: tpe or gp; random as the baseline) over the supernet's "
         "space -- global width, one block per cell -- and, for the head and each cell, a pruning scheme among dense and "
         "the filter schemes the latency model measured as accelerated on the target. Objective: validation PSNR with "
-        "inherited supernet weights on fixed LR crops, in the target's precision; constraint: predicted latency at most "
-        "search_arch.budget_ms (mode pareto: the PSNR/latency front). The Optuna study persists in OUT/study.db: a "
+        "inherited supernet weights on fixed LR crops, in the target's precision (filter-scheme layers pruned by "
+        "search_ratio.importance); constraint: predicted latency at most budget.latency_ms less budget.margin of it on "
+        "budget.target (mode pareto: the PSNR/latency front). The Optuna study persists in OUT/study.db: a "
         "killed search resumes, search_arch.n_workers processes share it. Each trial becomes a nested MLflow run. "
         "Writes OUT/arch.json (chosen architecture, predicted and measured latency), trials.csv, pareto.csv, "
         "pareto.png and search_metrics.json.",
@@ -58,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from srnas.search.run import search_arch
 
     settings = settings_from_args(args)
-    cfg = settings.search_arch
+    cfg, budget, importance = settings.search_arch, settings.budget, settings.search_ratio.importance
     target, inputs = _inputs(args, settings)
-    params = {"search_arch": dataclasses.asdict(cfg) | {"target": target}}
+    params = {"search_arch": dataclasses.asdict(cfg), "budget": dataclasses.asdict(budget) | {"target": target},
+              "importance": importance}
     with tracking.stage_run(settings.tracking, "search_arch", params, {"srnas.target": target}) as stage:
-        result = search_arch(inputs, cfg, args.out, latency=settings.latency)
+        result = search_arch(inputs, cfg, budget, args.out, importance=importance, latency=settings.latency)
         for record in result.records:
             with stage.candidate(f"trial-{record.number}", params={"arch": record.candidate.name, "width": record.candidate.subnet.width,
                                                                     "cells": ".".join(c.code for c in record.candidate.subnet.cells),
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             stage.log_artifact(args.out / name, "search_arch")
     print(f"chosen {chosen.name}: {result.chosen.psnr:.2f} dB, {result.chosen.latency_ms:.1f} ms predicted"
           + (f", {result.measured_ms:.1f} ms measured ({100 * (result.latency_error or 0):+.1f}%)" if result.measured_ms else "")
-          + f" (budget {cfg.budget_ms:g} ms on {target}); {len(result.records)} trials, {len(result.front)} on the front")
+          + f" (budget {budget.latency_ms:g} ms on {target}); {len(result.records)} trials, {len(result.front)} on the front")
     if args.json:
         print_json(result.metrics() | {"chosen": chosen.name})
     return 0
@@ -89,8 +92,8 @@ def add_ratio_parser(subparsers: argparse._SubParsersAction) -> None:
         help="search per-layer pruning ratios for the stage-2 architecture, prune it physically (stage search_ratio)",
         description="For every conv that search-arch gave a filter-pruning scheme, search the share of filters it keeps "
         "(search_ratio.min_keep to 1, rounded to the scheme's channel grid) by Bayesian optimization under "
-        "search_arch.budget_ms (predicted), scored by validation PSNR right after pruning the supernet's inherited weights "
-        "(search_arch.importance picks the filters). Writes OUT/pruned.pt (the physically pruned network, for finetune), "
+        "budget.latency_ms less budget.margin (predicted), scored by validation PSNR right after pruning the supernet's "
+        "inherited weights (search_ratio.importance picks the filters). Writes OUT/pruned.pt (the physically pruned network, for finetune), "
         "OUT/ratio.json (ratios, channels, predicted and measured speedup over the unpruned parent), trials.csv and "
         "ratio_metrics.json.",
     )
@@ -107,18 +110,18 @@ def run_ratio(args: argparse.Namespace) -> int:
     from srnas.search.ratio import search_ratio
 
     settings = settings_from_args(args)
-    cfg, arch_cfg = settings.search_ratio, settings.search_arch
+    cfg, arch_cfg, budget = settings.search_ratio, settings.search_arch, settings.budget
     target, inputs = _inputs(args, settings)
-    params = {"search_ratio": dataclasses.asdict(cfg), "budget_ms": arch_cfg.budget_ms, "target": target}
+    params = {"search_ratio": dataclasses.asdict(cfg), "budget": dataclasses.asdict(budget) | {"target": target}}
     with tracking.stage_run(settings.tracking, "search_ratio", params, {"srnas.target": target}) as stage:
-        result = search_ratio(inputs, args.arch, cfg, arch_cfg, args.out, latency=settings.latency)
+        result = search_ratio(inputs, args.arch, cfg, arch_cfg, budget, args.out, latency=settings.latency)
         stage.log_params({"network": result.network.name})
         stage.log_metrics(result.metrics())
         stage.log_artifact(args.out / "ratio.json", "search_ratio")
     measured = result.measured_speedup
     print(f"pruned {result.network.name}: proxy {result.psnr:.2f} dB, {result.predicted_ms:.1f} ms predicted, "
           f"{result.predicted_speedup:.2f}x over the unpruned parent predicted"
-          + (f", {measured:.2f}x measured" if measured else "") + f" (budget {arch_cfg.budget_ms:g} ms on {target})")
+          + (f", {measured:.2f}x measured" if measured else "") + f" (budget {budget.latency_ms:g} ms on {target})")
     if args.json:
         print_json(result.metrics() | {"network": result.network.name})
     return 0
@@ -128,11 +131,13 @@ def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "check-budget",
         help="measure the final model on the target and fail when it misses the latency budget (stage check_budget)",
-        description="Measure the final (fine-tuned, pruned) network end to end on search_arch.target -- the runtime, "
-        "precision, threads and input size of the latency table -- with the latency model's network protocol "
-        "(at least 5 rounds of search_arch.verify_runs calls, lowest median). Writes OUT (JSON) and exits 0 when "
-        "the measured latency is at most search_arch.budget_ms (the whole budget: the searches kept "
-        "search_arch.latency_margin of it free); otherwise exits 1 saying by how much it missed.",
+        description="Time the fine-tuned final model (CHECKPOINT, its own weights) end to end on budget.target -- the "
+        "runtime, precision, threads and input size of the latency table -- with the latency model's network protocol "
+        "(at least 5 rounds of budget.verify_runs calls). Records the wall-clock milliseconds and, under the paired "
+        "protocol, the same rounds normalised to the table's reference speed, which is what the verdict then uses "
+        "(OUT says which). Writes OUT (JSON) and exits 0 when that figure is at most budget.latency_ms (the whole budget: "
+        "the searches kept budget.margin of it free); otherwise exits 1 saying by how much it missed. Refuses (exit 2, "
+        "nothing written) a table measured under another fingerprint than this machine's for the target.",
     )
     add_settings_arguments(parser)
     parser.add_argument("--checkpoint", type=Path, default=Path("results/finetune/model.pt"), help="final model (default: %(default)s)")
@@ -143,38 +148,24 @@ def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_budget(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
-    from srnas.arch.network import load_network
-    from srnas.errors import ConfigError
-    from srnas.latency.profile import load_predictor
-    from srnas.search.run import measure_on_target, target_name, verdict_timing
+    from srnas.search.budget import check_budget
+    from srnas.search.run import target_name
 
     settings = settings_from_args(args)
-    arch_cfg, latency = settings.search_arch, settings.latency
-    runs = max(arch_cfg.verify_runs, 1)
-    target_label = target_name(arch_cfg, latency)
-    predictor = load_predictor(args.tables / target_label)
-    network = load_network(args.checkpoint).pruned
-    with tracking.stage_run(settings.tracking, "check_budget", {"budget_ms": arch_cfg.budget_ms, "target": target_label},
-                            {"srnas.target": target_label}) as stage:
-        timed = measure_on_target(predictor, [network], runs, latency)
-        if timed is None:
-            raise ConfigError(f"search_arch.target {target_label}: its runtime {predictor.table.target.runtime} is not "
-                              "available on this machine, so the final model cannot be measured against the budget")
-        measured = timed[0]
-        predicted = predictor.predict(network)
-        fits = measured <= arch_cfg.budget_ms
-        summary = {"network": network.name, "target": target_label, "budget_ms": arch_cfg.budget_ms, "measured_ms": measured,
-                   "predicted_ms": predicted, "within_budget": fits, "margin_ms": arch_cfg.budget_ms - measured,
-                   "timing": {"table": predictor.table.protocol(),
-                              "measurement": verdict_timing(latency, runs)}}
-        stage.log_metrics({"measured_ms": measured, "predicted_ms": predicted, "within_budget": float(fits)})
-        if fits:
-            atomic.write_json(args.out, summary)
-    if not fits:
-        LOG.error("the final model %s takes %.1f ms on %s: %.1f ms (%.0f%%) over the %.1f ms budget (predicted %.1f ms)",
-                  network.name, measured, target_label, measured - arch_cfg.budget_ms,
-                  100 * (measured / arch_cfg.budget_ms - 1), arch_cfg.budget_ms, predicted)
+    budget = settings.budget
+    target = target_name(budget, settings.latency)
+    with tracking.stage_run(settings.tracking, "check_budget", {"budget_ms": budget.latency_ms, "target": target},
+                            {"srnas.target": target}) as stage:
+        verdict = check_budget(args.checkpoint, args.tables / target, budget, settings.latency)
+        figures = {"verdict_ms": verdict.verdict_ms, "wall_clock_ms": verdict.timing.wall_clock_ms,
+                   "predicted_ms": verdict.predicted_ms, "within_budget": float(verdict.within_budget)}
+        if verdict.timing.normalised_ms is not None:
+            figures["normalised_ms"] = verdict.timing.normalised_ms
+        stage.log_metrics(figures)
+        if verdict.within_budget:
+            atomic.write_json(args.out, verdict.to_dict())
+    if not verdict.within_budget:
+        BUDGET_LOG.error("%s", verdict.describe())
         return 1
-    print(f"final model {network.name}: {measured:.1f} ms measured on {target_label} (budget {arch_cfg.budget_ms:g} ms, "
-          f"predicted {predicted:.1f} ms)")
+    BUDGET_LOG.info("%s", verdict.describe())
     return 0

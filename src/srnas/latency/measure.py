@@ -30,6 +30,7 @@ import logging
 import statistics
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,8 @@ from srnas.runtimes.timing import (
     warm,
 )
 
-__all__ = ["REFERENCE_LAYER", "LayerModule", "measure_layer", "measure_network", "measure_reference", "sparsify_",
-           "scheme_precision", "scheme_sparsity", "target_available"]
+__all__ = ["REFERENCE_LAYER", "LayerModule", "NetworkTiming", "measure_layer", "measure_network", "measure_reference",
+           "sparsify_", "scheme_precision", "scheme_sparsity", "target_available", "time_network"]
 
 log = logging.getLogger(__name__)
 
@@ -336,16 +337,41 @@ def _exported(model: nn.Module, net: Any, precision: str, sparsity: float) -> Pa
     return path
 
 
+@dataclass(frozen=True)
+class NetworkTiming:
+    """One timing of a whole network on a target, both ways a figure can be read.
+
+    ``wall_clock_ms``: what a call took on this machine, now -- absolute protocol: the median of the calls; paired:
+    the median over rounds of each round's lowest call. ``normalised_ms`` (paired protocol only, else None): the
+    same rounds expressed at the latency table's reference speed (``reference_ms`` times the median ratio to the
+    reference rounds around them, :func:`srnas.runtimes.timing.paired_value`): what the table's predictions are
+    compared with, insensitive to a host whose speed drifts."""
+
+    wall_clock_ms: float
+    normalised_ms: float | None = None
+
+
 def measure_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module, *, warmup: int, runs: int,
                     precision: str | None = None, sparsity: float = 0.0, rounds: int = 1,
                     reference_ms: float | None = None) -> float:
-    """Median milliseconds of one end-to-end call of a whole network on ``target``, as deployed.
+    """Milliseconds of one end-to-end call of a whole network on ``target``, as deployed: :func:`time_network`'s
+    normalised figure under the paired protocol (``reference_ms`` given), its wall-clock median otherwise."""
+    timing = time_network(target, net, warmup=warmup, runs=runs, precision=precision, sparsity=sparsity, rounds=rounds,
+                          reference_ms=reference_ms)
+    return timing.wall_clock_ms if timing.normalised_ms is None else timing.normalised_ms
 
-    ``net``: a (pruned) subnet, built physically with :func:`srnas.arch.network.build_network`, or any SR module. Torch
-    targets and ONNX Runtime fp32 run it like :func:`srnas.profiling.profile_module` (ONNX: exported with
-    :func:`srnas.export.export_onnx`); int8 exports, quantizes (static QDQ) and times the quantized file.
-    ``precision`` overrides the target's (``bf16`` on a torch target runs it as ``torch_bf16`` does).
-    ``reference_ms`` given: the paired protocol (``rounds`` rounds of ``runs`` calls, see :func:`measure_layer`).
+
+def time_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module, *, warmup: int, runs: int,
+                 precision: str | None = None, sparsity: float = 0.0, rounds: int = 1,
+                 reference_ms: float | None = None) -> NetworkTiming:
+    """One end-to-end timing of a whole network on ``target``, as deployed (:class:`NetworkTiming`).
+
+    ``net``: a (pruned) subnet, built physically with :func:`srnas.arch.network.build_network` (fresh weights), or any
+    SR module, timed with its own weights (a trained model). Torch targets and ONNX Runtime fp32 run it like
+    :func:`srnas.profiling.profile_module` (ONNX: exported with :func:`srnas.export.export_onnx`); int8 exports,
+    quantizes (static QDQ) and times the quantized file. ``precision`` overrides the target's (``bf16`` on a torch
+    target runs it as ``torch_bf16`` does). ``reference_ms`` given: the paired protocol (``rounds`` rounds of ``runs``
+    calls, see :func:`measure_layer`); otherwise the median of ``runs`` calls after ``warmup``.
     """
     _check_target(target)
     model = net if isinstance(net, nn.Module) else build_network(net, target.scale)
@@ -357,10 +383,15 @@ def measure_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module
     else:
         runtime = "torch_bf16" if precision == "bf16" else "torch_fp32"
     if reference_ms is None:
-        return quiet(lambda: profile_module(model, runtime, target.input_hw, threads=target.threads, warmup=warmup,
-                                            runs=runs).median_ms, name)
+        return NetworkTiming(quiet(lambda: profile_module(model, runtime, target.input_hw, threads=target.threads,
+                                                          warmup=warmup, runs=runs).median_ms, name))
     prepare_allocator()
     x = torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=torch.Generator().manual_seed(0))
     with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
         call = runtime_call(model, runtime, x, target.threads)
-        return _timed(target, name, call, warmup=warmup, runs=runs, rounds=rounds, reference_ms=reference_ms, stack=stack)
+        reference = _reference_call(target, stack)
+        warm(warmup, call, reference)
+        with gc_paused(collect=False):
+            items, refs = quiet(lambda: paired_rounds(lambda: lowest_ms(call, 0, runs), lambda: lowest_ms(reference, 0, runs),
+                                                      rounds), name)
+    return NetworkTiming(float(statistics.median(items)), paired_value(items, refs, reference_ms))

@@ -52,6 +52,7 @@ PROTOCOLS = LATENCY_PROTOCOLS
 
 Item = TypeVar("Item", bound=Hashable)
 Round = TypeVar("Round")
+Value = TypeVar("Value")
 
 
 # ------------------------------------------------------------------------------------------ calls
@@ -156,7 +157,7 @@ def _own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def others_busy(fn: Callable[[], float]) -> tuple[float, float]:
+def others_busy(fn: Callable[[], Value]) -> tuple[Value, float]:
     """Run ``fn``; return its value and the cores the rest of the system kept busy meanwhile (0 if unknown)."""
     busy0, own0, wall0 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
     value = fn()
@@ -169,8 +170,9 @@ def others_busy(fn: Callable[[], float]) -> tuple[float, float]:
     return value, max((busy1 - busy0) - (own1 - own0) - slack, 0.0) / max(wall1 - wall0, 1e-9)
 
 
-def quiet(fn: Callable[[], float], what: str = "") -> float:
-    """``fn()`` measured while the rest of the machine stays (nearly) idle; see :data:`QUIET_LIMIT`."""
+def quiet(fn: Callable[[], Value], what: str = "") -> Value:
+    """``fn()`` measured while the rest of the machine stays (nearly) idle; see :data:`QUIET_LIMIT`. ``fn`` returns
+    milliseconds, or whatever a measurement keeps of its calls (e.g. :func:`paired_rounds`' rounds)."""
     quiet_stats["measurements"] += 1
     value, others = others_busy(fn)
     for _ in range(QUIET_ATTEMPTS - 1):

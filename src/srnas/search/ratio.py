@@ -27,7 +27,7 @@ from typing import Any
 from srnas import atomic
 from srnas.arch.network import save_network
 from srnas.arch.pruned import PrunedSubnet, as_pruned
-from srnas.config import LatencyConfig, RatioSearchConfig, SearchArchConfig
+from srnas.config import BudgetConfig, LatencyConfig, RatioSearchConfig, SearchArchConfig
 from srnas.errors import DataError
 from srnas.search import study as studies
 from srnas.search.candidate import DENSE, ArchCandidate
@@ -72,8 +72,9 @@ class RatioResult:
 
 
 def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: RatioSearchConfig, arch_cfg: SearchArchConfig,
-                 out_dir: str | os.PathLike[str], *, latency: LatencyConfig | None = None) -> RatioResult:
-    """Search per-conv keep ratios for the architecture in ``arch_path`` (stage 2's ``arch.json``); write ``out_dir``."""
+                 budget: BudgetConfig, out_dir: str | os.PathLike[str], *, latency: LatencyConfig | None = None) -> RatioResult:
+    """Search per-conv keep ratios for the architecture in ``arch_path`` (stage 2's ``arch.json``) under ``budget``,
+    scored on stage 2's crops (``arch_cfg``) and pruned by ``cfg.importance``; write ``out_dir``."""
     start_time = time.perf_counter()
     arch_path, out_dir = Path(arch_path), Path(out_dir)
     if not arch_path.is_file():
@@ -84,7 +85,7 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
         raise DataError(f"{arch_path}: not a search_arch result ({exc})") from None
     candidate = ArchCandidate.from_dict(chosen, f"{arch_path}:chosen")
     studies.quiet_optuna()
-    evaluator = TrialEvaluator(inputs, arch_cfg)
+    evaluator = TrialEvaluator(inputs, arch_cfg, cfg.importance)
     evaluator.space.validate(candidate.subnet)
     schemes = candidate.conv_schemes()
     names = [f"keep{i}" for i, s in enumerate(schemes) if s != DENSE]
@@ -102,28 +103,28 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
 
     def seen(number: int, keeps: dict[str, float], psnr: float, ms: float) -> None:
         rows.append({"trial": number, "network": network(keeps).name, "psnr": psnr, "latency_ms": ms,
-                     "feasible": ms <= arch_cfg.search_budget_ms, **keeps})
+                     "feasible": ms <= budget.search_ms, **keeps})
 
     if names:
         results = studies.search_keeps(names, start, low=cfg.min_keep, step=cfg.keep_step, strategy=cfg.strategy,
-                                       seed=cfg.seed, trials=cfg.trials, budget_ms=arch_cfg.search_budget_ms, evaluate=evaluate,
+                                       seed=cfg.seed, trials=cfg.trials, budget_ms=budget.search_ms, evaluate=evaluate,
                                        on_trial=seen)
     else:  # stage 2 pruned nothing: the architecture is the result
         psnr, ms = evaluate({})
         results = [({}, psnr, ms)]
         seen(0, {}, psnr, ms)
-    feasible = [r for r in results if r[2] <= arch_cfg.search_budget_ms]
+    feasible = [r for r in results if r[2] <= budget.search_ms]
     if not feasible:
-        raise SearchError(f"search_ratio: no trial fits {arch_cfg.search_budget_ms:g} ms (search_arch.budget_ms less the margin) "
+        raise SearchError(f"search_ratio: no trial fits {budget.search_ms:g} ms (budget.latency_ms less the margin) "
                           f"(fastest {min(r[2] for r in results):.1f} ms)")
     keeps, psnr, predicted = max(feasible, key=lambda r: (r[1], -r[2]))
     best = network(keeps)
     parent = as_pruned(candidate.subnet)
     parent_predicted = evaluator.predictor.predict(parent)
-    measured = measure_on_target(evaluator.predictor, [best, parent], arch_cfg.verify_runs, latency or LatencyConfig())
+    measured = measure_on_target(evaluator.predictor, [best, parent], budget.verify_runs, latency or LatencyConfig())
     result = RatioResult(candidate, best, psnr, predicted, parent_predicted, measured[0] if measured else None,
                          measured[1] if measured else None, len(results), time.perf_counter() - start_time)
-    _write(result, rows, keeps, cfg, arch_cfg, evaluator, out_dir)
+    _write(result, rows, keeps, cfg, budget, evaluator, out_dir)
     log.info("search_ratio: %s, proxy %.2f dB, %.1f ms predicted (unpruned parent %.1f ms: %.2fx predicted%s); %d trials",
              best.name, psnr, predicted, parent_predicted, result.predicted_speedup,
              f", {result.measured_speedup:.2f}x measured" if result.measured_speedup else "", len(results))
@@ -131,15 +132,15 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
 
 
 def _write(result: RatioResult, rows: list[dict[str, Any]], keeps: dict[str, float], cfg: RatioSearchConfig,
-           arch_cfg: SearchArchConfig, evaluator: TrialEvaluator, out_dir: Path) -> None:
+           budget: BudgetConfig, evaluator: TrialEvaluator, out_dir: Path) -> None:
     save_network(out_dir / "pruned.pt", evaluator.quality.model(result.network),
-                extra={"importance": arch_cfg.importance, "keeps": keeps})
+                extra={"importance": cfg.importance, "keeps": keeps})
     fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith(("trial", "network", "psnr", "latency", "feasible")), k))
     write_rows(out_dir / "trials.csv", rows, fields)
     payload = {"format": "srnas-search-ratio/1", "architecture": result.candidate.to_dict(), "network": result.network.to_dict(),
-               "name": result.network.name, "keeps": keeps, "strategy": cfg.strategy, "budget_ms": arch_cfg.budget_ms,
-               "search_budget_ms": arch_cfg.search_budget_ms,
-               "target": evaluator.predictor.table.target.name, "importance": arch_cfg.importance,
+               "name": result.network.name, "keeps": keeps, "strategy": cfg.strategy, "budget_ms": budget.latency_ms,
+               "search_budget_ms": budget.search_ms,
+               "target": evaluator.predictor.table.target.name, "importance": cfg.importance,
                **{k: (v if math.isfinite(v) else None) for k, v in result.metrics().items()}}
     atomic.write_json(out_dir / "ratio_metrics.json", {k: v for k, v in result.metrics().items() if math.isfinite(v)})
     atomic.write_json(out_dir / "ratio.json", payload)

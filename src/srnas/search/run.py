@@ -28,7 +28,7 @@ import torch
 from srnas import atomic
 from srnas.arch.pruned import PrunedSubnet
 from srnas.arch.space import SearchSpace
-from srnas.config import LatencyConfig, SearchArchConfig
+from srnas.config import BudgetConfig, LatencyConfig, SearchArchConfig
 from srnas.digests import file_sha256
 from srnas.errors import ConfigError, DataError, SrnasError
 from srnas.latency.measure import target_available
@@ -104,14 +104,14 @@ class SearchResult:
         return out
 
 
-def target_name(cfg: SearchArchConfig, latency: LatencyConfig) -> str:
-    """``search_arch.target``, or the first of ``latency.targets``; ConfigError naming an unknown one."""
+def target_name(budget: BudgetConfig, latency: LatencyConfig) -> str:
+    """``budget.target``, or the first of ``latency.targets``; ConfigError naming an unknown one."""
     names = [t.name for t in latency.targets]
-    if not cfg.target:
+    if not budget.target:
         return names[0]
-    if cfg.target not in names:
-        raise ConfigError(f"search_arch.target: no target named {cfg.target!r} in latency.targets ({', '.join(names)})")
-    return cfg.target
+    if budget.target not in names:
+        raise ConfigError(f"budget.target: no target named {budget.target!r} in latency.targets ({', '.join(names)})")
+    return budget.target
 
 
 def searchable_schemes(predictor: LatencyPredictor) -> list[str]:
@@ -143,15 +143,18 @@ class _Job:
 
     inputs: SearchInputs
     cfg: SearchArchConfig
+    budget: BudgetConfig
+    importance: str
     study_path: Path
     study_name: str
     threads: int
 
 
 class TrialEvaluator:
-    """A trial's two numbers: PSNR with inherited weights and predicted latency; built once per process."""
+    """A trial's two numbers: PSNR with inherited weights and predicted latency; built once per process. Filter-scheme
+    layers are pruned by ``importance`` (``search_ratio.importance``: the criterion stage 3 prunes with)."""
 
-    def __init__(self, inputs: SearchInputs, cfg: SearchArchConfig) -> None:
+    def __init__(self, inputs: SearchInputs, cfg: SearchArchConfig, importance: str) -> None:
         self.predictor = load_predictor(inputs.table_dir)
         self.supernet = load_supernet(inputs.supernet)
         self.space = self.supernet.space
@@ -166,7 +169,7 @@ class TrialEvaluator:
         self.schemes = searchable_schemes(self.predictor)
         pairs = load_pairs(_val_folder(inputs.data_dir, cfg, self.supernet.scale), self.supernet.scale)
         self.quality = QualityEvaluator(self.supernet, pairs, count=cfg.val_crops, size=cfg.crop_size,
-                                        precision=target.precision, prune_keep=cfg.prune_keep, importance=cfg.importance)
+                                        precision=target.precision, prune_keep=cfg.prune_keep, importance=importance)
         self.prune_keep = cfg.prune_keep
 
     def latency(self, candidate: ArchCandidate) -> float:
@@ -187,10 +190,11 @@ def _worker(job: _Job, index: int, ready: Any) -> None:
     """A worker process: its own evaluator and sampler (seed + index), the shared study; says when it is ready."""
     torch.set_num_threads(job.threads)
     studies.quiet_optuna()
-    evaluator = TrialEvaluator(job.inputs, job.cfg)
+    evaluator = TrialEvaluator(job.inputs, job.cfg, job.importance)
     study = studies.open_study(job.study_path, job.study_name, job.cfg, job.cfg.seed + index)
     ready.set()
-    studies.run_trials(study, job.cfg, evaluator.space, evaluator.schemes, evaluator, worker=f"{index}:{os.getpid()}")
+    studies.run_trials(study, job.cfg, job.budget.search_ms, evaluator.space, evaluator.schemes, evaluator,
+                       worker=f"{index}:{os.getpid()}")
 
 
 def _pick(records: list[TrialRecord]) -> TrialRecord | None:
@@ -199,13 +203,14 @@ def _pick(records: list[TrialRecord]) -> TrialRecord | None:
     return max(feasible, key=lambda r: (r.psnr, -r.latency_ms, -r.number)) if feasible else None
 
 
-def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.PathLike[str], *,
-                latency: LatencyConfig | None = None, progress: bool | None = None,
+def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfig, out_dir: str | os.PathLike[str], *,
+                importance: str, latency: LatencyConfig | None = None, progress: bool | None = None,
                 on_trial: Callable[[TrialRecord], None] | None = None) -> SearchResult:
-    """Run (or resume) the search of ``cfg`` and write the outputs; see the module docstring.
+    """Run (or resume) the search of ``cfg`` under ``budget`` and write the outputs; see the module docstring.
 
-    ``latency``: the network timing protocol for the chosen architecture's measured latency (``net_warmup``,
-    ``net_rounds``; ``cfg.verify_runs`` calls per round, 0 to skip). ``progress``: tqdm bar (None: on a terminal).
+    ``importance``: which filters a filter-scheme layer keeps (``search_ratio.importance``). ``latency``: the network
+    timing protocol for the chosen architecture's measured latency (``net_warmup``, ``net_rounds``;
+    ``budget.verify_runs`` calls per round, 0 to skip). ``progress``: tqdm bar (None: on a terminal).
     """
     from tqdm import tqdm
 
@@ -215,18 +220,21 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
         if not path.exists():
             raise DataError(f"{path}: not found (run train-supernet and profile-device first)")
     studies.quiet_optuna()
-    evaluator = TrialEvaluator(inputs, cfg)
+    evaluator = TrialEvaluator(inputs, cfg, importance)
     target = evaluator.predictor.table.target
     fastest, fastest_ms = evaluator.fastest()
-    if fastest_ms > cfg.search_budget_ms:
-        raise ConfigError(f"search_arch.budget_ms: {cfg.search_budget_ms:g} ms (after the latency margin) is below the fastest subnet of the space on "
+    if fastest_ms > budget.search_ms:
+        raise ConfigError(f"budget.latency_ms: {budget.search_ms:g} ms (after the margin) is below the fastest subnet of the space on "
                           f"{target.name} ({fastest.name}: {fastest_ms:.1f} ms predicted); raise the budget or shrink the space")
     log.info("search_arch on %s: predicted latency at most %.1f ms (budget %.1f ms less a %.0f%% margin), %s, %s mode, "
-             "%d trials, %d worker(s); schemes searched: %s", target.name, cfg.search_budget_ms, cfg.budget_ms,
-             100 * cfg.latency_margin, cfg.strategy, cfg.mode, cfg.trials, cfg.n_workers,
+             "%d trials, %d worker(s); schemes searched: %s", target.name, budget.search_ms, budget.latency_ms,
+             100 * budget.margin, cfg.strategy, cfg.mode, cfg.trials, cfg.n_workers,
              ", ".join([DENSE, *evaluator.schemes]))
 
-    identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("trials", "n_workers", "verify_runs")},
+    # what makes trials comparable: not how many there are, nor how the chosen one is measured afterwards
+    identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("trials", "n_workers")},
+                "budget": {"target": budget.target, "latency_ms": budget.latency_ms, "margin": budget.margin},
+                "importance": importance,
                 "supernet": file_sha256(inputs.supernet), "table": file_sha256(inputs.table_dir / "table.json")}
     name = studies.study_name(identity)
     study_path = out_dir / STUDY_FILE
@@ -236,7 +244,7 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
         log.info("resuming study %s in %s: %d of %d trials already completed", name, study_path, done, cfg.trials)
 
     threads = max(1, torch.get_num_threads() // cfg.n_workers)
-    job = _Job(inputs, cfg, study_path, name, threads)
+    job = _Job(inputs, cfg, budget, importance, study_path, name, threads)
     ctx = multiprocessing.get_context("spawn")
     ready = [ctx.Event() for _ in range(1, cfg.n_workers)]
     others = [ctx.Process(target=_worker, args=(job, i, ready[i - 1]), name=f"search_arch-worker-{i}")
@@ -256,7 +264,8 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
 
     try:
         _wait_until_ready(others, ready)
-        studies.run_trials(study, cfg, evaluator.space, evaluator.schemes, evaluator, worker=f"0:{os.getpid()}", on_trial=seen)
+        studies.run_trials(study, cfg, budget.search_ms, evaluator.space, evaluator.schemes, evaluator,
+                           worker=f"0:{os.getpid()}", on_trial=seen)
     finally:
         torch.set_num_threads(previous_threads)
         for p in others:
@@ -267,20 +276,20 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, out_dir: str | os.P
         raise SearchError(f"search worker(s) {', '.join(failed)} failed (exit codes "
                           f"{', '.join(str(p.exitcode) for p in others if p.exitcode != 0)}); rerun to resume")
 
-    records = studies.completed_trials(study, cfg.search_budget_ms)
+    records = studies.completed_trials(study, budget.search_ms)
     chosen = _pick(records)
     if chosen is None:
         best = min(records, key=lambda r: r.latency_ms)
-        raise SearchError(f"none of the {len(records)} trials fits {cfg.search_budget_ms:g} ms (search_arch.budget_ms less the margin) on "
+        raise SearchError(f"none of the {len(records)} trials fits {budget.search_ms:g} ms (budget.latency_ms less the margin) on "
                           f"{target.name} (fastest: {best.candidate.name}, {best.latency_ms:.1f} ms); raise trials or the budget")
     front = pareto.pareto_front(records)
-    timed = measure_on_target(evaluator.predictor, [chosen.candidate.pruned(cfg.prune_keep)], cfg.verify_runs,
+    timed = measure_on_target(evaluator.predictor, [chosen.candidate.pruned(cfg.prune_keep)], budget.verify_runs,
                               latency or LatencyConfig())
     measured = timed[0] if timed else None
     result = SearchResult(chosen, records, front, measured, time.perf_counter() - start, name, out_dir)
-    _write_outputs(result, cfg, target.name)
+    _write_outputs(result, cfg, budget, importance, target.name)
     log.info("chosen %s: %.2f dB, %.1f ms predicted%s (budget %.1f ms); %d trials, %d on the front, %.0f s", chosen.candidate.name,
-             chosen.psnr, chosen.latency_ms, f", {measured:.1f} ms measured" if measured is not None else "", cfg.budget_ms,
+             chosen.psnr, chosen.latency_ms, f", {measured:.1f} ms measured" if measured is not None else "", budget.latency_ms,
              len(records), len(front), result.seconds)
     return result
 
@@ -321,7 +330,7 @@ def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], run
     return measure_networks(target, nets, **verdict_timing(latency, runs), reference_ms=predictor.table.reference_ms)
 
 
-def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> None:
+def _write_outputs(result: SearchResult, cfg: SearchArchConfig, budget: BudgetConfig, importance: str, target: str) -> None:
     out = result.out_dir
     chosen = result.chosen
 
@@ -330,9 +339,9 @@ def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> 
                 "psnr": r.psnr, "predicted_ms": r.latency_ms}
 
     payload: dict[str, Any] = {
-        "format": "srnas-search-arch/1", "target": target, "budget_ms": cfg.budget_ms,
-        "search_budget_ms": cfg.search_budget_ms, "strategy": cfg.strategy,
-        "mode": cfg.mode, "prune_keep": cfg.prune_keep, "importance": cfg.importance, "trials": len(result.records),
+        "format": "srnas-search-arch/1", "target": target, "budget_ms": budget.latency_ms,
+        "search_budget_ms": budget.search_ms, "strategy": cfg.strategy,
+        "mode": cfg.mode, "prune_keep": cfg.prune_keep, "importance": importance, "trials": len(result.records),
         "study": {"file": STUDY_FILE, "name": result.study},
         "chosen": point(chosen) | {"measured_ms": result.measured_ms, "latency_error": result.latency_error},
     }
@@ -340,7 +349,7 @@ def _write_outputs(result: SearchResult, cfg: SearchArchConfig, target: str) -> 
         payload["front"] = [point(r) for r in result.front if r.feasible]
     pareto.write_csv(out / "trials.csv", result.records)
     pareto.write_csv(out / "pareto.csv", result.front)
-    title = f"search_arch on {target}: {cfg.strategy}, {len(result.records)} trials, budget {cfg.search_budget_ms:g} ms predicted"
-    pareto.plot_front(out / "pareto.png", result.records, result.front, cfg.search_budget_ms, chosen, title)
+    title = f"search_arch on {target}: {cfg.strategy}, {len(result.records)} trials, budget {budget.search_ms:g} ms predicted"
+    pareto.plot_front(out / "pareto.png", result.records, result.front, budget.search_ms, chosen, title)
     atomic.write_json(out / "search_metrics.json", {k: (v if math.isfinite(v) else None) for k, v in result.metrics().items()})
     atomic.write_json(out / ARCH_FILE, payload)

@@ -118,10 +118,11 @@ def completed(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def run_trials(study: optuna.Study, cfg: SearchArchConfig, space: SearchSpace, schemes: Sequence[str],
+def run_trials(study: optuna.Study, cfg: SearchArchConfig, budget_ms: float, space: SearchSpace, schemes: Sequence[str],
                evaluate: Callable[[ArchCandidate], tuple[float, float]], *, worker: str,
                on_trial: Callable[[TrialRecord], None] | None = None) -> None:
-    """Run trials until the study holds ``cfg.trials`` completed ones (counting every process's)."""
+    """Run trials until the study holds ``cfg.trials`` completed ones (counting every process's); a trial is
+    feasible when its predicted latency is at most ``budget_ms`` (the budget less its margin)."""
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
@@ -133,12 +134,12 @@ def run_trials(study: optuna.Study, cfg: SearchArchConfig, space: SearchSpace, s
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("seconds", time.perf_counter() - start)
         # <= 0 is feasible (Optuna's convention); TPE and GP model it, random sampling ignores it.
-        trial.set_constraint(CONSTRAINT, latency_ms - cfg.search_budget_ms)
+        trial.set_constraint(CONSTRAINT, latency_ms - budget_ms)
         return psnr if cfg.mode == "single" else (psnr, latency_ms)
 
     def report(study: optuna.Study, trial: FrozenTrial) -> None:
         if on_trial is not None and trial.state == TrialState.COMPLETE:
-            on_trial(_record(trial, cfg.search_budget_ms))
+            on_trial(_record(trial, budget_ms))
 
     remaining = cfg.trials - completed(study)
     if remaining <= 0:
