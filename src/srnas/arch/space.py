@@ -82,6 +82,14 @@ __all__ = [
 ]
 
 
+def _json_value(text: str, what: str) -> Any:
+    """``text`` parsed as JSON; ConfigError naming ``what`` when it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what}: not valid JSON ({exc})") from None
+
+
 @dataclass(frozen=True)
 class CellConfig:
     """One cell's choice: ``block`` (``conv``, ``wdsr`` or ``skip``) and, for ``wdsr`` only, ``expand`` (else 0)."""
@@ -169,10 +177,7 @@ class SubnetConfig:
 
     @classmethod
     def from_json(cls, text: str) -> SubnetConfig:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"subnet: not valid JSON ({exc})") from None
+        return cls.from_dict(_json_value(text, "subnet"))
 
 
 def cell_macs_per_pixel(cell: CellConfig, width: int) -> int:
@@ -252,10 +257,7 @@ class SearchSpace:
 
     @classmethod
     def from_json(cls, text: str) -> SearchSpace:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"space: not valid JSON ({exc})") from None
+        return cls.from_dict(_json_value(text, "space"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SearchSpace) and other.config == self.config
