@@ -130,5 +130,5 @@ def choose_runtime(threads: int, input_hw: tuple[int, int], scale: int, cache_di
     choice = RuntimeChoice(best, RUNTIME_PRECISION[best], scores, probes,
                            tuple(rt for rt in CANDIDATES if rt not in available), threads, input_hw, scale, machine_id)
     atomic.write_json(path, choice.to_dict())
-    log.info("runtime auto -> %s (%s): %s", choice.runtime, choice.precision, choice.reason)
+    log.debug("%s: runtime choice measured and kept (the caller logs it)", path)
     return choice

@@ -55,7 +55,6 @@ from srnas.runtimes.timing import (
     gc_paused,
     lowest_ms,
     median_ms,
-    paired_ms,
     paired_rounds,
     paired_value,
     pinned_threads,
@@ -241,16 +240,24 @@ def _timed(target: Target, what: str, call: Callable[[], Any], *, warmup: int, r
            reference_ms: float | None, stack: contextlib.ExitStack) -> float:
     """Wall-clock milliseconds of ``call`` under the quiet guard: absolute, the median of ``runs`` calls; paired
     (``reference_ms`` given, see :mod:`srnas.runtimes.timing`), ``rounds`` rounds of ``runs`` calls between rounds
-    of the reference, each round its lowest call (interference only ever slows a call down: the lowest of a round
-    is its least disturbed one)."""
+    of the reference (:func:`_paired_rounds`)."""
     if reference_ms is None:
         warm(warmup, call)
         return quiet(lambda: median_ms(call, 0, runs), what)
+    return paired_value(*_paired_rounds(target, what, call, warmup=warmup, runs=runs, rounds=rounds, stack=stack),
+                        reference_ms)
+
+
+def _paired_rounds(target: Target, what: str, call: Callable[[], Any], *, warmup: int, runs: int, rounds: int,
+                   stack: contextlib.ExitStack) -> tuple[list[float], list[float]]:
+    """The paired protocol's raw rounds under the quiet guard: ``rounds`` rounds of ``call`` between rounds of the
+    target's reference, each round its lowest of ``runs`` calls (interference only ever slows a call down: the lowest
+    of a round is its least disturbed one); :func:`srnas.runtimes.timing.paired_value` turns them into milliseconds."""
     reference = _reference_call(target, stack)
     warm(warmup, call, reference)
     with gc_paused(collect=False):
-        return quiet(lambda: paired_ms(lambda: lowest_ms(call, 0, runs), lambda: lowest_ms(reference, 0, runs), rounds,
-                                       reference_ms), what)
+        return quiet(lambda: paired_rounds(lambda: lowest_ms(call, 0, runs), lambda: lowest_ms(reference, 0, runs), rounds),
+                     what)
 
 
 def _timed_profiled(target: Target, layer: LayerKey, graph: Path, *, warmup: int, runs: int, rounds: int,
@@ -389,9 +396,5 @@ def time_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module, *
     x = torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=torch.Generator().manual_seed(0))
     with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
         call = runtime_call(model, runtime, x, target.threads)
-        reference = _reference_call(target, stack)
-        warm(warmup, call, reference)
-        with gc_paused(collect=False):
-            items, refs = quiet(lambda: paired_rounds(lambda: lowest_ms(call, 0, runs), lambda: lowest_ms(reference, 0, runs),
-                                                      rounds), name)
+        items, refs = _paired_rounds(target, name, call, warmup=warmup, runs=runs, rounds=rounds, stack=stack)
     return NetworkTiming(float(statistics.median(items)), paired_value(items, refs, reference_ms))

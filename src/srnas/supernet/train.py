@@ -310,7 +310,7 @@ class SandwichStep:
             losses["loss_random"] = float(np.mean(values[2:]))
         return losses
 
-    def subnet_psnr(self, subnet: SubnetConfig, pairs: ImagePairs) -> float | None:
+    def subnet_psnr(self, subnet: SubnetConfig, pairs: ImagePairs) -> float:
         """Validation PSNR of ``subnet`` with inherited weights (a standalone copy, fp32, CPU)."""
         return validation_psnr(self.supernet.get_active_subnet(subnet).cpu().eval(), pairs)
 
@@ -318,9 +318,8 @@ class SandwichStep:
         if self.val_pairs is None:
             return {}
         space = self.supernet.space
-        found = {"val_psnr_largest": self.subnet_psnr(space.largest(), self.val_pairs),
-                 "val_psnr_smallest": self.subnet_psnr(space.smallest(), self.val_pairs)}
-        return {k: v for k, v in found.items() if v is not None}
+        return {"val_psnr_largest": self.subnet_psnr(space.largest(), self.val_pairs),
+                "val_psnr_smallest": self.subnet_psnr(space.smallest(), self.val_pairs)}
 
     def save_model(self, path: Path, metrics: dict[str, Any]) -> None:
         save_supernet(path, self.supernet, extra={"config": dataclasses.asdict(self.cfg), "metrics": metrics})

@@ -168,7 +168,7 @@ def find_val_set(data_dir: Path, scale: int) -> Path | None:
     return None
 
 
-def validation_psnr(model: nn.Module, pairs: ImagePairs) -> float | None:
+def validation_psnr(model: nn.Module, pairs: ImagePairs) -> float:
     """Mean PSNR (Y channel, ``scale`` pixels of border cropped) of the model in fp32 over ``pairs``."""
     was_training = model.training
     upscale = torch_upscaler(model)
@@ -494,8 +494,9 @@ class SupervisedStep:
         return {"train_loss": loss}
 
     def validate(self) -> dict[str, float]:
-        psnr = validation_psnr(self.model, self.data.val_pairs) if self.data.val_pairs is not None else None
-        return {} if psnr is None else {"val_psnr": psnr}
+        if self.data.val_pairs is None:
+            return {}
+        return {"val_psnr": validation_psnr(self.model, self.data.val_pairs)}
 
     def save_model(self, path: Path, metrics: dict[str, Any]) -> None:
         self.saver(path, self.model, metrics)
