@@ -19,11 +19,11 @@ SRC = ROOT / "src"
 BIN = Path(sys.executable).parent
 
 # Each DVC stage / Snakemake rule and the subcommand its command line runs.
-STAGE_COMMANDS = {"prepare_data": "prepare_data", "train_baseline": "train", "export": "export", "profile_model": "profile",
+STAGE_COMMANDS = {"prepare_data": "prepare_data", "fit_baselines": "fit", "train_baseline": "train", "export": "export", "profile_model": "profile",
                   "evaluate": "evaluate", "train_supernet": "supernet", "profile_device": "latency",
                   "search_arch": "search", "search_ratio": "search", "finetune": "finetune", "export_final": "export",
                   "profile_final": "profile", "evaluate_final": "evaluate", "check_budget": "search", "report": "report"}
-SUBCOMMAND_MODULES = {"prepare-data": "prepare_data", "train": "train", "export": "export", "profile": "profile",
+SUBCOMMAND_MODULES = {"prepare-data": "prepare_data", "fit-baselines": "fit", "train": "train", "export": "export", "profile": "profile",
                       "evaluate": "evaluate", "train-supernet": "supernet", "profile-device": "latency",
                       "search-arch": "search", "search-ratio": "search", "finetune": "finetune", "check-budget": "search",
                       "report": "report"}

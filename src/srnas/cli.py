@@ -28,6 +28,7 @@ COMMANDS = (
     "supernet",
     "latency",
     "search",
+    "fit",
     "finetune",
     "report",
     "compare",

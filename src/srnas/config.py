@@ -228,13 +228,25 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class BaselinesConfig:
-    """The ``baselines`` section: hand-designed models that go through train, export, profile and evaluate."""
+    """The ``baselines`` section: hand-designed models that go through train, export, profile and evaluate.
 
-    models: tuple[str, ...] = ("bicubic", "espcn", "fsrcnn", "plain16", "plain32")
+    ``models`` are registry names, or ``plain_fit`` / ``ecbsr_fit``: the plain or ECBSR network with the most
+    computation whose latency on the budget's target fits the budget, picked by ``srnas fit-baselines`` from the grid
+    ``fit_widths`` x 1..``fit_max_blocks`` body blocks (:mod:`srnas.search.fit`).
+    """
+
+    models: tuple[str, ...] = ("bicubic", "espcn", "fsrcnn", "plain16", "plain32", "plain_fit", "ecbsr_fit")
+    fit_widths: tuple[int, ...] = (16, 24, 32, 48, 64)
+    fit_max_blocks: int = 12
 
     def __post_init__(self) -> None:
         _check(len(self.models) > 0, "models", "list at least one model (bicubic needs no training)")
         _check(len(set(self.models)) == len(self.models), "models", f"duplicate models in {list(self.models)}")
+        _check(len(self.fit_widths) > 0 and all(w >= 1 for w in self.fit_widths), "fit_widths",
+               f"list at least one positive width, got {list(self.fit_widths)}")
+        _check(all(a < b for a, b in zip(self.fit_widths, self.fit_widths[1:])), "fit_widths",
+               f"must be strictly increasing, got {list(self.fit_widths)}")
+        _check(1 <= self.fit_max_blocks <= 32, "fit_max_blocks", f"must be between 1 and 32, got {self.fit_max_blocks}")
 
 
 BF16_MODES = ("auto", "on", "off")

@@ -1,9 +1,32 @@
-# Baselines: train, export (with parity), profile. Every later model reuses these rules' CLI.
+# Baselines: the budget-fitted grid pick, train, export (with parity), profile. Every later model reuses these rules' CLI.
+
+
+rule fit_baselines:
+    input:
+        tables="results/profile_device",
+        code=stage_code("fit"),
+    output:
+        choice="results/fit_baselines/choice.json",
+        grid="results/fit_baselines/grid.json",
+    params:
+        config=config_json("baselines.fit_widths", "baselines.fit_max_blocks", "budget", "latency.targets",
+                           "latency.protocol", "latency.net_warmup", "latency.net_runs", "latency.net_rounds",
+                           "latency.net_passes"),
+        out=subpath(output.choice, parent=True),
+    log:
+        "logs/fit_baselines/fit_baselines.log",
+    benchmark:
+        "benchmarks/fit_baselines.tsv"
+    conda:
+        "../envs/srnas.yaml"
+    shell:
+        "srnas fit-baselines --tables {input.tables} --out {params.out} --config-json {params.config:q} --log {log}"
 
 
 rule train_baseline:
     input:
         data="results/prepare_data",
+        fitted="results/fit_baselines/choice.json",
         code=stage_code("train"),
     output:
         model="results/train_baseline/{model}_x{scale}/model.pt",
@@ -19,7 +42,7 @@ rule train_baseline:
         "../envs/srnas.yaml"
     shell:
         "srnas train --model {wildcards.model} --scale {wildcards.scale} --data-dir {input.data} --out {params.out}"
-        " --config-json {params.config:q} --log {log}"
+        " --fitted {input.fitted} --config-json {params.config:q} --log {log}"
 
 
 rule export:

@@ -26,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scale", type=int, required=True, choices=(2, 3, 4))
     parser.add_argument("--data-dir", type=Path, default=Path("results/prepare_data"), help="prepared data (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/train_baseline/plain32_x2")
+    parser.add_argument("--fitted", type=Path, default=Path("results/fit_baselines/choice.json"),
+                        help="what plain_fit / ecbsr_fit stand for: `srnas fit-baselines` output (default: %(default)s)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing last.ckpt")
     parser.set_defaults(handler=run)
 
@@ -35,24 +37,26 @@ def run(args: argparse.Namespace) -> int:
     from srnas.checkpoint import save_trained
     from srnas.errors import ConfigError
     from srnas.models import create_model, list_models, model_info
+    from srnas.models.fitted import is_fitted, resolve_fitted
     from srnas.training import train
 
     settings = settings_from_args(args)
-    info = model_info(args.model)
-    unknown = sorted(set(settings.train.steps_by_model) - set(list_models()))
+    network = resolve_fitted(args.model, args.fitted)  # the registry name (plain_fit / ecbsr_fit: the budget's pick)
+    info = model_info(network)
+    unknown = sorted(m for m in settings.train.steps_by_model if not is_fitted(m) and m not in list_models())
     if unknown:
         raise ConfigError(f"train.steps_by_model: unknown model(s) {', '.join(unknown)}; known: {', '.join(list_models())}")
     train_cfg = settings.train.for_model(args.model)
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
-    params = {"model": args.model, "scale": args.scale, "train": dataclasses.asdict(train_cfg)}
+    params = {"model": args.model, "network": network, "scale": args.scale, "train": dataclasses.asdict(train_cfg)}
     with tracking.stage_run(settings.tracking, "train_baseline", params, tags) as stage:
         if not info.has_weights:
-            save_trained(args.out / "model.pt", create_model(args.model, args.scale), args.model, args.scale, {})
+            save_trained(args.out / "model.pt", create_model(network, args.scale), network, args.scale, {})
             atomic.write_json(args.out / "train_metrics.json", {"steps": 0, "trained": False})
             LOG.info("%s has no weights: recorded the architecture in %s", args.model, args.out / "model.pt")
             return 0
         result = train(
-            args.model,
+            network,
             args.scale,
             args.data_dir,
             train_cfg,
@@ -61,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
         )
         stage.log_artifact(result.metrics_path)
-    LOG.info("trained %s x%d: %d steps in %.0f s, final loss %.4f", args.model, args.scale, result.steps, result.seconds, result.final_loss)
+    LOG.info("trained %s (%s) x%d: %d steps in %.0f s, final loss %.4f", args.model, network, args.scale, result.steps, result.seconds, result.final_loss)
     return 0

@@ -357,6 +357,11 @@ class NetworkTiming:
     wall_clock_ms: float
     normalised_ms: float | None = None
 
+    @property
+    def verdict_ms(self) -> float:
+        """The figure a budget verdict compares: the normalised one when measured (paired), else the wall clock."""
+        return self.wall_clock_ms if self.normalised_ms is None else self.normalised_ms
+
 
 def measure_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module, *, warmup: int, runs: int,
                     precision: str | None = None, sparsity: float = 0.0, rounds: int = 1,

@@ -31,13 +31,14 @@ from srnas.arch.network import SubnetSR
 from srnas.config import BudgetConfig, LatencyConfig
 from srnas.errors import ConfigError, DataError
 from srnas.latency.measure import NetworkTiming, target_available, time_network
+from srnas.latency.predictor import LatencyPredictor
 from srnas.latency.profile import TABLE_FILE, load_predictor
 from srnas.latency.table import TableError
 from srnas.latency.targets import Target
 from srnas.loading import load_trained
 from srnas.search.run import verdict_timing
 
-__all__ = ["NORMALISED", "WALL_CLOCK", "BudgetVerdict", "check_budget", "time_model"]
+__all__ = ["NORMALISED", "WALL_CLOCK", "BudgetVerdict", "check_budget", "measurable_predictor", "time_model"]
 
 # The two figures a verdict may compare with the budget (the names of their check_budget.json fields).
 NORMALISED, WALL_CLOCK = "normalised_ms", "wall_clock_ms"
@@ -66,7 +67,7 @@ class BudgetVerdict:
 
     @property
     def verdict_ms(self) -> float:
-        return self.timing.wall_clock_ms if self.timing.normalised_ms is None else self.timing.normalised_ms
+        return self.timing.verdict_ms
 
     @property
     def within_budget(self) -> bool:
@@ -107,24 +108,36 @@ def time_model(target: Target, model: nn.Module, timing: Mapping[str, int], refe
                          float(statistics.median(normalised)) if normalised else None)
 
 
+def measurable_predictor(table_dir: str | os.PathLike[str]) -> LatencyPredictor:
+    """The latency model in ``table_dir``, when its target can be measured here: ConfigError when the target's runtime
+    is not available on this machine, TableError when the table was measured under another fingerprint (its
+    reference speed and predictions describe another machine)."""
+    table_dir = Path(table_dir)
+    predictor = load_predictor(table_dir)
+    table = predictor.table
+    target = table.target
+    if not target_available(target):
+        raise ConfigError(f"budget.target {target.name}: its runtime {target.runtime} is not available on this machine, "
+                          "so no model can be measured against the budget")
+    here = target.fingerprint_id()
+    if table.fingerprint_id != here:
+        raise TableError(f"{table_dir / TABLE_FILE}: measured under fingerprint {table.fingerprint_id}, but this machine's "
+                         f"for target {target.name} is {here} (another CPU, thread count or library version): rerun "
+                         "profile-device here first")
+    return predictor
+
+
 def check_budget(model_path: str | os.PathLike[str], table_dir: str | os.PathLike[str], budget: BudgetConfig,
                  latency: LatencyConfig, *, measure: MeasureModel | None = None) -> BudgetVerdict:
     """Time the fine-tuned model in ``model_path`` on the target of the latency table in ``table_dir`` and hold it
     against ``budget.latency_ms`` (see the module docstring). ``measure`` times one pass (default:
     :func:`srnas.latency.measure.time_network`). Raises, measuring nothing, when the target's runtime is not
     available here (ConfigError) or the table was measured under another fingerprint (TableError)."""
-    model_path, table_dir = Path(model_path), Path(table_dir)
-    predictor = load_predictor(table_dir)
+    model_path = Path(model_path)
+    predictor = measurable_predictor(table_dir)
     table = predictor.table
     target = table.target
-    if not target_available(target):
-        raise ConfigError(f"budget.target {target.name}: its runtime {target.runtime} is not available on this machine, "
-                          "so the final model cannot be measured against the budget")
     here = target.fingerprint_id()
-    if table.fingerprint_id != here:
-        raise TableError(f"{table_dir / TABLE_FILE}: measured under fingerprint {table.fingerprint_id}, but this machine's "
-                         f"for target {target.name} is {here} (another CPU, thread count or library version): rerun "
-                         "profile-device here before check-budget")
     model = load_trained(model_path)
     if not isinstance(model, SubnetSR):
         raise DataError(f"{model_path}: not a searched network (check-budget measures the final model of finetune)")

@@ -1,0 +1,127 @@
+"""The strongest hand-designed baselines that fit the budget: a width x depth grid measured on the target.
+
+A re-parameterised plain network (ECBSR, Zhang et al. 2021) trains as a block of branches and deploys as a plain
+stack of 3x3 convs: ``plain_m<M>c<C>`` and ``ecbsr_m<M>c<C>`` run the *same* network on the target (head, ``M``
+body convs, tail; ``C`` channels). So one grid of plain networks, timed with the verdict protocol that
+``check_budget`` applies to the final model (:func:`srnas.search.budget.time_model`), says which of both families
+fit the budget. For each width of ``baselines.fit_widths`` the depth grows from 1 body block until a network misses
+the budget (latency grows with depth, so deeper ones would miss too) or reaches ``baselines.fit_max_blocks``. The
+pick is the fitting network with the most multiply-accumulates (the most computation the budget buys; ties go to the
+wider one), the configuration a mobile SR engineer would tune by hand.
+
+The baselines named ``plain_fit`` and ``ecbsr_fit`` in ``baselines.models`` then train as the picked
+configuration (``srnas train --fitted``): :func:`srnas.models.fitted.resolve_fitted`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from srnas import atomic
+from srnas.latency.measure import time_network
+from srnas.latency.targets import Target
+from srnas.models import gmacs
+from srnas.models.fitted import CHOICE_FILE, CHOICE_FORMAT, FIT_FAMILIES, FIT_SUFFIX, family_name
+from srnas.models.plain import PlainNet
+from srnas.search.budget import MeasureModel, time_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GridPoint", "FitResult", "ModelVerdict", "fit_grid", "judge_models", "pick", "write_fit"]
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One plain network of the grid, measured: ``blocks`` body convs of ``width`` channels."""
+
+    width: int
+    blocks: int
+    gmac: float
+    verdict_ms: float
+    wall_clock_ms: float
+    fits: bool
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The measured grid, the budget it was held against and the pick (None: nothing fits)."""
+
+    target: str
+    budget_ms: float
+    basis: str
+    points: tuple[GridPoint, ...]
+    chosen: GridPoint | None
+
+    def choice(self) -> dict[str, str]:
+        """``{"plain_fit": "plain_m5c32", "ecbsr_fit": "ecbsr_m5c32"}``."""
+        if self.chosen is None:
+            return {}
+        return {f"{f}{FIT_SUFFIX}": family_name(f, self.chosen.blocks, self.chosen.width) for f in FIT_FAMILIES}
+
+
+def fit_grid(target: Target, budget_ms: float, widths: Sequence[int], max_blocks: int, timing: dict[str, int],
+             reference_ms: float | None, *, measure: MeasureModel | None = None,
+             progress: Callable[[GridPoint], None] | None = None) -> FitResult:
+    """Measure the grid on ``target`` (see the module docstring) and pick the network to train."""
+    measure = time_network if measure is None else measure
+    points: list[GridPoint] = []
+    for width in widths:
+        for blocks in range(1, max_blocks + 1):
+            net = PlainNet(target.scale, width=width, depth=blocks + 2).eval()
+            timed = time_model(target, net, timing, reference_ms, measure)
+            point = GridPoint(width, blocks, gmacs(net, *target.input_hw), timed.verdict_ms, timed.wall_clock_ms,
+                              timed.verdict_ms <= budget_ms)
+            points.append(point)
+            if progress is not None:
+                progress(point)
+            if not point.fits:
+                break
+    basis = "wall_clock_ms" if reference_ms is None else "normalised_ms"
+    return FitResult(target.name, budget_ms, basis, tuple(points), pick(points))
+
+
+def pick(points: Sequence[GridPoint]) -> GridPoint | None:
+    """The fitting point with the most MACs (ties: the wider); None when none fits."""
+    fitting = [p for p in points if p.fits]
+    return max(fitting, key=lambda p: (p.gmac, p.width)) if fitting else None
+
+
+def write_fit(out_dir: str | os.PathLike[str], result: FitResult) -> None:
+    """``choice.json`` (what ``train --fitted`` reads) and ``grid.json`` (every measurement), atomically."""
+    out_dir = Path(out_dir)
+    atomic.write_json(out_dir / "grid.json", {"format": "srnas-fit-grid/1", "target": result.target,
+                                              "budget_ms": result.budget_ms, "verdict_basis": result.basis,
+                                              "points": [asdict(p) for p in result.points],
+                                              "chosen": asdict(result.chosen) if result.chosen else None})
+    atomic.write_json(out_dir / CHOICE_FILE, {"format": CHOICE_FORMAT, "target": result.target,
+                                              "budget_ms": result.budget_ms, "models": result.choice()})
+
+
+@dataclass(frozen=True)
+class ModelVerdict:
+    """A trained model timed like the final model (``check_budget``), against the same budget."""
+
+    model: str
+    verdict_ms: float
+    wall_clock_ms: float
+    within_budget: bool
+
+
+def judge_models(models: dict[str, Any], target: Target, budget_ms: float, timing: dict[str, int],
+                 reference_ms: float | None, *, measure: MeasureModel | None = None) -> list[ModelVerdict]:
+    """Each of ``models`` (name -> trained nn.Module, deployed form) timed on ``target`` with the verdict protocol and
+    held against ``budget_ms``: the in-budget marks of the report."""
+    measure = time_network if measure is None else measure
+    verdicts = []
+    for name, model in models.items():
+        timed = time_model(target, model, timing, reference_ms, measure)
+        verdict = timed.verdict_ms
+        verdicts.append(ModelVerdict(name, verdict, timed.wall_clock_ms, verdict <= budget_ms))
+        log.info("%s on %s: %.2f ms (%s the %g ms budget)", name, target.name, verdict,
+                 "within" if verdict <= budget_ms else "over", budget_ms)
+    return verdicts
