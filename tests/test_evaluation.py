@@ -157,3 +157,22 @@ def test_bicubic_upscaler():
     np.testing.assert_array_equal(bicubic_upscaler(2)(lr), bicubic_upscale(lr, 2))
     with pytest.raises(ValueError):
         bicubic_upscaler(0)
+
+
+def test_torch_upscaler_scores_in_the_deployed_precision() -> None:
+    """bf16 runs as the torch_bf16 runtime deploys it (autocast): close to fp32, but not the same arithmetic."""
+    import numpy as np
+    import torch
+
+    from srnas.inference import torch_upscaler
+    from srnas.models.plain import PlainNet
+
+    torch.manual_seed(0)
+    model = PlainNet(2, 16, 4).eval()
+    lr = np.random.default_rng(0).integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    fp32, bf16 = torch_upscaler(model)(lr), torch_upscaler(model, "bf16")(lr)
+    assert fp32.shape == bf16.shape == (40, 48, 3)
+    diff = np.abs(fp32.astype(int) - bf16.astype(int))
+    assert diff.max() <= 8 and diff.any()
+    with pytest.raises(ValueError, match="precision 'int8'"):
+        torch_upscaler(model, "int8")

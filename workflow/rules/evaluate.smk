@@ -2,11 +2,12 @@ rule evaluate:
     input:
         data="results/prepare_data",
         checkpoint="results/train_baseline/{model}_x{scale}/model.pt",
+        tables="results/profile_device",
         code=stage_code("evaluate"),
     output:
         metrics="results/evaluate/{model}_x{scale}.json",
     params:
-        config=config_json("data"),
+        config=config_json("data", "budget.target", "latency.targets"),
     log:
         "logs/evaluate/{model}_x{scale}.log",
     benchmark:
@@ -15,4 +16,4 @@ rule evaluate:
         "../envs/srnas.yaml"
     shell:
         "srnas evaluate --model {wildcards.model} --scale {wildcards.scale} --checkpoint {input.checkpoint}"
-        " --data-dir {input.data} --out {output.metrics} --config-json {params.config:q} --log {log}"
+        " --data-dir {input.data} --tables {input.tables} --out {output.metrics} --config-json {params.config:q} --log {log}"

@@ -101,11 +101,12 @@ rule evaluate_final:
     input:
         data="results/prepare_data",
         checkpoint="results/finetune/model.pt",
+        tables="results/profile_device",
         code=stage_code("evaluate"),
     output:
         metrics=f"results/evaluate/{final_name()}.json",
     params:
-        config=config_json("data"),
+        config=config_json("data", "budget.target", "latency.targets"),
         scale=config["supernet"]["scale"],
     log:
         "logs/evaluate/final.log",
@@ -115,7 +116,7 @@ rule evaluate_final:
         "../envs/srnas.yaml"
     shell:
         "srnas evaluate --model final --scale {params.scale} --checkpoint {input.checkpoint}"
-        " --data-dir {input.data} --out {output.metrics} --config-json {params.config:q} --log {log}"
+        " --data-dir {input.data} --tables {input.tables} --out {output.metrics} --config-json {params.config:q} --log {log}"
 
 
 rule check_budget:

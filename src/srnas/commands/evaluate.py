@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
+from srnas.settings import Settings
 
 LOG = logging.getLogger("srnas.evaluate")
 
@@ -32,13 +33,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hr-dir", type=Path, help="ad hoc: a folder of HR images to score")
     parser.add_argument("--skip-bad-images", action="store_true", help="ad hoc: warn and skip unreadable images")
     parser.add_argument("--data-dir", type=Path, default=Path("results/prepare_data"), help="prepared data (default: %(default)s)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="arithmetic to score in (default fp32; bf16 as the torch_bf16 runtime deploys it)")
+    parser.add_argument("--tables", type=Path,
+                        help="pipeline: profile_device output; a model at the budget target's scale is scored in that "
+                        "target's precision (the precision its latency is measured in)")
     parser.add_argument("--out", type=Path, help="pipeline: write metrics JSON here")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(handler=run)
 
 
-def make_upscaler(model: str, scale: int, checkpoint: Path | None) -> Callable[[np.ndarray], np.ndarray]:
-    """The ``LR uint8 -> SR uint8`` function for ``model``; bicubic is the protocol's MATLAB bicubic."""
+def make_upscaler(model: str, scale: int, checkpoint: Path | None, precision: str = "fp32") -> Callable[[np.ndarray], np.ndarray]:
+    """The ``LR uint8 -> SR uint8`` function for ``model`` in ``precision``; bicubic is the protocol's MATLAB bicubic."""
     from srnas.errors import ConfigError
 
     if model == "bicubic":
@@ -50,7 +56,7 @@ def make_upscaler(model: str, scale: int, checkpoint: Path | None) -> Callable[[
     from srnas.inference import torch_upscaler
     from srnas.loading import load_trained
 
-    return torch_upscaler(load_trained(checkpoint))
+    return torch_upscaler(load_trained(checkpoint), precision)
 
 
 def metric_name(kind: str, set_name: str, scale: int) -> str:
@@ -58,12 +64,30 @@ def metric_name(kind: str, set_name: str, scale: int) -> str:
     return f"{kind}_{set_name.lower()}_x{scale}"
 
 
+def deployed_precision(tables: Path, settings: Settings, scale: int) -> str:
+    """The precision the budget's target deploys in (its latency table in ``tables``), for a model at its scale; fp32
+    for other scales and for precisions whose quality is not modelled here (int8)."""
+    from srnas.latency.table import LatencyTable
+    from srnas.latency.targets import budget_target_name
+
+    target = LatencyTable.load(tables / budget_target_name(settings.budget, settings.latency) / "table.json").target
+    if target.scale != scale:
+        return "fp32"
+    if target.precision not in ("fp32", "bf16"):
+        LOG.warning("%s deploys in %s: PSNR is scored in fp32 (only fp32 and bf16 are modelled)", target.name, target.precision)
+        return "fp32"
+    return target.precision
+
+
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
     from srnas.data.prepare import read_pairs
     from srnas.evaluation import evaluate_hr_folder, evaluate_pairs
 
-    upscale = make_upscaler(args.model, args.scale, args.checkpoint)
+    settings = settings_from_args(args) if args.hr_dir is None else None
+    precision = args.precision or (deployed_precision(args.tables, settings, args.scale)
+                                   if args.tables is not None and settings is not None else "fp32")
+    upscale = make_upscaler(args.model, args.scale, args.checkpoint, precision)
     if args.hr_dir is not None:
         result = evaluate_hr_folder(upscale, args.hr_dir, args.scale, skip_bad_images=args.skip_bad_images)
         summary = {"psnr": result.psnr, "ssim": result.ssim, "images": result.images}
@@ -73,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.model} x{args.scale} on {args.hr_dir}: PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}  ({result.images} images)")
         return 0
 
-    settings = settings_from_args(args)
+    assert settings is not None
     metrics: dict[str, float] = {}
     per_set: dict[str, dict] = {}
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
@@ -83,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
             metrics[metric_name("psnr", set_name, args.scale)] = result.psnr
             metrics[metric_name("ssim", set_name, args.scale)] = result.ssim
             per_set[set_name] = {"psnr": result.psnr, "ssim": result.ssim, "images": result.images}
-            LOG.info("%s x%d %s: PSNR %.2f dB SSIM %.4f (%d images)", args.model, args.scale, set_name, result.psnr, result.ssim, result.images)
+            LOG.info("%s x%d %s (%s): PSNR %.2f dB SSIM %.4f (%d images)", args.model, args.scale, set_name, precision,
+                     result.psnr, result.ssim, result.images)
         stage.log_metrics(metrics)
-        payload = {"model": args.model, "scale": args.scale, "metrics": metrics, "sets": per_set}
+        payload = {"model": args.model, "scale": args.scale, "precision": precision, "metrics": metrics, "sets": per_set}
         if args.out is not None:
             atomic.write_json(args.out, payload)
     if args.json:

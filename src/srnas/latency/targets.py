@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from srnas.config import AUTO_RUNTIME, LatencyConfig, TargetConfig
+from srnas.config import AUTO_RUNTIME, BudgetConfig, LatencyConfig, TargetConfig
 from srnas.errors import ConfigError
 from srnas.fingerprint import fingerprint_id, target_fingerprint
 from srnas.latency.auto import RuntimeChoice, choose_runtime
 from srnas.profiling import lr_size_for_720p, resolve_threads
 
-__all__ = ["ResolvedTarget", "Target", "resolve_target", "resolve_targets", "select_targets"]
+__all__ = ["ResolvedTarget", "Target", "budget_target_name", "resolve_target", "resolve_targets", "select_targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +95,13 @@ def select_targets(cfg: LatencyConfig, scale: int, names: Sequence[str] | None) 
     resolved = resolve_targets(dataclasses.replace(cfg, targets=tuple(chosen)), scale)
     by_name = {r.target.name: r for r in resolved}
     return [by_name[n] for n in (names or known)]
+
+
+def budget_target_name(budget: BudgetConfig, latency: LatencyConfig) -> str:
+    """``budget.target``, or the first of ``latency.targets``; ConfigError naming an unknown one."""
+    names = [t.name for t in latency.targets]
+    if not budget.target:
+        return names[0]
+    if budget.target not in names:
+        raise ConfigError(f"budget.target: no target named {budget.target!r} in latency.targets ({', '.join(names)})")
+    return budget.target

@@ -34,6 +34,7 @@ from srnas.errors import ConfigError, DataError, SrnasError
 from srnas.latency.measure import target_available
 from srnas.latency.predictor import LatencyPredictor
 from srnas.latency.profile import load_predictor
+from srnas.latency.targets import budget_target_name
 from srnas.latency.validate import measure_networks
 from srnas.search import pareto
 from srnas.search import study as studies
@@ -105,13 +106,8 @@ class SearchResult:
 
 
 def target_name(budget: BudgetConfig, latency: LatencyConfig) -> str:
-    """``budget.target``, or the first of ``latency.targets``; ConfigError naming an unknown one."""
-    names = [t.name for t in latency.targets]
-    if not budget.target:
-        return names[0]
-    if budget.target not in names:
-        raise ConfigError(f"budget.target: no target named {budget.target!r} in latency.targets ({', '.join(names)})")
-    return budget.target
+    """``budget.target``, or the first of ``latency.targets`` (:func:`srnas.latency.targets.budget_target_name`)."""
+    return budget_target_name(budget, latency)
 
 
 def searchable_schemes(predictor: LatencyPredictor) -> list[str]:
