@@ -34,12 +34,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
     from srnas.loading import load_trained
-    from srnas.models import count_params, create_model, gmacs
+    from srnas.models import count_params, create_model, deployed_form, gmacs
     from srnas.profiling import lr_size_for_720p, profile_all, resolve_threads
 
     settings = settings_from_args(args)
     cfg = settings.profile
-    model = load_trained(args.checkpoint) if args.checkpoint else create_model(args.model, args.scale).eval()
+    model = load_trained(args.checkpoint) if args.checkpoint else deployed_form(create_model(args.model, args.scale)).eval()
     input_hw = tuple(cfg.input_size) if cfg.input_size else lr_size_for_720p(args.scale)
     threads = resolve_threads(cfg.threads)
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}

@@ -3,12 +3,19 @@
 MACs are counted by forward hooks on ``Conv2d`` / ``ConvTranspose2d`` for one ``1 x 3 x H x W`` input;
 bias additions, activations, PixelShuffle and the global residual are not counted (they are
 memory-bound and small next to the convolutions), as in the SR papers' tables.
+
+A model with a deployed form other than its training form (:class:`srnas.models.registry.Deployable`, e.g. ECBSR)
+is counted in its deployed form: :func:`conv_macs` / :func:`gmacs` run ``model.deploy()``, the network that is
+exported and timed. :func:`count_params` counts the module it is given (for ECBSR: the training form's branch
+parameters); pass ``deployed_form(model)`` for the deployed count.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from srnas.models.registry import deployed_form
 
 __all__ = ["count_params", "conv_macs", "gmacs"]
 
@@ -19,9 +26,11 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def conv_macs(model: nn.Module, in_h: int, in_w: int) -> int:
-    """Multiply-accumulates of every Conv2d / ConvTranspose2d for one RGB input of ``in_h x in_w``."""
+    """Multiply-accumulates of every Conv2d / ConvTranspose2d for one RGB input of ``in_h x in_w``, in the model's
+    deployed form (``model.deploy()`` when it has one)."""
     if in_h < 1 or in_w < 1:
         raise ValueError(f"input size must be positive, got {in_h}x{in_w}")
+    model = deployed_form(model)
     total = 0
 
     def conv_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -59,5 +68,5 @@ def conv_macs(model: nn.Module, in_h: int, in_w: int) -> int:
 
 
 def gmacs(model: nn.Module, in_h: int, in_w: int) -> float:
-    """Convolution GMACs (1e9 multiply-accumulates) for one RGB input of ``in_h x in_w``."""
+    """Convolution GMACs (1e9 multiply-accumulates) for one RGB input of ``in_h x in_w`` (deployed form)."""
     return conv_macs(model, in_h, in_w) / 1e9

@@ -6,6 +6,10 @@ repeated s^2 times (``repeat_interleave``, so channel ``c*s^2 + i`` of the resid
 grouping PixelShuffle expects) added before the PixelShuffle. The network therefore learns the
 difference to a nearest-neighbour upsample. ``depth`` counts every convolution (``plain16``: 6 convs).
 
+The family ``plain_m<M>c<C>`` (ECBSR's naming: ``M`` body convs between head and tail, ``C`` channels) is
+``PlainNet(scale, C, M + 2)``; ``plain_m4c16`` is the same network as ``plain16``. It is also the deployed form of
+``ecbsr_m<M>c<C>`` (:mod:`srnas.models.ecbsr`).
+
 Activation: ReLU (ECBSR uses PReLU; ReLU fuses into convolutions on every runtime profiled here).
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from srnas.models.registry import register_model
+from srnas.models.registry import register_family, register_model
 
 __all__ = ["PlainNet"]
 
@@ -64,3 +68,11 @@ def plain32(scale: int) -> PlainNet:
 def plain48(scale: int) -> PlainNet:
     """Plain 3x3 conv net, 48 channels, 6 convs, ReLU, global residual, PixelShuffle."""
     return _plain(scale, 48)
+
+
+@register_family("plain", examples=("plain_m4c16", "plain_m4c32", "plain_m0c8"),
+                 description="Plain 3x3 conv net, {blocks} body convs + head + tail, {channels} channels, ReLU, global residual",
+                 reference="ECBSR-style plain net (Zhang et al., ACM MM 2021)")
+def plain_family(scale: int, blocks: int, channels: int) -> PlainNet:
+    """Plain 3x3 conv net: head, ``blocks`` body convs, tail, ``channels`` wide (``plain_m4c16`` = ``plain16``)."""
+    return PlainNet(scale, width=channels, depth=blocks + 2)
