@@ -230,3 +230,35 @@ def test_complexity_counts_the_deployed_form() -> None:
     assert count_params(deployed) == count_params(create_model("plain_m4c16", 2))
     assert count_params(model) > count_params(deployed)  # the training form's branches
     assert model.training  # counting did not change the training model's mode
+
+
+def test_ecb_training_form_of_a_network_starts_equal_and_collapses_back() -> None:
+    """with_ecb_training_form swaps every 3x3 conv of any network for an equal ECB (fine-tuning trains that form);
+    after training steps, collapse_ecbs gives plain convs computing what the trained ECB form computes."""
+    import copy
+
+    from srnas.arch.network import SubnetSR
+    from srnas.arch.space import SubnetConfig
+    from srnas.models.ecbsr import ECB, collapse_ecbs, with_ecb_training_form
+
+    torch.manual_seed(0)
+    net = SubnetSR(SubnetConfig.from_name("w8-c.w2.s"), 2).eval()
+    x = torch.rand(2, 3, 11, 13)
+    wrapped = with_ecb_training_form(copy.deepcopy(net))
+    ecbs = [m for m in wrapped.modules() if isinstance(m, ECB)]
+    assert len(ecbs) == 4  # head, the conv cell, the wdsr cell's 3x3, tail (the 1x1s stay)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), net(x), atol=1e-5, rtol=0)
+    optimizer = torch.optim.Adam(wrapped.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (wrapped(x) - x.repeat_interleave(2, -1).repeat_interleave(2, -2)).abs().mean().backward()
+        optimizer.step()
+    assert all(float(e.edge_scale.abs().sum()) > 0 and float(e.expand_3x3.weight.abs().sum()) > 0 for e in ecbs)
+    collapsed = collapse_ecbs(copy.deepcopy(wrapped))
+    assert isinstance(collapsed, SubnetSR) and not any(isinstance(m, ECB) for m in collapsed.modules())
+    with torch.no_grad():
+        expected = wrapped(x)
+        torch.testing.assert_close(collapsed(x), expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(expected, net(x), atol=1e-3)  # it trained
+    assert collapsed.state_dict().keys() == net.state_dict().keys()

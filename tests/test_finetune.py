@@ -4,7 +4,9 @@ inputs are clear errors, and the ``finetune`` command runs through its ``add_par
 
 from __future__ import annotations
 
+
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -21,6 +23,7 @@ from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig
 from srnas.checkpoint import CheckpointError, load_checkpoint
 from srnas.config import FinetuneConfig, SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
 from srnas.errors import ConfigError
+from srnas.models.ecbsr import with_ecb_training_form
 from srnas.finetune import FinetuneResult, finetune
 from srnas.models import count_params
 from srnas.pruning import prunable_convs, prune_subnet, pruned_from_keep
@@ -108,7 +111,8 @@ def test_finetuning_learns_and_writes_a_loadable_pruned_network(reference: tuple
     assert metrics["pruned"] == start.pruned.name and metrics["teacher"] == largest and metrics["distill"] == 0.5
     assert metrics["steps"] == 40 and metrics["resumed_from_step"] == 0 and metrics["scale"] == SCALE
     assert metrics["final_loss"] == pytest.approx(losses[-1]) == pytest.approx(result.final_loss)
-    assert metrics["params"] == count_params(start) == result.params
+    # the trained form (reparam: ecb) has ECBSR's extra branches; what is deployed has start's parameters
+    assert metrics["params"] == count_params(with_ecb_training_form(copy.deepcopy(start))) > count_params(start) == result.params
     assert metrics["val_set"] == "val" and 10 < metrics["val_psnr"] < 60 and metrics["val_psnr"] == result.val_psnr
     assert metrics["seconds"] > 0
     payload = torch.load(result.model_path, weights_only=True)

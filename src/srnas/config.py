@@ -675,17 +675,25 @@ class RatioSearchConfig:
                f"unknown criterion {self.importance!r}; choose from {', '.join(PRUNING_CRITERIA)}")
 
 
+FINETUNE_REPARAMS = ("ecb", "none")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
     """The ``finetune`` section: every :class:`TrainConfig` key, plus distillation from the supernet's largest subnet.
 
     The pruned network is trained against ``(1 - distill) * L1(HR) + distill * L1(teacher's output)``, the teacher
-    being the supernet's largest subnet (frozen, inherited weights).
+    being the supernet's largest subnet (frozen, inherited weights). ``reparam``: ``ecb`` trains every 3x3 conv of
+    the pruned network as an edge-oriented convolution block (ECBSR's branches, starting equal to the conv) and
+    collapses it back before saving, so the deployed network is unchanged; ``none`` trains the plain convs.
     """
 
     distill: float = 0.5
+    reparam: str = "ecb"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(not self.steps_by_model, "steps_by_model", "fine-tuning trains one model: set `steps`")
         _check(0.0 <= self.distill <= 1.0, "distill", f"must be between 0 and 1, got {self.distill}")
+        _check(self.reparam in FINETUNE_REPARAMS, "reparam",
+               f"unknown form {self.reparam!r}; choose from {', '.join(FINETUNE_REPARAMS)}")

@@ -9,7 +9,9 @@ teacher is the supernet's largest subnet with its inherited weights, frozen: the
 with Adam and a cosine schedule, exactly like baseline training: the step loop, checkpoints, exact resume,
 bf16 autocast and channels-last are :func:`srnas.training.loop.run_training`'s (see :mod:`srnas.training.loop`).
 The teacher runs under the same autocast; with ``distill`` 0 it is neither built nor run (and the supernet file is
-not read). The reported ``train_loss`` / ``final_loss`` is the student's L1 to HR, comparable with the baselines.
+not read). With ``reparam: ecb`` every 3x3 conv of the student trains as an ECBSR edge-oriented convolution block
+that starts equal to it (:func:`srnas.models.ecbsr.with_ecb_training_form`) and is collapsed back into one conv
+before each save, so ``model.pt`` is the same deployable network either way. The reported ``train_loss`` / ``final_loss`` is the student's L1 to HR, comparable with the baselines.
 
 A run resumes from ``out_dir/last.ckpt`` only when it was written for the same config (but for checkpoint, log and
 validation cadence), the same pruned file and supernet file (SHA-256) and the same data; otherwise it warns and starts
@@ -18,12 +20,14 @@ over. Outputs: ``model.pt`` (:func:`~srnas.arch.network.load_network` reads it),
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from srnas.arch.network import SubnetSR, load_network, save_network
@@ -31,6 +35,7 @@ from srnas.config import FinetuneConfig
 from srnas.digests import file_sha256
 from srnas.errors import ConfigError
 from srnas.models import count_params
+from srnas.models.ecbsr import collapse_ecbs, with_ecb_training_form
 from srnas.supernet.supernet import load_supernet
 from srnas.training.loop import MetricsCallback, config_identity, load_training_data, run_training
 
@@ -108,12 +113,20 @@ def finetune(
     }
     name = student.pruned.name
 
-    def save_model(path: Path, model: nn.Module, metrics: dict[str, Any]) -> None:
-        assert isinstance(model, SubnetSR)
-        save_network(path, model, extra={"metrics": metrics, "config": dataclasses.asdict(cfg)})
+    trained = student
+    if cfg.reparam == "ecb":
+        with torch.random.fork_rng(devices=[]):  # the new branches' 1x1s start random: the same in every run
+            torch.manual_seed(cfg.seed)
+            trained = with_ecb_training_form(copy.deepcopy(student))
 
-    result = run_training(student, cfg, data, Path(out_dir), identity, label=f"{name} x{scale}", save_model=save_model,
-                          describe={"pruned": name, "scale": scale, "teacher": teacher_name, "distill": cfg.distill},
+    def save_model(path: Path, model: nn.Module, metrics: dict[str, Any]) -> None:
+        deployed = collapse_ecbs(copy.deepcopy(model)) if cfg.reparam == "ecb" else model
+        assert isinstance(deployed, SubnetSR)
+        save_network(path, deployed, extra={"metrics": metrics, "config": dataclasses.asdict(cfg)})
+
+    result = run_training(trained, cfg, data, Path(out_dir), identity, label=f"{name} x{scale}", save_model=save_model,
+                          describe={"pruned": name, "scale": scale, "teacher": teacher_name, "distill": cfg.distill,
+                                    "reparam": cfg.reparam},
                           teacher=teacher, distill=cfg.distill, on_metrics=on_metrics, resume=resume, progress=progress)
     return FinetuneResult(result.model_path, result.metrics_path, result.checkpoint_path, name, teacher_name, cfg.distill,
                           scale, result.steps, result.final_loss, result.seconds, result.steps_per_s, result.val_psnr,

@@ -32,6 +32,8 @@ ReLU], tail ECB (width -> 3*s^2), the global residual and PixelShuffle of :class
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,7 +41,7 @@ from torch import nn
 from srnas.models.plain import PlainNet
 from srnas.models.registry import register_family
 
-__all__ = ["ECB", "ECBSR", "EDGE_FILTERS"]
+__all__ = ["ECB", "ECBSR", "EDGE_FILTERS", "collapse_ecbs", "with_ecb_training_form"]
 
 # The fixed depthwise filters of the edge branches (each sums to zero).
 EDGE_FILTERS: dict[str, tuple[tuple[float, ...], ...]] = {
@@ -116,6 +118,31 @@ class ECB(nn.Module):
         weight, bias = self.collapse()
         return F.conv2d(x, weight, bias, padding=1)
 
+    @classmethod
+    @torch.no_grad()
+    def from_conv(cls, conv: nn.Conv2d, expand: int = 2) -> ECB:
+        """An ECB equal to ``conv`` (a 3x3, stride 1, padding 1, ungrouped conv): its conv3x3 branch holds the kernel
+        (less the identity), the expand branch's 3x3 and the edge scales and biases start at zero, so the other
+        branches start silent and grow from their gradients (the 1x1s keep their random initialisation)."""
+        if not _is_plain_conv3x3(conv):
+            raise ValueError(f"ECB.from_conv: expected a 3x3 stride-1 padding-1 ungrouped conv with bias, got {conv}")
+        block = cls(conv.in_channels, conv.out_channels, expand).to(conv.weight.device)
+        for param in (block.expand_3x3.weight, block.expand_3x3.bias, block.edge_scale, block.edge_bias):
+            param.zero_()
+        block.conv3x3.weight.copy_(conv.weight - block.identity)
+        assert conv.bias is not None
+        block.conv3x3.bias.copy_(conv.bias - block.expand_3x3.bias - block.expand_3x3.weight.sum(dim=(2, 3)) @ block.expand_1x1.bias)
+        return block
+
+    @torch.no_grad()
+    def to_conv(self) -> nn.Conv2d:
+        """The collapsed block as an ordinary ``nn.Conv2d`` (fp32)."""
+        weight, bias = self.collapse()
+        conv = nn.Conv2d(self.cin, self.cout, 3, padding=1).to(weight.device)
+        conv.weight.copy_(weight.float())
+        conv.bias.copy_(bias.float())
+        return conv
+
     def forward_branches(self, x: torch.Tensor) -> torch.Tensor:
         """The explicit multi-branch sum (the reference the collapse is tested against)."""
         out = self.conv3x3(x)
@@ -130,6 +157,37 @@ class ECB(nn.Module):
         if self.with_identity:
             out = out + x
         return out
+
+
+def _is_plain_conv3x3(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and module.stride == (1, 1)
+            and module.padding == (1, 1) and module.dilation == (1, 1) and module.groups == 1 and module.bias is not None)
+
+
+def _replace_children(module: nn.Module, swap: Callable[[nn.Module], nn.Module | None]) -> int:
+    count = 0
+    for name, child in module.named_children():
+        new = swap(child)
+        if new is not None:
+            setattr(module, name, new)
+            count += 1
+        else:
+            count += _replace_children(child, swap)
+    return count
+
+
+def with_ecb_training_form(model: nn.Module, expand: int = 2) -> nn.Module:
+    """``model`` (changed in place and returned) with every plain 3x3 conv replaced by an equal :class:`ECB`
+    (:meth:`ECB.from_conv`): the network computes the same function, but trains with ECBSR's extra branches;
+    :func:`collapse_ecbs` turns it back into plain convs."""
+    _replace_children(model, lambda m: ECB.from_conv(m, expand) if _is_plain_conv3x3(m) else None)
+    return model
+
+
+def collapse_ecbs(model: nn.Module) -> nn.Module:
+    """``model`` (changed in place and returned) with every :class:`ECB` collapsed into its ``nn.Conv2d``."""
+    _replace_children(model, lambda m: m.to_conv() if isinstance(m, ECB) else None)
+    return model
 
 
 class ECBSR(nn.Module):
