@@ -81,7 +81,8 @@ def test_dataclass_defaults_are_params_yaml() -> None:
     assert load_settings(ROOT / "params.yaml") == Settings()
 
 
-@pytest.mark.parametrize("dotted", ["budget.latency_ms", "search_arch.trials", "latency.targets", "data.div2k.cache_dir",
+@pytest.mark.parametrize("dotted", ["budget.latency_ms", "budget.slack", "budget.verify_candidates", "search_ratio.enabled",
+                                    "search_arch.trials", "latency.targets", "data.div2k.cache_dir",
                                     "supernet.train.steps", "finetune"])
 def test_a_missing_key_is_an_error_naming_it(tmp_path: Path, dotted: str) -> None:
     params = _params_without(tmp_path, dotted)
@@ -156,9 +157,10 @@ def test_snakemake_config_json_fails_on_a_missing_key() -> None:
 
 
 def test_config_json_passes_what_the_rule_names_over_the_defaults() -> None:
-    passed = {"tracking": {"enabled": False}, "budget": {"target": "", "latency_ms": 5.0, "margin": 0.0, "verify_runs": 1}}
+    passed = {"tracking": {"enabled": False},
+              "budget": {"target": "", "latency_ms": 5.0, "slack": 0.0, "verify_candidates": 2, "verify_runs": 1}}
     settings = load_settings(config_json=json.dumps(passed))
-    assert settings.budget == BudgetConfig("", 5.0, 0.0, 1) and not settings.tracking.enabled
+    assert settings.budget == BudgetConfig("", 5.0, 0.0, 2, 1) and not settings.tracking.enabled
     assert settings.search_arch == Settings().search_arch  # not passed: params.yaml's values, never read by the stage
     with pytest.raises(ConfigError, match=r"^--config-json:budget.budget_ms: unknown key"):
         load_settings(config_json=json.dumps({"budget": {"budget_ms": 5.0}}))

@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from srnas.report import latency_model_section, render_markdown, supernet_section
+from srnas.report import (
+    latency_model_section,
+    render_markdown,
+    supernet_section,
+    verification_section,
+)
 
 
 def test_sections_are_empty_without_the_stage_outputs(tmp_path: Path) -> None:
     assert supernet_section(tmp_path / "train_supernet") == []
     assert latency_model_section(tmp_path / "profile_device") == []
+    assert verification_section(tmp_path) == []
 
 
 def test_supernet_and_latency_sections_show_the_stage_outputs(tmp_path: Path) -> None:
@@ -35,3 +41,44 @@ def test_supernet_and_latency_sections_show_the_stage_outputs(tmp_path: Path) ->
     assert "40 layer configurations on the granularity-8 channel grid (30 measured, 10 reused" in text
     assert "calibration MAPE 4.2%" in text and "| filter_g8 |" in text
     assert "not measured: no bf16" in text and "Latency table of `cpu_torch_bf16`" not in text
+
+
+def _measured(name: str, psnr: float, predicted: float, measured: float, budget: float = 33.0) -> dict:
+    return {"name": name, "psnr": psnr, "predicted_ms": predicted, "measured_ms": measured,
+            "error": (predicted - measured) / measured, "fits": measured <= budget}
+
+
+def test_predicted_against_measured_lists_every_candidate_both_searches_measured(tmp_path: Path) -> None:
+    for folder in ("search_arch", "search_ratio", "profile_device/cpu_auto"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "search_arch" / "arch.json").write_text(json.dumps({
+        "target": "cpu_auto", "budget_ms": 33.0, "admit_ms": 36.3, "chosen_by": "measured",
+        "chosen": {"name": "w24-c.c/g16.d.d"},
+        "measured": [_measured("w32-c.c/d.d.d", 31.2, 35.0, 34.1), _measured("w24-c.c/g16.d.d", 31.0, 34.0, 32.0)]}))
+    (tmp_path / "search_ratio" / "ratio.json").write_text(json.dumps({
+        "target": "cpu_auto", "budget_ms": 33.0, "admit_ms": 36.3, "chosen_by": "predicted",
+        "chosen_by_reason": "budget.verify_runs is 0", "name": "w24-c.c/p16.24.24", "measured": []}))
+    (tmp_path / "profile_device" / "cpu_auto" / "build.json").write_text(json.dumps({"calibration_mape": 0.031}))
+
+    lines = verification_section(tmp_path)
+    text = "\n".join(lines)
+    assert lines[0] == "## Predicted against measured latency"
+    assert "admit candidates predicted within 36.3 ms (the 33 ms budget plus its slack)" in text and "`cpu_auto`" in text
+    assert "| stage | candidate | PSNR (dB) | predicted ms | measured ms | prediction error | fits |" in text
+    assert "| search_arch | `w32-c.c/d.d.d` | 31.20 | 35.00 | 34.10 | +2.6% | no |" in text
+    assert "| search_arch | **`w24-c.c/g16.d.d`** (chosen) | 31.00 | 34.00 | 32.00 | +6.2% | yes |" in text
+    assert ("- search_arch: chose `w24-c.c/g16.d.d` by measurement (2 candidate(s) measured; median absolute "
+            "prediction error 4.4%).") in text
+    assert "- search_ratio: chose `w24-c.c/p16.24.24` by prediction within the budget (budget.verify_runs is 0)." in text
+    assert "overhead-model calibration MAPE 3.1% (profile_device)" in text
+    assert "## Predicted against measured latency" in render_markdown([], {}, lines)
+
+
+def test_predicted_against_measured_says_when_stage_3_stepped_aside(tmp_path: Path) -> None:
+    (tmp_path / "search_ratio").mkdir()
+    (tmp_path / "search_ratio" / "ratio.json").write_text(json.dumps({
+        "target": "cpu_auto", "budget_ms": 33.0, "admit_ms": 36.3, "chosen_by": "search_arch", "skipped": True,
+        "skip_reason": "search_ratio.enabled is false", "name": "w24-c.c/p8.24.24", "measured": []}))
+    text = "\n".join(verification_section(tmp_path))
+    assert "- search_ratio: stepped aside (search_ratio.enabled is false): `w24-c.c/p8.24.24`." in text
+    assert "| stage |" not in text  # nothing measured, no table

@@ -6,6 +6,7 @@ itself runs for real: supernet weights, physical pruning, PSNR on crops, Optuna 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def _cfg(**overrides) -> SearchArchConfig:
 
 
 def _budget(**overrides) -> BudgetConfig:
-    return config_of(BudgetConfig, {"latency_ms": 1e9, "margin": 0.0, "verify_runs": 0} | overrides, "budget")
+    return config_of(BudgetConfig, {"latency_ms": 1e9, "slack": 0.0, "verify_runs": 0} | overrides, "budget")
 
 
 def _search(inputs: SearchInputs, out: Path, budget: BudgetConfig | None = None, **overrides):
@@ -131,13 +132,113 @@ def test_config_validation() -> None:
                                 ("prune_keep", 1.0, "prune_keep"), ("trials", 0, "trials")):
         with pytest.raises(ConfigError, match=message):
             _cfg(**{key: value})
-    for key, value, message in (("latency_ms", 0, "budget.latency_ms: must be positive"), ("margin", 1.0, "budget.margin"),
+    for key, value, message in (("latency_ms", 0, "budget.latency_ms: must be positive"),
+                                ("slack", -0.1, "budget.slack: must be 0 or positive, got -0.1"),
+                                ("verify_candidates", 0, "budget.verify_candidates: must be at least 1, got 0"),
                                 ("verify_runs", -1, "budget.verify_runs")):
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(ConfigError, match=message) as error:
             _budget(**{key: value})
+        assert "\n" not in str(error.value) and str(error.value).startswith(f"budget.{key}: ")
+    with pytest.raises(ConfigError, match="budget.margin: unknown key"):  # the blanket margin is gone
+        _budget(margin=0.15)
     with pytest.raises(ConfigError, match="search_ratio.importance: unknown criterion 'l3'"):
         config_of(RatioSearchConfig, {"importance": "l3"}, "search_ratio")
-    assert _budget(latency_ms=20.0, margin=0.25).search_ms == pytest.approx(15.0)
+    with pytest.raises(ConfigError, match="search_ratio.enabled: expected true or false"):
+        config_of(RatioSearchConfig, {"enabled": "no"}, "search_ratio")
+    assert _budget(latency_ms=20.0, slack=0.25).admit_ms == pytest.approx(25.0)
+    assert BudgetConfig().slack > 0 and BudgetConfig().verify_candidates >= 1 and RatioSearchConfig().enabled
+
+
+# ------------------------------------------------------------------- choosing by measurement (verify)
+
+
+def _picks() -> list:
+    """Budget 10 ms, admitted up to 11 ms: A-D on the front, E over the admission limit, F dominated by B, G within
+    the budget but dominated by C; H a duplicate name of B (one network, one name)."""
+    from srnas.search.verify import Pick
+
+    rows = [("A", 30.0, 10.8), ("B", 29.5, 10.5), ("C", 29.0, 9.8), ("D", 28.0, 9.0), ("E", 31.0, 12.0),
+            ("F", 29.2, 10.9), ("G", 28.5, 9.9), ("B", 29.5, 10.5)]
+    return [Pick(name, psnr, ms, name) for name, psnr, ms in rows]
+
+
+class _Meter:
+    """A fake measuring function: fixed figures per candidate, recording the order it is asked in."""
+
+    def __init__(self, figures: dict[str, float]) -> None:
+        self.figures, self.calls = figures, []
+
+    def __call__(self, item: str) -> float:
+        self.calls.append(item)
+        return self.figures[item]
+
+
+def test_shortlist_is_the_admitted_front_and_the_best_within_budget_in_psnr_order() -> None:
+    from srnas.search.verify import shortlist
+
+    def names(picks: list) -> list[str]:
+        return [p.name for p in picks]
+
+    assert names(shortlist(_picks(), budget_ms=10.0, admit_ms=11.0, limit=8)) == ["A", "B", "C", "G", "D"]
+    assert names(shortlist(_picks(), budget_ms=10.0, admit_ms=11.0, limit=3)) == ["A", "B", "C"]
+    # the front above the budget fills the list: the best pick predicted within the budget takes the last place
+    assert names(shortlist(_picks(), budget_ms=10.0, admit_ms=11.0, limit=2)) == ["A", "C"]
+    assert names(shortlist(_picks(), budget_ms=10.0, admit_ms=11.0, limit=1)) == ["C"]
+    # without slack the admitted picks are the ones predicted within the budget
+    assert names(shortlist(_picks(), budget_ms=10.0, admit_ms=10.0, limit=8)) == ["C", "G", "D"]
+    assert shortlist(_picks(), budget_ms=1.0, admit_ms=1.1, limit=8) == []
+
+
+def test_select_measures_best_first_and_stops_at_the_first_that_fits() -> None:
+    from srnas.search.verify import MEASURED, select
+
+    meter = _Meter({"A": 10.4, "B": 9.7, "C": 9.0, "D": 8.0, "G": 9.1})
+    chosen = select(_picks(), budget_ms=10.0, admit_ms=11.0, limit=8, measure=meter, where="test")
+    assert meter.calls == ["A", "B"]  # A over the budget, B fits: every better candidate was measured, so B
+    assert chosen.chosen.name == "B" and chosen.chosen_by == MEASURED and chosen.measured_ms == 9.7
+    assert [(m.name, m.fits) for m in chosen.measured] == [("A", False), ("B", True)]
+    assert chosen.measured[1].to_dict() == {"name": "B", "psnr": 29.5, "predicted_ms": 10.5, "measured_ms": 9.7,
+                                            "error": pytest.approx((10.5 - 9.7) / 9.7), "fits": True}
+    metrics = chosen.metrics()
+    assert metrics["measured_candidates"] == 2
+    expected = 100 * (abs(10.8 - 10.4) / 10.4 + abs(10.5 - 9.7) / 9.7) / 2
+    assert metrics["prediction_abs_error_median_pct"] == pytest.approx(expected)
+    assert chosen.to_dict()["chosen_by"] == "measured" and "chosen_by_reason" not in chosen.to_dict()
+    # a candidate that fits exactly fits (the whole budget, no margin)
+    exact = select(_picks(), budget_ms=10.0, admit_ms=11.0, limit=8, measure=_Meter({"A": 10.0}), where="test")
+    assert exact.chosen.name == "A" and len(exact.measured) == 1
+    # at most `limit` measurements: with 3, A, B and C are measured and C fits
+    meter = _Meter({"A": 10.4, "B": 10.2, "C": 9.9})
+    assert select(_picks(), budget_ms=10.0, admit_ms=11.0, limit=3, measure=meter, where="test").chosen.name == "C"
+    assert meter.calls == ["A", "B", "C"]
+
+
+def test_select_names_the_closest_when_no_candidate_measured_fits() -> None:
+    from srnas.search.verify import SearchError, select
+
+    meter = _Meter({"A": 12.0, "B": 11.0, "C": 10.3, "G": 10.6, "D": 10.1})
+    with pytest.raises(SearchError) as error:
+        select(_picks(), budget_ms=10.0, admit_ms=11.0, limit=8, measure=meter, where="search_arch on cpu_test")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("search_arch on cpu_test: none of the 5 candidates measured fits the 10 ms budget")
+    assert "closest: D, 10.10 ms measured, 9.00 ms predicted" in message and "budget.verify_candidates" in message
+    assert meter.calls == ["A", "B", "C", "G", "D"]
+    with pytest.raises(SearchError, match=r"^test: none of the 8 trials is predicted within 1.1 ms \(budget.latency_ms plus "
+                                          r"budget.slack; fastest predicted: D, 9.00 ms\)"):
+        select(_picks(), budget_ms=1.0, admit_ms=1.1, limit=8, measure=meter, where="test")
+
+
+def test_select_without_measurement_falls_back_to_the_best_predicted_within_the_whole_budget() -> None:
+    from srnas.search.verify import PREDICTED, SearchError, select
+
+    chosen = select(_picks(), budget_ms=10.0, admit_ms=11.0, limit=8, measure=None, where="test",
+                    reason="budget.verify_runs is 0")
+    assert chosen.chosen.name == "C" and chosen.chosen_by == PREDICTED  # A and B are admitted but not predicted within
+    assert chosen.measured == () and chosen.measured_ms is None and chosen.metrics() == {"measured_candidates": 0.0}
+    assert chosen.to_dict() == {"chosen_by": "predicted", "measured": [], "chosen_by_reason": "budget.verify_runs is 0"}
+    with pytest.raises(SearchError, match=r"^test: none of the 8 trials is predicted within the 5 ms budget and nothing "
+                                          r"is measured \(budget.verify_runs is 0; fastest predicted: D, 9.00 ms\)"):
+        select(_picks(), budget_ms=5.0, admit_ms=5.5, limit=8, measure=None, where="test", reason="budget.verify_runs is 0")
 
 
 # ---------------------------------------------------------------------------------------- search
@@ -153,11 +254,68 @@ def test_search_respects_the_budget_and_writes_outputs(inputs, tmp_path, strateg
     assert result.chosen.psnr == max(r.psnr for r in result.records if r.feasible)
     arch = json.loads((tmp_path / "arch.json").read_text())
     assert arch["chosen"]["name"] == result.chosen.candidate.name and arch["strategy"] == strategy
+    # verify_runs 0: nothing measured, the best predicted within the whole budget, and arch.json says so
+    assert arch["chosen_by"] == "predicted" and arch["measured"] == [] and "verify_runs is 0" in arch["chosen_by_reason"]
+    assert arch["budget_ms"] == pytest.approx(budget) and arch["admit_ms"] == pytest.approx(budget)  # slack 0
     assert predictor.predict(ArchCandidate.from_dict(arch["chosen"]).pruned(0.5)) == pytest.approx(arch["chosen"]["predicted_ms"])
     assert len((tmp_path / "trials.csv").read_text().splitlines()) == 13
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((tmp_path / "search_metrics.json").read_text())
     assert metrics["trials"] == 12 and metrics["best_psnr"] == pytest.approx(result.chosen.psnr)
+
+
+def _fake_measurer(monkeypatch, module, factor: float) -> list:
+    """``module.network_measurer`` replaced: a network "measures" ``factor`` times its prediction (no timing on the
+    shared CPU); returns the list of networks measured, in order."""
+    calls = []
+
+    def measurer(predictor, runs, latency):
+        def measure(net):
+            calls.append(net)
+            return factor * predictor.predict(net)
+
+        return measure, ""
+
+    monkeypatch.setattr(module, "network_measurer", measurer)
+    return calls
+
+
+def test_search_chooses_by_measurement_within_the_slack(inputs, tmp_path, monkeypatch) -> None:
+    """The latency model over-predicts by 20% here: candidates predicted up to 25% over the budget are admitted and the
+    best one whose (fake) measured latency fits the whole budget is chosen -- above what prediction alone allows."""
+    from srnas.search import run as run_module
+
+    # random search samples the same trials whatever the budget: put the best of them 10% over it by prediction
+    unconstrained = _search(inputs, tmp_path / "free", strategy="random", trials=16)
+    best = max(unconstrained.records, key=lambda r: (r.psnr, -r.latency_ms))
+    budget_ms = best.latency_ms / 1.1
+    calls = _fake_measurer(monkeypatch, run_module, 1 / 1.2)
+    budget = _budget(latency_ms=budget_ms, slack=0.25, verify_candidates=4, verify_runs=1)
+    result = _search(inputs, tmp_path, budget, strategy="random", trials=16)
+    assert [r.candidate for r in result.records] == [r.candidate for r in unconstrained.records]
+    arch = json.loads((tmp_path / "arch.json").read_text())
+    measured = arch["measured"]
+    assert arch["chosen_by"] == "measured" and "chosen_by_reason" not in arch and len(calls) == len(measured) == 1
+    assert measured[0]["name"] == arch["chosen"]["name"] == result.chosen.candidate.name == best.candidate.name
+    assert measured[0]["fits"] and measured[0]["measured_ms"] == pytest.approx(best.latency_ms / 1.2)
+    assert result.chosen.latency_ms > budget_ms  # predicted over the budget: a margin (or no slack) would have lost it
+    assert arch["chosen"]["measured_ms"] == pytest.approx(measured[0]["measured_ms"])
+    assert arch["admit_ms"] == pytest.approx(1.25 * budget_ms) and arch["verify_candidates"] == 4
+    metrics = json.loads((tmp_path / "search_metrics.json").read_text())
+    assert metrics["measured_candidates"] == len(measured) and metrics["measured_ms"] == pytest.approx(measured[-1]["measured_ms"])
+    assert metrics["prediction_abs_error_median_pct"] == pytest.approx(20.0)  # (p - p / 1.2) / (p / 1.2)
+
+    # measured in PSNR order, stopping at the first that fits: a model that under-predicts a thousandfold leaves
+    # nothing that fits, so every shortlisted candidate is measured -- then one line naming the closest
+    calls = _fake_measurer(monkeypatch, run_module, 1e3)
+    from srnas.search.verify import SearchError
+
+    with pytest.raises(SearchError, match=r"^search_arch on cpu_test: none of the \d candidates measured fits .* \(closest: ") as error:
+        _search(inputs, tmp_path, dataclasses.replace(budget, verify_candidates=3), strategy="random", trials=16)
+    assert f"none of the {len(calls)} candidates" in str(error.value) and 1 <= len(calls) <= 3
+    assert calls[0] == best.candidate.pruned(0.5)
+    psnrs = [next(r.psnr for r in result.records if r.candidate.pruned(0.5) == net) for net in calls]
+    assert psnrs == sorted(psnrs, reverse=True)
 
 
 def test_pareto_mode_returns_the_front_within_budget(inputs, tmp_path) -> None:
@@ -277,24 +435,37 @@ def test_cli_logs_each_trial_as_a_nested_mlflow_run(inputs, tmp_path, monkeypatc
 # ----------------------------------------------------------------------------- stage 3: ratios
 
 
-def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_stage2(inputs, tmp_path) -> None:
+def _stage2(inputs: SearchInputs, out: Path, budget_ms: float, arch_cfg: SearchArchConfig) -> ArchCandidate:
+    """Stage 2 run (chosen by prediction) into ``out``; its choice made to prune every layer when it prunes none, so
+    that stage 3 has something to search."""
+    stage2 = search_arch(inputs, arch_cfg, _budget(latency_ms=budget_ms), out, importance=IMPORTANCE, progress=False)
+    if not stage2.chosen.candidate.is_pruned:
+        chosen = ArchCandidate.normalized(stage2.chosen.candidate.subnet, ["filter_g4"] * 4, 0.5)
+        arch = json.loads((out / "arch.json").read_text())
+        arch["chosen"] |= chosen.to_dict()
+        (out / "arch.json").write_text(json.dumps(arch))
+    return ArchCandidate.from_dict(json.loads((out / "arch.json").read_text())["chosen"])
+
+
+def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_stage2(inputs, tmp_path, monkeypatch) -> None:
     from srnas.arch.network import load_network
+    from srnas.search import ratio as ratio_module
     from srnas.search.ratio import search_ratio
 
     predictor = load_predictor(inputs.table_dir)
     budget = 0.6 * predictor.predict(SPACE.largest())
     arch_cfg = _cfg(trials=15)
-    stage2 = search_arch(inputs, arch_cfg, _budget(latency_ms=budget), tmp_path / "arch", importance=IMPORTANCE,
-                         progress=False)
-    if not stage2.chosen.candidate.is_pruned:  # make sure there is something to search: prune every layer
-        chosen = ArchCandidate.normalized(stage2.chosen.candidate.subnet, ["filter_g4"] * 4, 0.5)
-        arch = json.loads((tmp_path / "arch" / "arch.json").read_text())
-        arch["chosen"] |= chosen.to_dict()
-        (tmp_path / "arch" / "arch.json").write_text(json.dumps(arch))
-    candidate = ArchCandidate.from_dict(json.loads((tmp_path / "arch" / "arch.json").read_text())["chosen"])
+    candidate = _stage2(inputs, tmp_path / "arch", budget, arch_cfg)
+    calls = _fake_measurer(monkeypatch, ratio_module, 1 / 1.1)  # the model over-predicts by 10%: no timing asserted
+    ratio_budget = _budget(latency_ms=budget, slack=0.1, verify_runs=1)
     result = search_ratio(inputs, tmp_path / "arch" / "arch.json", RatioSearchConfig(trials=8, keep_step=0.25),
-                          arch_cfg, _budget(latency_ms=budget, verify_runs=1), tmp_path / "ratio")
-    assert result.network.config == candidate.subnet and result.predicted_ms <= budget
+                          arch_cfg, ratio_budget, tmp_path / "ratio")
+    assert result.network.config == candidate.subnet and result.predicted_ms <= ratio_budget.admit_ms
+    # chosen by measurement: best proxy first, the first that fits the whole budget; then the unpruned parent
+    assert result.chosen_by == "measured" and result.measured_ms <= budget
+    assert [m.fits for m in result.measured] == [False] * (len(result.measured) - 1) + [True]
+    assert result.measured[-1].name == result.network.name and len(calls) == len(result.measured) + 1
+    assert calls[-1] == as_pruned(candidate.subnet)
     # dense layers keep every filter; the first trial is stage 2's own network, so the result is at least as good
     full = as_pruned(candidate.subnet).channels
     free = prunable_convs(candidate.subnet)
@@ -312,7 +483,46 @@ def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_sta
     saved = json.loads((tmp_path / "ratio" / "ratio.json").read_text())
     assert saved["network"] == result.network.to_dict() and saved["predicted_speedup"] >= 1.0
     assert saved["importance"] == IMPORTANCE and saved["budget_ms"] == pytest.approx(budget)
-    assert saved["measured_speedup"] > 0  # measured for real (tiny input), not asserted against timing
+    assert saved["measured_speedup"] == pytest.approx(saved["predicted_speedup"])  # both measured 1/1.1 of predicted
+    assert saved["chosen_by"] == "measured" and saved["skipped"] is False
+    assert [m["name"] for m in saved["measured"]] == [m.name for m in result.measured]
+    assert saved["measured_candidates"] == len(result.measured)
+    assert saved["prediction_abs_error_median_pct"] == pytest.approx(10.0)
+    rows = (tmp_path / "ratio" / "trials.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8
+
+
+def test_ratio_stage_steps_aside_with_the_same_outputs(inputs, tmp_path, monkeypatch) -> None:
+    """search_ratio.enabled false: stage 2's choice at search_arch.prune_keep, as stage 2 priced it, with inherited
+    weights; nothing searched and nothing measured (stage 2 measured it), the DAG's outputs all written."""
+    from srnas.arch.network import load_network
+    from srnas.search import ratio as ratio_module
+    from srnas.search.ratio import search_ratio
+
+    predictor = load_predictor(inputs.table_dir)
+    budget = 0.6 * predictor.predict(SPACE.largest())
+    arch_cfg = _cfg(trials=6)
+    candidate = _stage2(inputs, tmp_path / "arch", budget, arch_cfg)
+    calls = _fake_measurer(monkeypatch, ratio_module, 1.0)
+    out = tmp_path / "ratio"
+    result = search_ratio(inputs, tmp_path / "arch" / "arch.json", RatioSearchConfig(enabled=False), arch_cfg,
+                          _budget(latency_ms=budget, verify_runs=1), out)
+    net = candidate.pruned(arch_cfg.prune_keep)
+    assert result.skipped and result.network == net and result.trials == 1 and calls == []
+    assert result.predicted_ms == pytest.approx(predictor.predict(net))
+    assert {p.name for p in out.iterdir()} >= {"pruned.pt", "ratio.json", "trials.csv", "ratio_metrics.json"}
+    model = load_network(out / "pruned.pt")
+    quality = QualityEvaluator(load_supernet(inputs.supernet), load_pairs(inputs.data_dir / "val" / "x2", 2), count=2,
+                               size=16, precision="fp32", prune_keep=0.5, importance=IMPORTANCE)
+    inherited = quality.model(net).state_dict()
+    assert model.pruned == net and all(torch.equal(v, inherited[k]) for k, v in model.state_dict().items())
+    saved = json.loads((out / "ratio.json").read_text())
+    assert saved["skipped"] is True and "search_ratio.enabled is false" in saved["skip_reason"]
+    assert saved["chosen_by"] == "search_arch" and saved["measured"] == [] and saved["name"] == net.name
+    assert saved["keeps"] == {f"keep{i}": 0.5 for i, s in enumerate(candidate.conv_schemes()) if s != "dense"}
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert len(rows) == 2 and net.name in rows[1]
+    assert json.loads((out / "ratio_metrics.json").read_text())["skipped"] == 1.0
 
 
 # ------------------------------------------------------------------------------- the budget verdict
@@ -355,7 +565,7 @@ def test_check_budget_passes_or_fails_with_the_miss(inputs, tmp_path, capsys) ->
     table = load_predictor(inputs.table_dir).table
     assert verdict["within_budget"] and verdict["wall_clock_ms"] > 0 and verdict["normalised_ms"] > 0
     assert verdict["verdict_basis"] == "normalised_ms" and verdict["verdict_ms"] == verdict["normalised_ms"]
-    assert verdict["margin_ms"] == pytest.approx(1e9 - verdict["verdict_ms"])
+    assert verdict["headroom_ms"] == pytest.approx(1e9 - verdict["verdict_ms"])
     assert verdict["fingerprint_id"] == table.fingerprint_id and verdict["timing"]["table"] == table.protocol()
     assert verdict["timing"]["measurement"]["runs"] == 2 and verdict["timing"]["measurement"]["rounds"] >= 5
     err = capsys.readouterr().err

@@ -569,11 +569,14 @@ class BudgetConfig:
     """The ``budget`` section: the latency the final model must meet, where, and how it is checked.
 
     ``latency_ms`` per frame at ``target``'s input size (a name of ``latency.targets``; empty: the first). Both
-    searches keep the *predicted* latency under ``latency_ms`` less ``margin`` of it (:attr:`search_ms`: room for
-    the latency model's error and the target's drift); ``check_budget`` measures the fine-tuned model against the
-    whole ``latency_ms``. A verdict -- the chosen architecture's measured latency (stage 2), the measured pruning
-    speedup (stage 3), the final check -- times ``verify_runs`` calls per round (0: the searches measure nothing;
-    ``check_budget`` always measures, at least one call per round).
+    searches admit candidates whose *predicted* latency is at most ``latency_ms`` plus ``slack`` of it
+    (:attr:`admit_ms`: the latency model may over-predict a candidate that fits), then close the loop on the target:
+    up to ``verify_candidates`` of the best admitted candidates are measured, best PSNR first, and the first whose
+    *measured* latency fits the whole ``latency_ms`` is chosen (:mod:`srnas.search.verify`). ``check_budget`` measures
+    the fine-tuned model against the whole ``latency_ms`` too. A measurement -- a candidate of either search, the
+    unpruned parent of stage 3, the final check -- times ``verify_runs`` calls per round (0: the searches measure
+    nothing and choose the best candidate *predicted* within ``latency_ms``; ``check_budget`` always measures, at
+    least one call per round).
 
     Its own section, so that the stages which need the budget rerun when it changes and only then: changing the
     number of stage-2 trials does not invalidate the budget check.
@@ -581,18 +584,20 @@ class BudgetConfig:
 
     target: str = ""
     latency_ms: float = 33.0
-    margin: float = 0.15
+    slack: float = 0.10
+    verify_candidates: int = 8
     verify_runs: int = 10
 
     def __post_init__(self) -> None:
         _check(self.latency_ms > 0, "latency_ms", f"must be positive, got {self.latency_ms}")
-        _check(0.0 <= self.margin < 1.0, "margin", f"must lie in [0, 1), got {self.margin}")
+        _check(self.slack >= 0.0, "slack", f"must be 0 or positive, got {self.slack}")
+        _check(self.verify_candidates >= 1, "verify_candidates", f"must be at least 1, got {self.verify_candidates}")
         _check(self.verify_runs >= 0, "verify_runs", f"must be 0 (no measurement) or positive, got {self.verify_runs}")
 
     @property
-    def search_ms(self) -> float:
-        """What the searches allow the *predicted* latency: ``latency_ms`` less the margin."""
-        return self.latency_ms * (1.0 - self.margin)
+    def admit_ms(self) -> float:
+        """What the searches admit as a candidate's *predicted* latency: ``latency_ms`` plus the slack."""
+        return self.latency_ms * (1.0 + self.slack)
 
 
 # ------------------------------------------------------------------ stage 2: architecture search (search_arch)
@@ -612,7 +617,8 @@ class SearchArchConfig:
     ``search_ratio.importance``, the criterion stage 3 prunes with) rounded to the scheme's granularity: stage 3
     searches the real ratios. Objective: validation PSNR with inherited supernet weights on ``val_crops`` LR crops of
     ``crop_size`` pixels from ``val_set`` (empty: the prepared ``val`` set, else the first evaluation set by name), in
-    the target's precision. Constraint: predicted latency at most :attr:`BudgetConfig.search_ms`. ``strategy`` ``tpe``
+    the target's precision. Constraint: predicted latency at most :attr:`BudgetConfig.admit_ms`; the candidates near the
+    budget are then measured and the best that fits is chosen (:class:`BudgetConfig`). ``strategy`` ``tpe``
     / ``gp`` (Bayesian optimization) or ``random`` (the baseline); ``mode`` ``single`` (one best point) or ``pareto``
     (PSNR and latency, the front). ``trials`` completed trials in all, shared by ``n_workers`` processes through one
     persisted study.
@@ -653,10 +659,15 @@ class RatioSearchConfig:
     stay -- also when stage 2 scores its candidates at ``search_arch.prune_keep``, so both stages prune alike.
     ``dense`` layers stay whole. Bayesian optimization (``strategy``: ``tpe`` / ``gp`` / ``random``) over ``trials``
     trials maximizes the proxy -- validation PSNR right after pruning the stage-2 subnet's inherited weights, on the
-    search's crops -- under the predicted-latency budget :attr:`BudgetConfig.search_ms` on the budget's target. The
-    best pruned network is written with its weights for ``finetune``.
+    search's crops -- under the predicted-latency limit :attr:`BudgetConfig.admit_ms` on the budget's target; the best
+    trials are then measured like stage 2's candidates and the best that fits the budget is written with its weights
+    for ``finetune``.
+
+    ``enabled`` false makes the stage step aside: it writes the same outputs for stage 2's choice pruned at
+    ``search_arch.prune_keep`` (as stage 2 priced and measured it), with inherited weights, and searches nothing.
     """
 
+    enabled: bool = True
     strategy: str = "tpe"
     trials: int = 60
     seed: int = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,11 @@ def search_section(search_dir: Path, report_dir: Path) -> list[str]:
     arch = _read_json(path)
     chosen = arch.get("chosen", {})
     measured, error = chosen.get("measured_ms"), chosen.get("latency_error")
+    admitted = (f", candidates admitted up to {arch['admit_ms']:.3g} ms predicted, chosen by {arch.get('chosen_by', '?')}"
+                if "admit_ms" in arch else " (predicted)")
     lines = ["## Architecture search (stage 2)", "",
              f"{arch.get('strategy', '?')} search, {arch.get('mode', '?')} mode, {arch.get('trials', '?')} trials on "
-             f"`{arch.get('target', '?')}`, budget {arch.get('budget_ms', float('nan')):g} ms (predicted).", "",
+             f"`{arch.get('target', '?')}`, budget {arch.get('budget_ms', float('nan')):g} ms{admitted}.", "",
              "| key | value |", "|---|---|",
              f"| chosen | `{chosen.get('name', '?')}` |",
              f"| per-layer schemes (head, cells) | {', '.join(chosen.get('schemes', []))} |",
@@ -155,6 +158,65 @@ def search_section(search_dir: Path, report_dir: Path) -> list[str]:
         rel = Path(os.path.relpath(search_dir / "pareto.png", report_dir)).as_posix()
         lines += [f"![search trials and Pareto front]({rel})", ""]
     return lines
+
+
+# The searches' outputs whose measured candidates the report lists: (stage, file under results/, the chosen name's key).
+_MEASURED_BY = (("search_arch", Path("search_arch") / "arch.json"), ("search_ratio", Path("search_ratio") / "ratio.json"))
+
+
+def _chosen_name(stage: str, payload: dict[str, Any]) -> str:
+    return str(payload.get("chosen", {}).get("name", "?")) if stage == "search_arch" else str(payload.get("name", "?"))
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:+.1f}%"
+
+
+def verification_section(results_dir: Path) -> list[str]:
+    """Markdown lines on the searches' closed loop: every candidate stage 2 (``arch.json``) and stage 3
+    (``ratio.json``) measured on the target -- predicted against measured latency, the latency model's error, whether
+    it fits the whole budget -- and how each stage chose; beside them the latency model's own calibration figure
+    (``profile_device``). None when neither search recorded how it chose."""
+    found = [(stage, _read_json(results_dir / rel)) for stage, rel in _MEASURED_BY if (results_dir / rel).is_file()]
+    found = [(stage, payload) for stage, payload in found if "chosen_by" in payload]
+    if not found:
+        return []
+    first = found[0][1]
+    budget, target = first.get("budget_ms", float("nan")), first.get("target", "?")
+    lines = ["## Predicted against measured latency", ""]
+    if "admit_ms" in first:
+        lines += [(f"Both searches admit candidates predicted within {first['admit_ms']:.3g} ms (the {budget:g} ms budget "
+                   f"plus its slack), then measure the best of them on `{target}`, best PSNR first (stage 3: the proxy "
+                   "PSNR right after pruning), and choose the first whose measured latency fits the whole budget. "
+                   "Prediction error: (predicted - measured) / measured."), ""]
+    rows = [(stage, m, m.get("name") == _chosen_name(stage, payload))
+            for stage, payload in found for m in payload.get("measured", [])]
+    if rows:
+        lines += ["| stage | candidate | PSNR (dB) | predicted ms | measured ms | prediction error | fits |",
+                  "|---|---|---|---|---|---|---|"]
+        for stage, m, chosen in rows:
+            name = f"**`{m['name']}`** (chosen)" if chosen else f"`{m['name']}`"
+            lines.append(f"| {stage} | {name} | {m['psnr']:.2f} | {m['predicted_ms']:.2f} | {m['measured_ms']:.2f} | "
+                         f"{_pct((m['predicted_ms'] - m['measured_ms']) / m['measured_ms'])} | {'yes' if m['fits'] else 'no'} |")
+        lines.append("")
+    for stage, payload in found:
+        name, how = _chosen_name(stage, payload), payload["chosen_by"]
+        measured = payload.get("measured", [])
+        if payload.get("skipped"):
+            lines.append(f"- {stage}: stepped aside ({payload.get('skip_reason', 'skipped')}): `{name}`.")
+        elif how == "measured":
+            median = statistics.median(abs(m["predicted_ms"] - m["measured_ms"]) / m["measured_ms"] for m in measured)
+            lines.append(f"- {stage}: chose `{name}` by measurement ({len(measured)} candidate(s) measured; median "
+                         f"absolute prediction error {100 * median:.1f}%).")
+        else:
+            lines.append(f"- {stage}: chose `{name}` by prediction within the budget "
+                         f"({payload.get('chosen_by_reason', 'nothing measured')}).")
+    build_path = results_dir / "profile_device" / str(target) / "build.json"
+    build = _read_json(build_path) if build_path.is_file() else {}
+    if isinstance(build.get("calibration_mape"), (int, float)):
+        lines.append(f"- the latency model of `{target}`: overhead-model calibration MAPE "
+                     f"{100 * build['calibration_mape']:.1f}% (profile_device).")
+    return lines + [""]
 
 
 # What check_budget's verdict figure is (its ``verdict_basis``), for the final model's row.
@@ -174,7 +236,8 @@ def final_section(results_dir: Path, results: list[ModelResult]) -> list[str]:
     lines = ["## Final model (stage 3)", "",
              "| key | value |", "|---|---|",
              f"| network | `{ratio['name']}` |",
-             f"| per-conv keep ratios | {', '.join(f'{k}={v:.2f}' for k, v in ratio.get('keeps', {}).items()) or 'none pruned'} |",
+             f"| per-conv keep ratios | {', '.join(f'{k}={v:.2f}' for k, v in ratio.get('keeps', {}).items()) or 'none pruned'}"
+             + (" (stage 3 skipped: search_arch.prune_keep)" if ratio.get("skipped") else "") + " |",
              f"| measured on `{verdict['target']}` | **{verdict['verdict_ms']:.1f} ms** {_VERDICT_BASES.get(verdict['verdict_basis'], '')}"
              f"(budget {budget:g} ms, predicted {verdict['predicted_ms']:.1f} ms; wall clock {verdict['wall_clock_ms']:.1f} ms) |",
              f"| speedup over the unpruned parent | {ratio['predicted_speedup']:.2f}x predicted"

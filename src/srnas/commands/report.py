@@ -19,7 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Collect the stage outputs under --results into a Markdown report with a table per scale "
         "(parameters, GMAC per 720p frame, latency per runtime, PSNR/SSIM per set), a PSNR-versus-latency Pareto "
         "plot, a visual comparison of crops, the supernet (train_supernet) and each target's latency table and "
-        "measured pruning schemes (profile_device) when present. Closes the pipeline's parent MLflow run.",
+        "measured pruning schemes (profile_device), the searches and every candidate they measured (predicted "
+        "against measured latency), and the final model, when present. Closes the pipeline's parent MLflow run.",
     )
     add_settings_arguments(parser)
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: %(default)s)")
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         render_markdown,
         search_section,
         supernet_section,
+        verification_section,
     )
 
     settings = settings_from_args(args)
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 stage.log_artifact(path, "report")
         sections = supernet_section(args.results / "train_supernet") + latency_model_section(args.results / "profile_device")
         sections += search_section(args.results / "search_arch", args.out.parent)
+        sections += verification_section(args.results)
         sections += final_section(args.results, results)
         atomic.write_text(args.out, render_markdown(results, figures, sections))
         atomic.write_json(args.metrics, metrics_summary(results))

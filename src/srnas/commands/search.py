@@ -40,11 +40,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "space -- global width, one block per cell -- and, for the head and each cell, a pruning scheme among dense and "
         "the filter schemes the latency model measured as accelerated on the target. Objective: validation PSNR with "
         "inherited supernet weights on fixed LR crops, in the target's precision (filter-scheme layers pruned by "
-        "search_ratio.importance); constraint: predicted latency at most budget.latency_ms less budget.margin of it on "
-        "budget.target (mode pareto: the PSNR/latency front). The Optuna study persists in OUT/study.db: a "
+        "search_ratio.importance); constraint: predicted latency at most budget.latency_ms plus budget.slack of it on "
+        "budget.target (mode pareto: the PSNR/latency front). Then the loop closes on the target: up to "
+        "budget.verify_candidates of the best admitted candidates are measured, best PSNR first, and the first whose "
+        "measured latency fits the whole budget.latency_ms is chosen (budget.verify_runs 0: the best predicted within "
+        "budget.latency_ms). The Optuna study persists in OUT/study.db: a "
         "killed search resumes, search_arch.n_workers processes share it. Each trial becomes a nested MLflow run. "
-        "Writes OUT/arch.json (chosen architecture, predicted and measured latency), trials.csv, pareto.csv, "
-        "pareto.png and search_metrics.json.",
+        "Writes OUT/arch.json (chosen architecture, predicted and measured latency, how it was chosen, every candidate "
+        "measured), trials.csv, pareto.csv, pareto.png and search_metrics.json.",
     )
     add_settings_arguments(parser)
     _add_inputs(parser)
@@ -74,13 +77,15 @@ def run(args: argparse.Namespace) -> int:
                 trial_run.log_metrics({"psnr": record.psnr, "predicted_ms": record.latency_ms,
                                        "feasible": float(record.feasible)})
         chosen = result.chosen.candidate
-        stage.log_params({"chosen": chosen.name, "chosen_schemes": ".".join(chosen.schemes)})
+        stage.log_params({"chosen": chosen.name, "chosen_schemes": ".".join(chosen.schemes),
+                          "chosen_by": result.selection.chosen_by})
         stage.log_metrics(result.metrics())
         for name in ("arch.json", "pareto.png", "pareto.csv", "trials.csv"):
             stage.log_artifact(args.out / name, "search_arch")
-    print(f"chosen {chosen.name}: {result.chosen.psnr:.2f} dB, {result.chosen.latency_ms:.1f} ms predicted"
+    print(f"chosen {chosen.name} by {result.selection.chosen_by}: {result.chosen.psnr:.2f} dB, {result.chosen.latency_ms:.1f} ms predicted"
           + (f", {result.measured_ms:.1f} ms measured ({100 * (result.latency_error or 0):+.1f}%)" if result.measured_ms else "")
-          + f" (budget {budget.latency_ms:g} ms on {target}); {len(result.records)} trials, {len(result.front)} on the front")
+          + f" (budget {budget.latency_ms:g} ms on {target}); {len(result.records)} trials, {len(result.front)} on the front, "
+          f"{len(result.selection.measured)} candidate(s) measured")
     if args.json:
         print_json(result.metrics() | {"chosen": chosen.name})
     return 0
@@ -92,10 +97,13 @@ def add_ratio_parser(subparsers: argparse._SubParsersAction) -> None:
         help="search per-layer pruning ratios for the stage-2 architecture, prune it physically (stage search_ratio)",
         description="For every conv that search-arch gave a filter-pruning scheme, search the share of filters it keeps "
         "(search_ratio.min_keep to 1, rounded to the scheme's channel grid) by Bayesian optimization under "
-        "budget.latency_ms less budget.margin (predicted), scored by validation PSNR right after pruning the supernet's "
-        "inherited weights (search_ratio.importance picks the filters). Writes OUT/pruned.pt (the physically pruned network, for finetune), "
-        "OUT/ratio.json (ratios, channels, predicted and measured speedup over the unpruned parent), trials.csv and "
-        "ratio_metrics.json.",
+        "budget.latency_ms plus budget.slack (predicted), scored by validation PSNR right after pruning the supernet's "
+        "inherited weights (search_ratio.importance picks the filters); then, like search-arch, measures up to "
+        "budget.verify_candidates of the best trials and keeps the best whose measured latency fits budget.latency_ms. "
+        "search_ratio.enabled false: steps aside, writing the same outputs for stage 2's choice pruned at "
+        "search_arch.prune_keep. Writes OUT/pruned.pt (the physically pruned network, for finetune), "
+        "OUT/ratio.json (ratios, channels, the candidates measured, predicted and measured speedup over the unpruned "
+        "parent), trials.csv and ratio_metrics.json.",
     )
     add_settings_arguments(parser)
     parser.add_argument("--arch", type=Path, default=Path("results/search_arch/arch.json"), help="search-arch result (default: %(default)s)")
@@ -115,11 +123,12 @@ def run_ratio(args: argparse.Namespace) -> int:
     params = {"search_ratio": dataclasses.asdict(cfg), "budget": dataclasses.asdict(budget) | {"target": target}}
     with tracking.stage_run(settings.tracking, "search_ratio", params, {"srnas.target": target}) as stage:
         result = search_ratio(inputs, args.arch, cfg, arch_cfg, budget, args.out, latency=settings.latency)
-        stage.log_params({"network": result.network.name})
+        stage.log_params({"network": result.network.name, "chosen_by": result.chosen_by})
         stage.log_metrics(result.metrics())
         stage.log_artifact(args.out / "ratio.json", "search_ratio")
     measured = result.measured_speedup
-    print(f"pruned {result.network.name}: proxy {result.psnr:.2f} dB, {result.predicted_ms:.1f} ms predicted, "
+    print(("stage 3 skipped (search_ratio.enabled false): " if result.skipped else "")
+          + f"pruned {result.network.name} (chosen by {result.chosen_by}): proxy {result.psnr:.2f} dB, {result.predicted_ms:.1f} ms predicted, "
           f"{result.predicted_speedup:.2f}x over the unpruned parent predicted"
           + (f", {measured:.2f}x measured" if measured else "") + f" (budget {budget.latency_ms:g} ms on {target})")
     if args.json:
@@ -135,8 +144,8 @@ def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
         "runtime, precision, threads and input size of the latency table -- with the latency model's network protocol "
         "(at least 5 rounds of budget.verify_runs calls). Records the wall-clock milliseconds and, under the paired "
         "protocol, the same rounds normalised to the table's reference speed, which is what the verdict then uses "
-        "(OUT says which). Writes OUT (JSON) and exits 0 when that figure is at most budget.latency_ms (the whole budget: "
-        "the searches kept budget.margin of it free); otherwise exits 1 saying by how much it missed. Refuses (exit 2, "
+        "(OUT says which). Writes OUT (JSON) and exits 0 when that figure is at most budget.latency_ms (the whole budget, "
+        "the figure the searches chose their candidates by); otherwise exits 1 saying by how much it missed. Refuses (exit 2, "
         "nothing written) a table measured under another fingerprint than this machine's for the target.",
     )
     add_settings_arguments(parser)

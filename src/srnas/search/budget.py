@@ -1,4 +1,7 @@
-"""The ``check_budget`` stage: the fine-tuned final model timed on the budget's target and held against the budget.
+"""The ``check_budget`` stage: the fine-tuned final model timed on the budget's target and held against the whole budget.
+
+The searches chose their networks by measuring candidates against the same whole ``budget.latency_ms`` (no margin
+is kept free, :mod:`srnas.search.verify`); this is the final verdict, on the weights fine-tuning produced.
 
 What is timed: the weights ``finetune`` wrote (``results/finetune/model.pt``, read back with
 :func:`srnas.loading.load_trained`), not a network rebuilt from its description with fresh weights: the deployed
@@ -8,9 +11,9 @@ How: with the latency table's timing protocol (:func:`srnas.search.run.verdict_t
 per round, at least :data:`srnas.search.run.VERDICT_ROUNDS` rounds, ``latency.net_passes`` passes). Each timing gives
 two figures (:class:`srnas.latency.measure.NetworkTiming`): wall-clock milliseconds -- what the calls took on this
 machine, now -- and, under the paired protocol, the same rounds normalised to the table's reference speed. The
-verdict uses the normalised figure when there is one (the figure the table's predictions and the searches' budget
-checks are in; a host slowed down by its neighbours while it measures does not fail a model that fits), the wall
-clock otherwise (absolute protocol); the result says which (:attr:`BudgetVerdict.basis`).
+verdict uses the normalised figure when there is one (the figure the table's predictions are in and the searches
+chose their candidates by; a host slowed down by its neighbours while it measures does not fail a model that fits),
+the wall clock otherwise (absolute protocol); the result says which (:attr:`BudgetVerdict.basis`).
 
 A table measured under another fingerprint than this machine's for its target (another CPU, thread count or library
 version) is refused: its reference speed and its predictions describe another machine.
@@ -79,7 +82,7 @@ class BudgetVerdict:
                 "verdict_ms": self.verdict_ms, "verdict_basis": self.basis,
                 WALL_CLOCK: self.timing.wall_clock_ms, NORMALISED: self.timing.normalised_ms,
                 "predicted_ms": self.predicted_ms, "within_budget": self.within_budget,
-                "margin_ms": self.budget_ms - self.verdict_ms, "fingerprint_id": self.fingerprint_id,
+                "headroom_ms": self.budget_ms - self.verdict_ms, "fingerprint_id": self.fingerprint_id,
                 "timing": {"table": self.table_protocol, "measurement": self.measurement}}
 
     def describe(self) -> str:
@@ -130,7 +133,7 @@ def measurable_predictor(table_dir: str | os.PathLike[str]) -> LatencyPredictor:
 def check_budget(model_path: str | os.PathLike[str], table_dir: str | os.PathLike[str], budget: BudgetConfig,
                  latency: LatencyConfig, *, measure: MeasureModel | None = None) -> BudgetVerdict:
     """Time the fine-tuned model in ``model_path`` on the target of the latency table in ``table_dir`` and hold it
-    against ``budget.latency_ms`` (see the module docstring). ``measure`` times one pass (default:
+    against the whole ``budget.latency_ms`` (see the module docstring). ``measure`` times one pass (default:
     :func:`srnas.latency.measure.time_network`). Raises, measuring nothing, when the target's runtime is not
     available here (ConfigError) or the table was measured under another fingerprint (TableError)."""
     model_path = Path(model_path)

@@ -43,21 +43,24 @@ def write_csv(path: str | os.PathLike[str], records: Sequence[TrialRecord]) -> N
 
 
 def plot_front(path: str | os.PathLike[str], records: Sequence[TrialRecord], front: Sequence[TrialRecord],
-               budget_ms: float, chosen: TrialRecord | None, title: str) -> None:
-    """Every trial (feasible / over budget), the front as a step line, the budget and the chosen point; PNG."""
+               budget_ms: float, chosen: TrialRecord | None, title: str, *, admit_ms: float | None = None) -> None:
+    """Every trial (admitted / not), the front as a step line, the budget, the admission limit (``admit_ms``: the
+    budget plus the slack) and the chosen point; PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for feasible, color, label in ((True, "tab:blue", "trial within budget"), (False, "0.7", "trial over budget")):
+    for feasible, color, label in ((True, "tab:blue", "trial admitted (predicted)"), (False, "0.7", "trial not admitted")):
         pts = [r for r in records if r.feasible == feasible]
         if pts:
             ax.scatter([r.latency_ms for r in pts], [r.psnr for r in pts], s=12, color=color, alpha=0.7, label=label)
     if front:
         ax.step([r.latency_ms for r in front], [r.psnr for r in front], where="post", color="tab:orange", label="Pareto front")
     ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1, label=f"budget {budget_ms:g} ms")
+    if admit_ms is not None and admit_ms > budget_ms:
+        ax.axvline(admit_ms, color="tab:red", linestyle=":", linewidth=1, label=f"admitted up to {admit_ms:.3g} ms")
     if chosen is not None:
         ax.scatter([chosen.latency_ms], [chosen.psnr], marker="*", s=160, color="tab:green", zorder=5,
                    label=f"chosen {chosen.candidate.name}")

@@ -3,14 +3,21 @@
 Stage 2 chose an architecture and, per layer, ``dense`` or a filter scheme priced at one nominal keep ratio. Here
 every pruned *conv* (the head, a conv cell's conv, a wdsr cell's expand and reduce) gets its own keep ratio in
 [``min_keep``, 1], rounded to its scheme's channel grid (the rounding the latency model found fastest), searched by
-Bayesian optimization under the same predicted-latency budget. The score is a cheap proxy: validation PSNR of the
-supernet's inherited weights right after L1/L2 pruning (no recovery training; ``bench/bench_ratio_proxy.py``
-checks how well it ranks against PSNR after fine-tuning). The first trial is stage 2's own choice, so the result is
-never worse than it on the proxy.
+Bayesian optimization under the same admission limit as stage 2 (predicted latency within the budget plus its
+slack). The score is a cheap proxy: validation PSNR of the supernet's inherited weights right after pruning (no
+recovery training; ``bench/bench_ratio_proxy.py`` checks how well it ranks against PSNR after fine-tuning). The first
+trial is stage 2's own choice. The choice closes the loop like stage 2's (:mod:`srnas.search.verify`): the best trials
+are measured on the target, best proxy first, and the first whose measured latency fits the whole budget is pruned
+and written -- so the result is never worse on the proxy than stage 2's choice unless that one measures over the
+budget here.
+
+``search_ratio.enabled`` false: the stage steps aside and writes the same outputs for stage 2's choice pruned at
+``search_arch.prune_keep`` (what stage 2 priced and measured), with inherited weights; ``ratio.json`` says
+``"skipped": true`` and why, ``trials.csv`` holds that one row.
 
 Outputs in ``out_dir``: ``pruned.pt`` (the physically pruned network with inherited weights, for ``finetune``),
-``ratio.json`` (keeps, channels, proxy PSNR, predicted latency, and the measured speedup over the unpruned parent),
-``trials.csv``.
+``ratio.json`` (keeps, channels, proxy PSNR, predicted latency, how it was chosen and every candidate measured, and
+the measured speedup over the unpruned parent), ``trials.csv``, ``ratio_metrics.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +39,15 @@ from srnas.errors import DataError
 from srnas.search import study as studies
 from srnas.search.candidate import DENSE, ArchCandidate
 from srnas.search.pareto import write_rows
-from srnas.search.run import SearchError, SearchInputs, TrialEvaluator, measure_on_target
+from srnas.search.run import SearchInputs, TrialEvaluator, network_measurer
+from srnas.search.verify import Measurement, Pick, select
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RatioResult", "search_ratio"]
+
+
+SKIPPED_BY = "search_arch"  # ``chosen_by`` of a stage that stepped aside: stage 2 chose
 
 
 @dataclass
@@ -50,6 +61,11 @@ class RatioResult:
     parent_measured_ms: float | None
     trials: int
     seconds: float
+    chosen_by: str = ""
+    measured: tuple[Measurement, ...] = ()
+    reason: str = ""
+    skipped: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def predicted_speedup(self) -> float:
@@ -63,30 +79,42 @@ class RatioResult:
 
     def metrics(self) -> dict[str, float]:
         out = {"proxy_psnr": self.psnr, "predicted_ms": self.predicted_ms, "parent_predicted_ms": self.parent_predicted_ms,
-               "predicted_speedup": self.predicted_speedup, "trials": float(self.trials), "search_s": self.seconds}
+               "predicted_speedup": self.predicted_speedup, "trials": float(self.trials), "search_s": self.seconds,
+               "skipped": float(self.skipped), **self.extra}
+        if self.measured_ms is not None:
+            out["measured_ms"] = float(self.measured_ms)
         if self.measured_speedup is not None:
-            out |= {"measured_ms": float(self.measured_ms or 0.0), "parent_measured_ms": float(self.parent_measured_ms or 0.0),
-                    "measured_speedup": self.measured_speedup,
+            out |= {"parent_measured_ms": float(self.parent_measured_ms or 0.0), "measured_speedup": self.measured_speedup,
                     "speedup_error": self.measured_speedup / self.predicted_speedup - 1.0}
         return out
+
+
+def _stage2_choice(arch_path: Path) -> dict[str, Any]:
+    """``arch.json`` of stage 2 (DataError when missing or not one)."""
+    if not arch_path.is_file():
+        raise DataError(f"{arch_path}: not found (run search-arch first)")
+    try:
+        arch = json.loads(arch_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{arch_path}: not a search_arch result ({exc})") from None
+    if not isinstance(arch, dict) or not isinstance(arch.get("chosen"), dict):
+        raise DataError(f"{arch_path}: not a search_arch result (no chosen architecture)")
+    return arch
 
 
 def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: RatioSearchConfig, arch_cfg: SearchArchConfig,
                  budget: BudgetConfig, out_dir: str | os.PathLike[str], *, latency: LatencyConfig | None = None) -> RatioResult:
     """Search per-conv keep ratios for the architecture in ``arch_path`` (stage 2's ``arch.json``) under ``budget``,
-    scored on stage 2's crops (``arch_cfg``) and pruned by ``cfg.importance``; write ``out_dir``."""
+    scored on stage 2's crops (``arch_cfg``) and pruned by ``cfg.importance``, choose by measurement; write
+    ``out_dir``. ``cfg.enabled`` false: step aside (see the module docstring)."""
     start_time = time.perf_counter()
     arch_path, out_dir = Path(arch_path), Path(out_dir)
-    if not arch_path.is_file():
-        raise DataError(f"{arch_path}: not found (run search-arch first)")
-    try:
-        chosen = json.loads(arch_path.read_text(encoding="utf-8"))["chosen"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{arch_path}: not a search_arch result ({exc})") from None
-    candidate = ArchCandidate.from_dict(chosen, f"{arch_path}:chosen")
+    arch = _stage2_choice(arch_path)
+    candidate = ArchCandidate.from_dict(arch["chosen"], f"{arch_path}:chosen")
     studies.quiet_optuna()
     evaluator = TrialEvaluator(inputs, arch_cfg, cfg.importance)
     evaluator.space.validate(candidate.subnet)
+    target = evaluator.predictor.table.target.name
     schemes = candidate.conv_schemes()
     names = [f"keep{i}" for i, s in enumerate(schemes) if s != DENSE]
 
@@ -97,37 +125,56 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
         net = network(keeps)
         return evaluator.quality.psnr_network(net), evaluator.predictor.predict(net)
 
-    grid = round((arch_cfg.prune_keep - cfg.min_keep) / cfg.keep_step)
-    start = {n: min(1.0, cfg.min_keep + grid * cfg.keep_step) for n in names}
     rows: list[dict[str, Any]] = []
 
     def seen(number: int, keeps: dict[str, float], psnr: float, ms: float) -> None:
         rows.append({"trial": number, "network": network(keeps).name, "psnr": psnr, "latency_ms": ms,
-                     "feasible": ms <= budget.search_ms, **keeps})
+                     "feasible": ms <= budget.admit_ms, **keeps})
 
+    parent = as_pruned(candidate.subnet)
+    parent_predicted = evaluator.predictor.predict(parent)
+    if not cfg.enabled:
+        keeps = {n: arch_cfg.prune_keep for n in names}
+        psnr, predicted = evaluate(keeps)
+        seen(0, keeps, psnr, predicted)
+        best = network(keeps)  # candidate.pruned(arch_cfg.prune_keep): what stage 2 priced
+        stage2_ms = arch["chosen"].get("measured_ms")
+        reason = (f"search_ratio.enabled is false: stage 2's choice pruned at search_arch.prune_keep "
+                  f"({arch_cfg.prune_keep:g}), as stage 2 priced{' and measured' if stage2_ms is not None else ''} it")
+        result = RatioResult(candidate, best, psnr, predicted, parent_predicted,
+                             float(stage2_ms) if stage2_ms is not None else None, None, 1, time.perf_counter() - start_time,
+                             SKIPPED_BY, (), reason, skipped=True)
+        _write(result, rows, keeps, cfg, budget, evaluator, out_dir)
+        log.info("search_ratio steps aside (%s): %s, proxy %.2f dB, %.1f ms predicted", reason, best.name, psnr, predicted)
+        return result
+
+    grid = round((arch_cfg.prune_keep - cfg.min_keep) / cfg.keep_step)
+    start = {n: min(1.0, cfg.min_keep + grid * cfg.keep_step) for n in names}
     if names:
         results = studies.search_keeps(names, start, low=cfg.min_keep, step=cfg.keep_step, strategy=cfg.strategy,
-                                       seed=cfg.seed, trials=cfg.trials, budget_ms=budget.search_ms, evaluate=evaluate,
+                                       seed=cfg.seed, trials=cfg.trials, budget_ms=budget.admit_ms, evaluate=evaluate,
                                        on_trial=seen)
     else:  # stage 2 pruned nothing: the architecture is the result
         psnr, ms = evaluate({})
         results = [({}, psnr, ms)]
         seen(0, {}, psnr, ms)
-    feasible = [r for r in results if r[2] <= budget.search_ms]
-    if not feasible:
-        raise SearchError(f"search_ratio: no trial fits {budget.search_ms:g} ms (budget.latency_ms less the margin) "
-                          f"(fastest {min(r[2] for r in results):.1f} ms)")
-    keeps, psnr, predicted = max(feasible, key=lambda r: (r[1], -r[2]))
+    measure, why = network_measurer(evaluator.predictor, budget.verify_runs, latency or LatencyConfig())
+    selection = select([Pick(network(k).name, p, ms, k) for k, p, ms in results], budget_ms=budget.latency_ms,
+                       admit_ms=budget.admit_ms, limit=budget.verify_candidates,
+                       measure=None if measure is None else (lambda k: measure(network(k))),
+                       where=f"search_ratio on {target}", reason=why)
+    keeps, psnr, predicted = selection.chosen.item, selection.chosen.psnr, selection.chosen.predicted_ms
     best = network(keeps)
-    parent = as_pruned(candidate.subnet)
-    parent_predicted = evaluator.predictor.predict(parent)
-    measured = measure_on_target(evaluator.predictor, [best, parent], budget.verify_runs, latency or LatencyConfig())
-    result = RatioResult(candidate, best, psnr, predicted, parent_predicted, measured[0] if measured else None,
-                         measured[1] if measured else None, len(results), time.perf_counter() - start_time)
+    parent_measured = measure(parent) if measure is not None else None
+    result = RatioResult(candidate, best, psnr, predicted, parent_predicted, selection.measured_ms, parent_measured,
+                         len(results), time.perf_counter() - start_time, selection.chosen_by, selection.measured,
+                         selection.reason, extra=selection.metrics())
     _write(result, rows, keeps, cfg, budget, evaluator, out_dir)
-    log.info("search_ratio: %s, proxy %.2f dB, %.1f ms predicted (unpruned parent %.1f ms: %.2fx predicted%s); %d trials",
-             best.name, psnr, predicted, parent_predicted, result.predicted_speedup,
-             f", {result.measured_speedup:.2f}x measured" if result.measured_speedup else "", len(results))
+    log.info("search_ratio: %s chosen by %s, proxy %.2f dB, %.1f ms predicted%s (unpruned parent %.1f ms: %.2fx predicted%s); "
+             "%d trials, %d candidate(s) measured", best.name, result.chosen_by, psnr, predicted,
+             f", {result.measured_ms:.1f} ms measured" if result.measured_ms is not None else "", parent_predicted,
+             result.predicted_speedup, f", {result.measured_speedup:.2f}x measured" if result.measured_speedup else "",
+             len(results), len(result.measured))
     return result
 
 
@@ -137,10 +184,12 @@ def _write(result: RatioResult, rows: list[dict[str, Any]], keeps: dict[str, flo
                 extra={"importance": cfg.importance, "keeps": keeps})
     fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith(("trial", "network", "psnr", "latency", "feasible")), k))
     write_rows(out_dir / "trials.csv", rows, fields)
-    payload = {"format": "srnas-search-ratio/1", "architecture": result.candidate.to_dict(), "network": result.network.to_dict(),
-               "name": result.network.name, "keeps": keeps, "strategy": cfg.strategy, "budget_ms": budget.latency_ms,
-               "search_budget_ms": budget.search_ms,
-               "target": evaluator.predictor.table.target.name, "importance": cfg.importance,
-               **{k: (v if math.isfinite(v) else None) for k, v in result.metrics().items()}}
+    payload: dict[str, Any] = {
+        "format": "srnas-search-ratio/1", "architecture": result.candidate.to_dict(), "network": result.network.to_dict(),
+        "name": result.network.name, "keeps": keeps, "strategy": cfg.strategy, "budget_ms": budget.latency_ms,
+        "admit_ms": budget.admit_ms, "target": evaluator.predictor.table.target.name, "importance": cfg.importance,
+        "skipped": result.skipped, "chosen_by": result.chosen_by, "measured": [m.to_dict() for m in result.measured],
+        **({"skip_reason": result.reason} if result.skipped else {"chosen_by_reason": result.reason} if result.reason else {}),
+        **{k: (v if math.isfinite(v) else None) for k, v in result.metrics().items() if k != "skipped"}}
     atomic.write_json(out_dir / "ratio_metrics.json", {k: v for k, v in result.metrics().items() if math.isfinite(v)})
     atomic.write_json(out_dir / "ratio.json", payload)

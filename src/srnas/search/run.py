@@ -2,12 +2,18 @@
 
 Outputs in ``out_dir``:
 
-``arch.json``           the chosen architecture (PSNR, predicted and measured latency) and, in ``pareto`` mode,
-                        every Pareto point within the budget; what stage 3 reads
-``trials.csv``          every completed trial (architecture, schemes, PSNR, predicted latency, feasible)
+``arch.json``           the chosen architecture (PSNR, predicted and measured latency), how it was chosen
+                        (``chosen_by``: ``measured`` or ``predicted``), every candidate measured (``measured``) and, in
+                        ``pareto`` mode, every admitted Pareto point; what stage 3 reads
+``trials.csv``          every completed trial (architecture, schemes, PSNR, predicted latency, feasible: admitted,
+                        predicted within ``budget.latency_ms * (1 + budget.slack)``)
 ``pareto.csv`` / ``.png`` the PSNR / latency front over all trials
-``search_metrics.json`` the figures (a DVC metric)
+``search_metrics.json`` the figures, the latency model's error on the measured candidates among them (a DVC metric)
 ``study.db``            the persisted Optuna study (kept between runs: resume and sharing; not an output)
+
+The choice closes the loop on the target (:mod:`srnas.search.verify`): trials are admitted by *predicted* latency
+within the slack-widened budget, then the best of them are measured, best PSNR first, and the first whose measured
+latency fits the whole budget is chosen.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from srnas.arch.pruned import PrunedSubnet
 from srnas.arch.space import SearchSpace
 from srnas.config import BudgetConfig, LatencyConfig, SearchArchConfig
 from srnas.digests import file_sha256
-from srnas.errors import ConfigError, DataError, SrnasError
+from srnas.errors import ConfigError, DataError
 from srnas.latency.measure import target_available
 from srnas.latency.predictor import LatencyPredictor
 from srnas.latency.profile import load_predictor
@@ -41,14 +47,15 @@ from srnas.search import study as studies
 from srnas.search.candidate import DENSE, ArchCandidate, scheme_granularity
 from srnas.search.quality import QualityEvaluator
 from srnas.search.study import TrialRecord
+from srnas.search.verify import Pick, SearchError, Selection, select
 from srnas.supernet.supernet import load_supernet
 from srnas.training.loop import resolve_val_dir
 from srnas.training.patches import load_pairs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchError", "SearchInputs", "SearchResult", "TrialEvaluator", "measure_on_target", "search_arch", "searchable_schemes",
-           "target_name"]
+__all__ = ["SearchError", "SearchInputs", "SearchResult", "TrialEvaluator", "measure_on_target", "network_measurer", "search_arch",
+           "searchable_schemes", "target_name"]
 
 STUDY_FILE = "study.db"
 # A verdict (the chosen network's latency, a pruning speedup, the final budget check) takes at least this many
@@ -62,10 +69,6 @@ def verdict_timing(latency: LatencyConfig, runs: int) -> dict[str, int]:
     """How a verdict times a network: the ``latency`` section's network timing, ``runs`` calls per round and at
     least :data:`VERDICT_ROUNDS` rounds."""
     return latency.net_timing(runs, VERDICT_ROUNDS)
-
-
-class SearchError(SrnasError):
-    """The search cannot deliver (e.g. no trial within the budget)."""
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,15 @@ class SearchResult:
     chosen: TrialRecord
     records: list[TrialRecord]
     front: list[TrialRecord]
-    measured_ms: float | None
+    selection: Selection[TrialRecord]
     seconds: float
     study: str
     out_dir: Path
+
+    @property
+    def measured_ms(self) -> float | None:
+        """The chosen architecture's measured latency (None when chosen by prediction)."""
+        return self.selection.measured_ms
 
     @property
     def latency_error(self) -> float | None:
@@ -98,7 +106,8 @@ class SearchResult:
         feasible = [r for r in self.records if r.feasible]
         out = {"best_psnr": self.chosen.psnr, "predicted_ms": self.chosen.latency_ms, "trials": float(len(self.records)),
                "feasible_share": len(feasible) / len(self.records), "front_size": float(len(self.front)),
-               "trials_to_best": float(first_reaching(self.records, self.chosen.psnr)), "search_s": self.seconds}
+               "trials_to_best": float(first_reaching(self.records, self.chosen.psnr)), "search_s": self.seconds,
+               **self.selection.metrics()}
         if self.measured_ms is not None:
             out["measured_ms"] = self.measured_ms
             out["latency_error"] = float(self.latency_error or 0.0)
@@ -121,9 +130,11 @@ def searchable_schemes(predictor: LatencyPredictor) -> list[str]:
     return sorted(schemes, key=scheme_granularity, reverse=True)
 
 
-def first_reaching(records: list[TrialRecord], psnr: float) -> int:
-    """1-based index of the first feasible trial with PSNR at least ``psnr`` (0 when none)."""
-    return next((i + 1 for i, r in enumerate(records) if r.feasible and r.psnr >= psnr), 0)
+def first_reaching(records: list[TrialRecord], psnr: float, within_ms: float | None = None) -> int:
+    """1-based index of the first feasible trial (admitted; or predicted within ``within_ms`` when given) with PSNR at
+    least ``psnr`` (0 when none)."""
+    return next((i + 1 for i, r in enumerate(records)
+                 if (r.feasible if within_ms is None else r.latency_ms <= within_ms) and r.psnr >= psnr), 0)
 
 
 def _val_folder(data_dir: Path, cfg: SearchArchConfig, scale: int) -> Path:
@@ -189,14 +200,8 @@ def _worker(job: _Job, index: int, ready: Any) -> None:
     evaluator = TrialEvaluator(job.inputs, job.cfg, job.importance)
     study = studies.open_study(job.study_path, job.study_name, job.cfg, job.cfg.seed + index)
     ready.set()
-    studies.run_trials(study, job.cfg, job.budget.search_ms, evaluator.space, evaluator.schemes, evaluator,
+    studies.run_trials(study, job.cfg, job.budget.admit_ms, evaluator.space, evaluator.schemes, evaluator,
                        worker=f"{index}:{os.getpid()}")
-
-
-def _pick(records: list[TrialRecord]) -> TrialRecord | None:
-    """Best feasible trial: highest PSNR, then lower latency, then earlier."""
-    feasible = [r for r in records if r.feasible]
-    return max(feasible, key=lambda r: (r.psnr, -r.latency_ms, -r.number)) if feasible else None
 
 
 def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfig, out_dir: str | os.PathLike[str], *,
@@ -205,8 +210,8 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
     """Run (or resume) the search of ``cfg`` under ``budget`` and write the outputs; see the module docstring.
 
     ``importance``: which filters a filter-scheme layer keeps (``search_ratio.importance``). ``latency``: the network
-    timing protocol for the chosen architecture's measured latency (``net_warmup``, ``net_rounds``;
-    ``budget.verify_runs`` calls per round, 0 to skip). ``progress``: tqdm bar (None: on a terminal).
+    timing protocol for the candidates measured after the trials (``net_warmup``, ``net_rounds``; ``budget.verify_runs``
+    calls per round, 0 to choose by prediction). ``progress``: tqdm bar (None: on a terminal).
     """
     from tqdm import tqdm
 
@@ -219,17 +224,18 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
     evaluator = TrialEvaluator(inputs, cfg, importance)
     target = evaluator.predictor.table.target
     fastest, fastest_ms = evaluator.fastest()
-    if fastest_ms > budget.search_ms:
-        raise ConfigError(f"budget.latency_ms: {budget.search_ms:g} ms (after the margin) is below the fastest subnet of the space on "
-                          f"{target.name} ({fastest.name}: {fastest_ms:.1f} ms predicted); raise the budget or shrink the space")
-    log.info("search_arch on %s: predicted latency at most %.1f ms (budget %.1f ms less a %.0f%% margin), %s, %s mode, "
-             "%d trials, %d worker(s); schemes searched: %s", target.name, budget.search_ms, budget.latency_ms,
-             100 * budget.margin, cfg.strategy, cfg.mode, cfg.trials, cfg.n_workers,
-             ", ".join([DENSE, *evaluator.schemes]))
+    if fastest_ms > budget.admit_ms:
+        raise ConfigError(f"budget.latency_ms: {budget.latency_ms:g} ms ({budget.admit_ms:g} ms with the slack) is below the fastest "
+                          f"subnet of the space on {target.name} ({fastest.name}: {fastest_ms:.1f} ms predicted); raise the "
+                          "budget or shrink the space")
+    log.info("search_arch on %s: predicted latency admitted up to %.1f ms (budget %.1f ms plus a %.0f%% slack), then up to "
+             "%d candidates measured; %s, %s mode, %d trials, %d worker(s); schemes searched: %s", target.name,
+             budget.admit_ms, budget.latency_ms, 100 * budget.slack, budget.verify_candidates, cfg.strategy, cfg.mode,
+             cfg.trials, cfg.n_workers, ", ".join([DENSE, *evaluator.schemes]))
 
-    # what makes trials comparable: not how many there are, nor how the chosen one is measured afterwards
+    # what makes trials comparable: not how many there are, nor how the candidates are measured afterwards
     identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("trials", "n_workers")},
-                "budget": {"target": budget.target, "latency_ms": budget.latency_ms, "margin": budget.margin},
+                "budget": {"target": budget.target, "latency_ms": budget.latency_ms, "slack": budget.slack},
                 "importance": importance,
                 "supernet": file_sha256(inputs.supernet), "table": file_sha256(inputs.table_dir / "table.json")}
     name = studies.study_name(identity)
@@ -260,7 +266,7 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
 
     try:
         _wait_until_ready(others, ready)
-        studies.run_trials(study, cfg, budget.search_ms, evaluator.space, evaluator.schemes, evaluator,
+        studies.run_trials(study, cfg, budget.admit_ms, evaluator.space, evaluator.schemes, evaluator,
                            worker=f"0:{os.getpid()}", on_trial=seen)
     finally:
         torch.set_num_threads(previous_threads)
@@ -272,20 +278,20 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
         raise SearchError(f"search worker(s) {', '.join(failed)} failed (exit codes "
                           f"{', '.join(str(p.exitcode) for p in others if p.exitcode != 0)}); rerun to resume")
 
-    records = studies.completed_trials(study, budget.search_ms)
-    chosen = _pick(records)
-    if chosen is None:
-        best = min(records, key=lambda r: r.latency_ms)
-        raise SearchError(f"none of the {len(records)} trials fits {budget.search_ms:g} ms (budget.latency_ms less the margin) on "
-                          f"{target.name} (fastest: {best.candidate.name}, {best.latency_ms:.1f} ms); raise trials or the budget")
+    records = studies.completed_trials(study, budget.admit_ms)
     front = pareto.pareto_front(records)
-    timed = measure_on_target(evaluator.predictor, [chosen.candidate.pruned(cfg.prune_keep)], budget.verify_runs,
-                              latency or LatencyConfig())
-    measured = timed[0] if timed else None
-    result = SearchResult(chosen, records, front, measured, time.perf_counter() - start, name, out_dir)
+    measure, why = network_measurer(evaluator.predictor, budget.verify_runs, latency or LatencyConfig())
+    selection = select([Pick(r.candidate.name, r.psnr, r.latency_ms, r) for r in records], budget_ms=budget.latency_ms,
+                       admit_ms=budget.admit_ms, limit=budget.verify_candidates,
+                       measure=None if measure is None else (lambda r: measure(r.candidate.pruned(cfg.prune_keep))),
+                       where=f"search_arch on {target.name}", reason=why)
+    chosen = selection.chosen.item
+    result = SearchResult(chosen, records, front, selection, time.perf_counter() - start, name, out_dir)
     _write_outputs(result, cfg, budget, importance, target.name)
-    log.info("chosen %s: %.2f dB, %.1f ms predicted%s (budget %.1f ms); %d trials, %d on the front, %.0f s", chosen.candidate.name,
-             chosen.psnr, chosen.latency_ms, f", {measured:.1f} ms measured" if measured is not None else "", budget.latency_ms,
+    measured = result.measured_ms
+    log.info("chosen %s by %s: %.2f dB, %.1f ms predicted%s (budget %.1f ms, %d candidate(s) measured); %d trials, %d on the "
+             "front, %.0f s", chosen.candidate.name, selection.chosen_by, chosen.psnr, chosen.latency_ms,
+             f", {measured:.1f} ms measured" if measured is not None else "", budget.latency_ms, len(selection.measured),
              len(records), len(front), result.seconds)
     return result
 
@@ -309,21 +315,34 @@ def _is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], runs: int,
-                      latency: LatencyConfig) -> list[float] | None:
-    """End-to-end ms of ``nets`` on the predictor's target with its table's timing protocol: ``runs`` calls per
-    round, at least :data:`VERDICT_ROUNDS` rounds (None when ``runs`` is 0 or the target's runtime is not
-    available here). Warns when this machine is not the one the table was measured on."""
+def network_measurer(predictor: LatencyPredictor, runs: int,
+                     latency: LatencyConfig) -> tuple[Callable[[PrunedSubnet], float] | None, str]:
+    """``(measure, why_not)``: ``measure(net)`` is the end-to-end ms of ``net`` on the predictor's target with its
+    table's timing protocol -- ``runs`` calls per round, at least :data:`VERDICT_ROUNDS` rounds; under the paired
+    protocol the figure normalised to the table's reference speed, the one ``check_budget``'s verdict uses -- or None
+    and the reason when nothing can be measured (``runs`` 0, the target's runtime not available here). Warns when this
+    machine is not the one the table was measured on."""
     target = predictor.table.target
     if runs == 0:
-        return None
+        return None, "budget.verify_runs is 0"
     if not target_available(target):
         log.warning("%s: runtime %s not available here; latency is predicted only", target.name, target.runtime)
-        return None
+        return None, f"runtime {target.runtime} of target {target.name} is not available here"
     if predictor.table.fingerprint_id != target.fingerprint_id():
         log.warning("%s: the latency table was measured under fingerprint %s, this machine is %s", target.name,
                     predictor.table.fingerprint_id, target.fingerprint_id())
-    return measure_networks(target, nets, **verdict_timing(latency, runs), reference_ms=predictor.table.reference_ms)
+    timing = verdict_timing(latency, runs)
+    return (lambda net: measure_networks(target, [net], **timing, reference_ms=predictor.table.reference_ms)[0]), ""
+
+
+def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], runs: int,
+                      latency: LatencyConfig) -> list[float] | None:
+    """:func:`network_measurer`'s figure for each of ``nets``, measured together (None when nothing can be measured)."""
+    measure, _ = network_measurer(predictor, runs, latency)
+    if measure is None:
+        return None
+    return measure_networks(predictor.table.target, nets, **verdict_timing(latency, runs),
+                            reference_ms=predictor.table.reference_ms)
 
 
 def _write_outputs(result: SearchResult, cfg: SearchArchConfig, budget: BudgetConfig, importance: str, target: str) -> None:
@@ -336,16 +355,19 @@ def _write_outputs(result: SearchResult, cfg: SearchArchConfig, budget: BudgetCo
 
     payload: dict[str, Any] = {
         "format": "srnas-search-arch/1", "target": target, "budget_ms": budget.latency_ms,
-        "search_budget_ms": budget.search_ms, "strategy": cfg.strategy,
-        "mode": cfg.mode, "prune_keep": cfg.prune_keep, "importance": importance, "trials": len(result.records),
-        "study": {"file": STUDY_FILE, "name": result.study},
+        "admit_ms": budget.admit_ms, "slack": budget.slack, "verify_candidates": budget.verify_candidates,
+        "strategy": cfg.strategy, "mode": cfg.mode, "prune_keep": cfg.prune_keep, "importance": importance,
+        "trials": len(result.records), "study": {"file": STUDY_FILE, "name": result.study},
         "chosen": point(chosen) | {"measured_ms": result.measured_ms, "latency_error": result.latency_error},
+        **result.selection.to_dict(),
     }
     if cfg.mode == "pareto":
         payload["front"] = [point(r) for r in result.front if r.feasible]
     pareto.write_csv(out / "trials.csv", result.records)
     pareto.write_csv(out / "pareto.csv", result.front)
-    title = f"search_arch on {target}: {cfg.strategy}, {len(result.records)} trials, budget {budget.search_ms:g} ms predicted"
-    pareto.plot_front(out / "pareto.png", result.records, result.front, budget.search_ms, chosen, title)
+    title = (f"search_arch on {target}: {cfg.strategy}, {len(result.records)} trials, budget {budget.latency_ms:g} ms, "
+             f"chosen by {result.selection.chosen_by}")
+    pareto.plot_front(out / "pareto.png", result.records, result.front, budget.latency_ms, chosen, title,
+                      admit_ms=budget.admit_ms)
     atomic.write_json(out / "search_metrics.json", {k: (v if math.isfinite(v) else None) for k, v in result.metrics().items()})
     atomic.write_json(out / ARCH_FILE, payload)

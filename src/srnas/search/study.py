@@ -12,8 +12,8 @@ makes its trials comparable (:func:`study_name`), so
   finds the old one.
 
 Each trial records its architecture, predicted latency and PSNR as user attributes; feasibility (predicted
-latency within the budget) is a constraint the TPE and GP samplers model; random search samples blindly, and
-every strategy's best is the best *feasible* trial.
+latency within the budget plus its slack: admission) is a constraint the TPE and GP samplers model; random search
+samples blindly. The choice among the feasible trials is made by measurement (:mod:`srnas.search.verify`).
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def run_trials(study: optuna.Study, cfg: SearchArchConfig, budget_ms: float, spa
                evaluate: Callable[[ArchCandidate], tuple[float, float]], *, worker: str,
                on_trial: Callable[[TrialRecord], None] | None = None) -> None:
     """Run trials until the study holds ``cfg.trials`` completed ones (counting every process's); a trial is
-    feasible when its predicted latency is at most ``budget_ms`` (the budget less its margin)."""
+    feasible (admitted) when its predicted latency is at most ``budget_ms`` (the budget plus its slack: the candidates
+    are then measured, :mod:`srnas.search.verify`)."""
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
@@ -175,7 +176,7 @@ def search_keeps(names: Sequence[str], start: Mapping[str, float], *, low: float
     """Stage 3's short in-memory study: one keep ratio per name in [``low``, 1] (multiples of ``step`` from ``low``),
     maximizing ``evaluate(keeps)[0]`` (PSNR) under ``evaluate(keeps)[1]`` (predicted ms) <= ``budget_ms``.
 
-    ``start`` is tried first (stage 2's choice, known to fit), then the sampler's proposals. Returns
+    ``start`` is tried first (stage 2's choice), then the sampler's proposals. Returns
     ``(keeps, psnr, latency_ms)`` per completed trial, in order; a minute at most, so it is not persisted.
     """
     study = optuna.create_study(direction="maximize", sampler=make_sampler(strategy, seed))
