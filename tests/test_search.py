@@ -640,3 +640,22 @@ def test_check_budget_refuses_a_table_of_another_fingerprint(inputs, tmp_path, c
     assert len(lines) == 1 and lines[0].startswith(f"srnas: error: {tables / TARGET.name / 'table.json'}: measured under "
                                                    "fingerprint ")
     assert f"this machine's for target {TARGET.name} is {TARGET.fingerprint_id()}" in lines[0]
+
+
+def test_check_budget_times_every_baseline_at_the_target_scale_the_same_way(inputs, tmp_path) -> None:
+    """--baselines: each trained baseline at the target's scale is timed (deployed form: an ECBSR as its collapsed
+    plain net) with the final model's protocol and held against the same budget; other scales are left out."""
+    from srnas.checkpoint import save_trained
+    from srnas.cli import main
+    from srnas.models import create_model
+
+    model = _final_model(inputs, tmp_path / "model.pt")
+    train_dir = tmp_path / "train_baseline"
+    for name, scale in (("plain_m1c8", 2), ("ecbsr_m1c8", 2), ("plain_m1c8", 4)):
+        save_trained(train_dir / f"{name}_x{scale}" / "model.pt", create_model(name, scale), name, scale, {})
+    args = ["check-budget", "--checkpoint", str(model), "--tables", str(inputs.table_dir.parent), "--baselines", str(train_dir)]
+    assert main([*args, *_params(tmp_path, budget={"verify_runs": 2}), "--out", str(tmp_path / "ok.json")]) == 0
+    verdict = json.loads((tmp_path / "ok.json").read_text())
+    rows = {b["model"]: b for b in verdict["baselines"]}
+    assert sorted(rows) == ["ecbsr_m1c8", "plain_m1c8"]
+    assert all(b["within_budget"] and 0 < b["verdict_ms"] <= 1e9 and b["wall_clock_ms"] > 0 for b in rows.values())

@@ -1,6 +1,7 @@
 # Stage 3 of the method and the deliverable: pruning-ratio search, physical pruning, fine-tuning with distillation,
 # then the final model goes through the baselines' export (parity), profiling and evaluation, and its fine-tuned
-# weights are timed against the latency budget (the `budget` section) on its target (the run fails when it misses).
+# weights are timed against the latency budget (the `budget` section) on its target (the run fails when it misses),
+# and every baseline at that scale is timed the same way against the same budget (the report's in-budget marks).
 
 
 rule search_ratio:
@@ -122,6 +123,8 @@ rule evaluate_final:
 rule check_budget:
     input:
         checkpoint="results/finetune/model.pt",
+        baselines=per_model("results/train_baseline/{model}_x{scale}/model.pt"),
+        trainings=per_model("results/train_baseline/{model}_x{scale}/train_metrics.json"),  # DVC's dep is the folder
         tables="results/profile_device",
         code=stage_code("search"),
     output:
@@ -136,5 +139,6 @@ rule check_budget:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas check-budget --checkpoint {input.checkpoint} --tables {input.tables} --out {output.verdict}"
+        "srnas check-budget --checkpoint {input.checkpoint} --baselines results/train_baseline --tables {input.tables}"
+        " --out {output.verdict}"
         " --config-json {params.config:q} --log {log}"

@@ -151,6 +151,9 @@ def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
     add_settings_arguments(parser)
     parser.add_argument("--checkpoint", type=Path, default=Path("results/finetune/model.pt"), help="final model (default: %(default)s)")
     parser.add_argument("--tables", type=Path, default=Path("results/profile_device"), help="profile_device output (default: %(default)s)")
+    parser.add_argument("--baselines", type=Path,
+                        help="also time every trained baseline here (<model>_x<scale>/model.pt at the target's scale) the "
+                        "same way and hold it against the same budget: the report's in-budget marks (e.g. results/train_baseline)")
     parser.add_argument("--out", type=Path, default=Path("results/check_budget.json"), help="result (default: %(default)s)")
     parser.set_defaults(handler=run_budget)
 
@@ -158,6 +161,7 @@ def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_budget(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
     from srnas.search.budget import check_budget
+    from srnas.search.fit import judge_baselines
     from srnas.search.run import target_name
 
     settings = settings_from_args(args)
@@ -166,13 +170,16 @@ def run_budget(args: argparse.Namespace) -> int:
     with tracking.stage_run(settings.tracking, "check_budget", {"budget_ms": budget.latency_ms, "target": target},
                             {"srnas.target": target}) as stage:
         verdict = check_budget(args.checkpoint, args.tables / target, budget, settings.latency)
+        baselines = ([] if args.baselines is None else
+                     judge_baselines(args.baselines, args.tables / target, budget, settings.latency))
         figures = {"verdict_ms": verdict.verdict_ms, "wall_clock_ms": verdict.timing.wall_clock_ms,
                    "predicted_ms": verdict.predicted_ms, "within_budget": float(verdict.within_budget)}
         if verdict.timing.normalised_ms is not None:
             figures["normalised_ms"] = verdict.timing.normalised_ms
+        figures |= {f"baseline_{b.model}_ms": b.verdict_ms for b in baselines}
         stage.log_metrics(figures)
         if verdict.within_budget:
-            atomic.write_json(args.out, verdict.to_dict())
+            atomic.write_json(args.out, verdict.to_dict() | {"baselines": [dataclasses.asdict(b) for b in baselines]})
     if not verdict.within_budget:
         BUDGET_LOG.error("%s", verdict.describe())
         return 1

@@ -23,16 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from srnas import atomic
+from srnas.config import BudgetConfig, LatencyConfig
 from srnas.latency.measure import time_network
 from srnas.latency.targets import Target
 from srnas.models import gmacs
 from srnas.models.fitted import CHOICE_FILE, CHOICE_FORMAT, FIT_FAMILIES, FIT_SUFFIX, family_name
 from srnas.models.plain import PlainNet
-from srnas.search.budget import MeasureModel, time_model
+from srnas.loading import load_trained
+from srnas.search.budget import MeasureModel, measurable_predictor, time_model
+from srnas.search.run import verdict_timing
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GridPoint", "FitResult", "ModelVerdict", "fit_grid", "judge_models", "pick", "write_fit"]
+__all__ = ["GridPoint", "FitResult", "ModelVerdict", "fit_grid", "judge_baselines", "judge_models", "pick", "write_fit"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +128,17 @@ def judge_models(models: dict[str, Any], target: Target, budget_ms: float, timin
         log.info("%s on %s: %.2f ms (%s the %g ms budget)", name, target.name, verdict,
                  "within" if verdict <= budget_ms else "over", budget_ms)
     return verdicts
+
+
+def judge_baselines(train_dir: str | os.PathLike[str], table_dir: str | os.PathLike[str], budget: BudgetConfig,
+                    latency: LatencyConfig, *, measure: MeasureModel | None = None) -> list[ModelVerdict]:
+    """Every trained baseline in ``train_dir`` (``<model>_x<scale>/model.pt``, deployed form) at the scale of the
+    budget's target, timed like ``check_budget`` times the final model and held against the same whole budget."""
+    predictor = measurable_predictor(table_dir)
+    table = predictor.table
+    target = table.target
+    suffix = f"_x{target.scale}"
+    models = {path.parent.name[: -len(suffix)]: load_trained(path)
+              for path in sorted(Path(train_dir).glob(f"*{suffix}/model.pt"))}
+    timing = verdict_timing(latency, max(budget.verify_runs, 1))
+    return judge_models(models, target, budget.latency_ms, timing, table.reference_ms, measure=measure)
