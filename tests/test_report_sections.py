@@ -82,3 +82,35 @@ def test_predicted_against_measured_says_when_stage_3_stepped_aside(tmp_path: Pa
     text = "\n".join(verification_section(tmp_path))
     assert "- search_ratio: stepped aside (search_ratio.enabled is false): `w24-c.c/p8.24.24`." in text
     assert "| stage |" not in text  # nothing measured, no table
+
+
+def test_budget_comparison_judges_every_row_by_the_same_measurement(tmp_path: Path) -> None:
+    """The final model against the baselines check_budget timed: in-budget marks from that measurement (not from
+    profile_model), training compute with the supernet's steps on top, and the lead over the best in-budget baseline
+    per set (a faster-but-worse and an over-budget-but-better baseline are both handled)."""
+    from srnas.report import ModelResult, budget_comparison_section
+
+    (tmp_path / "train_supernet").mkdir()
+    (tmp_path / "train_supernet" / "train_metrics.json").write_text(json.dumps({"steps": 4000, "sandwich": 4}))
+    verdict = {"target": "cpu_auto", "budget_ms": 33.0, "verdict_ms": 31.0, "within_budget": True,
+               "verdict_basis": "normalised_ms",
+               "baselines": [{"model": "ecbsr_fit", "verdict_ms": 32.5, "within_budget": True},
+                             {"model": "plain16", "verdict_ms": 20.0, "within_budget": True},
+                             {"model": "plain48", "verdict_ms": 60.0, "within_budget": False},
+                             {"model": "bicubic", "verdict_ms": 5.0, "within_budget": True}]}
+
+    def result(model: str, psnr: tuple[float, float], steps: int | None, network: str = "") -> ModelResult:
+        sets = {"Set5": {"psnr": psnr[0], "ssim": 0.9 + psnr[0] / 1000}, "B100": {"psnr": psnr[1], "ssim": 0.8 + psnr[1] / 1000}}
+        training = {"steps": steps, "model": network} if steps else {"steps": 0}
+        return ModelResult(model, 2, {}, sets, training=training)
+
+    final = ModelResult("final", 2, {}, {"Set5": {"psnr": 37.3, "ssim": 0.95}, "B100": {"psnr": 31.5, "ssim": 0.89}},
+                        training={"steps": 8000, "pruned": "w32-c.c/p32.16.32"})
+    results = [final, result("ecbsr_fit", (37.1, 31.45), 8000, "ecbsr_m4c32"), result("plain16", (36.9, 31.2), 8000),
+               result("plain48", (37.6, 31.7), 8000), result("bicubic", (33.66, 29.56), None)]
+    text = "\n".join(budget_comparison_section(tmp_path, results, final, verdict))
+    assert "| **final** | `w32-c.c/p32.16.32` | 31.0 | yes | 8,000 + 4,000 supernet steps (sandwich of 4) |" in text
+    assert "| ecbsr_fit | `ecbsr_m4c32` | 32.5 | yes | 8,000 | 37.10 / 0.9371 | 31.45 / 0.8315 |" in text
+    assert "| plain48 | `-` | 60.0 | no |" in text
+    # plain48 is better but over budget, bicubic untrained: the best in-budget baseline is ecbsr_fit on both sets
+    assert "Set5 +0.20 dB PSNR, +0.0129 SSIM (vs ecbsr_fit); B100 +0.05 dB PSNR, +0.0585 SSIM (vs ecbsr_fit)" in text

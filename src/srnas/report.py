@@ -243,18 +243,58 @@ def final_section(results_dir: Path, results: list[ModelResult]) -> list[str]:
              f"| speedup over the unpruned parent | {ratio['predicted_speedup']:.2f}x predicted"
              + (f", {speedup:.2f}x measured ({100 * ratio['speedup_error']:+.1f}%)" if speedup else "") + " |",
              f"| fine-tuning | {final.training.get('steps', '-')} steps, {final.training.get('seconds', 0):.0f} s |", ""]
-    # the profile_model runtime names are the latency targets' runtime names
-    rt = str(_read_json(results_dir / "profile_device" / verdict["target"] / "table.json").get("target", {}).get("runtime", ""))
-    fitting = [r for r in results if r.scale == final.scale and r.model != FINAL_MODEL and rt in r.latencies
-               and r.latencies[rt] <= budget]
-    if fitting:
-        sets = list(final.sets)
-        lines += [f"Baselines that fit the budget on `{rt}` (as profiled, {budget:g} ms), PSNR per set:", "",
-                  "| model | " + " | ".join(f"{name} PSNR" for name in sets) + f" | {rt} ms |", "|---" * (len(sets) + 2) + "|"]
-        for r in [final, *fitting]:
-            lines.append(f"| {r.model} | " + " | ".join(f"{r.sets[n]['psnr']:.2f}" if n in r.sets else "-" for n in sets)
-                         + f" | {_fmt_ms(r.latencies.get(rt))} |")
-        lines.append("")
+    return lines + budget_comparison_section(results_dir, results, final, verdict)
+
+
+def _training_compute(results_dir: Path, r: ModelResult) -> str:
+    """Steps a row's weights trained for: a baseline's, or the final model's fine-tuning plus the supernet's sandwich
+    steps it inherits from (each sandwich step trains several subnets)."""
+    steps = r.training.get("steps")
+    if r.model != FINAL_MODEL:
+        return f"{steps:,}" if steps else "-"
+    supernet = results_dir / "train_supernet" / "train_metrics.json"
+    sup = _read_json(supernet) if supernet.is_file() else {}
+    extra = (f" + {sup['steps']:,} supernet steps (sandwich of {sup.get('sandwich', '?')})"
+             if sup.get("steps") else "")
+    return (f"{steps:,}" if steps else "-") + extra
+
+
+def budget_comparison_section(results_dir: Path, results: list[ModelResult], final: ModelResult,
+                              verdict: dict[str, Any]) -> list[str]:
+    """The final model against every baseline that check_budget timed the same way: measured latency, in budget or
+    not, training compute, PSNR / SSIM per set (in the precision each is deployed in); then the final model's lead
+    over the best baseline within the budget, per set."""
+    budget = float(verdict["budget_ms"])
+    by_model = {r.model: r for r in results if r.scale == final.scale}
+    timed = [(FINAL_MODEL, verdict["verdict_ms"], bool(verdict["within_budget"]))]
+    timed += [(b["model"], b["verdict_ms"], bool(b["within_budget"])) for b in verdict.get("baselines", [])
+              if b["model"] in by_model]
+    if len(timed) == 1:
+        return []
+    sets = list(final.sets)
+    lines = [f"### Against the baselines at the same measured latency (x{final.scale})", "",
+             f"Every row timed on `{verdict['target']}` with the same protocol as the final model "
+             f"({_VERDICT_BASES.get(verdict['verdict_basis'], '').strip() or verdict['verdict_basis']}) and held against "
+             f"the whole {budget:g} ms budget; PSNR / SSIM in the precision each is deployed in.", "",
+             "| model | network | measured ms | in budget | training steps | "
+             + " | ".join(f"{n} PSNR / SSIM" for n in sets) + " |", "|---" * (5 + len(sets)) + "|"]
+    for name, ms, fits in timed:
+        r = by_model[name]
+        network = r.training.get("model") or r.training.get("pruned") or "-"
+        cells = [f"**{name}**" if name == FINAL_MODEL else name, f"`{network}`", f"{ms:.1f}", "yes" if fits else "no",
+                 _training_compute(results_dir, r)]
+        cells += [f"{r.sets[n]['psnr']:.2f} / {r.sets[n]['ssim']:.4f}" if n in r.sets else "-" for n in sets]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    fitting = [by_model[name] for name, _, fits in timed[1:] if fits and by_model[name].training.get("steps")]
+    if fitting and verdict["within_budget"]:
+        leads = []
+        for n in sets:
+            best = max((r for r in fitting if n in r.sets), key=lambda r: r.sets[n]["psnr"], default=None)
+            if best is not None and n in final.sets:
+                leads.append(f"{n} {final.sets[n]['psnr'] - best.sets[n]['psnr']:+.2f} dB PSNR, "
+                             f"{final.sets[n]['ssim'] - best.sets[n]['ssim']:+.4f} SSIM (vs {best.model})")
+        lines += ["Final model against the best trained baseline within the budget, per set: " + "; ".join(leads) + ".", ""]
     return lines
 
 
