@@ -14,8 +14,9 @@ folder outside the repository). Figures printed:
     dynamic, sliced layers), and a plain training step of a standalone network of the largest subnet's
     architecture (the same ``srnas.training.train_step`` baselines use).
 
-Every standalone run uses the supernet's optimiser settings (Adam, cosine schedule, L1, batch, patch, bf16 and
-channels-last as configured) and the same training form (see ``train_alone``). Results of finished trainings are cached in ``--work`` keyed by their settings,
+``--reparam`` (default: ``supernet.reparam``'s) is the form of the supernet and of every standalone run, so the
+ablation with and without re-parameterised blocks is two runs of this script. Every standalone run uses the
+supernet's optimiser settings (Adam, cosine schedule, L1, batch, patch, bf16 and channels-last as configured) and the same training form (see ``train_alone``). Results of finished trainings are cached in ``--work`` keyed by their settings,
 and the supernet resumes from its ``last.ckpt``, so an interrupted run picks up where it stopped.
 
     # a few minutes: checks that everything works; at this budget nothing has learned much yet
@@ -25,7 +26,8 @@ and the supernet resumes from its ``last.ckpt``, so an interrupted run picks up 
     # the full run, ~30 min on 2 idle cores
     .venv/bin/python bench/bench_supernet.py --supernet-steps 6000 --alone-steps 3000 --json bench_supernet.json
 
-Measured (default space and training config, 2000 / 1000 steps, batch 32, LR patch 24, bf16, 2 threads, 11 min):
+Measured in the ``identity`` form, before ``--reparam`` existed (default space and training config, 2000 / 1000
+steps, batch 32, LR patch 24, bf16, 2 threads, 11 min):
 (a) Kendall tau 0.786 (Set5, Set14 and their mean alike); (b) largest subnet w32-w4.w4.w4.w4.w4.w4, Set5 x2
 inherited 36.35 dB vs 36.43 dB trained alone (-0.08 dB); (c) sandwich step 99 ms, the supernet's largest subnet
 alone 64 ms, a plain step of the standalone largest subnet 61 ms (1.62x and 1.04x). With 1 thread: tau 0.786,
@@ -52,7 +54,7 @@ import torch
 
 from srnas.arch.network import SubnetSR
 from srnas.arch.space import SearchSpace, SubnetConfig, subnet_macs_per_pixel
-from srnas.config import DataConfig, SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
+from srnas.config import SUPERNET_REPARAMS, DataConfig, SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
 from srnas.data.prepare import load_manifest, prepare_data, read_pairs
 from srnas.errors import DataError
 from srnas.evaluation import evaluate_pairs
@@ -92,15 +94,16 @@ def single_architecture(subnet: SubnetConfig, space: SearchSpaceConfig) -> Searc
 
 
 def train_alone(subnet: SubnetConfig, space: SearchSpaceConfig, sampler: PatchSampler, cfg: SupernetTrainConfig,
-                steps: int) -> SubnetSR:
+                steps: int, reparam: str) -> SubnetSR:
     """``subnet``'s architecture with weights of its own, trained alone with the supernet's settings.
 
-    It is trained in the same form as inside the supernet (conv cells as ``ReLU(x + conv(x))``, initialised for
-    its own widths), then exported to the plain standalone network, so the two are compared like with like.
+    It is trained in the same form as inside the supernet (``reparam``: ECB blocks, or conv cells as
+    ``ReLU(x + conv(x))``; initialised for its own widths), then exported to the plain standalone network, so the two
+    are compared like with like.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        net = SRSupernet(single_architecture(subnet, space), SCALE)
+        net = SRSupernet(single_architecture(subnet, space), SCALE, reparam)
     net.train()
     model = SandwichLoss(net, distill=0.0, bf16=resolve_bf16(cfg.bf16))
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -135,11 +138,12 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return float(kendalltau(a, b).statistic)
 
 
-def time_steps(space: SearchSpace, sampler: PatchSampler, cfg: SupernetTrainConfig, warmup: int, repeat: int) -> dict[str, Any]:
+def time_steps(space: SearchSpace, sampler: PatchSampler, cfg: SupernetTrainConfig, warmup: int, repeat: int,
+               reparam: str) -> dict[str, Any]:
     """Median ms per step of: the sandwich, the supernet's largest subnet alone, a plain net of that architecture."""
     use_bf16 = resolve_bf16(cfg.bf16)
     torch.manual_seed(cfg.seed)
-    supernet = SRSupernet(space, SCALE).train()
+    supernet = SRSupernet(space, SCALE, reparam).train()
     sandwich = SandwichLoss(supernet, distill=cfg.distill, child_weight=cfg.child_weight, bf16=use_bf16)
     opt_super = torch.optim.Adam(supernet.parameters(), lr=cfg.lr)
     plain = SubnetSR(space.largest(), SCALE)
@@ -197,6 +201,8 @@ def main() -> None:
     parser.add_argument("--num-random", type=int, default=SupernetTrainConfig().num_random)
     parser.add_argument("--distill", type=float, default=SupernetTrainConfig().distill)
     parser.add_argument("--child-weight", type=float, default=SupernetTrainConfig().child_weight)
+    parser.add_argument("--reparam", choices=SUPERNET_REPARAMS, default=SupernetConfig().reparam,
+                        help="the form the supernet (and each architecture trained alone) trains its 3x3 convs in")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -211,7 +217,7 @@ def main() -> None:
                                     min_lr=args.lr / 100, seed=args.seed, checkpoint_every=max(args.supernet_steps // 10, 25),
                                     log_every=max(args.supernet_steps // 10, 1), num_random=args.num_random, distill=args.distill,
                                     child_weight=args.child_weight, device="cpu")
-    cfg = SupernetConfig(scale=SCALE, space=space_cfg, train=train_cfg)
+    cfg = SupernetConfig(scale=SCALE, reparam=args.reparam, space=space_cfg, train=train_cfg)
     space = SearchSpace(space_cfg)
     sampler = PatchSampler(load_pairs(data / "train" / f"x{SCALE}", SCALE), args.patch)
     hw = (360, 640)
@@ -224,7 +230,7 @@ def main() -> None:
     figures: dict[str, Any] = {"config": json.loads(json.dumps(dataclasses.asdict(cfg))), "alone_steps": args.alone_steps}
 
     # (c) first: it is short and needs no trained weights
-    timing = time_steps(space, sampler, train_cfg, warmup=2, repeat=args.timing_steps)
+    timing = time_steps(space, sampler, train_cfg, warmup=2, repeat=args.timing_steps, reparam=args.reparam)
     figures["timing"] = timing
     print(f"\n(c) ms per training step, median of {args.timing_steps} interleaved steps:\n"
           f"    supernet sandwich step ({2 + args.num_random} subnets)      {timing['sandwich_ms']:8.1f}\n"
@@ -241,15 +247,16 @@ def main() -> None:
           f"({time.perf_counter() - t0:.0f} s now), final L1 of the largest {result.final_loss:.4f}", flush=True)
 
     subnets = space.spread(args.subnets, np.random.default_rng(args.seed + 1))
-    base_key = {"form": "supernet-single-arch/1", "batch": args.batch, "patch": args.patch, "lr": args.lr, "seed": args.seed, "bf16": train_cfg.bf16,
-                "channels_last": train_cfg.channels_last, "data": sampler.fingerprint()}
+    base_key = {"form": "supernet-single-arch/1", "reparam": args.reparam, "batch": args.batch, "patch": args.patch,
+                "lr": args.lr, "seed": args.seed, "bf16": train_cfg.bf16, "channels_last": train_cfg.channels_last,
+                "data": sampler.fingerprint()}
     rows = []
     print(f"\n(a) {len(subnets)} subnets: inherited PSNR vs trained alone for {args.alone_steps} steps (dB, x{SCALE})")
     print(f"    {'subnet':<30} {'GMAC':>6} {'inh Set5':>9} {'inh Set14':>9} {'alone Set5':>10} {'alone Set14':>11}")
     for subnet in subnets:
         inherited = psnr_on(supernet.get_active_subnet(subnet), data)
         alone = cached(args.work, {"subnet": subnet.name, "steps": args.alone_steps, **base_key},
-                       lambda s=subnet: psnr_on(train_alone(s, space_cfg, sampler, train_cfg, args.alone_steps), data))
+                       lambda s=subnet: psnr_on(train_alone(s, space_cfg, sampler, train_cfg, args.alone_steps, args.reparam), data))
         macs = subnet_macs_per_pixel(subnet, SCALE) * hw[0] * hw[1] / 1e9
         rows.append({"subnet": subnet.name, "gmac_720p": macs, "inherited": inherited, "alone": alone})
         print(f"    {subnet.name:<30} {macs:6.2f} {inherited['Set5']:9.2f} {inherited['Set14']:9.2f} {alone['Set5']:10.2f} "
@@ -265,7 +272,7 @@ def main() -> None:
     largest = space.largest()
     inherited_largest = next(r["inherited"] for r in rows if r["subnet"] == largest.name)
     alone_largest = cached(args.work, {"subnet": largest.name, "steps": args.supernet_steps, **base_key},
-                           lambda: psnr_on(train_alone(largest, space_cfg, sampler, train_cfg, args.supernet_steps), data))
+                           lambda: psnr_on(train_alone(largest, space_cfg, sampler, train_cfg, args.supernet_steps, args.reparam), data))
     gap = inherited_largest["Set5"] - alone_largest["Set5"]
     figures["largest"] = {"subnet": largest.name, "steps": args.supernet_steps, "inherited": inherited_largest,
                           "alone": alone_largest, "gap_set5_db": gap}

@@ -23,7 +23,8 @@ from srnas.config import SearchSpaceConfig, SupernetConfig, SupernetTrainConfig
 from srnas.errors import ConfigError, DataError
 from srnas.images import write_png
 from srnas.models import count_params, gmacs
-from srnas.supernet import SRSupernet, load_supernet
+from srnas.supernet import SRSupernet, load_supernet, save_supernet
+from srnas.supernet.layers import DynamicConv2d, DynamicECB
 from srnas.supernet.train import patch_generator, sandwich_subnets, train_supernet
 
 SCALE = 2
@@ -121,6 +122,8 @@ def test_space_validation_names_what_does_not_fit() -> None:
         config_of(SupernetConfig, {"train": {"distill": 1.5}}, "supernet")
     with pytest.raises(ConfigError, match=r"supernet\.train\.steps"):
         config_of(SupernetConfig, {"train": {"steps": 0}}, "supernet")
+    with pytest.raises(ConfigError, match=r"supernet\.reparam: expected one of ecb, identity, got 'rep'"):
+        config_of(SupernetConfig, {"reparam": "rep"}, "supernet")
     cfg = config_of(SupernetConfig, {"scale": 4, "train": {"num_random": 0, "bf16": "off"}}, "supernet")
     assert cfg.scale == 4 and cfg.train.num_random == 0 and cfg.train.batch_size == 32
 
@@ -132,17 +135,58 @@ def _plain_module_types(model: nn.Module) -> set[type]:
     return {type(m) for m in model.modules() if not list(m.children())}
 
 
+def _randomise_ecb(module: DynamicECB, generator: torch.Generator) -> None:
+    """Every parameter of an ECB drawn afresh so that every branch contributes (its init leaves branch (c) near zero
+    and any branch biases at zero): conv weights at ``nn.Conv2d``'s scale, biases of the order of 0.1, edge scales of
+    either sign around 0.1 (the Sobel filters sum |8| over a kernel, so larger scales would let the activations grow)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            fan_in = p[0].numel() if name in ("weight", "conv_weight", "expand_weight") else p.shape[-1]
+            if name.endswith("bias"):
+                p.copy_(0.2 * torch.rand(p.shape, generator=generator) - 0.1)
+            elif name == "edge_scale":
+                sign = torch.sign(torch.randn(p.shape, generator=generator))
+                p.copy_((0.05 + 0.1 * torch.rand(p.shape, generator=generator)) * sign)
+            else:
+                p.copy_((2 * torch.rand(p.shape, generator=generator) - 1) / fan_in ** 0.5)
+
+
+def _branch_by_branch(net: SRSupernet, x: torch.Tensor, cfg: SubnetConfig) -> torch.Tensor:
+    """``net(x, cfg)`` with every ECB computed branch by branch (bias-padded 1x1 outputs), not through its collapsed
+    kernel: the independent computation the collapsed forms are held to."""
+    def conv(layer: nn.Module, h: torch.Tensor, out: int) -> torch.Tensor:
+        return layer.forward_branches(h, out) if isinstance(layer, DynamicECB) else layer(h, out)
+
+    residual = torch.repeat_interleave(x, net.scale ** 2, dim=1)
+    h = torch.relu(conv(net.head, x, cfg.width))
+    for cell, dyn in zip(cfg.cells, net.cells):
+        if cell.block == "conv" and isinstance(dyn.conv, DynamicECB):
+            h = torch.relu(dyn.conv.forward_branches(h, cfg.width))
+        else:
+            h = dyn(h, cell)
+    return net.upsample(conv(net.tail, h, 3 * net.scale ** 2) + residual)
+
+
+@pytest.mark.parametrize("reparam", ["identity", "ecb"])
 @pytest.mark.parametrize("scale", [2, 4])
-def test_get_active_subnet_matches_the_supernet(scale: int) -> None:
+def test_get_active_subnet_matches_the_supernet(scale: int, reparam: str) -> None:
     torch.manual_seed(0)
     space = SearchSpace(SMALL_SPACE)
-    net = SRSupernet(space, scale).eval()
+    net = SRSupernet(space, scale, reparam).eval()
+    assert net.reparam == reparam
+    assert isinstance(net.head, DynamicECB if reparam == "ecb" else DynamicConv2d)
     with torch.no_grad():  # non-trivial biases, so a dropped or misplaced bias cannot hide
         for p in net.parameters():
             if p.ndim == 1:
                 p.uniform_(-0.1, 0.1)
+    ecbs = [m for m in net.modules() if isinstance(m, DynamicECB)]
+    assert len(ecbs) == (2 + SMALL_SPACE.num_cells if reparam == "ecb" else 0)
+    generator = torch.Generator().manual_seed(scale)
+    for module in ecbs:  # every branch of every ECB non-trivial
+        _randomise_ecb(module, generator)
     rng = np.random.default_rng(scale)
-    configs = [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(6))]
+    configs = [space.largest(), space.smallest(), SubnetConfig(16, (CellConfig("conv"),) * 4),
+               *(space.sample(rng) for _ in range(6))]
     x = torch.rand(2, 3, 13, 17)
     for cfg in configs:
         sub = net.get_active_subnet(cfg)
@@ -153,8 +197,13 @@ def test_get_active_subnet_matches_the_supernet(scale: int) -> None:
             net.set_active_subnet(cfg)
             assert torch.equal(net(x), expected)
             out = sub.eval()(x)
+            branches = _branch_by_branch(net, x, cfg)
         assert out.shape == (2, 3, 13 * scale, 17 * scale)
         assert float((out - expected).abs().max()) <= 1e-6, cfg.name
+        # the collapsed network against the branches computed one by one, image borders included
+        assert float((out - branches).abs().max()) <= 1e-5, cfg.name
+        if reparam == "ecb":
+            assert float(branches.abs().max()) > 0.5  # the comparison is not between near-zero outputs
         assert gmacs(sub, 13, 17) * 1e9 == subnet_macs_per_pixel(cfg, scale) * 13 * 17
         fresh = SubnetSR(cfg, scale)
         assert count_params(fresh) == count_params(sub)
@@ -167,6 +216,79 @@ def test_get_active_subnet_matches_the_supernet(scale: int) -> None:
     assert net.sample_active_subnet(np.random.default_rng(1)) == net.active_subnet
     with pytest.raises(ConfigError, match="not in the space"):
         net.set_active_subnet(SubnetConfig(40, space.largest().cells))
+
+
+def test_ecb_collapses_exactly_with_bias_padding_and_trains_every_branch() -> None:
+    """One ECB, elastic widths: the collapsed conv equals the branches (borders included) only with bias padding,
+    and training through the collapsed kernel gives every branch parameter the gradient the branches give it."""
+    generator = torch.Generator().manual_seed(0)
+    cases = [(True, (24, 24), (16, 16)), (False, (3, 24), (3, 8)), (False, (24, 12), (8, 12))]
+    for branch_biases, (identity, (max_in, max_out), (cin, cout)) in [(b, case) for b in (True, False) for case in cases]:
+        layer = DynamicECB(max_in, max_out, identity=identity, branch_biases=branch_biases)
+        biases = {"expand_bias", "conv_bias", "edge_bias"}
+        assert biases <= dict(layer.named_parameters()).keys() if branch_biases else not biases & dict(layer.named_parameters()).keys()
+        buffers = {name for name, _ in layer.named_buffers()}
+        assert buffers == ({"edge_filters", "identity_kernel"} if identity else {"edge_filters"})
+        assert not buffers & set(layer.state_dict())  # derived from constants, not saved
+        _randomise_ecb(layer, generator)
+        x = torch.randn(2, cin, 9, 11, generator=generator)
+        with torch.no_grad():
+            collapsed = layer(x, cout)
+            branches = layer.forward_branches(x, cout)
+            zero_padded = layer.forward_branches(x, cout, bias_padding=False)
+            exported = layer.export(cin, cout)(x)
+        assert collapsed.shape == (2, cout, 9, 11)
+        assert float((collapsed - branches).abs().max()) <= 1e-5
+        assert float((collapsed - exported).abs().max()) <= 1e-6
+        interior = (collapsed - zero_padded)[..., 1:-1, 1:-1]
+        assert float(interior.abs().max()) <= 1e-5  # zero padding differs only along the border ...
+        if branch_biases:
+            assert float((collapsed - zero_padded).abs().max()) > 1e-3  # ... where it does differ, with biased 1x1s
+        else:
+            assert float((collapsed - zero_padded).abs().max()) <= 1e-5  # (without, the ring is zero either way)
+        weight, bias = layer.kernel(cin, cout)
+        assert weight.shape == (cout, cin, 3, 3) and bias.shape == (cout,) and weight.dtype == torch.float32
+        grads = []
+        for forward in (layer.forward, layer.forward_branches):
+            layer.zero_grad(set_to_none=True)
+            (forward(x, cout) * torch.linspace(-1, 1, 11)).square().mean().backward()
+            grads.append({name: p.grad.clone() for name, p in layer.named_parameters()})
+        for name, grad in grads[0].items():
+            assert float(grad.abs().max()) > 0, name
+            assert torch.allclose(grad, grads[1][name], rtol=1e-4, atol=1e-6), name
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast the kernel is still built in fp32
+            assert layer.kernel(cin, cout)[0].dtype == torch.float32
+            assert layer(x, cout).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="maps a width to itself"):
+        DynamicECB(16, 16, identity=True)(torch.rand(1, 8, 4, 4), 16)
+    with pytest.raises(ValueError, match="do not fit"):
+        DynamicECB(8, 16, identity=False)(torch.rand(1, 12, 4, 4), 16)
+
+
+def test_supernet_file_keeps_its_training_form(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    space = SearchSpace(TINY_SPACE)
+    cfg = SubnetConfig(16, (CellConfig("conv"), CellConfig("wdsr", 2), CellConfig("conv")))
+    x = torch.rand(1, 3, 8, 8)
+    for reparam in ("ecb", "identity"):
+        net = SRSupernet(space, SCALE, reparam)
+        save_supernet(tmp_path / f"{reparam}.pt", net)
+        again = load_supernet(tmp_path / f"{reparam}.pt")
+        assert again.reparam == reparam
+        with torch.no_grad():
+            assert torch.equal(again(x, cfg), net.eval()(x, cfg))
+    # a file written before `reparam` existed holds the identity form
+    payload = torch.load(tmp_path / "identity.pt", weights_only=True)
+    del payload["reparam"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_supernet(tmp_path / "old.pt").reparam == "identity"
+    payload = torch.load(tmp_path / "ecb.pt", weights_only=True)
+    del payload["reparam"]
+    torch.save(payload, tmp_path / "old_ecb.pt")
+    with pytest.raises(CheckpointError, match=r"(?s)old_ecb\.pt.*Unexpected key"):  # ECB weights are not an identity supernet's
+        load_supernet(tmp_path / "old_ecb.pt")
+    with pytest.raises(ConfigError, match="supernet.reparam"):
+        SRSupernet(space, SCALE, "repvgg")
 
 
 def test_all_conv_subnet_is_a_plain_net() -> None:

@@ -358,6 +358,8 @@ class ProfileConfig:
 
 BLOCK_TYPES = ("conv", "wdsr", "skip")
 DEVICES = ("auto", "cpu", "cuda")
+# How the supernet trains its 3x3 convs (srnas.supernet.layers); a subnet deploys as plain convs either way.
+SUPERNET_REPARAMS = ("ecb", "identity")
 
 
 @dataclass(frozen=True)
@@ -422,14 +424,24 @@ class SupernetTrainConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class SupernetConfig:
-    """The ``supernet`` section: the search space, the scale the supernet is trained for, and how it is trained."""
+    """The ``supernet`` section: the search space, the scale the supernet is trained for, and how it is trained.
+
+    ``reparam``: the re-parameterisable form the supernet trains its 3x3 convs in -- ``ecb``: the head, the tail and
+    every ``conv`` cell as ECBSR's edge-oriented block (conv3x3 + conv1x1-conv3x3 + conv1x1 then fixed Sobel-x /
+    Sobel-y / Laplacian filters with learned scales + identity in the cells); ``identity``: a ``conv`` cell as
+    ``ReLU(x + conv3x3(x))``, head and tail plain. Subnets deploy as the same plain 3x3 convs either way (the branches
+    collapse into one kernel), so latency tables, pruning and export do not depend on it (:mod:`srnas.supernet.layers`).
+    """
 
     scale: int = 2
+    reparam: str = "ecb"
     space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
     train: SupernetTrainConfig = field(default_factory=SupernetTrainConfig)
 
     def __post_init__(self) -> None:
         _check(self.scale in SUPPORTED_SCALES, "scale", f"scale {self.scale} is not supported; choose from {SUPPORTED_SCALES}")
+        _check(self.reparam in SUPERNET_REPARAMS, "reparam",
+               f"expected one of {', '.join(SUPERNET_REPARAMS)}, got {self.reparam!r}")
 
 
 # ------------------------------------------------------------------------- latency model (profile_device)

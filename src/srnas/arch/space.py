@@ -5,7 +5,9 @@ A subnet (``SubnetConfig``) is::
     head   conv3x3 (3 -> width) + ReLU
     cells  num_cells times one of
              conv   conv3x3 (width -> width) + ReLU                        (ECBSR-style plain layer; trained
-                                                                            as ReLU(x + conv3x3(x)), folded on export)
+                                                                            re-parameterised, supernet.reparam:
+                                                                            ECB block or ReLU(x + conv3x3(x)),
+                                                                            collapsed on export)
              wdsr   x + conv3x3(conv1x1(ReLU(conv1x1(x))))                 (WDSR-B: 1x1 expand to e*width,
                                                                             ReLU, 1x1 reduce to width, 3x3)
              skip   identity                                               (elastic depth)

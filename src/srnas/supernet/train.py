@@ -332,8 +332,9 @@ class SandwichStep:
 
 
 def _identity(cfg: SupernetConfig, data_fingerprint: str, world_size: int) -> dict[str, Any]:
-    """What a ``last.ckpt`` must have been written for to be resumed: space, scale, weight-changing config, data, processes."""
-    return {"scale": cfg.scale, "space": SearchSpace(cfg.space).to_dict(), "train": config_identity(cfg.train),
+    """What a ``last.ckpt`` must have been written for to be resumed: space, scale, training form, weight-changing config,
+    data, processes."""
+    return {"scale": cfg.scale, "space": SearchSpace(cfg.space).to_dict(), "reparam": cfg.reparam, "train": config_identity(cfg.train),
             "data": data_fingerprint, "world_size": world_size}
 
 
@@ -386,7 +387,7 @@ def train_supernet(
         channels_last = train_cfg.channels_last
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(train_cfg.seed)
-            supernet = SRSupernet(space, scale)
+            supernet = SRSupernet(space, scale, cfg.reparam)
         supernet.to(device)
         supernet.train()
         optimizer, scheduler = optimizer_and_schedule(supernet, train_cfg)
@@ -402,11 +403,12 @@ def train_supernet(
         step_fn = SandwichStep(supernet, sandwich, optimizer, scheduler, cfg, sampler, val_pairs, dist_ctx)
         spec = LoopSpec(
             label=f"supernet x{scale}",
-            summary=f"{space.size():,} subnets, {train_cfg.steps} steps, sandwich of {2 + train_cfg.num_random}, batch "
-                    f"{train_cfg.batch_size} over {world} process(es), LR patch {train_cfg.lr_patch_size}, bf16 {use_bf16}, "
-                    f"channels_last {channels_last}, {device}",
+            summary=f"{space.size():,} subnets ({cfg.reparam} form), {train_cfg.steps} steps, sandwich of "
+                    f"{2 + train_cfg.num_random}, batch {train_cfg.batch_size} over {world} process(es), LR patch "
+                    f"{train_cfg.lr_patch_size}, bf16 {use_bf16}, channels_last {channels_last}, {device}",
             identity=_identity(cfg, sampler.fingerprint(), world),
-            describe={"scale": scale, "val_set": val_name, "val_images": len(val_pairs) if val_pairs is not None else 0,
+            describe={"scale": scale, "reparam": cfg.reparam, "val_set": val_name,
+                      "val_images": len(val_pairs) if val_pairs is not None else 0,
                       "train_images": len(sampler), "params": count_params(supernet), "space_size": space.size(),
                       "largest": space.largest().name, "smallest": space.smallest().name,
                       "sandwich": 2 + train_cfg.num_random, "world_size": world, "bf16": use_bf16, "channels_last": channels_last},
