@@ -38,7 +38,8 @@ from srnas.arch.space import SearchSpace, SubnetConfig, as_subnet
 from srnas.checkpoint import CheckpointError, load_payload, save_payload
 from srnas.config import SUPERNET_REPARAMS, SearchSpaceConfig, SupernetConfig
 from srnas.errors import ConfigError
-from srnas.supernet.layers import DynamicCell, DynamicConv2d, DynamicECB, export_conv
+from srnas.models.ecbsr import export_conv
+from srnas.supernet.layers import DynamicCell, DynamicConv2d, DynamicECB
 
 __all__ = ["SRSupernet", "SUPERNET_FORMAT", "save_supernet", "load_supernet"]
 
