@@ -84,7 +84,7 @@ def test_choice_file_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         resolve_fitted("plain_fit", tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(DataError, match="bad.json: not a fit-baselines choice"):
+    with pytest.raises(DataError, match="bad.json: not a fit-baselines choice"):  # JSON, but not a choice
         resolve_fitted("plain_fit", tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="--fitted"):
         resolve_fitted("plain_fit", None)

@@ -1,6 +1,7 @@
 """Atomic writes: every output is written to a temporary sibling, then renamed into place.
 
-A reader (or a resumed stage) never sees a half-written file or folder.
+A reader (or a resumed stage) never sees a half-written file or folder. :func:`read_json` reads such a file back with
+errors that name it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from srnas.errors import SrnasError
 
 
 def _umask() -> int:
@@ -91,3 +94,15 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(target.parent)
+
+
+def read_json(path: str | os.PathLike[str], error: type[SrnasError], missing: str) -> Any:
+    """The JSON value in ``path``; ``error`` naming the file when it does not exist (``missing``: what to run first)
+    or is not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: not found ({missing})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None

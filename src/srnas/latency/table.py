@@ -216,12 +216,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
         path = Path(path)
-        if not path.is_file():
-            raise TableError(f"{path}: no latency table (run `srnas profile-device` first)")
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise TableError(f"{path}: not valid JSON ({exc})") from None
+        payload = atomic.read_json(path, TableError, "no latency table: run `srnas profile-device` first")
         return cls.from_dict(payload, str(path))
 
 

@@ -4,11 +4,10 @@ training a baseline does not depend on the search code)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
+from srnas.atomic import read_json
 from srnas.errors import ConfigError, DataError
 
 __all__ = ["CHOICE_FILE", "CHOICE_FORMAT", "FIT_FAMILIES", "FIT_SUFFIX", "family_name", "is_fitted", "resolve_fitted"]
@@ -37,12 +36,7 @@ def resolve_fitted(model: str, choice_path: str | os.PathLike[str] | None) -> st
     if choice_path is None:
         raise ConfigError(f"model {model!r} is fitted to the budget: pass --fitted results/fit_baselines/{CHOICE_FILE}")
     path = Path(choice_path)
-    try:
-        payload: Any = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found (run `srnas fit-baselines` first)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a fit-baselines choice ({exc})") from None
+    payload = read_json(path, DataError, "run `srnas fit-baselines` first")
     if not isinstance(payload, dict) or payload.get("format") != CHOICE_FORMAT or not isinstance(payload.get("models"), dict):
         raise DataError(f"{path}: not a fit-baselines choice (format srnas-fit-choice/1 with a models object)")
     chosen = payload["models"].get(model)

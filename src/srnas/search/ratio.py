@@ -22,7 +22,6 @@ the measured speedup over the unpruned parent), ``trials.csv``, ``ratio_metrics.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -91,12 +90,7 @@ class RatioResult:
 
 def _stage2_choice(arch_path: Path) -> dict[str, Any]:
     """``arch.json`` of stage 2 (DataError when missing or not one)."""
-    if not arch_path.is_file():
-        raise DataError(f"{arch_path}: not found (run search-arch first)")
-    try:
-        arch = json.loads(arch_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{arch_path}: not a search_arch result ({exc})") from None
+    arch = atomic.read_json(arch_path, DataError, "run search-arch first")
     if not isinstance(arch, dict) or not isinstance(arch.get("chosen"), dict):
         raise DataError(f"{arch_path}: not a search_arch result (no chosen architecture)")
     return arch
