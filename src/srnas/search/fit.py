@@ -26,10 +26,10 @@ from srnas import atomic
 from srnas.config import BudgetConfig, LatencyConfig
 from srnas.latency.measure import time_network
 from srnas.latency.targets import Target
+from srnas.loading import load_trained
 from srnas.models import gmacs
 from srnas.models.fitted import CHOICE_FILE, CHOICE_FORMAT, FIT_FAMILIES, FIT_SUFFIX, family_name
 from srnas.models.plain import PlainNet
-from srnas.loading import load_trained
 from srnas.search.budget import MeasureModel, measurable_predictor, time_model
 from srnas.search.run import verdict_timing
 
@@ -123,10 +123,9 @@ def judge_models(models: dict[str, Any], target: Target, budget_ms: float, timin
     verdicts = []
     for name, model in models.items():
         timed = time_model(target, model, timing, reference_ms, measure)
-        verdict = timed.verdict_ms
-        verdicts.append(ModelVerdict(name, verdict, timed.wall_clock_ms, verdict <= budget_ms))
-        log.info("%s on %s: %.2f ms (%s the %g ms budget)", name, target.name, verdict,
-                 "within" if verdict <= budget_ms else "over", budget_ms)
+        verdicts.append(ModelVerdict(name, timed.verdict_ms, timed.wall_clock_ms, timed.verdict_ms <= budget_ms))
+        log.info("%s on %s: %.2f ms (%s the %g ms budget)", name, target.name, timed.verdict_ms,
+                 "within" if verdicts[-1].within_budget else "over", budget_ms)
     return verdicts
 
 
