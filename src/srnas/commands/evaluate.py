@@ -67,13 +67,14 @@ def metric_name(kind: str, set_name: str, scale: int) -> str:
 def deployed_precision(tables: Path, settings: Settings, scale: int) -> str:
     """The precision the budget's target deploys in (its latency table in ``tables``), for a model at its scale; fp32
     for other scales and for precisions whose quality is not modelled here (int8)."""
+    from srnas.inference import UPSCALE_PRECISIONS
     from srnas.latency.table import LatencyTable
     from srnas.latency.targets import budget_target_name
 
     target = LatencyTable.load(tables / budget_target_name(settings.budget, settings.latency) / "table.json").target
     if target.scale != scale:
         return "fp32"
-    if target.precision not in ("fp32", "bf16"):
+    if target.precision not in UPSCALE_PRECISIONS:
         LOG.warning("%s deploys in %s: PSNR is scored in fp32 (only fp32 and bf16 are modelled)", target.name, target.precision)
         return "fp32"
     return target.precision

@@ -37,11 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from srnas import tracking
     from srnas.search.budget import measurable_predictor
     from srnas.search.fit import fit_grid, write_fit
-    from srnas.search.run import target_name, verdict_timing
+    from srnas.latency.targets import budget_target_name
+    from srnas.search.run import verdict_timing
 
     settings = settings_from_args(args)
     budget, baselines = settings.budget, settings.baselines
-    target = target_name(budget, settings.latency)
+    target = budget_target_name(budget, settings.latency)
     table = measurable_predictor(args.tables / target).table
     timing = verdict_timing(settings.latency, max(budget.verify_runs, 1))
     params = {"budget": dataclasses.asdict(budget) | {"target": target}, "fit_widths": list(baselines.fit_widths),

@@ -26,9 +26,10 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
 
 def _inputs(args: argparse.Namespace, settings: Any) -> tuple[str, Any]:
     """(target name, SearchInputs) of a search command."""
-    from srnas.search.run import SearchInputs, target_name
+    from srnas.latency.targets import budget_target_name
+    from srnas.search.run import SearchInputs
 
-    target = target_name(settings.budget, settings.latency)
+    target = budget_target_name(settings.budget, settings.latency)
     return target, SearchInputs(args.supernet, args.tables / target, args.data_dir)
 
 
@@ -162,11 +163,11 @@ def run_budget(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
     from srnas.search.budget import check_budget
     from srnas.search.fit import judge_baselines
-    from srnas.search.run import target_name
+    from srnas.latency.targets import budget_target_name
 
     settings = settings_from_args(args)
     budget = settings.budget
-    target = target_name(budget, settings.latency)
+    target = budget_target_name(budget, settings.latency)
     with tracking.stage_run(settings.tracking, "check_budget", {"budget_ms": budget.latency_ms, "target": target},
                             {"srnas.target": target}) as stage:
         verdict = check_budget(args.checkpoint, args.tables / target, budget, settings.latency)

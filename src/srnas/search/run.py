@@ -40,7 +40,6 @@ from srnas.errors import ConfigError, DataError
 from srnas.latency.measure import target_available
 from srnas.latency.predictor import LatencyPredictor
 from srnas.latency.profile import load_predictor
-from srnas.latency.targets import budget_target_name
 from srnas.latency.validate import measure_networks
 from srnas.search import pareto
 from srnas.search import study as studies
@@ -55,7 +54,7 @@ from srnas.training.patches import load_pairs
 log = logging.getLogger(__name__)
 
 __all__ = ["SearchError", "SearchInputs", "SearchResult", "TrialEvaluator", "measure_on_target", "network_measurer", "search_arch",
-           "searchable_schemes", "target_name"]
+           "searchable_schemes"]
 
 STUDY_FILE = "study.db"
 # A verdict (the chosen network's latency, a pruning speedup, the final budget check) takes at least this many
@@ -112,11 +111,6 @@ class SearchResult:
             out["measured_ms"] = self.measured_ms
             out["latency_error"] = float(self.latency_error or 0.0)
         return out
-
-
-def target_name(budget: BudgetConfig, latency: LatencyConfig) -> str:
-    """``budget.target``, or the first of ``latency.targets`` (:func:`srnas.latency.targets.budget_target_name`)."""
-    return budget_target_name(budget, latency)
 
 
 def searchable_schemes(predictor: LatencyPredictor) -> list[str]:
