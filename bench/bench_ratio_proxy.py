@@ -1,14 +1,16 @@
-"""How well stage 3's cheap proxy ranks pruning ratios: PSNR right after pruning (inherited weights, no training)
-against PSNR after a short recovery fine-tune, over random keep ratios of one stage-2 architecture.
+"""How well stage 3's scores rank pruning ratios: PSNR right after pruning (inherited weights, no training; the
+``search_ratio`` score with ``recovery_steps`` 0) and PSNR after a short recovery fine-tune (``recovery_steps`` N, on
+the search's crops), against PSNR after the final fine-tune, over random keep ratios of one stage-2 architecture.
 
     .venv/bin/python bench/bench_ratio_proxy.py --arch results/search_arch/arch.json \
         --supernet results/train_supernet/supernet.pt --table results/profile_device/cpu_auto \
-        --data-dir results/prepare_data [--count 8] [--steps 400] [--json FILE]
+        --data-dir results/prepare_data [--count 8] [--recovery-steps 0 100 300] [--final-steps 3000] [--json FILE]
 
 For ``--count`` keep-ratio settings of the architecture's pruned convs (stage 2's own setting first, the rest drawn
-uniformly on the ``search_ratio`` grid): the proxy (the ``search_ratio`` score, on the search's crops), then
-``--steps`` fine-tuning steps (``finetune`` defaults, no distillation) and the validation PSNR of the result. Prints
-both per setting and the Spearman and Kendall rank correlations between them.
+uniformly on the ``search_ratio`` grid): each score of ``--recovery-steps`` (0: the proxy), then the final
+fine-tune -- ``finetune``'s defaults (distillation from the supernet's largest subnet, ECB form) over
+``--final-steps`` steps (default: ``finetune.steps`` of params.yaml's defaults) -- and the validation PSNR of the
+result. Prints every figure per setting and the Spearman and Kendall rank correlations of each score with it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from srnas.finetune import finetune
 from srnas.latency.validate import spearman
 from srnas.search import ArchCandidate, SearchInputs
 from srnas.search.candidate import DENSE
+from srnas.search.recovery import recover, recovery_recipe
 from srnas.search.run import TrialEvaluator
+from srnas.training import PatchSampler, load_pairs
 
 
 def kendall(a: list[float], b: list[float]) -> float:
@@ -44,7 +48,10 @@ def main() -> None:
     parser.add_argument("--table", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--count", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--recovery-steps", type=int, nargs="+", default=[0, 100, 300],
+                        help="the scores compared: recovery fine-tune steps before scoring (0: right after pruning)")
+    parser.add_argument("--final-steps", type=int, default=FinetuneConfig().steps, help="the final fine-tune's steps")
+    parser.add_argument("--final-distill", type=float, default=FinetuneConfig().distill)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -58,23 +65,37 @@ def main() -> None:
     settings = [[1.0 if s == DENSE else arch_cfg.prune_keep for s in schemes]]
     while len(settings) < args.count:
         settings.append([1.0 if s == DENSE else float(rng.choice(grid)) for s in schemes])
+    final_cfg = dataclasses.replace(FinetuneConfig(), steps=args.final_steps, checkpoint_every=0,
+                                    log_every=args.final_steps, distill=args.final_distill)
+    scale = evaluator.supernet.scale
+    sampler = PatchSampler(load_pairs(args.data_dir / "train" / f"x{scale}", scale), final_cfg.lr_patch_size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="srnas-proxy-") as work:
         for k, keeps in enumerate(settings):
             net = candidate.network(keeps)
-            proxy = evaluator.quality.psnr_network(net)
+            scores = {}
+            for steps in args.recovery_steps:
+                model = evaluator.quality.model(net)
+                if steps:
+                    recover(model, sampler, recovery_recipe(final_cfg, steps))
+                scores[f"recovery{steps}"] = evaluator.quality.psnr_model(model)
             path = Path(work) / f"p{k}.pt"
             save_network(path, evaluator.quality.model(net))
-            cfg = dataclasses.replace(FinetuneConfig(), steps=args.steps, checkpoint_every=0, log_every=args.steps, distill=0.0)
-            tuned = finetune(path, args.supernet, args.data_dir, cfg, Path(work) / f"f{k}", resume=False, progress=False)
-            rows.append({"network": net.name, "predicted_ms": evaluator.predictor.predict(net), "proxy_psnr": proxy,
-                         "tuned_psnr": tuned.val_psnr, "val_set": tuned.val_set})
-            print(f"{k}: {net.name}: predicted {rows[-1]['predicted_ms']:.1f} ms, proxy {proxy:.3f} dB, after {args.steps} "
-                  f"steps {tuned.val_psnr:.3f} dB ({tuned.val_set})", flush=True)
-    proxy, tuned = [r["proxy_psnr"] for r in rows], [r["tuned_psnr"] for r in rows]
-    summary = {"spearman": spearman(proxy, tuned), "kendall": kendall(proxy, tuned), "steps": args.steps, "rows": rows}
-    print(f"\nproxy vs fine-tuned PSNR over {len(rows)} settings: Spearman {summary['spearman']:.3f}, "
-          f"Kendall {summary['kendall']:.3f}")
+            tuned = finetune(path, args.supernet, args.data_dir, final_cfg, Path(work) / f"f{k}", resume=False, progress=False)
+            rows.append({"network": net.name, "predicted_ms": evaluator.predictor.predict(net), **scores,
+                         "final_psnr": tuned.val_psnr, "val_set": tuned.val_set})
+            print(f"{k}: {net.name}: predicted {rows[-1]['predicted_ms']:.1f} ms, "
+                  + ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
+                  + f" dB; after the final fine-tune ({args.final_steps} steps) {tuned.val_psnr:.3f} dB ({tuned.val_set})",
+                  flush=True)
+    final = [r["final_psnr"] for r in rows]
+    summary = {"final_steps": args.final_steps, "final_distill": args.final_distill, "rows": rows, "scores": {}}
+    print(f"\nscores against PSNR after the final fine-tune, {len(rows)} settings:")
+    for steps in args.recovery_steps:
+        score = [r[f"recovery{steps}"] for r in rows]
+        summary["scores"][f"recovery{steps}"] = {"spearman": spearman(score, final), "kendall": kendall(score, final)}
+        print(f"    {'right after pruning' if steps == 0 else f'after {steps} recovery steps':<28} "
+              f"Spearman {spearman(score, final):.3f}, Kendall {kendall(score, final):.3f}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 

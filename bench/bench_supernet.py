@@ -138,6 +138,15 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return float(kendalltau(a, b).statistic)
 
 
+def ranking_taus(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Kendall tau between inherited and stand-alone PSNR over ``rows``: of the mean of the sets, and per set."""
+    mean = {kind: [statistics.fmean(r[kind].values()) for r in rows] for kind in ("inherited", "alone")}
+    taus = {"mean": kendall_tau(mean["inherited"], mean["alone"])}
+    for name in EVAL_SETS:
+        taus[name] = kendall_tau([r["inherited"][name] for r in rows], [r["alone"][name] for r in rows])
+    return taus
+
+
 def time_steps(space: SearchSpace, sampler: PatchSampler, cfg: SupernetTrainConfig, warmup: int, repeat: int,
                reparam: str) -> dict[str, Any]:
     """Median ms per step of: the sandwich, the supernet's largest subnet alone, a plain net of that architecture."""
@@ -190,7 +199,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/srnas-bench-supernet"), help="checkpoints and cached results")
     parser.add_argument("--supernet-steps", type=int, default=2000, help="supernet budget, and the budget of (b)'s standalone run")
     parser.add_argument("--alone-steps", type=int, default=1000, help="budget of each standalone run for (a)")
-    parser.add_argument("--subnets", type=int, default=8, help="subnets ranked in (a)")
+    parser.add_argument("--subnets", type=int, default=8, help="subnets spread over the space ranked in (a)")
+    parser.add_argument("--near", action="append", default=[], metavar="SUBNET",
+                        help="a subnet (name, e.g. w16-c.c.s.s.c.c) of a second group ranked on its own in (a): the "
+                             "candidates near a budget, where the search's choice is made; repeat for each")
     parser.add_argument("--timing-steps", type=int, default=10, help="measured steps per kind in (c), after 2 warm-up")
     parser.add_argument("--num-cells", type=int, default=SearchSpaceConfig().num_cells)
     parser.add_argument("--widths", type=int, nargs="+", default=list(SearchSpaceConfig().widths))
@@ -246,31 +258,35 @@ def main() -> None:
     print(f"\nsupernet: {args.supernet_steps} steps, {result.seconds:.0f} s "
           f"({time.perf_counter() - t0:.0f} s now), final L1 of the largest {result.final_loss:.4f}", flush=True)
 
-    subnets = space.spread(args.subnets, np.random.default_rng(args.seed + 1))
+    spread = space.spread(args.subnets, np.random.default_rng(args.seed + 1))
+    near = [SubnetConfig.from_name(name) for name in args.near]
+    for subnet in near:
+        space.validate(subnet)
     base_key = {"form": "supernet-single-arch/1", "reparam": args.reparam, "batch": args.batch, "patch": args.patch,
                 "lr": args.lr, "seed": args.seed, "bf16": train_cfg.bf16, "channels_last": train_cfg.channels_last,
                 "data": sampler.fingerprint()}
-    rows = []
-    print(f"\n(a) {len(subnets)} subnets: inherited PSNR vs trained alone for {args.alone_steps} steps (dB, x{SCALE})")
+    rows: dict[str, dict[str, Any]] = {}
+    print(f"\n(a) inherited PSNR vs trained alone for {args.alone_steps} steps (dB, x{SCALE})")
     print(f"    {'subnet':<30} {'GMAC':>6} {'inh Set5':>9} {'inh Set14':>9} {'alone Set5':>10} {'alone Set14':>11}")
-    for subnet in subnets:
+    for subnet in [*spread, *(s for s in near if s not in spread)]:
         inherited = psnr_on(supernet.get_active_subnet(subnet), data)
         alone = cached(args.work, {"subnet": subnet.name, "steps": args.alone_steps, **base_key},
                        lambda s=subnet: psnr_on(train_alone(s, space_cfg, sampler, train_cfg, args.alone_steps, args.reparam), data))
         macs = subnet_macs_per_pixel(subnet, SCALE) * hw[0] * hw[1] / 1e9
-        rows.append({"subnet": subnet.name, "gmac_720p": macs, "inherited": inherited, "alone": alone})
+        rows[subnet.name] = {"subnet": subnet.name, "gmac_720p": macs, "inherited": inherited, "alone": alone}
         print(f"    {subnet.name:<30} {macs:6.2f} {inherited['Set5']:9.2f} {inherited['Set14']:9.2f} {alone['Set5']:10.2f} "
               f"{alone['Set14']:11.2f}", flush=True)
-    mean = {kind: [statistics.fmean(r[kind].values()) for r in rows] for kind in ("inherited", "alone")}
-    taus = {"mean": kendall_tau(mean["inherited"], mean["alone"])}
-    for name in EVAL_SETS:
-        taus[name] = kendall_tau([r["inherited"][name] for r in rows], [r["alone"][name] for r in rows])
-    figures["ranking"] = {"rows": rows, "kendall_tau": taus}
-    print(f"    Kendall tau (mean of Set5 and Set14): {taus['mean']:.3f}  [target >= 0.6]   "
-          + "  ".join(f"{name}: {taus[name]:.3f}" for name in EVAL_SETS))
+    figures["ranking"] = {"rows": list(rows.values())}
+    for group, members in (("spread", spread), ("near", near)):
+        if len(members) < 2:
+            continue
+        taus = ranking_taus([rows[s.name] for s in members])
+        figures["ranking"][f"kendall_tau_{group}"] = taus
+        print(f"    Kendall tau, {len(members)} subnets {'spread over the space' if group == 'spread' else 'near the budget'} "
+              f"(mean of Set5 and Set14): {taus['mean']:.3f}   " + "  ".join(f"{name}: {taus[name]:.3f}" for name in EVAL_SETS))
 
     largest = space.largest()
-    inherited_largest = next(r["inherited"] for r in rows if r["subnet"] == largest.name)
+    inherited_largest = rows[largest.name]["inherited"]
     alone_largest = cached(args.work, {"subnet": largest.name, "steps": args.supernet_steps, **base_key},
                            lambda: psnr_on(train_alone(largest, space_cfg, sampler, train_cfg, args.supernet_steps, args.reparam), data))
     gap = inherited_largest["Set5"] - alone_largest["Set5"]

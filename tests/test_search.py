@@ -525,6 +525,45 @@ def test_ratio_stage_steps_aside_with_the_same_outputs(inputs, tmp_path, monkeyp
     assert json.loads((out / "ratio_metrics.json").read_text())["skipped"] == 1.0
 
 
+def test_ratio_search_scores_each_setting_after_a_recovery_fine_tune(inputs, tmp_path) -> None:
+    """search_ratio.recovery_steps > 0: every trial's pruned network first trains that many steps of finetune's
+    recipe, deterministically; the score is that network's PSNR on the crops. pruned.pt keeps the inherited weights
+    (the recovery is a score, finetune starts from the supernet's weights)."""
+    import shutil
+
+    from srnas.arch.network import load_network
+    from srnas.config import FinetuneConfig
+    from srnas.search.ratio import search_ratio
+    from srnas.search.recovery import recover, recovery_recipe
+    from srnas.training import PatchSampler
+
+    data = tmp_path / "data"
+    shutil.copytree(inputs.data_dir, data)
+    write_prepared_set(data, "train", 3, np.random.default_rng(1), size=48)
+    with_train = dataclasses.replace(inputs, data_dir=data)
+    budget = 0.6 * load_predictor(inputs.table_dir).predict(SPACE.largest())
+    arch_cfg = _cfg(trials=6)
+    _stage2(with_train, tmp_path / "arch", budget, arch_cfg)
+    recipe_cfg = config_of(FinetuneConfig, {"batch_size": 4, "lr_patch_size": 8, "lr": 0.01}, "finetune")
+    result = search_ratio(with_train, tmp_path / "arch" / "arch.json",
+                          RatioSearchConfig(trials=3, keep_step=0.25, recovery_steps=6), arch_cfg,
+                          _budget(latency_ms=budget), tmp_path / "ratio", finetune=recipe_cfg)
+    quality = QualityEvaluator(load_supernet(inputs.supernet), load_pairs(data / "val" / "x2", 2), count=2,
+                               size=16, precision="fp32", prune_keep=0.5, importance=IMPORTANCE)
+    sampler = PatchSampler(load_pairs(data / "train" / "x2", 2), 8)
+    recipe = recovery_recipe(recipe_cfg, 6)
+    assert recipe.steps == 6 and recipe.lr == 0.01 and recipe.batch_size == 4
+    once = recover(quality.model(result.network), sampler, recipe)
+    twice = recover(quality.model(result.network), sampler, recipe)
+    assert all(torch.equal(v, twice.state_dict()[k]) for k, v in once.state_dict().items())
+    inherited = quality.model(result.network)
+    assert not all(torch.equal(v, inherited.state_dict()[k]) for k, v in once.state_dict().items())
+    assert result.psnr == pytest.approx(quality.psnr_model(once), abs=1e-9)
+    assert result.psnr != pytest.approx(quality.psnr_network(result.network), abs=1e-6)
+    saved = load_network(tmp_path / "ratio" / "pruned.pt")
+    assert all(torch.equal(v, inherited.state_dict()[k]) for k, v in saved.state_dict().items())
+
+
 # ------------------------------------------------------------------------------- the budget verdict
 
 

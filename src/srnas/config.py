@@ -675,6 +675,10 @@ class RatioSearchConfig:
     trials are then measured like stage 2's candidates and the best that fits the budget is written with its weights
     for ``finetune``.
 
+    ``recovery_steps`` above 0 changes the score: each trial's pruned network first trains that many steps of the
+    fine-tuning recipe (``finetune``'s optimiser, batch, patch, bf16 and seed, its schedule compressed to these steps;
+    no teacher), then is scored on the crops (:mod:`srnas.search.recovery`); 0 scores right after pruning.
+
     ``enabled`` false makes the stage step aside: it writes the same outputs for stage 2's choice pruned at
     ``search_arch.prune_keep`` (as stage 2 priced and measured it), with inherited weights, and searches nothing.
     """
@@ -686,6 +690,7 @@ class RatioSearchConfig:
     min_keep: float = 0.25
     keep_step: float = 0.05
     importance: str = "leading"
+    recovery_steps: int = 0
 
     def __post_init__(self) -> None:
         _check(self.strategy in SEARCH_STRATEGIES, "strategy", f"unknown strategy {self.strategy!r}; choose from {', '.join(SEARCH_STRATEGIES)}")
@@ -696,6 +701,7 @@ class RatioSearchConfig:
                f"must lie in (0, 1 - min_keep], got {self.keep_step}")
         _check(self.importance in PRUNING_CRITERIA, "importance",
                f"unknown criterion {self.importance!r}; choose from {', '.join(PRUNING_CRITERIA)}")
+        _check(self.recovery_steps >= 0, "recovery_steps", f"must be 0 or positive, got {self.recovery_steps}")
 
 
 FINETUNE_REPARAMS = ("ecb", "none")

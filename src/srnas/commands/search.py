@@ -99,7 +99,8 @@ def add_ratio_parser(subparsers: argparse._SubParsersAction) -> None:
         description="For every conv that search-arch gave a filter-pruning scheme, search the share of filters it keeps "
         "(search_ratio.min_keep to 1, rounded to the scheme's channel grid) by Bayesian optimization under "
         "budget.latency_ms plus budget.slack (predicted), scored by validation PSNR right after pruning the supernet's "
-        "inherited weights (search_ratio.importance picks the filters); then, like search-arch, measures up to "
+        "inherited weights (search_ratio.importance picks the filters), or after search_ratio.recovery_steps steps of "
+        "the fine-tuning recipe when above 0; then, like search-arch, measures up to "
         "budget.verify_candidates of the best trials and keeps the best whose measured latency fits budget.latency_ms. "
         "search_ratio.enabled false: steps aside, writing the same outputs for stage 2's choice pruned at "
         "search_arch.prune_keep. Writes OUT/pruned.pt (the physically pruned network, for finetune), "
@@ -123,7 +124,8 @@ def run_ratio(args: argparse.Namespace) -> int:
     target, inputs = _inputs(args, settings)
     params = {"search_ratio": dataclasses.asdict(cfg), "budget": dataclasses.asdict(budget) | {"target": target}}
     with tracking.stage_run(settings.tracking, "search_ratio", params, {"srnas.target": target}) as stage:
-        result = search_ratio(inputs, args.arch, cfg, arch_cfg, budget, args.out, latency=settings.latency)
+        result = search_ratio(inputs, args.arch, cfg, arch_cfg, budget, args.out, latency=settings.latency,
+                              finetune=settings.finetune)
         stage.log_params({"network": result.network.name, "chosen_by": result.chosen_by})
         stage.log_metrics(result.metrics())
         stage.log_artifact(args.out / "ratio.json", "search_ratio")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from srnas.arch.network import SubnetSR
 from srnas.arch.pruned import PrunedSubnet
@@ -76,11 +77,15 @@ class QualityEvaluator:
         cached = self._cache.get(network.name)
         if cached is not None:
             return cached
-        model = self.model(network)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            out = model(self.lr)
-        sr = out.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        scale = self.supernet.scale
-        value = float(np.mean([calculate_psnr(a, b, crop_border=scale, test_y_channel=True) for a, b in zip(sr, self.hr)]))
+        value = self.psnr_model(self.model(network))
         self._cache[network.name] = value
         return value
+
+    @torch.inference_mode()
+    def psnr_model(self, model: nn.Module) -> float:
+        """PSNR of any model of the supernet's scale on the crops, in the target's precision (not cached)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = model.eval()(self.lr)
+        sr = out.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        scale = self.supernet.scale
+        return float(np.mean([calculate_psnr(a, b, crop_border=scale, test_y_channel=True) for a, b in zip(sr, self.hr)]))

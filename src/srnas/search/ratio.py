@@ -4,8 +4,9 @@ Stage 2 chose an architecture and, per layer, ``dense`` or a filter scheme price
 every pruned *conv* (the head, a conv cell's conv, a wdsr cell's expand and reduce) gets its own keep ratio in
 [``min_keep``, 1], rounded to its scheme's channel grid (the rounding the latency model found fastest), searched by
 Bayesian optimization under the same admission limit as stage 2 (predicted latency within the budget plus its
-slack). The score is a cheap proxy: validation PSNR of the supernet's inherited weights right after pruning (no
-recovery training; ``bench/bench_ratio_proxy.py`` checks how well it ranks against PSNR after fine-tuning). The first
+slack). The score is validation PSNR on the search's crops: of the supernet's inherited weights right after pruning
+(``recovery_steps`` 0), or after a short recovery fine-tune of ``recovery_steps`` steps (:mod:`srnas.search.recovery`);
+``bench/bench_ratio_proxy.py`` measures how well each ranks the settings' PSNR after the final fine-tune. The first
 trial is stage 2's own choice. The choice closes the loop like stage 2's (:mod:`srnas.search.verify`): the best trials
 are measured on the target, best proxy first, and the first whose measured latency fits the whole budget is pruned
 and written -- so the result is never worse on the proxy than stage 2's choice unless that one measures over the
@@ -33,13 +34,15 @@ from typing import Any
 from srnas import atomic
 from srnas.arch.network import save_network
 from srnas.arch.pruned import PrunedSubnet, as_pruned
-from srnas.config import BudgetConfig, LatencyConfig, RatioSearchConfig, SearchArchConfig
+from srnas.config import BudgetConfig, FinetuneConfig, LatencyConfig, RatioSearchConfig, SearchArchConfig
 from srnas.errors import DataError
 from srnas.search import study as studies
 from srnas.search.candidate import DENSE, ArchCandidate
 from srnas.search.pareto import write_rows
+from srnas.search.recovery import recover, recovery_recipe
 from srnas.search.run import SearchInputs, TrialEvaluator, network_measurer
 from srnas.search.verify import Measurement, Pick, select
+from srnas.training import PatchSampler, load_pairs
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +100,12 @@ def _stage2_choice(arch_path: Path) -> dict[str, Any]:
 
 
 def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: RatioSearchConfig, arch_cfg: SearchArchConfig,
-                 budget: BudgetConfig, out_dir: str | os.PathLike[str], *, latency: LatencyConfig | None = None) -> RatioResult:
+                 budget: BudgetConfig, out_dir: str | os.PathLike[str], *, latency: LatencyConfig | None = None,
+                 finetune: FinetuneConfig | None = None) -> RatioResult:
     """Search per-conv keep ratios for the architecture in ``arch_path`` (stage 2's ``arch.json``) under ``budget``,
     scored on stage 2's crops (``arch_cfg``) and pruned by ``cfg.importance``, choose by measurement; write
-    ``out_dir``. ``cfg.enabled`` false: step aside (see the module docstring)."""
+    ``out_dir``. ``cfg.enabled`` false: step aside (see the module docstring). ``finetune``: the recipe the
+    recovery fine-tunes follow when ``cfg.recovery_steps`` is above 0 (default: :class:`FinetuneConfig`'s)."""
     start_time = time.perf_counter()
     arch_path, out_dir = Path(arch_path), Path(out_dir)
     arch = _stage2_choice(arch_path)
@@ -115,9 +120,21 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
     def network(keeps: dict[str, float]) -> PrunedSubnet:
         return candidate.network([1.0 if s == DENSE else keeps[f"keep{i}"] for i, s in enumerate(schemes)])
 
+    score = evaluator.quality.psnr_network
+    if cfg.recovery_steps and cfg.enabled:
+        scale = evaluator.supernet.scale
+        recipe = recovery_recipe(finetune or FinetuneConfig(), cfg.recovery_steps)
+        sampler = PatchSampler(load_pairs(inputs.data_dir / "train" / f"x{scale}", scale), recipe.lr_patch_size)
+        recovered: dict[str, float] = {}
+
+        def score(net: PrunedSubnet) -> float:
+            if net.name not in recovered:
+                recovered[net.name] = evaluator.quality.psnr_model(recover(evaluator.quality.model(net), sampler, recipe))
+            return recovered[net.name]
+
     def evaluate(keeps: dict[str, float]) -> tuple[float, float]:
         net = network(keeps)
-        return evaluator.quality.psnr_network(net), evaluator.predictor.predict(net)
+        return score(net), evaluator.predictor.predict(net)
 
     rows: list[dict[str, Any]] = []
 
