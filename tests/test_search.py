@@ -525,22 +525,91 @@ def test_ratio_stage_steps_aside_with_the_same_outputs(inputs, tmp_path, monkeyp
     assert json.loads((out / "ratio_metrics.json").read_text())["skipped"] == 1.0
 
 
+def _with_train_set(inputs: SearchInputs, tmp_path: Path) -> SearchInputs:
+    """The fixture's inputs with a prepared training set beside the val set (what the recovery fine-tunes read)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(inputs.data_dir, data)
+    write_prepared_set(data, "train", 3, np.random.default_rng(1), size=48)
+    return dataclasses.replace(inputs, data_dir=data)
+
+
+def test_best_per_width_keeps_the_best_admitted_candidates_of_each_width() -> None:
+    from srnas.search.run import best_per_width
+
+    def record(number: int, name: str, psnr: float, ms: float) -> TrialRecord:
+        candidate = ArchCandidate.normalized(SubnetConfig.from_name(name), ["dense"] * 4, 0.5)
+        return TrialRecord(number, candidate, psnr, ms, True, 0.0, "0")
+
+    records = [record(0, "w8-c.c.c", 30.0, 5.0), record(1, "w16-c.s.s", 29.0, 6.0), record(2, "w8-c.c.s", 31.0, 4.0),
+               record(3, "w8-c.s.s", 30.5, 3.0), record(4, "w16-c.c.s", 32.0, 99.0), record(5, "w8-c.c.s", 31.0, 4.0),
+               record(6, "w16-c.c.c", 28.0, 7.0)]
+    chosen = best_per_width(records, admit_ms=10.0, count=2)
+    assert [r.number for r in chosen] == [2, 3, 1, 6]  # w8 then w16, best first; over the limit and repeats left out
+    assert [r.number for r in best_per_width(records, admit_ms=10.0, count=1)] == [2, 1]
+
+
+def test_search_arch_chooses_among_the_best_of_each_width_after_a_recovery_fine_tune(inputs, tmp_path) -> None:
+    """search_arch.recovery_steps > 0: the best admitted candidates of each width are re-scored after a recovery
+    fine-tune and the choice follows that score (recorded in arch.json beside the inherited one); the trials, and
+    so the study, are the same as without it."""
+    from srnas.config import FinetuneConfig
+    from srnas.search.recovery import RecoveryScorer
+    from srnas.search.run import best_per_width
+
+    with_train = _with_train_set(inputs, tmp_path)
+    recipe = config_of(FinetuneConfig, {"batch_size": 4, "lr_patch_size": 8, "lr": 0.01}, "finetune")
+    plain = search_arch(with_train, _cfg(trials=8), _budget(), tmp_path / "plain", importance=IMPORTANCE, progress=False)
+    rescored = search_arch(with_train, _cfg(trials=8, recovery_steps=4, recovery_per_width=1), _budget(),
+                           tmp_path / "rescored", importance=IMPORTANCE, progress=False, finetune=recipe)
+    assert rescored.study == plain.study and [r.candidate for r in rescored.records] == [r.candidate for r in plain.records]
+    best = best_per_width(plain.records, _budget().admit_ms, 1)
+    assert len({r.candidate.subnet.width for r in best}) == len(best) >= 1  # one per width
+    quality = QualityEvaluator(load_supernet(inputs.supernet), load_pairs(inputs.data_dir / "val" / "x2", 2), count=2,
+                               size=16, precision="fp32", prune_keep=0.5, importance=IMPORTANCE)
+    scorer = RecoveryScorer(quality, with_train.data_dir, recipe, 4)
+    scores = {r.candidate.name: scorer(r.candidate.pruned(0.5)) for r in best}
+    assert rescored.chosen.candidate.name == max(scores, key=lambda name: scores[name])
+    saved = json.loads((tmp_path / "rescored" / "arch.json").read_text())["rescored"]
+    assert saved["recovery_steps"] == 4
+    assert {c["name"]: c["recovered_psnr"] for c in saved["candidates"]} == pytest.approx(scores)
+    assert {c["name"]: c["inherited_psnr"] for c in saved["candidates"]} == {r.candidate.name: r.psnr for r in best}
+
+
+def test_plain_seeds_are_the_first_trials_of_a_fresh_study(inputs, tmp_path) -> None:
+    """search_arch.plain_seeds: a fresh study first evaluates every plain network of the space (each width, 1 to
+    num_cells conv cells then skips, dense), once; a resumed study does not enqueue them again."""
+    from srnas.search.study import plain_seeds
+
+    seeds = plain_seeds(SPACE)
+    expected = [f"w{w}-" + ".".join(["c"] * d + ["s"] * (SPACE.num_cells - d)) for w in sorted(SPACE.widths)
+                for d in range(1, SPACE.num_cells + 1)]
+    assert len(seeds) == len(expected) == 6
+    result = _search(inputs, tmp_path, trials=8, plain_seeds=True)
+    names = [r.candidate.name for r in result.records]
+    assert names[:6] == expected and all(not r.candidate.is_pruned for r in result.records[:6])
+    again = _search(inputs, tmp_path, trials=10, plain_seeds=True)  # resumed: two more trials, no seed re-enqueued
+    assert [r.candidate.name for r in again.records][:8] == names and len(again.records) == 10
+    from srnas.search.run import STUDY_FILE
+
+    study = optuna.load_study(study_name=again.study, storage=f"sqlite:///{tmp_path / STUDY_FILE}")
+    assert sum("fixed_params" in t.system_attrs for t in study.trials) == 6
+    assert _search(inputs, tmp_path / "no_seeds", trials=8).study != result.study
+
+
 def test_ratio_search_scores_each_setting_after_a_recovery_fine_tune(inputs, tmp_path) -> None:
     """search_ratio.recovery_steps > 0: every trial's pruned network first trains that many steps of finetune's
     recipe, deterministically; the score is that network's PSNR on the crops. pruned.pt keeps the inherited weights
     (the recovery is a score, finetune starts from the supernet's weights)."""
-    import shutil
-
     from srnas.arch.network import load_network
     from srnas.config import FinetuneConfig
     from srnas.search.ratio import search_ratio
     from srnas.search.recovery import recover, recovery_recipe
     from srnas.training import PatchSampler
 
-    data = tmp_path / "data"
-    shutil.copytree(inputs.data_dir, data)
-    write_prepared_set(data, "train", 3, np.random.default_rng(1), size=48)
-    with_train = dataclasses.replace(inputs, data_dir=data)
+    with_train = _with_train_set(inputs, tmp_path)
+    data = with_train.data_dir
     budget = 0.6 * load_predictor(inputs.table_dir).predict(SPACE.largest())
     arch_cfg = _cfg(trials=6)
     _stage2(with_train, tmp_path / "arch", budget, arch_cfg)

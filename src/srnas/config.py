@@ -634,6 +634,14 @@ class SearchArchConfig:
     / ``gp`` (Bayesian optimization) or ``random`` (the baseline); ``mode`` ``single`` (one best point) or ``pareto``
     (PSNR and latency, the front). ``trials`` completed trials in all, shared by ``n_workers`` processes through one
     persisted study.
+
+    ``recovery_steps`` above 0: before the choice, the ``recovery_per_width`` best admitted candidates of each width
+    (by inherited PSNR) are each trained that many steps of the fine-tuning recipe from their inherited weights and
+    scored again (:mod:`srnas.search.recovery`); the choice is made among them, by that score. Inherited PSNR
+    under-rates width near the budget (weight sharing trains the first channels of every layer in every subnet).
+    ``plain_seeds`` true: a fresh study's first trials are the space's plain networks (each width, 1 to ``num_cells``
+    conv cells, dense), the family the hand-designed baselines come from, so the search always sees them (a sampler
+    led by inherited PSNR otherwise rarely visits the wide ones).
     """
 
     strategy: str = "tpe"
@@ -645,6 +653,9 @@ class SearchArchConfig:
     val_set: str = ""
     val_crops: int = 32
     crop_size: int = 64
+    recovery_steps: int = 0
+    recovery_per_width: int = 4
+    plain_seeds: bool = False
 
     def __post_init__(self) -> None:
         _check(self.strategy in SEARCH_STRATEGIES, "strategy", f"unknown strategy {self.strategy!r}; choose from {', '.join(SEARCH_STRATEGIES)}")
@@ -655,6 +666,8 @@ class SearchArchConfig:
         _check(0.0 < self.prune_keep < 1.0, "prune_keep", f"must lie in (0, 1), got {self.prune_keep}")
         _check(self.val_crops >= 1, "val_crops", f"must be at least 1, got {self.val_crops}")
         _check(self.crop_size >= 8, "crop_size", f"must be at least 8 LR pixels, got {self.crop_size}")
+        _check(self.recovery_steps >= 0, "recovery_steps", f"must be 0 or positive, got {self.recovery_steps}")
+        _check(self.recovery_per_width >= 1, "recovery_per_width", f"must be at least 1, got {self.recovery_per_width}")
 
 
 # ------------------------------------------------- stage 3: pruning-ratio search and fine-tuning (search_ratio, finetune)

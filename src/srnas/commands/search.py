@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     params = {"search_arch": dataclasses.asdict(cfg), "budget": dataclasses.asdict(budget) | {"target": target},
               "importance": importance}
     with tracking.stage_run(settings.tracking, "search_arch", params, {"srnas.target": target}) as stage:
-        result = search_arch(inputs, cfg, budget, args.out, importance=importance, latency=settings.latency)
+        result = search_arch(inputs, cfg, budget, args.out, importance=importance, latency=settings.latency,
+                             finetune=settings.finetune)
         for record in result.records:
             with stage.candidate(f"trial-{record.number}", params={"arch": record.candidate.name, "width": record.candidate.subnet.width,
                                                                     "cells": ".".join(c.code for c in record.candidate.subnet.cells),

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,9 @@ from srnas.errors import DataError
 from srnas.search import study as studies
 from srnas.search.candidate import DENSE, ArchCandidate
 from srnas.search.pareto import write_rows
-from srnas.search.recovery import recover, recovery_recipe
+from srnas.search.recovery import RecoveryScorer
 from srnas.search.run import SearchInputs, TrialEvaluator, network_measurer
 from srnas.search.verify import Measurement, Pick, select
-from srnas.training import PatchSampler, load_pairs
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +120,9 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
     def network(keeps: dict[str, float]) -> PrunedSubnet:
         return candidate.network([1.0 if s == DENSE else keeps[f"keep{i}"] for i, s in enumerate(schemes)])
 
-    score = evaluator.quality.psnr_network
+    score: Callable[[PrunedSubnet], float] = evaluator.quality.psnr_network
     if cfg.recovery_steps and cfg.enabled:
-        scale = evaluator.supernet.scale
-        recipe = recovery_recipe(finetune or FinetuneConfig(), cfg.recovery_steps)
-        sampler = PatchSampler(load_pairs(inputs.data_dir / "train" / f"x{scale}", scale), recipe.lr_patch_size)
-        recovered: dict[str, float] = {}
-
-        def score(net: PrunedSubnet) -> float:
-            if net.name not in recovered:
-                recovered[net.name] = evaluator.quality.psnr_model(recover(evaluator.quality.model(net), sampler, recipe))
-            return recovered[net.name]
+        score = RecoveryScorer(evaluator.quality, inputs.data_dir, finetune or FinetuneConfig(), cfg.recovery_steps)
 
     def evaluate(keeps: dict[str, float]) -> tuple[float, float]:
         net = network(keeps)

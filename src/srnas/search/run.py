@@ -34,7 +34,7 @@ import torch
 from srnas import atomic
 from srnas.arch.pruned import PrunedSubnet
 from srnas.arch.space import SearchSpace
-from srnas.config import BudgetConfig, LatencyConfig, SearchArchConfig
+from srnas.config import BudgetConfig, FinetuneConfig, LatencyConfig, SearchArchConfig
 from srnas.digests import file_sha256
 from srnas.errors import ConfigError, DataError
 from srnas.latency.measure import target_available
@@ -45,6 +45,7 @@ from srnas.search import pareto
 from srnas.search import study as studies
 from srnas.search.candidate import DENSE, ArchCandidate, scheme_granularity
 from srnas.search.quality import QualityEvaluator
+from srnas.search.recovery import RecoveryScorer
 from srnas.search.study import TrialRecord
 from srnas.search.verify import Pick, SearchError, Selection, select
 from srnas.supernet.supernet import load_supernet
@@ -88,6 +89,7 @@ class SearchResult:
     seconds: float
     study: str
     out_dir: Path
+    rescored: tuple[dict[str, Any], ...] = ()  # search_arch.recovery_steps: the candidates re-scored, both scores
 
     @property
     def measured_ms(self) -> float | None:
@@ -200,8 +202,10 @@ def _worker(job: _Job, index: int, ready: Any) -> None:
 
 def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfig, out_dir: str | os.PathLike[str], *,
                 importance: str, latency: LatencyConfig | None = None, progress: bool | None = None,
-                on_trial: Callable[[TrialRecord], None] | None = None) -> SearchResult:
+                on_trial: Callable[[TrialRecord], None] | None = None,
+                finetune: FinetuneConfig | None = None) -> SearchResult:
     """Run (or resume) the search of ``cfg`` under ``budget`` and write the outputs; see the module docstring.
+    ``finetune``: the recipe of the recovery fine-tunes when ``cfg.recovery_steps`` is above 0 (default: its defaults).
 
     ``importance``: which filters a filter-scheme layer keeps (``search_ratio.importance``). ``latency``: the network
     timing protocol for the candidates measured after the trials (``net_warmup``, ``net_rounds``; ``budget.verify_runs``
@@ -228,13 +232,20 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
              cfg.trials, cfg.n_workers, ", ".join([DENSE, *evaluator.schemes]))
 
     # what makes trials comparable: not how many there are, nor how the candidates are measured afterwards
-    identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("trials", "n_workers")},
+    after = ("trials", "n_workers", "recovery_steps", "recovery_per_width")  # the choice after the trials
+    identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in after},
                 "budget": {"target": budget.target, "latency_ms": budget.latency_ms, "slack": budget.slack},
                 "importance": importance,
                 "supernet": file_sha256(inputs.supernet), "table": file_sha256(inputs.table_dir / "table.json")}
     name = studies.study_name(identity)
     study_path = out_dir / STUDY_FILE
     study = studies.open_study(study_path, name, cfg, cfg.seed)
+    if cfg.plain_seeds and not study.get_trials(deepcopy=False):
+        seeds = studies.plain_seeds(evaluator.space)
+        for params in seeds:  # a fresh study only: a resumed one holds them already
+            study.enqueue_trial(params)
+        log.info("search_arch: the %d plain networks of the space (each width, 1 to %d conv cells, dense) enqueued as "
+                 "the first trials", len(seeds), evaluator.space.num_cells)
     done = studies.completed(study)
     if done:
         log.info("resuming study %s in %s: %d of %d trials already completed", name, study_path, done, cfg.trials)
@@ -274,13 +285,25 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
 
     records = studies.completed_trials(study, budget.admit_ms)
     front = pareto.pareto_front(records)
+    picks = [Pick(r.candidate.name, r.psnr, r.latency_ms, r) for r in records]
+    rescored: list[dict[str, Any]] = []
+    if cfg.recovery_steps:
+        scorer = RecoveryScorer(evaluator.quality, inputs.data_dir, finetune or FinetuneConfig(), cfg.recovery_steps)
+        picks = []
+        for r in best_per_width(records, budget.admit_ms, cfg.recovery_per_width):
+            psnr = scorer(r.candidate.pruned(cfg.prune_keep))
+            picks.append(Pick(r.candidate.name, psnr, r.latency_ms, r))
+            rescored.append({"name": r.candidate.name, "inherited_psnr": r.psnr, "recovered_psnr": psnr,
+                             "predicted_ms": r.latency_ms})
+            log.info("search_arch: %s after %d recovery steps: %.3f dB (inherited %.3f dB), %.2f ms predicted",
+                     r.candidate.name, cfg.recovery_steps, psnr, r.psnr, r.latency_ms)
     measure, why = network_measurer(evaluator.predictor, budget.verify_runs, latency or LatencyConfig())
-    selection = select([Pick(r.candidate.name, r.psnr, r.latency_ms, r) for r in records], budget_ms=budget.latency_ms,
+    selection = select(picks, budget_ms=budget.latency_ms,
                        admit_ms=budget.admit_ms, limit=budget.verify_candidates,
                        measure=None if measure is None else (lambda r: measure(r.candidate.pruned(cfg.prune_keep))),
                        where=f"search_arch on {target.name}", reason=why)
     chosen = selection.chosen.item
-    result = SearchResult(chosen, records, front, selection, time.perf_counter() - start, name, out_dir)
+    result = SearchResult(chosen, records, front, selection, time.perf_counter() - start, name, out_dir, tuple(rescored))
     _write_outputs(result, cfg, budget, importance, target.name)
     measured = result.measured_ms
     log.info("chosen %s by %s: %.2f dB, %.1f ms predicted%s (budget %.1f ms, %d candidate(s) measured); %d trials, %d on the "
@@ -339,6 +362,17 @@ def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], run
                             reference_ms=predictor.table.reference_ms)
 
 
+def best_per_width(records: list[TrialRecord], admit_ms: float, count: int) -> list[TrialRecord]:
+    """The ``count`` best admitted records (predicted within ``admit_ms``) of each width by inherited PSNR, one per
+    architecture name; widths in increasing order, best first within a width."""
+    groups: dict[int, dict[str, TrialRecord]] = {}
+    for r in sorted(records, key=lambda r: (-r.psnr, r.latency_ms, r.candidate.name)):
+        group = groups.setdefault(r.candidate.subnet.width, {})
+        if r.latency_ms <= admit_ms and len(group) < count:
+            group.setdefault(r.candidate.name, r)
+    return [r for width in sorted(groups) for r in groups[width].values()]
+
+
 def _write_outputs(result: SearchResult, cfg: SearchArchConfig, budget: BudgetConfig, importance: str, target: str) -> None:
     out = result.out_dir
     chosen = result.chosen
@@ -355,6 +389,8 @@ def _write_outputs(result: SearchResult, cfg: SearchArchConfig, budget: BudgetCo
         "chosen": point(chosen) | {"measured_ms": result.measured_ms, "latency_error": result.latency_error},
         **result.selection.to_dict(),
     }
+    if result.rescored:
+        payload["rescored"] = {"recovery_steps": cfg.recovery_steps, "candidates": list(result.rescored)}
     if cfg.mode == "pareto":
         payload["front"] = [point(r) for r in result.front if r.feasible]
     pareto.write_csv(out / "trials.csv", result.records)

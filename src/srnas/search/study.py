@@ -32,12 +32,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from srnas.arch.space import SearchSpace, SubnetConfig
+from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig
 from srnas.config import SearchArchConfig
 from srnas.search.candidate import DENSE, ArchCandidate
 
-__all__ = ["TrialRecord", "completed", "completed_trials", "make_sampler", "open_study", "quiet_optuna", "run_trials",
-           "search_keeps", "study_name", "suggest_candidate"]
+__all__ = ["TrialRecord", "block_levels", "completed", "completed_trials", "make_sampler", "open_study", "quiet_optuna", "run_trials",
+           "plain_seeds", "search_keeps", "study_name", "suggest_candidate"]
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,31 @@ def suggest_candidate(trial: optuna.Trial, space: SearchSpace, schemes: Sequence
     """
     widths = sorted(space.widths)
     width = widths[trial.suggest_int("width", 0, len(widths) - 1)]
-    blocks = sorted(space.cell_choices, key=lambda c: (c.block != "skip", c.block == "wdsr", c.expand))
+    blocks = block_levels(space)
     cells = tuple(blocks[trial.suggest_int(f"cell{i}", 0, len(blocks) - 1)] for i in range(space.num_cells))
     choices = [DENSE, *schemes]
     picked = [trial.suggest_categorical("scheme_head", choices)]
     picked += [trial.suggest_categorical(f"scheme_cell{i}", choices) for i in range(space.num_cells)]
     return ArchCandidate.normalized(SubnetConfig(int(width), cells), picked, keep)
+
+
+def block_levels(space: SearchSpace) -> list[CellConfig]:
+    """The space's cell choices in cost order, the integer levels trials suggest: skip < conv < wdsr by expansion."""
+    return sorted(space.cell_choices, key=lambda c: (c.block != "skip", c.block == "wdsr", c.expand))
+
+
+def plain_seeds(space: SearchSpace) -> list[dict[str, Any]]:
+    """Trial parameters of the space's plain networks: each width, the first ``d`` cells ``conv`` and the others
+    ``skip`` (``d`` = 1 .. ``num_cells``), every layer dense -- the hand-designed family (plain / ECBSR ``m<d>c<w>``)
+    the search is judged against. Empty when the space offers no ``conv`` or no ``skip`` cell."""
+    blocks = block_levels(space)
+    if CellConfig("conv") not in blocks or CellConfig("skip") not in blocks:
+        return []
+    conv, skip = blocks.index(CellConfig("conv")), blocks.index(CellConfig("skip"))
+    n = space.num_cells
+    dense = {"scheme_head": DENSE} | {f"scheme_cell{i}": DENSE for i in range(n)}
+    return [{"width": w, **{f"cell{i}": conv if i < d else skip for i in range(n)}, **dense}
+            for w in range(len(space.widths)) for d in range(1, n + 1)]
 
 
 def completed(study: optuna.Study) -> int:
