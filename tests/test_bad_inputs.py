@@ -230,11 +230,11 @@ CASES = [
          "renamed.onnx: expected one input 'lr' and one output 'sr'"),
     Case("evaluate-onnx-file", evaluate("plain16", 2, "x2.onnx"), "x2.onnx: an ONNX model, not a PyTorch checkpoint"),
     Case("upscale-identity-onnx", upscale("in", model="identity.onnx"),
-         "identity.onnx: not an x2/x3/x4 super-resolution model: a 1x3x12x16 input gives a 1x3x12x16 output"),
+         "identity.onnx: not an x2/x3/x4 super-resolution model: a 1x3x16x24 input gives a 1x3x16x24 output"),
     Case("upscale-result-of-another-scale",
          lambda case, assets: ["upscale", str(case / "in"), "--model", "m_x3", "--results", str(case / "results"),
                                "--out", str(case / "out")],
-         "model.onnx: not an x3 super-resolution model: a 1x3x12x16 input gives a 1x3x24x32 output", x2_result_named_x3),
+         "model.onnx: not an x3 super-resolution model: a 1x3x16x24 input gives a 1x3x32x48 output", x2_result_named_x3),
     # 3. half-truths
     Case("evaluate-code-carrying-checkpoint", evaluate("plain16", 2, "code.pt"),
          "code.pt: refused: it carries Python code or objects (print)"),

@@ -86,8 +86,9 @@ def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
         entries = list(os.scandir(target.parent))
     except OSError:
         return removed
+    prefix = f".{target.name}."
     for entry in entries:
-        match = pattern.match(entry.name)
+        match = pattern.match(entry.name) if entry.name.startswith(prefix) else None
         if match is None or _process_alive(int(match.group(1))):
             continue
         path = Path(entry.path)

@@ -5,7 +5,8 @@ model back is :func:`srnas.loading.load_trained`).
 
 All are written atomically (temporary sibling, fsync, rename) and read with ``weights_only=True``:
 a checkpoint holds only tensors, numbers, strings, lists and dicts, never pickled code.
-A missing key, a truncated or corrupt file raises :class:`CheckpointError` naming the file.
+A missing key, a truncated or corrupt file, another kind of file (an ONNX model) or a file carrying Python code or
+objects raises :class:`CheckpointError` naming the file (the last is refused, never loaded "if you trust it").
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from srnas.atomic import atomic_path
+from srnas.config import SUPPORTED_SCALES
 from srnas.errors import DataError, SrnasError
 from srnas.inference import to_tensor, to_uint8
 from srnas.metrics import calculate_psnr
@@ -225,8 +226,7 @@ def onnx_exporter(path: str | os.PathLike[str]) -> str | None:
 
 
 # LR (height, width) of the probe input :func:`onnx_upscaler` runs once to check a model scales its input
-_PROBE_HW = (12, 16)
-UPSCALE_FACTORS = (2, 3, 4)
+_PROBE_HW = (16, 24)  # multiples of 8 for models that downsample inside, unequal
 
 
 def _probe_hw(dims: Sequence[Any]) -> tuple[int, int]:
@@ -266,7 +266,7 @@ def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None, scal
     h, w = _probe_hw(inputs[0].shape)
     probe = run(np.zeros((h, w, 3), dtype=np.uint8))
     found = probe.shape[2] // h if probe.ndim == 4 and probe.shape[2] % h == 0 else 0
-    wanted = (scale,) if scale is not None else UPSCALE_FACTORS
+    wanted = (scale,) if scale is not None else SUPPORTED_SCALES
     if found not in wanted or probe.shape != (1, 3, found * h, found * w):
         raise ExportError(f"{path}: not an x{'/x'.join(map(str, wanted))} super-resolution model: a 1x3x{h}x{w} input "
                           f"gives a {'x'.join(map(str, probe.shape))} output")
