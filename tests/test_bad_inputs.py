@@ -357,3 +357,23 @@ def test_16_bit_rgb_and_rgba_keep_their_low_byte(tmp_path: Path) -> None:
     assert np.array_equal(read_rgb(png16(tmp_path / "rgba.png", rgba)), expected)
     noise = np.random.default_rng(0).integers(0, 65536, (17, 23, 3), dtype=np.uint16)
     assert np.array_equal(read_rgb(png16(tmp_path / "noise.png", noise)), np.rint(noise / 257.0).astype(np.uint8))
+
+
+def test_a_checkpoint_answers_to_its_own_name_and_scale_only(tmp_path: Path) -> None:
+    from srnas.arch.network import build_network, save_network
+    from srnas.arch.space import CellConfig, SubnetConfig
+    from srnas.checkpoint import CheckpointError
+    from srnas.loading import load_trained
+
+    save_trained(tmp_path / "member.pt", create_model("plain_m1c8", 2), "plain_m1c8", 2, {})
+    assert load_trained(tmp_path / "member.pt", "plain_m1c8", 2) is not None
+    assert load_trained(tmp_path / "member.pt", "plain_fit", 2) is not None, "plain_fit stands for a plain family member"
+    for name, scale, message in (("ecbsr_fit", 2, "holds model 'plain_m1c8', not 'ecbsr_fit'"),
+                                 ("plain_m1c16", 2, "holds model 'plain_m1c8', not 'plain_m1c16'"),
+                                 ("plain_m1c8", 4, "holds a x2 model, but x4 was asked for")):
+        with pytest.raises(CheckpointError, match=message):
+            load_trained(tmp_path / "member.pt", name, scale)
+    save_network(tmp_path / "searched.pt", build_network(SubnetConfig(8, (CellConfig("conv"),)), 2))
+    assert load_trained(tmp_path / "searched.pt", "final", 2) is not None
+    with pytest.raises(CheckpointError, match=r"searched\.pt: holds a searched network \(srnas-subnet/1\), not the registered model 'plain16'"):
+        load_trained(tmp_path / "searched.pt", "plain16", 2)
