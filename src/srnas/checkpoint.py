@@ -5,12 +5,16 @@ model back is :func:`srnas.loading.load_trained`).
 
 All are written atomically (temporary sibling, fsync, rename) and read with ``weights_only=True``:
 a checkpoint holds only tensors, numbers, strings, lists and dicts, never pickled code.
-A missing key, a truncated or corrupt file raises :class:`CheckpointError` naming the file.
+A missing key, a truncated or corrupt file, another kind of file (an ONNX model) or a file carrying Python code or
+objects raises :class:`CheckpointError` naming the file (the last is refused, never loaded "if you trust it").
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +45,31 @@ def save_payload(path: Path, payload: dict[str, Any]) -> None:
             os.fsync(handle.fileno())
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_payload(path: Path, expected_format: str | tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
     """The payload at ``path`` (read with ``weights_only=True``), checked for one of the ``expected_format`` tags and the
     ``required`` keys; CheckpointError naming the file otherwise."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours (or is cut short)
+        if path.suffix.lower() == ".onnx":
+            raise CheckpointError(f"{path}: an ONNX model, not a PyTorch checkpoint (pass the trained model.pt)")
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): not a PyTorch zip archive")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(exc)}") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused: it carries Python code or objects{what}, and srnas loads only plain "
+                              "data (tensors, numbers, strings, lists, dicts)") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors...
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(exc)}") from None
     expected = (expected_format,) if isinstance(expected_format, str) else expected_format
     if not isinstance(payload, dict) or payload.get("format") not in expected:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__

@@ -15,3 +15,8 @@ class ImageError(SrnasError):
 
 class DataError(SrnasError):
     """A dataset (folder, archive, download) cannot be used. The message names it."""
+
+
+class OutputError(SrnasError):
+    """An output cannot be written (disk full, read-only folder) or would replace a file it must not (an input, a
+    file the run did not create). The message names the path."""

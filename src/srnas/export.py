@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from srnas.atomic import atomic_path
+from srnas.config import SUPPORTED_SCALES
 from srnas.errors import DataError, SrnasError
 from srnas.inference import to_tensor, to_uint8
 from srnas.metrics import calculate_psnr
@@ -224,20 +225,65 @@ def onnx_exporter(path: str | os.PathLike[str]) -> str | None:
     return {p.key: p.value for p in proto.metadata_props}.get("srnas.exporter")
 
 
-def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """An ``LR uint8 -> SR uint8`` function running an exported model on ONNX Runtime."""
+# LR (height, width) of the probe input :func:`onnx_upscaler` runs once to check a model scales its input
+_PROBE_HW = (16, 24)  # multiples of 8 for models that downsample inside, unequal
+
+
+def _probe_hw(dims: Sequence[Any]) -> tuple[int, int]:
+    """The probe size, with the model's own fixed height or width where its input shape has one."""
+    hw = list(dims)[2:4] if len(dims) == 4 else [None, None]
+    h, w = (d if isinstance(d, int) and d > 0 else probe for d, probe in zip(hw, _PROBE_HW, strict=True))
+    return h, w
+
+
+def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None, scale: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An ``LR uint8 -> SR uint8`` function running an exported model on ONNX Runtime.
+
+    The model is checked before any image is given to it (ExportError naming the file otherwise): one input
+    ``lr`` and one output ``sr`` (the names :func:`export_onnx` writes), and on a probe input an output ``s`` times
+    its height and width for a scale ``s`` in 2, 3, 4 (``scale`` when given), so an identity or non-SR model is
+    refused. Every later output is checked to be ``s`` times its input too."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such ONNX file")
     try:
         session = ort_session(path, threads)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        raise ExportError(f"{path}: ONNX Runtime cannot load it ({exc})") from None
+        raise ExportError(f"{path}: ONNX Runtime cannot load it ({_one_line(exc)})") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    names = [i.name for i in inputs], [o.name for o in outputs]
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise ExportError(f"{path}: expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r} (as `srnas export` "
+                          f"writes them), found inputs {names[0]} and outputs {names[1]}")
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        try:
+            return session.run([OUTPUT_NAME], {INPUT_NAME: to_tensor(lr).numpy()})[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ExportError(f"{path}: ONNX Runtime cannot run it on a {lr.shape[0]}x{lr.shape[1]} RGB image "
+                              f"({_one_line(exc)})") from None
+
+    h, w = _probe_hw(inputs[0].shape)
+    probe = run(np.zeros((h, w, 3), dtype=np.uint8))
+    found = probe.shape[2] // h if probe.ndim == 4 and probe.shape[2] % h == 0 else 0
+    wanted = (scale,) if scale is not None else SUPPORTED_SCALES
+    if found not in wanted or probe.shape != (1, 3, found * h, found * w):
+        raise ExportError(f"{path}: not an x{'/x'.join(map(str, wanted))} super-resolution model: a 1x3x{h}x{w} input "
+                          f"gives a {'x'.join(map(str, probe.shape))} output")
 
     def upscale(lr: np.ndarray) -> np.ndarray:
-        return to_uint8(torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: to_tensor(lr).numpy()})[0]))
+        sr = run(lr)
+        if sr.shape != (1, 3, found * lr.shape[0], found * lr.shape[1]):
+            raise ExportError(f"{path}: a {lr.shape[0]}x{lr.shape[1]} image gives a {'x'.join(map(str, sr.shape))} "
+                              f"output, not x{found} of it")
+        return to_uint8(torch.from_numpy(sr))
 
     return upscale
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # ------------------------------------------------------------------------------------ ExecuTorch

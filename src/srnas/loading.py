@@ -13,27 +13,52 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from srnas.arch.network import NETWORK_FORMATS, network_from_payload
 from srnas.checkpoint import MODEL_FORMAT, CheckpointError, load_payload
 from srnas.errors import SrnasError
-from srnas.models import create_model, deployed_form
+from srnas.models import create_model, deployed_form, is_known_model
+from srnas.models.fitted import is_fitted, stands_for
 
 __all__ = ["load_trained"]
 
 
-def load_trained(model_pt_path: str | os.PathLike[str]) -> nn.Module:
+def _check_identity(path: Path, payload: dict[str, Any], model_name: str | None, scale: int | None) -> None:
+    """CheckpointError naming ``path`` when it holds another scale or another model than the caller names."""
+    if scale is not None and int(payload["scale"]) != int(scale):
+        raise CheckpointError(f"{path}: holds a x{payload['scale']} model, but x{scale} was asked for (--scale {scale}); "
+                              f"pass the x{scale} checkpoint")
+    if model_name is None:
+        return
+    if payload["format"] in NETWORK_FORMATS:
+        if is_known_model(model_name) or is_fitted(model_name):
+            raise CheckpointError(f"{path}: holds a searched network ({payload['format']}), not the registered model "
+                                  f"{model_name!r} (--model)")
+        return
+    stored = str(payload["model_name"])
+    if not stands_for(model_name, stored):
+        raise CheckpointError(f"{path}: holds model {stored!r}, not {model_name!r} (--model); pass --model {stored} or "
+                              f"{model_name}'s own checkpoint")
+
+
+def load_trained(model_pt_path: str | os.PathLike[str], model_name: str | None = None, scale: int | None = None) -> nn.Module:
     """The model saved in ``model.pt``, in eval mode (fp32, NCHW): a registered model rebuilt from the registry
     (``srnas-model/1``) in its deployed form (``model.deploy()`` when the model defines it, e.g. ECBSR -> PlainNet),
-    or a searched network (a subnet, ``srnas-subnet/1``, or a physically pruned one, ``srnas-pruned/1``)."""
+    or a searched network (a subnet, ``srnas-subnet/1``, or a physically pruned one, ``srnas-pruned/1``).
+
+    ``model_name`` / ``scale``: what the caller will call it (``--model``, ``--scale``); a file holding another scale,
+    another registered model (``plain_fit`` / ``ecbsr_fit`` accept their family's members), or a searched network
+    under a registered model's name is refused, so nothing is ever scored or exported under a name it is not."""
     path = Path(model_pt_path)
     payload = load_payload(path, (MODEL_FORMAT, *NETWORK_FORMATS), ("scale", "state_dict"))
+    if payload["format"] == MODEL_FORMAT and "model_name" not in payload:
+        raise CheckpointError(f"{path}: missing key(s) model_name")
+    _check_identity(path, payload, model_name, scale)
     if payload["format"] in NETWORK_FORMATS:
         return network_from_payload(path, payload)
-    if "model_name" not in payload:
-        raise CheckpointError(f"{path}: missing key(s) model_name")
     try:
         model = create_model(str(payload["model_name"]), int(payload["scale"]))
     except SrnasError as exc:

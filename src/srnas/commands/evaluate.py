@@ -56,7 +56,7 @@ def make_upscaler(model: str, scale: int, checkpoint: Path | None, precision: st
     from srnas.inference import torch_upscaler
     from srnas.loading import load_trained
 
-    return torch_upscaler(load_trained(checkpoint), precision)
+    return torch_upscaler(load_trained(checkpoint, model, scale), precision)
 
 
 def metric_name(kind: str, set_name: str, scale: int) -> str:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     cfg = settings.export
-    model = load_trained(args.checkpoint)
+    model = load_trained(args.checkpoint, args.model, args.scale)
     val_set = settings.data.eval_set_names[0]
     pairs = [(lr, hr) for _, hr, lr in read_pairs(args.data_dir, val_set, args.scale)]
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}

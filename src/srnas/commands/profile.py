@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     cfg = settings.profile
-    model = load_trained(args.checkpoint) if args.checkpoint else deployed_form(create_model(args.model, args.scale)).eval()
+    model = load_trained(args.checkpoint, args.model, args.scale) if args.checkpoint else deployed_form(create_model(args.model, args.scale)).eval()
     input_hw = tuple(cfg.input_size) if cfg.input_size else lr_size_for_720p(args.scale)
     threads = resolve_threads(cfg.threads)
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}

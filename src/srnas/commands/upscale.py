@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -17,7 +18,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Upscale every image given (files, or folders of images) with an exported ONNX model and write "
         "OUT/<name>.png. MODEL is a .onnx file or a pipeline result name such as plain32_x2 "
         "(results/export/plain32_x2/model.onnx). An unreadable file is reported and skipped; the exit status is 1 "
-        "when any file failed. --fail-fast stops at the first one.",
+        "when any file failed. --fail-fast stops at the first one. Before anything is written, the batch is refused "
+        "(exit status 2) when OUT is an input folder, when two inputs would write the same OUT/<name>.png (a.png and "
+        "a.jpg, or x/a.png and y/a.png), when an output would replace an input, or when an output already exists "
+        "and --overwrite is not given; a model whose output is not 2, 3 or 4 times its input is refused too.",
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     parser.add_argument("--model", required=True, help="model.onnx path or result name (e.g. plain32_x2)")
@@ -25,7 +29,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder for result names (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable image")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs already in OUT (never an input)")
     parser.set_defaults(handler=run)
+
+
+def _result_scale(model: str) -> int | None:
+    """The scale a result name promises (``plain32_x2`` -> 2); None for a .onnx path."""
+    match = re.search(r"_x([234])$", model)
+    return int(match.group(1)) if match and Path(model).suffix != ".onnx" else None
 
 
 def resolve_model(model: str, results: Path) -> Path:
@@ -42,22 +53,25 @@ def resolve_model(model: str, results: Path) -> Path:
     return candidate
 
 
-def collect_inputs(inputs: list[Path]) -> list[Path]:
+def collect_inputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The image files to upscale (folders expanded, in order) and the folders given."""
     from srnas.errors import DataError
     from srnas.images import list_images
 
     files: list[Path] = []
+    folders: list[Path] = []
     for item in inputs:
         if item.is_dir():
             found = list_images(item)
             if not found:
                 raise DataError(f"{item}: no image files in this folder")
             files.extend(found)
+            folders.append(item)
         elif item.exists():
             files.append(item)
         else:
             raise DataError(f"{item}: no such file or folder")
-    return files
+    return files, folders
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,13 +80,16 @@ def run(args: argparse.Namespace) -> int:
     from srnas.errors import ImageError
     from srnas.export import onnx_upscaler
     from srnas.images import read_rgb, write_png
+    from srnas.outputs import plan_outputs
 
-    upscale = onnx_upscaler(resolve_model(args.model, args.results), args.threads)
-    files = collect_inputs(args.inputs)
+    model = resolve_model(args.model, args.results)
+    files, folders = collect_inputs(args.inputs)
+    plan = plan_outputs(files, args.out, ".png", input_dirs=folders, overwrite=args.overwrite)
+    upscale = onnx_upscaler(model, args.threads, _result_scale(args.model))
     failed: list[str] = []
     done, seconds = 0, 0.0
-    with tqdm(files, desc="upscale", unit="img", disable=None) as bar:
-        for path in bar:
+    with tqdm(plan, desc="upscale", unit="img", disable=None) as bar:
+        for path, target in bar:
             try:
                 lr = read_rgb(path)
             except ImageError as exc:
@@ -84,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             sr = upscale(lr)
             seconds += time.perf_counter() - start
-            write_png(args.out / f"{path.stem}.png", sr)
+            write_png(target, sr)
             done += 1
             bar.set_postfix(fps=f"{done / seconds:.2f}" if seconds else "-")
     fps = done / seconds if seconds else 0.0

@@ -5,12 +5,14 @@ training a baseline does not depend on the search code)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from srnas.atomic import read_json
 from srnas.errors import ConfigError, DataError
 
-__all__ = ["CHOICE_FILE", "CHOICE_FORMAT", "FIT_FAMILIES", "FIT_SUFFIX", "family_name", "is_fitted", "resolve_fitted"]
+__all__ = ["CHOICE_FILE", "CHOICE_FORMAT", "FIT_FAMILIES", "FIT_SUFFIX", "family_name", "is_fitted", "resolve_fitted",
+           "stands_for"]
 
 FIT_SUFFIX = "_fit"
 FIT_FAMILIES = ("plain", "ecbsr")  # families whose deployed form is a plain 3x3 conv stack
@@ -21,6 +23,14 @@ CHOICE_FORMAT = "srnas-fit-choice/1"
 def is_fitted(model: str) -> bool:
     """Whether ``model`` names a budget-fitted baseline (``plain_fit``, ``ecbsr_fit``)."""
     return model.endswith(FIT_SUFFIX) and model[: -len(FIT_SUFFIX)] in FIT_FAMILIES
+
+
+def stands_for(model: str, network: str) -> bool:
+    """Whether a ``model.pt`` holding registry network ``network`` can be the model named ``model``: the same name, or
+    for ``plain_fit`` / ``ecbsr_fit`` a member of that family (``plain_m4c24``; which one, ``choice.json`` says)."""
+    if model == network:
+        return True
+    return is_fitted(model) and re.fullmatch(rf"{re.escape(model[: -len(FIT_SUFFIX)])}_m\d+c\d+", network) is not None
 
 
 def family_name(family: str, blocks: int, width: int) -> str:
