@@ -544,9 +544,11 @@ def test_best_per_width_keeps_the_best_admitted_candidates_of_each_width() -> No
 
     records = [record(0, "w8-c.c.c", 30.0, 5.0), record(1, "w16-c.s.s", 29.0, 6.0), record(2, "w8-c.c.s", 31.0, 4.0),
                record(3, "w8-c.s.s", 30.5, 3.0), record(4, "w16-c.c.s", 32.0, 99.0), record(5, "w8-c.c.s", 31.0, 4.0),
-               record(6, "w16-c.c.c", 28.0, 7.0)]
+               record(6, "w16-c.c.c", 28.0, 7.0), record(7, "w8-c.s.c", 30.9, 4.0)]
     chosen = best_per_width(records, admit_ms=10.0, count=2)
-    assert [r.number for r in chosen] == [2, 3, 1, 6]  # w8 then w16, best first; over the limit and repeats left out
+    # w8 then w16, best first; over the limit, repeats and a second net of one cost (7: as costly as 2) left out
+    assert [r.number for r in chosen] == [2, 3, 1, 6]
+    assert [r.number for r in best_per_width(records, admit_ms=10.0, count=3)] == [2, 3, 0, 1, 6]
     assert [r.number for r in best_per_width(records, admit_ms=10.0, count=1)] == [2, 1]
 
 

@@ -364,12 +364,14 @@ def measure_on_target(predictor: LatencyPredictor, nets: list[PrunedSubnet], run
 
 def best_per_width(records: list[TrialRecord], admit_ms: float, count: int) -> list[TrialRecord]:
     """The ``count`` best admitted records (predicted within ``admit_ms``) of each width by inherited PSNR, one per
-    architecture name; widths in increasing order, best first within a width."""
-    groups: dict[int, dict[str, TrialRecord]] = {}
+    predicted cost (candidates of one width and one predicted latency -- the same layers, skips placed elsewhere --
+    deploy alike: the best of them stands for all, so the ``count`` span different costs); widths in increasing
+    order, best first within a width."""
+    groups: dict[int, dict[float, TrialRecord]] = {}
     for r in sorted(records, key=lambda r: (-r.psnr, r.latency_ms, r.candidate.name)):
         group = groups.setdefault(r.candidate.subnet.width, {})
         if r.latency_ms <= admit_ms and len(group) < count:
-            group.setdefault(r.candidate.name, r)
+            group.setdefault(round(r.latency_ms, 6), r)
     return [r for width in sorted(groups) for r in groups[width].values()]
 
 
