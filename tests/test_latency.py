@@ -353,6 +353,12 @@ def test_every_layer_op_measures_on_each_runtime(runtime_name, precision) -> Non
     assert reference_ms > 0.0
     assert math.isfinite(runtime.measure_layer(target, LAYERS[1], warmup=0, runs=1, rounds=2, reference_ms=reference_ms))
     assert runtime.measure_network(target, net, warmup=0, runs=1, rounds=2, reference_ms=reference_ms) > 0.0
+    # a scheme's paired comparison: one speedup per round (base and scheme interleaved)
+    speedups = runtime.compare_layers(target, LayerKey("conv", 16, 16), LayerKey("conv", 16, 8), warmup=0, runs=1, rounds=3)
+    assert len(speedups) == 3 and all(math.isfinite(v) and v > 0 for v in speedups)
+    other = "int8" if runtime_name.startswith("onnxruntime") else "fp32"
+    speedups = runtime.compare_networks(target, net, base_precision="fp32", precision=other, warmup=0, runs=1, rounds=2)
+    assert len(speedups) == 2 and all(math.isfinite(v) and v > 0 for v in speedups)
 
 
 @pytest.mark.parametrize("layer", [*LAYERS, LayerKey("conv", 4, 4), LayerKey("wdsr_conv", 4, 8), LayerKey("conv", 8, 16, "int8")],
@@ -497,9 +503,17 @@ def test_a_scheme_is_accelerated_only_when_the_whole_interval_clears_the_thresho
     assert decide([1.2, math.nan, 1.3, 1.25, 1.22, 1.28], threshold, confidence).rounds == 5  # NaN rounds are left out
 
 
+def test_scheme_rounds_must_bound_the_median_at_the_confidence() -> None:
+    with pytest.raises(ConfigError, match=r"latency\.scheme_rounds: 4 paired rounds cannot bound a median at scheme_confidence 0\.9"):
+        config_of(LatencyConfig, {"scheme_rounds": 4}, "latency")
+    assert config_of(LatencyConfig, {"scheme_rounds": 4, "scheme_confidence": 0.85}, "latency").scheme_rounds == 4
+    with pytest.raises(ConfigError, match=r"latency\.scheme_confidence: must lie in \[0\.5, 1\)"):
+        config_of(LatencyConfig, {"scheme_confidence": 1.0}, "latency")
+
+
 def test_noisy_rounds_are_flagged_within_noise_in_the_scheme_table() -> None:
     space = SearchSpace(SearchSpaceConfig(num_cells=2, widths=(16, 32), expansions=(2,)))
-    cfg = LatencyConfig(granularities=(16, 8), sparsities=(0.5,))
+    cfg = LatencyConfig(granularities=(16, 8), sparsities=(0.5,), scheme_rounds=5)  # 5 rounds: [min, max] at 90%
     fast = fake_compare_layers()
 
     def compare(target, base, other, *, warmup, runs, rounds):

@@ -506,7 +506,8 @@ class LatencyConfig:
     the lowest). A scheme decision compares a layer (network) with and without the scheme in ``scheme_rounds``
     paired rounds, interleaved, each giving a speedup; the scheme is kept only when the ``scheme_confidence``
     interval of the median speedup lies at or above ``min_speedup`` (across it: within the noise, not kept;
-    5 rounds are the fewest that bound a median at 90%).
+    5 rounds are the fewest that bound a median at 90%, where every round must clear the threshold; 9 rounds
+    tolerate one disturbed round on either side).
     Filter pruning is offered at channel granularities ``granularities``; the table is measured on the grid of the
     finest accelerated one, but never finer than ``min_table_granularity`` (off-grid counts are interpolated).
     Schemes are measured at ``prune_ratios`` / ``sparsities`` on layers of widths ``scheme_widths`` (empty: the
@@ -523,7 +524,7 @@ class LatencyConfig:
     net_runs: int = 5
     rounds: int = 5
     net_rounds: int = 3
-    scheme_rounds: int = 5
+    scheme_rounds: int = 9
     passes: int = 1
     net_passes: int = 3
     reference_runs: int = 20

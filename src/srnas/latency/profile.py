@@ -91,8 +91,11 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
     reference_ms = measure_reference_cached(target, cfg, cache)
     schemes = measure_schemes(target, space, cfg, cache=cache)
     for r in schemes.results:
-        log.info("%s: scheme %s %s (%.2fx, interval %.2f-%.2fx over %d rounds%s)", target.name, r.scheme, r.status,
-                 r.decisive, *r.interval, r.rounds, ", within the noise" if r.decision == WITHIN_NOISE else "")
+        if r.rounds:
+            log.info("%s: scheme %s %s (%.2fx, interval %.2f-%.2fx over %d rounds%s)", target.name, r.scheme, r.status,
+                     r.decisive, *r.interval, r.rounds, ", within the noise" if r.decision == WITHIN_NOISE else "")
+        else:
+            log.info("%s: scheme %s %s (%s)", target.name, r.scheme, r.status, r.note)
     granularity = schemes.table_granularity(cfg.granularities, cfg.min_table_granularity)
     layers = enumerate_layers(space, target.scale, granularity)
     log.info("%s: table on the granularity-%d grid: %d layers", target.name, granularity, len(layers))
