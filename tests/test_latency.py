@@ -24,7 +24,7 @@ from srnas.latency import measure as runtime
 from srnas.latency.layers import LayerKey, enumerate_layers, network_layers
 from srnas.latency.predictor import LatencyPredictor, OverheadModel, fit_overhead, join_features
 from srnas.latency.profile import calibration_from_table, load_predictor, profile_target
-from srnas.latency.schemes import measure_schemes, schemes_markdown
+from srnas.latency.schemes import decide, measure_schemes, median_interval, schemes_markdown
 from srnas.latency.table import LatencyTable, TableError, build_table
 from srnas.latency.targets import Target, resolve_target
 from srnas.latency.validate import sample_networks, spearman, validate_predictor
@@ -66,11 +66,28 @@ def fake_reference_ms(target: Target, *, warmup: int, runs: int, rounds: int) ->
     return FAKE_REFERENCE_MS
 
 
+def fake_compare_layers(layer_ms=fake_layer_ms):
+    """A paired comparison from a layer timer: every round the same speedup ``base / other``."""
+
+    def compare(target: Target, base: LayerKey, other: LayerKey, *, warmup: int, runs: int, rounds: int) -> list[float]:
+        return [layer_ms(target, base, warmup=warmup, runs=runs) / layer_ms(target, other, warmup=warmup, runs=runs)] * rounds
+
+    return compare
+
+
+def fake_compare_networks(target: Target, net, *, base_precision: str, precision: str, warmup: int, runs: int,
+                          rounds: int) -> list[float]:
+    ms = [fake_network_ms(target, net, warmup=warmup, runs=runs, precision=p) for p in (base_precision, precision)]
+    return [ms[0] / ms[1]] * rounds
+
+
 def patch_fake_timers(mp: pytest.MonkeyPatch) -> None:
     """Every timer of :mod:`srnas.latency.measure` replaced by the deterministic fakes above."""
     mp.setattr(runtime, "measure_layer", fake_layer_ms)
     mp.setattr(runtime, "measure_network", fake_network_ms)
     mp.setattr(runtime, "measure_reference", fake_reference_ms)
+    mp.setattr(runtime, "compare_layers", fake_compare_layers())
+    mp.setattr(runtime, "compare_networks", fake_compare_networks)
 
 
 class Counter:
@@ -336,6 +353,12 @@ def test_every_layer_op_measures_on_each_runtime(runtime_name, precision) -> Non
     assert reference_ms > 0.0
     assert math.isfinite(runtime.measure_layer(target, LAYERS[1], warmup=0, runs=1, rounds=2, reference_ms=reference_ms))
     assert runtime.measure_network(target, net, warmup=0, runs=1, rounds=2, reference_ms=reference_ms) > 0.0
+    # a scheme's paired comparison: one speedup per round (base and scheme interleaved)
+    speedups = runtime.compare_layers(target, LayerKey("conv", 16, 16), LayerKey("conv", 16, 8), warmup=0, runs=1, rounds=3)
+    assert len(speedups) == 3 and all(math.isfinite(v) and v > 0 for v in speedups)
+    other = "int8" if runtime_name.startswith("onnxruntime") else "fp32"
+    speedups = runtime.compare_networks(target, net, base_precision="fp32", precision=other, warmup=0, runs=1, rounds=2)
+    assert len(speedups) == 2 and all(math.isfinite(v) and v > 0 for v in speedups)
 
 
 @pytest.mark.parametrize("layer", [*LAYERS, LayerKey("conv", 4, 4), LayerKey("wdsr_conv", 4, 8), LayerKey("conv", 8, 16, "int8")],
@@ -427,7 +450,8 @@ def test_scheme_decisions(monkeypatch) -> None:
         return fake_layer_ms(target, LayerKey(layer.op, layer.cin, cout, layer.scheme if layer.scheme in ("bf16", "int8") else "dense"),
                              warmup=warmup, runs=runs)
 
-    report = measure_schemes(_target(), space, cfg, measure_layer=padded_layer_ms, measure_network=fake_network_ms)
+    report = measure_schemes(_target(), space, cfg, compare_layers=fake_compare_layers(padded_layer_ms),
+                             compare_networks=fake_compare_networks)
     status = {r.scheme: r.status for r in report.results}
     assert status["filter_g16"] == "accelerated"
     assert status["filter_g8"] == "accelerated"  # 24 really is cheaper than 32
@@ -443,8 +467,72 @@ def test_scheme_decisions(monkeypatch) -> None:
     assert "| filter_g4 | filter |" in md and "not accelerated" in md
     assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["accepted"] == report.accepted()
 
-    ort = measure_schemes(_target("onnxruntime_fp32"), space, cfg, measure_layer=padded_layer_ms, measure_network=fake_network_ms)
+    ort = measure_schemes(_target("onnxruntime_fp32"), space, cfg, compare_layers=fake_compare_layers(padded_layer_ms),
+                          compare_networks=fake_compare_networks)
     assert ort.get("int8").status == "accelerated" and ort.get("bf16") is None
+
+
+def test_median_interval_is_the_sign_test_interval() -> None:
+    # 5 rounds: [min, max] holds the median with probability 1 - 2/32 = 0.9375 (the narrower [2nd, 4th]: 0.625)
+    assert median_interval([1.3, 1.1, 1.5, 1.2, 1.4], 0.9) == (1.3, 1.1, 1.5)
+    # 9 rounds: [2nd, 8th] has 1 - 2 * 10/512 = 0.961 >= 0.95; [3rd, 7th] only 0.820
+    assert median_interval(list(range(1, 10)), 0.95) == (5, 2, 8)
+    assert median_interval(list(range(1, 10)), 0.8) == (5, 3, 7)
+    # too few rounds for the confidence: nothing is concluded
+    assert median_interval([1.2, 1.3, 1.4, 1.5], 0.9) == (pytest.approx(1.35), 0.0, math.inf)
+    median, low, high = median_interval([math.nan, math.nan], 0.9)
+    assert math.isnan(median) and math.isnan(low) and math.isnan(high)
+
+
+def test_a_scheme_is_accelerated_only_when_the_whole_interval_clears_the_threshold() -> None:
+    threshold, confidence = 1.05, 0.9
+    steady = decide([2.0, 2.1, 1.9, 2.05, 1.95], threshold, confidence)
+    assert steady.verdict == "accelerated" and steady.accelerated and steady.median == 2.0 and steady.low == 1.9
+    slower = decide([0.8, 0.85, 0.9, 0.82, 0.88], threshold, confidence)
+    assert slower.verdict == "not_accelerated" and not slower.accelerated
+    # the case that flipped between builds: one round at 0.80x, the others fast; the median alone (2.0x) would accept
+    noisy = decide([0.8, 2.1, 2.0, 1.9, 2.11], threshold, confidence)
+    assert noisy.median == 2.0 and noisy.low == 0.8 and noisy.verdict == "within_noise" and not noisy.accelerated
+    # a speedup right at the threshold, measured with noise either side: within the noise, not kept
+    assert decide([1.02, 1.08, 1.05, 1.04, 1.07], threshold, confidence).verdict == "within_noise"
+    # more rounds tolerate an outlier: 9 rounds, one slow, the interval ([2nd, 8th]) still clears the threshold
+    assert decide([0.8, 1.3, 1.35, 1.32, 1.4, 1.28, 1.33, 1.31, 1.36], threshold, confidence).verdict == "accelerated"
+    # too few rounds to bound the median: conservative, whatever they say
+    assert decide([3.0, 3.0, 3.0], threshold, confidence).verdict == "within_noise"
+    assert decide([], threshold, confidence).verdict == "not_measured"
+    assert decide([1.2, math.nan, 1.3, 1.25, 1.22, 1.28], threshold, confidence).rounds == 5  # NaN rounds are left out
+
+
+def test_scheme_rounds_must_bound_the_median_at_the_confidence() -> None:
+    with pytest.raises(ConfigError, match=r"latency\.scheme_rounds: 4 paired rounds cannot bound a median at scheme_confidence 0\.9"):
+        config_of(LatencyConfig, {"scheme_rounds": 4}, "latency")
+    assert config_of(LatencyConfig, {"scheme_rounds": 4, "scheme_confidence": 0.85}, "latency").scheme_rounds == 4
+    with pytest.raises(ConfigError, match=r"latency\.scheme_confidence: must lie in \[0\.5, 1\)"):
+        config_of(LatencyConfig, {"scheme_confidence": 1.0}, "latency")
+
+
+def test_noisy_rounds_are_flagged_within_noise_in_the_scheme_table() -> None:
+    space = SearchSpace(SearchSpaceConfig(num_cells=2, widths=(16, 32), expansions=(2,)))
+    cfg = LatencyConfig(granularities=(16, 8), sparsities=(0.5,), scheme_rounds=5)  # 5 rounds: [min, max] at 90%
+    fast = fake_compare_layers()
+
+    def compare(target, base, other, *, warmup, runs, rounds):
+        speedups = fast(target, base, other, warmup=warmup, runs=runs, rounds=rounds)
+        if other.cout % 16 == 0:  # g=16 counts: steady; g=8's extra counts (24 vs 32): one round 0.8x (a burst)
+            return speedups
+        return [0.8, *speedups[1:]]
+
+    report = measure_schemes(_target(), space, cfg, compare_layers=compare, compare_networks=fake_compare_networks)
+    g16, g8 = report.get("filter_g16"), report.get("filter_g8")
+    assert g16.decision == "accelerated" and g16.accelerated and g16.rounds == cfg.scheme_rounds
+    assert g8.decision == "within_noise" and not g8.accelerated and g8.decisive > cfg.min_speedup  # median alone: kept
+    assert g8.interval[0] < cfg.min_speedup <= g8.interval[1]
+    assert report.accepted()[:1] == ["filter_g16"] and "filter_g8" not in report.accepted()
+    payload = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert payload["confidence"] == cfg.scheme_confidence
+    assert {s["scheme"]: s["decision"] for s in payload["schemes"]}["filter_g8"] == "within_noise"
+    row = next(line for line in schemes_markdown(report).splitlines() if line.startswith("| filter_g8 |"))
+    assert "not accelerated" in row and "within the noise" in row
 
 
 # ----------------------------------------------------------------------------- stage and command

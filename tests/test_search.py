@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -347,19 +348,27 @@ def test_a_finished_study_is_reused_and_extended(inputs, tmp_path) -> None:
     assert pruned_otherwise.study not in (first.study, other.study)
 
 
-def _completed(study_path: Path) -> int:
-    """Completed trials in the file, read without creating Optuna's tables: a reader that created them while the
-    search process did too would race it (SQLite schema creation is not atomic across processes)."""
+def _trials(study_path: Path) -> list[optuna.trial.FrozenTrial]:
+    """Every trial in the file, read without creating Optuna's tables: a reader that created them while the search
+    process did too would race it (SQLite schema creation is not atomic across processes); [] while absent."""
     if not study_path.exists():
-        return 0
+        return []
     try:
         storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}", skip_table_creation=True,
                                              skip_compatibility_check=True)
         names = [s.study_name for s in storage.get_all_studies()]
-        return sum(len(optuna.load_study(study_name=n, storage=storage).get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) for n in names)
+        return [t for n in names for t in optuna.load_study(study_name=n, storage=storage).get_trials(deepcopy=False)]
     except Exception:  # the search process is still creating the file
-        return 0
+        return []
+
+
+def _states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    return {state.name: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
+
+
+def _completed(study_path: Path) -> int:
+    """Completed trials in the file (see :func:`_trials`)."""
+    return _states(_trials(study_path))["COMPLETE"]
 
 
 def _cli(inputs: SearchInputs, params: list[str], out: Path) -> list[str]:
@@ -395,6 +404,97 @@ def test_a_killed_search_resumes_where_it_stopped(inputs, tmp_path) -> None:
     assert len(after) == 60
     assert [t.params for t in after[:done]] == before  # the trials done before the kill are kept, not redone
     assert json.loads((out / "arch.json").read_text())["trials"] == 60
+
+
+def _in_evaluation(study_path: Path, done: int) -> bool:
+    """At least ``done`` trials completed and one running that is evaluating its candidate (its process recorded)."""
+    trials = _trials(study_path)
+    return (_states(trials)["COMPLETE"] >= done
+            and any(t.state == optuna.trial.TrialState.RUNNING and "pid" in t.user_attrs for t in trials))
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_trial_resumes_as_the_uninterrupted_search(inputs, tmp_path) -> None:
+    """SIGKILL while a trial runs, resume: the killed trial is failed and run again, no trial is left running, and the
+    sampler goes on where it was -- the same 20 configurations in the same order, and the same choice, as a search
+    that was never interrupted (not the first trials again: a sampler seeded once per process replays them)."""
+    from srnas.cli import main
+
+    params = _params(tmp_path, trials=20, seed=5, val_crops=8, crop_size=24)
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    kill_when([sys.executable, "-m", "srnas.cli", *_cli(inputs, params, killed)],
+              lambda: _in_evaluation(killed / "study.db", 6), "6 completed trials and one running")
+    at_kill = _states(_trials(killed / "study.db"))
+    assert 6 <= at_kill["COMPLETE"] < 20 and at_kill["RUNNING"] == 1 and not (killed / "arch.json").exists()
+
+    assert main(_cli(inputs, params, killed)) == 0
+    assert main(_cli(inputs, params, straight)) == 0
+    resumed, uninterrupted = _trials(killed / "study.db"), _trials(straight / "study.db")
+    assert _states(resumed)["RUNNING"] == 0 and _states(resumed)["COMPLETE"] == 20 and _states(resumed)["FAIL"] == 1
+    assert _states(uninterrupted)["COMPLETE"] == 20
+
+    def configs(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
+        return [t.params for t in sorted(trials, key=lambda t: t.number) if t.state == optuna.trial.TrialState.COMPLETE]
+
+    assert len({json.dumps(c, sort_keys=True) for c in configs(resumed)}) == len(
+        {json.dumps(c, sort_keys=True) for c in configs(uninterrupted)})
+    assert configs(resumed) == configs(uninterrupted)
+    chosen = [json.loads((out / "arch.json").read_text())["chosen"] for out in (killed, straight)]
+    assert {k: v for k, v in chosen[0].items() if k != "trial"} == {k: v for k, v in chosen[1].items() if k != "trial"}
+
+
+def test_the_sampler_proposes_from_the_finished_trials_not_from_its_process(tmp_path) -> None:
+    """A failed trial in the middle (a killed one) does not shift the sequence, and a new process (a new sampler on the
+    same storage) continues it: per-trial seeding from (seed, finished trials)."""
+    from srnas.search import study as studies
+
+    def objective(trial: optuna.Trial) -> float:
+        return trial.suggest_float("x", 0, 1) + trial.suggest_int("n", 0, 9)
+
+    for strategy in ("random", "tpe"):
+        straight = optuna.create_study(direction="maximize", sampler=studies.make_sampler(strategy, 7))
+        straight.optimize(objective, n_trials=14)
+        storage = f"sqlite:///{tmp_path / strategy}.db"
+        first = optuna.create_study(storage=storage, study_name="s", direction="maximize",
+                                    sampler=studies.make_sampler(strategy, 7))
+        first.optimize(objective, n_trials=11)
+        killed = first.ask()  # drew its parameters, then its process died
+        objective(killed)
+        first.tell(killed, state=optuna.trial.TrialState.FAIL)
+        again = optuna.load_study(storage=storage, study_name="s", sampler=studies.make_sampler(strategy, 7))
+        again.optimize(objective, n_trials=3)
+        done = again.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        assert [t.params for t in done] == [t.params for t in straight.trials], strategy
+        assert killed.params == straight.trials[11].params  # the interrupted trial is proposed again
+
+
+def test_only_trials_of_dead_processes_are_failed_on_resume(tmp_path) -> None:
+    import datetime
+    import socket
+    import subprocess
+    import warnings
+
+    from srnas.search import study as studies
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = studies.open_study(tmp_path / "study.db", "s", _cfg(), 0)
+    host = socket.gethostname()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ask() outside optimize() with a heartbeat storage warns
+        trials = [study.ask() for _ in range(4)]
+    attrs = [{"host": host, "pid": dead.pid}, {"host": host, "pid": os.getpid()}, {"host": "elsewhere", "pid": dead.pid}, {}]
+    for trial, values in zip(trials, attrs):
+        for key, value in values.items():
+            trial.set_user_attr(key, value)
+    # a process of this host that is gone; a live one, one of another host (the heartbeat's), one that has not yet
+    # recorded its process (it just started)
+    assert studies.fail_dead_trials(study) == [0]
+    assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["FAIL", "RUNNING", "RUNNING", "RUNNING"]
+    # minutes later, a trial that never recorded its process is one whose process died before it could
+    later = datetime.datetime.now() + datetime.timedelta(minutes=5)
+    assert studies.fail_dead_trials(study, now=later) == [3]
+    assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["FAIL", "RUNNING", "RUNNING", "FAIL"]
 
 
 @pytest.mark.slow

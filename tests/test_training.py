@@ -15,6 +15,7 @@ from conftest import assert_same_weights, config_of, kill_at_first_checkpoint, s
 
 from srnas.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from srnas.config import TrainConfig
+from srnas.digests import file_sha256
 from srnas.errors import ConfigError, DataError
 from srnas.images import write_png
 from srnas.loading import load_trained
@@ -179,7 +180,26 @@ def test_resume_after_sigkill_matches_uninterrupted(reference: tuple[Path, list]
     assert result.resumed_from_step == killed_at
     train("plain16", SCALE, data_dir, cfg, tmp_path / "straight", resume=False, progress=False)
     assert_same_weights(_weights(out), _weights(tmp_path / "straight"))
+    # the same file, byte for byte: where a run resumed is in train_metrics.json, not in the weights file
+    assert file_sha256(out / "model.pt") == file_sha256(tmp_path / "straight" / "model.pt")
+    assert json.loads((out / "train_metrics.json").read_text())["resumed_from_step"] == killed_at
     assert list(out.glob(".*tmp*")) == []
+
+
+def test_the_same_training_writes_the_same_weights_file(reference: tuple[Path, list], data_dir: Path, tmp_path: Path) -> None:
+    """Another process, the same training: the same model.pt bytes (no wall clock in it, a deterministic torch.save)."""
+    import subprocess
+
+    fields = ("steps", "batch_size", "lr_patch_size", "lr", "min_lr", "seed", "checkpoint_every", "log_every")
+    args = [f"{k}={getattr(CFG, k)!r}" for k in fields]
+    subprocess.run([sys.executable, "-c", _CHILD, str(data_dir), str(tmp_path / "child"), str(torch.get_num_threads()), *args],
+                   check=True, capture_output=True)
+    assert file_sha256(tmp_path / "child" / "model.pt") == file_sha256(reference[0] / "model.pt")
+    payload = torch.load(reference[0] / "model.pt", weights_only=True)
+    assert not {"seconds", "steps_per_s", "resumed_from_step"} & set(payload["metrics"])
+    assert payload["metrics"]["final_loss"] == json.loads((reference[0] / "train_metrics.json").read_text())["final_loss"]
+    timings = json.loads((tmp_path / "child" / "train_metrics.json").read_text())
+    assert timings["seconds"] > 0 and timings["steps_per_s"] > 0  # the run's timings stay in the metrics JSON
 
 
 def test_resume_ignores_a_checkpoint_for_another_config(data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

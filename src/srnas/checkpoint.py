@@ -7,6 +7,13 @@ All are written atomically (temporary sibling, fsync, rename) and read with ``we
 a checkpoint holds only tensors, numbers, strings, lists and dicts, never pickled code.
 A missing key, a truncated or corrupt file, another kind of file (an ONNX model) or a file carrying Python code or
 objects raises :class:`CheckpointError` naming the file (the last is refused, never loaded "if you trust it").
+
+The same payload gives the same bytes: :func:`save_payload` writes through a file handle, so the archive's inner
+folder is always ``archive/`` (not the temporary file's name), and torch's ``.data/serialization_id`` record is a
+digest of the records' names and CRC-32s, not a random id. Weight files therefore carry nothing that varies between
+two identical trainings -- no wall clock (timings live in ``train_metrics.json``: see
+:data:`srnas.training.loop.RUN_FIGURES`) -- and hash the same. ``last.ckpt`` is resume state, not a weight file: it
+keeps the seconds trained so far (``elapsed_s``) for the resumed run's figures.
 """
 
 from __future__ import annotations

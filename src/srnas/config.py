@@ -501,13 +501,17 @@ class LatencyConfig:
     fingerprint: its lowest call over ``reference_rounds`` rounds of ``reference_runs`` calls), so a host whose speed
     drifts does not move the figures; ``absolute`` keeps the lowest of the rounds' medians. A round is
     ``runs`` calls of a layer (``net_runs`` of a network) after ``warmup`` (``net_warmup``) calls; a table entry
-    takes ``rounds`` rounds, a network ``net_rounds``, the layers a scheme decision compares ``scheme_rounds``
-    (a 5% threshold needs steadier figures). Paired measurements are repeated in ``passes`` (``net_passes``)
-    sweeps over the whole list and the median kept (absolute ones sweep ``rounds`` times and keep the lowest).
+    takes ``rounds`` rounds, a network ``net_rounds``. Paired measurements are repeated in ``passes``
+    (``net_passes``) sweeps over the whole list and the median kept (absolute ones sweep ``rounds`` times and keep
+    the lowest). A scheme decision compares a layer (network) with and without the scheme in ``scheme_rounds``
+    paired rounds, interleaved, each giving a speedup; the scheme is kept only when the ``scheme_confidence``
+    interval of the median speedup lies at or above ``min_speedup`` (across it: within the noise, not kept;
+    5 rounds are the fewest that bound a median at 90%, where every round must clear the threshold; 9 rounds
+    tolerate one disturbed round on either side).
     Filter pruning is offered at channel granularities ``granularities``; the table is measured on the grid of the
     finest accelerated one, but never finer than ``min_table_granularity`` (off-grid counts are interpolated).
     Schemes are measured at ``prune_ratios`` / ``sparsities`` on layers of widths ``scheme_widths`` (empty: the
-    space's widths of at least 16) and kept only when at least ``min_speedup`` times faster.
+    space's widths of at least 16) and kept only when at least ``min_speedup`` times faster (see above).
     ``calibration_subnets`` measured subnets fit the overhead model; ``validation_subnets`` others (a share
     ``pruned_share`` of them pruned) validate it. ``cache_dir`` keeps measured tables by target fingerprint.
     """
@@ -520,7 +524,7 @@ class LatencyConfig:
     net_runs: int = 5
     rounds: int = 5
     net_rounds: int = 3
-    scheme_rounds: int = 5
+    scheme_rounds: int = 9
     passes: int = 1
     net_passes: int = 3
     reference_runs: int = 20
@@ -531,6 +535,7 @@ class LatencyConfig:
     sparsities: tuple[float, ...] = (0.5, 0.9)
     scheme_widths: tuple[int, ...] = ()
     min_speedup: float = 1.05
+    scheme_confidence: float = 0.9
     calibration_subnets: int = 24
     validation_subnets: int = 50
     pruned_share: float = 0.5
@@ -555,6 +560,10 @@ class LatencyConfig:
         _check(all(0.0 < s < 1.0 for s in self.sparsities), "sparsities", f"must lie in (0, 1), got {list(self.sparsities)}")
         _check(all(w >= 1 for w in self.scheme_widths), "scheme_widths", f"must be positive, got {list(self.scheme_widths)}")
         _check(self.min_speedup >= 1.0, "min_speedup", f"must be at least 1, got {self.min_speedup}")
+        _check(0.5 <= self.scheme_confidence < 1.0, "scheme_confidence", f"must lie in [0.5, 1), got {self.scheme_confidence}")
+        _check(1 - 2 * 0.5**self.scheme_rounds >= self.scheme_confidence, "scheme_rounds",
+               f"{self.scheme_rounds} paired rounds cannot bound a median at scheme_confidence {self.scheme_confidence:g} "
+               "(5 rounds are needed for 0.9); raise scheme_rounds")
         _check(self.calibration_subnets >= 3, "calibration_subnets", f"must be at least 3, got {self.calibration_subnets}")
         _check(self.validation_subnets >= 1, "validation_subnets", f"must be at least 1, got {self.validation_subnets}")
         _check(0.0 <= self.pruned_share <= 1.0, "pruned_share", f"must lie in [0, 1], got {self.pruned_share}")

@@ -55,6 +55,7 @@ from srnas.runtimes.timing import (
     gc_paused,
     lowest_ms,
     median_ms,
+    paired_ratios,
     paired_rounds,
     paired_value,
     pinned_threads,
@@ -62,8 +63,9 @@ from srnas.runtimes.timing import (
     warm,
 )
 
-__all__ = ["REFERENCE_LAYER", "LayerModule", "NetworkTiming", "measure_layer", "measure_network", "measure_reference",
-           "sparsify_", "scheme_precision", "scheme_sparsity", "target_available", "time_network"]
+__all__ = ["REFERENCE_LAYER", "LayerModule", "NetworkTiming", "compare_layers", "compare_networks", "measure_layer",
+           "measure_network", "measure_reference", "sparsify_", "scheme_precision", "scheme_sparsity", "target_available",
+           "time_network"]
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +322,82 @@ def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int, ro
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
         graph = _ort_layer_graph(layer, target, precision, sparsity, folder)
         return _timed_profiled(target, layer, graph, stack=stack, **timing)
+
+
+def _speedups(base_rounds: list[float], other_rounds: list[float]) -> list[float]:
+    """Per round, how many times faster ``other`` ran than the ``base`` rounds around it (the paired protocol with the
+    base as the reference)."""
+    return [1.0 / ratio if ratio > 0 else float("nan") for ratio in paired_ratios(other_rounds, base_rounds)]
+
+
+def compare_layers(target: Target, base: LayerKey, other: LayerKey, *, warmup: int, runs: int, rounds: int) -> list[float]:
+    """How many times faster ``other`` runs than ``base`` on ``target``, per round: ``rounds`` paired rounds
+    ``base, other, base, ..., base`` (each round the lowest of ``runs`` calls; the paired protocol of
+    :mod:`srnas.runtimes.timing` with ``base`` as the reference), the ratio of each ``other`` round to the ``base``
+    rounds around it. A slowdown of the host longer than a round slows both alike and cancels; what remains varies
+    from round to round, which a decision reads from the spread (:func:`srnas.latency.schemes.decide`).
+
+    Layers run as :func:`measure_layer` runs them (torch module; ONNX Runtime graph in context, kernel times from
+    its profiler)."""
+    _check_target(target)
+    prepare_allocator()
+    with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
+        if target.runtime != "onnxruntime_fp32":
+            calls = []
+            for layer in (base, other):
+                precision = scheme_precision(target, layer.scheme)
+                if precision not in ("fp32", "bf16"):
+                    raise ValueError(f"torch runs fp32 or bf16 layers, not {precision}")
+                calls.append(_torch_layer_call(layer, target, precision, scheme_sparsity(layer.scheme)))
+            return _compared_calls(f"{other.id} vs {base.id}", calls[0], calls[1], warmup=warmup, runs=runs, rounds=rounds)
+        graphs = []
+        for layer in (base, other):
+            precision = scheme_precision(target, layer.scheme)
+            if precision not in ("fp32", "int8"):
+                raise ValueError(f"onnxruntime runs fp32 or int8 layers, not {precision}")
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
+            graphs.append(_ort_layer_graph(layer, target, precision, scheme_sparsity(layer.scheme), folder))
+
+        def once() -> list[float]:
+            with contextlib.ExitStack() as sessions:
+                profiled = [_ProfiledLayer(layer, target, graph, sessions) for layer, graph in zip((base, other), graphs)]
+                warm(warmup, *profiled)
+                with gc_paused(collect=False):
+                    paired_rounds(lambda: call_times(profiled[1], runs), lambda: call_times(profiled[0], runs), rounds)
+                base_ms, other_ms = (p.layer_ms(skip=warmup) for p in profiled)
+            lowest = [min(base_ms[i * runs:(i + 1) * runs]) for i in range(rounds + 1)]
+            return _speedups(lowest, [min(other_ms[i * runs:(i + 1) * runs]) for i in range(rounds)])
+
+        return quiet(once, f"{other.id} vs {base.id}")
+
+
+def _compared_calls(what: str, base: Callable[[], Any], other: Callable[[], Any], *, warmup: int, runs: int,
+                    rounds: int) -> list[float]:
+    warm(warmup, base, other)
+    with gc_paused(collect=False):
+        others, bases = quiet(lambda: paired_rounds(lambda: lowest_ms(other, 0, runs), lambda: lowest_ms(base, 0, runs),
+                                                    rounds), what)
+    return _speedups(bases, others)
+
+
+def compare_networks(target: Target, net: PrunedSubnet | SubnetConfig, *, base_precision: str, precision: str, warmup: int,
+                     runs: int, rounds: int) -> list[float]:
+    """:func:`compare_layers` for a whole network run in ``precision`` against the same network in ``base_precision``,
+    both as :func:`time_network` runs them (a torch target in torch, ONNX Runtime on the exported -- and for int8
+    quantized -- file)."""
+    _check_target(target)
+    prepare_allocator()
+    model = build_network(net, target.scale)
+    x = torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=torch.Generator().manual_seed(0))
+    with pinned_threads(target.threads), torch.inference_mode():
+        calls = []
+        for p in (base_precision, precision):
+            if target.runtime == "onnxruntime_fp32":
+                calls.append(runtime_call(_exported(model, net, p, 0.0), "onnxruntime_fp32", x, target.threads))
+            else:
+                calls.append(runtime_call(model, "torch_bf16" if p == "bf16" else "torch_fp32", x, target.threads))
+        return _compared_calls(f"{net.name} {precision} vs {base_precision}", calls[0], calls[1], warmup=warmup, runs=runs,
+                               rounds=rounds)
 
 
 _EXPORTS: dict[tuple[Any, ...], Path] = {}

@@ -32,7 +32,7 @@ from srnas.latency.auto import RuntimeChoice
 from srnas.latency.layers import enumerate_layers
 from srnas.latency.measure import REFERENCE_LAYER
 from srnas.latency.predictor import LatencyPredictor, OverheadModel, fit_overhead
-from srnas.latency.schemes import SchemeReport, measure_schemes, schemes_markdown
+from srnas.latency.schemes import WITHIN_NOISE, SchemeReport, measure_schemes, schemes_markdown
 from srnas.latency.table import LatencyCache, LatencyTable, TableError, build_table, protocol_key
 from srnas.latency.targets import Target
 from srnas.latency.validate import measure_networks, sample_networks
@@ -89,9 +89,13 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
     log.info("%s: fingerprint %s", target.label, cache.fingerprint_id)
 
     reference_ms = measure_reference_cached(target, cfg, cache)
-    schemes = measure_schemes(target, space, cfg, cache=cache, reference_ms=reference_ms)
+    schemes = measure_schemes(target, space, cfg, cache=cache)
     for r in schemes.results:
-        log.info("%s: scheme %s %s (%.2fx)", target.name, r.scheme, r.status, r.decisive)
+        if r.rounds:
+            log.info("%s: scheme %s %s (%.2fx, interval %.2f-%.2fx over %d rounds%s)", target.name, r.scheme, r.status,
+                     r.decisive, *r.interval, r.rounds, ", within the noise" if r.decision == WITHIN_NOISE else "")
+        else:
+            log.info("%s: scheme %s %s (%s)", target.name, r.scheme, r.status, r.note)
     granularity = schemes.table_granularity(cfg.granularities, cfg.min_table_granularity)
     layers = enumerate_layers(space, target.scale, granularity)
     log.info("%s: table on the granularity-%d grid: %d layers", target.name, granularity, len(layers))

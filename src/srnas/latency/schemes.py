@@ -1,8 +1,15 @@
 """Pruning schemes, measured on the target: which ones really make it faster, and by how much.
 
-Every candidate scheme is timed on the target against the same layer (or network) without it; a scheme
-whose speedup is below ``min_speedup`` (1.05: at least 5% faster) is *not accelerated* and the search
-must not offer it for this target. Candidates:
+Every candidate scheme is timed on the target against the same layer (or network) without it, in paired rounds
+(``base, scheme, base, ..., base``: :func:`srnas.latency.measure.compare_layers`), ``latency.scheme_rounds`` of
+them; each round gives a speedup. A decision reads the median speedup *and its spread*: the ``scheme_confidence``
+interval of the median (distribution-free, from the order statistics: the sign-test interval). A scheme is
+*accelerated* only when the whole interval lies at or above ``min_speedup`` (1.05: at least 5% faster), *not
+accelerated* when it lies below; an interval that straddles the threshold is within the host's noise and decided
+conservatively -- not accelerated, flagged ``within_noise`` in the scheme table (:func:`decide`). One timing per
+scheme made the decision flip from build to build on a shared host (a scheme measured 0.80x in one, 2.11x in the
+next); a decision now needs every round of the interval to agree. The search must not offer a scheme that is not
+accelerated on this target. Candidates:
 
 ``filter_g16``, ``filter_g8``, ``filter_g4``, ``filter_g1``
     Filter (output channel) pruning with channel counts rounded to multiples of 16 / 8 / 4 / 1. Reported:
@@ -19,6 +26,9 @@ must not offer it for this target. Candidates:
     precision is only ever paired with PSNR measured in that precision). Decided by the network speedup.
 ``sparse_2to4``
     2:4 semi-structured sparsity: only GPU runtimes accelerate it; *unavailable* on CPU targets.
+
+A decision over several comparisons (widths, layer kinds, networks) combines them round by round: round ``i``'s
+speedup is the geometric mean of every comparison's round ``i``.
 """
 
 from __future__ import annotations
@@ -29,31 +39,92 @@ import math
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from srnas.arch.pruned import as_pruned, round_channels
 from srnas.arch.space import SearchSpace, SubnetConfig
 from srnas.config import LatencyConfig
 from srnas.latency import measure as measuring
 from srnas.latency.layers import LayerKey
-from srnas.latency.table import LatencyCache, build_table, protocol_key
+from srnas.latency.table import LatencyCache, protocol_key
 from srnas.latency.targets import Target
-from srnas.latency.validate import measure_networks
 from srnas.runtimes.availability import bf16_supported
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SchemeResult", "SchemeReport", "measure_schemes", "schemes_markdown"]
+__all__ = ["WITHIN_NOISE", "Decision", "SchemeResult", "SchemeReport", "decide", "measure_schemes", "median_interval",
+           "schemes_markdown"]
 
 ACCELERATED = "accelerated"
 NOT_ACCELERATED = "not accelerated"
 UNAVAILABLE = "unavailable"
 TARGET_PRECISION = "target precision"
+# How a measured decision was reached (``decision`` in schemes.json): the interval above, below or across the threshold.
+ABOVE, BELOW, WITHIN_NOISE, NOT_MEASURED = "accelerated", "not_accelerated", "within_noise", "not_measured"
+
+
+def median_interval(values: Sequence[float], confidence: float) -> tuple[float, float, float]:
+    """``(median, low, high)`` of ``values`` with a distribution-free ``confidence`` interval of the median.
+
+    The sign-test interval: for ``k`` sorted values, ``[x_(j), x_(k+1-j)]`` holds the median with probability
+    ``1 - 2 P(B <= j - 1)``, ``B ~ Binomial(k, 1/2)``, for any continuous distribution; the narrowest such interval
+    of at least ``confidence`` is returned. Too few values for ``confidence`` (5 are needed for 90%): ``low`` 0 and
+    ``high`` infinity (nothing can be concluded). NaN values are left out; none left: all NaN.
+    """
+    x = sorted(v for v in values if not math.isnan(v))
+    k = len(x)
+    if k == 0:
+        return math.nan, math.nan, math.nan
+    median = (x[(k - 1) // 2] + x[k // 2]) / 2
+    low, high, tail = 0.0, math.inf, 0.0  # tail: P(B <= j - 1)
+    for j in range(1, k // 2 + 1):
+        tail += math.comb(k, j - 1) / 2**k
+        if 1 - 2 * tail < confidence:
+            break
+        low, high = x[j - 1], x[k - j]
+    return median, low, high
+
+
+class Decision(NamedTuple):
+    """A decision over per-round speedups: their median, its interval, how many rounds, and the verdict (:func:`decide`)."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+    verdict: str
+
+    @property
+    def accelerated(self) -> bool:
+        return self.verdict == ABOVE
+
+
+def decide(speedups: Sequence[float], threshold: float, confidence: float) -> Decision:
+    """The decision on a scheme from its per-round speedups (a pure function of the measured ratios).
+
+    ``accelerated`` when the ``confidence`` interval of the median speedup (:func:`median_interval`) lies at or above
+    ``threshold``; ``not_accelerated`` when it lies below; ``within_noise`` when it straddles it: the rounds cannot
+    tell, and the scheme is not offered -- a wrong "accelerated" costs the search accuracy for no speed, a wrong "not
+    accelerated" only one option. ``not_measured`` (not offered either) when no round gave a valid speedup.
+    """
+    median, low, high = median_interval(speedups, confidence)
+    rounds = sum(not math.isnan(v) for v in speedups)
+    if rounds == 0:
+        verdict = NOT_MEASURED
+    elif low >= threshold:
+        verdict = ABOVE
+    elif high < threshold:
+        verdict = BELOW
+    else:
+        verdict = WITHIN_NOISE
+    return Decision(median, low, high, rounds, verdict)
 
 
 @dataclass
 class SchemeResult:
-    """One scheme on one target: its measured speedups (name -> x faster) and the decision."""
+    """One scheme on one target: its measured speedups (name -> median x faster) and the decision: ``decisive``, the
+    median speedup the decision is about, within ``interval`` (its confidence interval over ``rounds`` paired
+    rounds), and ``decision`` (:func:`decide`'s verdict; for a scheme not measured, its ``status``)."""
 
     scheme: str
     kind: str
@@ -61,16 +132,26 @@ class SchemeResult:
     decisive: float
     speedups: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    interval: tuple[float, float] = (math.nan, math.nan)
+    rounds: int = 0
+    decision: str = ""
 
     @property
     def accelerated(self) -> bool:
         return self.status == ACCELERATED
 
+    @classmethod
+    def decided(cls, scheme: str, kind: str, decision: Decision, speedups: dict[str, float], note: str) -> SchemeResult:
+        return cls(scheme, kind, ACCELERATED if decision.accelerated else NOT_ACCELERATED, decision.median, speedups, note,
+                   (decision.low, decision.high), decision.rounds, decision.verdict)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (NaN, a speedup lost in the noise or not measured, becomes null)."""
+        """JSON-ready (NaN, a speedup lost in the noise or not measured, becomes null; so does an unbounded interval)."""
         payload = asdict(self)
         payload["decisive"] = _finite(self.decisive)
         payload["speedups"] = {k: _finite(v) for k, v in self.speedups.items()}
+        payload["interval"] = [_finite(v) for v in self.interval]
+        payload["decision"] = self.decision or self.status.replace(" ", "_")
         return payload
 
 
@@ -83,6 +164,7 @@ class SchemeReport:
     target: Target
     min_speedup: float
     results: list[SchemeResult]
+    confidence: float = 0.9
 
     def get(self, scheme: str) -> SchemeResult | None:
         return next((r for r in self.results if r.scheme == scheme), None)
@@ -102,7 +184,7 @@ class SchemeReport:
         return max(min(accepted), min(floor, coarsest))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target.to_dict(), "min_speedup": self.min_speedup,
+        return {"target": self.target.to_dict(), "min_speedup": self.min_speedup, "confidence": self.confidence,
                 "accepted": self.accepted(), "schemes": [r.to_dict() for r in self.results]}
 
 
@@ -111,13 +193,15 @@ def _geomean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
 
 
-def _ratio(before: float, after: float) -> float:
-    """``before / after`` (how many times faster), NaN when a time is not positive (lost in the noise)."""
-    return before / after if before > 0 and after > 0 else math.nan
+def _per_round(comparisons: Sequence[Sequence[float]]) -> list[float]:
+    """Round ``i``: the geometric mean of every comparison's round ``i`` (NaN rounds left out)."""
+    rounds = min((len(c) for c in comparisons), default=0)
+    return [_geomean([c[i] for c in comparisons]) for i in range(rounds)]
 
 
-MeasureLayer = Callable[..., float]
-MeasureNetwork = Callable[..., float]
+CompareLayers = Callable[..., list[float]]
+CompareNetworks = Callable[..., list[float]]
+Pair = tuple[LayerKey, LayerKey]
 
 
 def measure_schemes(
@@ -125,88 +209,92 @@ def measure_schemes(
     space: SearchSpace,
     cfg: LatencyConfig,
     *,
-    measure_layer: MeasureLayer | None = None,
-    measure_network: MeasureNetwork | None = None,
+    compare_layers: CompareLayers | None = None,
+    compare_networks: CompareNetworks | None = None,
     cache: LatencyCache | None = None,
-    reference_ms: float | None = None,
 ) -> SchemeReport:
     """Measure every candidate scheme on ``target`` (see the module docstring) and decide which are accelerated.
 
-    Layers are measured like table entries (:func:`~srnas.latency.table.build_table`: lowest median of
-    ``cfg.scheme_rounds`` sweeps) and networks like validation networks; ``cache`` (the target's
-    :class:`~srnas.latency.table.LatencyCache`) shares them with the table and makes a rerun measure nothing.
-    ``reference_ms``: measure with the paired protocol against that reference (:mod:`srnas.runtimes.timing`).
+    Each comparison -- a layer with and without the scheme (:func:`srnas.latency.measure.compare_layers`), a network
+    in fp32 and in the scheme's precision (:func:`~srnas.latency.measure.compare_networks`) -- is ``cfg.scheme_rounds``
+    paired rounds of ``cfg.runs`` calls (networks: ``cfg.net_runs``) after ``cfg.warmup`` (``cfg.net_warmup``), kept
+    round by round in ``cache`` (the target's :class:`~srnas.latency.table.LatencyCache`), so a rerun measures nothing
+    and writes the same decisions.
     """
-    measure_layer = measure_layer or measuring.measure_layer
-    measure_network = measure_network or measuring.measure_network
+    compare_layers = compare_layers or measuring.compare_layers
+    compare_networks = compare_networks or measuring.compare_networks
     with contextlib.ExitStack() as stack:
         if cache is None:
             cache = LatencyCache(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-schemes-")), target.fingerprint())
-        layers: dict[LayerKey, float] = {}
-        nets = cache.section("networks", protocol_key(target, **cfg.net_timing(), reference_ms=reference_ms))
-        # The layers a decision needs depend on earlier decisions (the reference granularity): ask, measure what
+        rounds = cfg.scheme_rounds
+        layer_pairs = cache.section("layer_comparisons", protocol_key(target, cfg.warmup, cfg.runs, rounds))
+        net_pairs = cache.section("network_comparisons", protocol_key(target, cfg.net_warmup, cfg.net_runs, rounds))
+        # The comparisons a decision needs depend on earlier decisions (the reference granularity): ask, measure what
         # was missing, decide again, until nothing is missing.
         for _ in range(10):
-            missing_layers: set[LayerKey] = set()
+            missing_layers: dict[str, Pair] = {}
             missing_nets: dict[str, tuple[SubnetConfig, str]] = {}
 
-            def layer_ms(layer: LayerKey) -> float:
-                if layer not in layers:
-                    missing_layers.add(layer)
-                    return 1.0
-                return layers[layer]
+            def layer_speedups(base: LayerKey, other: LayerKey) -> list[float]:
+                key = f"{base.id}>{other.id}"
+                if key not in layer_pairs:
+                    missing_layers[key] = (base, other)
+                    return [1.0] * rounds
+                return list(layer_pairs[key])
 
-            def net_ms(net: SubnetConfig, precision: str) -> float:
-                key = f"{net.name}@{precision}"
-                if key not in nets:
+            def net_speedups(net: SubnetConfig, precision: str) -> list[float]:
+                key = f"{net.name}@fp32>{precision}"
+                if key not in net_pairs:
                     missing_nets[key] = (net, precision)
-                    return 1.0
-                return nets[key]
+                    return [1.0] * rounds
+                return list(net_pairs[key])
 
-            report = _decide(target, space, cfg, layer_ms, net_ms)
+            report = _decide(target, space, cfg, layer_speedups, net_speedups)
             if not missing_layers and not missing_nets:
                 return report
-            if missing_layers:
-                table = build_table(target, missing_layers, granularity=0, **cfg.layer_timing(cfg.scheme_rounds),
-                                    reference_ms=reference_ms, cache_dir=cache.path.parent, cache=cache, measure=measure_layer)
-                layers.update(table.entries)
-            for key, (net, precision) in missing_nets.items():
-                def measure(t: Target, n: Any, *, _p: str = precision, **timing: Any) -> float:
-                    return measure_network(t, n, precision=_p, **timing)
-
-                nets[key] = measure_networks(target, [as_pruned(net)], **cfg.net_timing(), reference_ms=reference_ms,
-                                             measure=measure)[0]
+            for key, (base, other) in sorted(missing_layers.items()):
+                layer_pairs[key] = [float(v) for v in compare_layers(target, base, other, warmup=cfg.warmup, runs=cfg.runs,
+                                                                     rounds=rounds)]
+            for key, (net, precision) in sorted(missing_nets.items()):
+                net_pairs[key] = [float(v) for v in compare_networks(target, as_pruned(net), base_precision="fp32",
+                                                                     precision=precision, warmup=cfg.net_warmup,
+                                                                     runs=cfg.net_runs, rounds=rounds)]
             cache.save()
-    raise RuntimeError("scheme measurement did not settle")  # pragma: no cover - each pass only adds layers
+    raise RuntimeError("scheme measurement did not settle")  # pragma: no cover - each pass only adds comparisons
 
 
-def _decide(target: Target, space: SearchSpace, cfg: LatencyConfig, layer_ms: Callable[[LayerKey], float],
-            net_ms: Callable[[SubnetConfig, str], float]) -> SchemeReport:
+def _decide(target: Target, space: SearchSpace, cfg: LatencyConfig,
+            layer_speedups: Callable[[LayerKey, LayerKey], list[float]],
+            net_speedups: Callable[[SubnetConfig, str], list[float]]) -> SchemeReport:
     widths = tuple(cfg.scheme_widths) or tuple(w for w in space.widths if w >= 16) or space.widths[-1:]
     ops = ("conv", "expand")  # a conv3x3 and a conv1x1 whose output channels are pruned
     results: list[SchemeResult] = []
-    threshold = cfg.min_speedup
+    threshold, confidence = cfg.min_speedup, cfg.scheme_confidence
+
+    def judged(comparisons: Sequence[Sequence[float]]) -> Decision:
+        return decide(_per_round(comparisons), threshold, confidence)
 
     # --- filter pruning at each granularity ---------------------------------------------------------------
     reference: int | None = None  # the coarsest accelerated granularity so far
     for g in sorted(cfg.granularities, reverse=True):
         speedups: dict[str, float] = {}
-        for ratio in cfg.prune_ratios:
-            values = []
-            for op in ops:
-                for w in widths:
-                    c = round_channels(w * (1 - ratio), g, w)
-                    if c < w:
-                        values.append(_ratio(layer_ms(LayerKey(op, w, w)), layer_ms(LayerKey(op, w, c))))
-            if values:
-                speedups[f"ratio {ratio:g}"] = _geomean(values)
         if reference is None:
-            decisive = max((v for v in speedups.values() if v == v), default=math.nan)
-            note = "best speedup over the ratios, vs the unpruned layer"
-            if not speedups:
+            by_ratio: list[Decision] = []
+            for ratio in cfg.prune_ratios:
+                pairs = [(LayerKey(op, w, w), LayerKey(op, w, c)) for op in ops for w in widths
+                         if (c := round_channels(w * (1 - ratio), g, w)) < w]
+                if pairs:
+                    decision = judged([layer_speedups(*pair) for pair in pairs])
+                    speedups[f"ratio {ratio:g}"] = decision.median
+                    by_ratio.append(decision)
+            # the ratio that makes the best case: the highest lower end of its interval
+            best = max(by_ratio, key=lambda d: (d.low if d.low == d.low else -math.inf, d.median), default=None)
+            note = "the best ratio's speedup vs the unpruned layer"
+            if best is None:
+                best = decide([], threshold, confidence)
                 note = f"no ratio prunes any of the widths {list(widths)} at this granularity"
         else:
-            values = []
+            comparisons = []
             for op in ops:
                 for w in widths:
                     extra = [c for c in range(g, w, g) if c % reference != 0]
@@ -214,42 +302,39 @@ def _decide(target: Target, space: SearchSpace, cfg: LatencyConfig, layer_ms: Ca
                     picks = sorted({extra[round(i * (len(extra) - 1) / 2)] for i in range(3)}) if extra else []
                     for c in picks:
                         up = min(w, -(-c // reference) * reference)
-                        values.append(_ratio(layer_ms(LayerKey(op, w, up)), layer_ms(LayerKey(op, w, c))))
-            decisive = _geomean(values) if values else math.nan
-            speedups[f"vs rounding up to {reference}"] = decisive
+                        comparisons.append(layer_speedups(LayerKey(op, w, up), LayerKey(op, w, c)))
+            best = judged(comparisons)
+            speedups[f"vs rounding up to {reference}"] = best.median
             note = f"counts only g={g} allows, vs the same layer rounded up to a multiple of {reference}"
-        status = ACCELERATED if decisive >= threshold else NOT_ACCELERATED
-        if status == ACCELERATED:
+        result = SchemeResult.decided(f"filter_g{g}", "filter", best, speedups, note)
+        if result.accelerated:
             reference = g
-        results.append(SchemeResult(f"filter_g{g}", "filter", status, decisive, speedups, note))
+        results.append(result)
 
     # --- unstructured zeros -------------------------------------------------------------------------------
     for sparsity in cfg.sparsities:
         scheme = f"sparse{round(sparsity * 100)}"
-        speedups = {}
-        for w in widths:
-            speedups[f"conv3x3 w{w}"] = _ratio(layer_ms(LayerKey("conv", w, w)), layer_ms(LayerKey("conv", w, w, scheme)))
-        decisive = _geomean(list(speedups.values()))
-        status = ACCELERATED if decisive >= threshold else NOT_ACCELERATED
-        results.append(SchemeResult(scheme, "unstructured", status, decisive, speedups,
-                                    f"{sparsity:.0%} of the weights zero, dense kernels; geometric mean over widths"))
+        per_width = {w: layer_speedups(LayerKey("conv", w, w), LayerKey("conv", w, w, scheme)) for w in widths}
+        speedups = {f"conv3x3 w{w}": decide(v, threshold, confidence).median for w, v in per_width.items()}
+        results.append(SchemeResult.decided(scheme, "unstructured", judged(list(per_width.values())), speedups,
+                                            f"{sparsity:.0%} of the weights zero, dense kernels; geometric mean over widths"))
 
     # --- precision ----------------------------------------------------------------------------------------
     nets = [SubnetConfig(w, (space.largest().cells)) for w in widths]
 
     def precision_scheme(precision: str, deployed_as: str) -> SchemeResult:
         """Speedup of running in ``precision`` vs fp32: a conv3x3 per width (shown) and whole networks (decisive)."""
-        speedups = {f"conv3x3 w{w}": _ratio(layer_ms(LayerKey("conv", w, w, "fp32")), layer_ms(LayerKey("conv", w, w, precision)))
-                    for w in widths}
-        for net in nets:
-            speedups[f"net {net.name}"] = _ratio(net_ms(net, "fp32"), net_ms(net, precision))
-        decisive = _geomean([v for k, v in speedups.items() if k.startswith("net")])
+        speedups = {f"conv3x3 w{w}": decide(layer_speedups(LayerKey("conv", w, w, "fp32"), LayerKey("conv", w, w, precision)),
+                                            threshold, confidence).median for w in widths}
+        per_net = {net.name: net_speedups(net, precision) for net in nets}
+        speedups |= {f"net {name}": decide(v, threshold, confidence).median for name, v in per_net.items()}
+        decision = judged(list(per_net.values()))
         if target.precision == precision:
-            status, note = TARGET_PRECISION, f"this target already runs {precision}; speedup vs fp32 shown"
-        else:
-            status = ACCELERATED if decisive >= threshold else NOT_ACCELERATED
-            note = f"{deployed_as}; quality must be measured in {precision}"
-        return SchemeResult(precision, "precision", status, decisive, speedups, note)
+            note = f"this target already runs {precision}; speedup vs fp32 shown"
+            return SchemeResult(precision, "precision", TARGET_PRECISION, decision.median, speedups, note,
+                                (decision.low, decision.high), decision.rounds)
+        return SchemeResult.decided(precision, "precision", decision, speedups,
+                                    f"{deployed_as}; quality must be measured in {precision}")
 
     if not target.runtime.startswith("torch"):
         results.append(precision_scheme("int8", "static QDQ per network (an int8 target's table)"))
@@ -261,7 +346,7 @@ def _decide(target: Target, space: SearchSpace, cfg: LatencyConfig, layer_ms: Ca
 
     results.append(SchemeResult("sparse_2to4", "semi-structured", UNAVAILABLE, math.nan, {},
                                 "2:4 sparsity is accelerated only by GPU runtimes (sparse tensor cores); none here"))
-    return SchemeReport(target, threshold, results)
+    return SchemeReport(target, threshold, results, confidence)
 
 
 def schemes_markdown(report: SchemeReport) -> str:
@@ -271,13 +356,20 @@ def schemes_markdown(report: SchemeReport) -> str:
         f"### Pruning schemes on {t.name}",
         "",
         f"{t.device}, {t.runtime} {t.precision}, {t.threads} thread(s), LR {t.input_hw[0]}x{t.input_hw[1]} (x{t.scale}); "
-        f"a scheme is kept when at least {report.min_speedup:.2f}x faster.",
+        f"a scheme is kept when the {report.confidence:.0%} interval of its median paired speedup lies at or above "
+        f"{report.min_speedup:.2f}x (across it: within the noise, not kept).",
         "",
-        "| scheme | kind | measured speedup | decision |",
+        "| scheme | kind | measured speedup (median) | decision |",
         "|---|---|---|---|",
     ]
     for r in report.results:
         shown = ", ".join(f"{k}: {v:.2f}x" for k, v in r.speedups.items()) or "-"
-        decision = r.status if math.isnan(r.decisive) else f"{r.status} ({r.decisive:.2f}x)"
+        decision = r.status
+        if not math.isnan(r.decisive):
+            low, high = r.interval
+            band = f"{low:.2f}-{high:.2f}x" if math.isfinite(high) else "unbounded"
+            decision += f" ({r.decisive:.2f}x, interval {band}, {r.rounds} rounds)"
+        if r.decision == WITHIN_NOISE:
+            decision += ", within the noise"
         lines.append(f"| {r.scheme} | {r.kind} | {shown} | {decision}; {r.note} |")
     return "\n".join(lines) + "\n"

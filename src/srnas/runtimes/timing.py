@@ -42,8 +42,8 @@ from srnas.config import LATENCY_PROTOCOLS
 from srnas.runtimes.allocator import minor_faults
 
 __all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "QUIET_ATTEMPTS", "QUIET_LIMIT", "QUIET_WAIT_S", "call_times", "gc_paused",
-           "lowest_ms", "median_ms", "others_busy", "paired_ms", "paired_rounds", "paired_value", "pinned_threads", "quiet",
-           "quiet_stats", "sweep", "time_calls", "warm"]
+           "lowest_ms", "median_ms", "others_busy", "paired_ms", "paired_ratios", "paired_rounds", "paired_value",
+           "pinned_threads", "quiet", "quiet_stats", "sweep", "time_calls", "warm"]
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +205,18 @@ def paired_rounds(item_round: Callable[[], Round], reference_round: Callable[[],
     return items, refs
 
 
+def paired_ratios(items: Sequence[float], refs: Sequence[float]) -> list[float]:
+    """Per round, ``items[i] / mean(refs[i], refs[i + 1])``: each item round against the reference rounds around it."""
+    if len(refs) != len(items) + 1 or not items:
+        raise ValueError(f"paired timing: {len(items)} item rounds need {len(items) + 1} reference rounds, got {len(refs)}")
+    return [value / max((before + after) / 2, 1e-9) for value, before, after in zip(items, refs, refs[1:])]
+
+
 def paired_value(items: Sequence[float], refs: Sequence[float], reference_ms: float) -> float:
     """``reference_ms`` times the median over rounds of ``items[i] / mean(refs[i], refs[i + 1])``."""
     if not reference_ms > 0:
         raise ValueError(f"reference latency must be positive, got {reference_ms}")
-    if len(refs) != len(items) + 1 or not items:
-        raise ValueError(f"paired timing: {len(items)} item rounds need {len(items) + 1} reference rounds, got {len(refs)}")
-    ratios = [value / max((before + after) / 2, 1e-9) for value, before, after in zip(items, refs, refs[1:])]
-    return reference_ms * statistics.median(ratios)
+    return reference_ms * statistics.median(paired_ratios(items, refs))
 
 
 def paired_ms(item_round: Callable[[], float], reference_round: Callable[[], float], rounds: int, reference_ms: float) -> float:

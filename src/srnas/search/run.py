@@ -190,14 +190,16 @@ class TrialEvaluator:
 
 
 def _worker(job: _Job, index: int, ready: Any) -> None:
-    """A worker process: its own evaluator and sampler (seed + index), the shared study; says when it is ready."""
+    """A worker process: its own evaluator and sampler (seeded per trial from the study, like the main process's),
+    the shared study; says when it is ready, stops after its current trial when the main process is gone."""
+    parent = os.getppid()
     torch.set_num_threads(job.threads)
     studies.quiet_optuna()
     evaluator = TrialEvaluator(job.inputs, job.cfg, job.importance)
-    study = studies.open_study(job.study_path, job.study_name, job.cfg, job.cfg.seed + index)
+    study = studies.open_study(job.study_path, job.study_name, job.cfg, job.cfg.seed)
     ready.set()
     studies.run_trials(study, job.cfg, job.budget.admit_ms, evaluator.space, evaluator.schemes, evaluator,
-                       worker=f"{index}:{os.getpid()}")
+                       worker=f"{index}:{os.getpid()}", stop=lambda: os.getppid() != parent)
 
 
 def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfig, out_dir: str | os.PathLike[str], *,
@@ -240,6 +242,7 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
     name = studies.study_name(identity)
     study_path = out_dir / STUDY_FILE
     study = studies.open_study(study_path, name, cfg, cfg.seed)
+    studies.fail_dead_trials(study)  # before any trial starts: the samplers must not count them as running
     if cfg.plain_seeds and not study.get_trials(deepcopy=False):
         seeds = studies.plain_seeds(evaluator.space)
         for params in seeds:  # a fresh study only: a resumed one holds them already

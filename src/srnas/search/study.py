@@ -4,8 +4,12 @@ The study lives in an SQLite file (Optuna's RDB storage) under the stage's outpu
 makes its trials comparable (:func:`study_name`), so
 
 - a killed search resumes where it stopped: completed trials stay in the file, a trial that was running when
-  its process died is marked failed by the heartbeat and does not count, and the next run only adds the
-  trials still missing (``trials`` counts *completed* trials);
+  its process died is marked failed when the search resumes (:func:`fail_dead_trials`: its process, recorded in
+  the trial, is gone; or, for a process on another host, by the heartbeat) and does not count, and the next run
+  only adds the trials still missing (``trials`` counts *completed* trials);
+- a resumed search continues the sequence an uninterrupted one would have sampled: the sampler is made afresh for
+  every trial, seeded from the seed and the trials finished before it (:class:`TrialSeededSampler`), so a
+  restarted process neither replays the first trials' proposals nor depends on what a killed trial had drawn;
 - several processes share one study (``n_workers``): each asks the storage for its next trial, the samplers see
   every process's results (TPE with the constant liar for trials still running);
 - a changed budget, strategy, supernet or latency table gets a new study in the same file, and going back
@@ -22,13 +26,17 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -36,13 +44,16 @@ from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig
 from srnas.config import SearchArchConfig
 from srnas.search.candidate import DENSE, ArchCandidate
 
-__all__ = ["TrialRecord", "block_levels", "completed", "completed_trials", "make_sampler", "open_study", "quiet_optuna", "run_trials",
-           "plain_seeds", "search_keeps", "study_name", "suggest_candidate"]
+__all__ = ["TrialRecord", "TrialSeededSampler", "block_levels", "completed", "completed_trials", "fail_dead_trials",
+           "make_sampler", "open_study", "plain_seeds", "quiet_optuna", "run_trials", "search_keeps", "study_name",
+           "suggest_candidate", "trial_seed"]
 
 log = logging.getLogger(__name__)
 
 # What a trial's latency and feasibility are stored under (user attributes).
 ARCH_ATTR, LATENCY_ATTR, PSNR_ATTR = "arch", "latency_ms", "psnr"
+# Which process runs a trial (recorded when it starts): what tells a trial left running by a dead process.
+HOST_ATTR, PID_ATTR = "host", "pid"
 HEARTBEAT_S, GRACE_S = 5, 20
 CONSTRAINT = "latency_over_budget_ms"
 
@@ -71,13 +82,63 @@ def study_name(identity: Mapping[str, Any]) -> str:
     return f"search_arch-{digest}"
 
 
-def make_sampler(strategy: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler of ``strategy``: TPE or GP (both model the trials' latency constraint), or random sampling."""
+def _strategy_sampler(strategy: str, seed: int) -> optuna.samplers.BaseSampler:
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if strategy == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def trial_seed(seed: int, finished: int, running: int) -> int:
+    """The seed of a trial's sampler: from the study's ``seed``, the trials ``finished`` (completed) when it starts and
+    the trials of other processes ``running`` then (0 with one process), mixed (NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence([seed, finished, running]).generate_state(1)[0])
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """The sampler of ``strategy``, made afresh for every trial and seeded by :func:`trial_seed`.
+
+    A sampler seeded once per process restarts its random sequence whenever a killed search is resumed: the resumed
+    process proposes the first trials again. Seeded per trial from what the study holds, a proposal depends only on
+    the seed and the finished trials (their values included, for TPE and GP), so a resumed search samples what an
+    uninterrupted one would have at the same point: the trial a kill interrupted (failed, not counted) is proposed
+    again, then the sequence goes on. Fresh per trial also means no state carried between trials (GP's fitted
+    kernels, TPE's cached search space): the history in the study is the whole input.
+    """
+
+    def __init__(self, strategy: str, seed: int) -> None:
+        self.strategy = strategy
+        self.seed = seed
+        self._sampler = _strategy_sampler(strategy, seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        finished = sum(t.state == TrialState.COMPLETE for t in trials)
+        running = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+        self._sampler = _strategy_sampler(self.strategy, trial_seed(self.seed, finished, running))
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Nothing to do: every trial's sampler is seeded from the study (Optuna calls this for parallel jobs)."""
+
+
+def make_sampler(strategy: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler of ``strategy`` -- TPE or GP (both model the trials' latency constraint), or random sampling --
+    seeded per trial (:class:`TrialSeededSampler`)."""
+    return TrialSeededSampler(strategy, seed)
 
 
 def open_study(path: Path, name: str, cfg: SearchArchConfig, seed: int) -> optuna.Study:
@@ -137,15 +198,56 @@ def completed(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _dead(trial: FrozenTrial, host: str, now: datetime) -> bool:
+    """Whether a RUNNING ``trial`` was left by a process that is gone: one of this host whose pid is not alive, or one
+    that died before it recorded its process (started more than the heartbeat's grace period ago). A trial of a
+    process on another host is left to the heartbeat (Optuna fails it once its heartbeat is stale)."""
+    pid = trial.user_attrs.get(PID_ATTR)
+    if pid is None:
+        started = trial.datetime_start
+        return started is None or (now - started).total_seconds() > GRACE_S
+    return trial.user_attrs.get(HOST_ATTR) == host and not _process_alive(int(pid))
+
+
+def fail_dead_trials(study: optuna.Study, now: datetime | None = None) -> list[int]:
+    """Mark FAILED every RUNNING trial whose process is dead (see :func:`_dead`); return their numbers. Called when a
+    search (re)starts, before its first trial: a trial a killed process left RUNNING would otherwise stay so (the
+    heartbeat only fails it once its grace period is over, maybe never if the search finishes first), counted as
+    running by the samplers. ``now``: the time trials' ages are taken at (default: now)."""
+    host, now = socket.gethostname(), now or datetime.now()
+    failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _dead(t, host, now)]
+    for number in failed:
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    if failed:
+        log.info("trial(s) %s were left running by a process that is gone: marked failed, to be run again",
+                 ", ".join(map(str, failed)))
+    return failed
+
+
 def run_trials(study: optuna.Study, cfg: SearchArchConfig, budget_ms: float, space: SearchSpace, schemes: Sequence[str],
                evaluate: Callable[[ArchCandidate], tuple[float, float]], *, worker: str,
-               on_trial: Callable[[TrialRecord], None] | None = None) -> None:
+               on_trial: Callable[[TrialRecord], None] | None = None, stop: Callable[[], bool] | None = None) -> None:
     """Run trials until the study holds ``cfg.trials`` completed ones (counting every process's); a trial is
     feasible (admitted) when its predicted latency is at most ``budget_ms`` (the budget plus its slack: the candidates
-    are then measured, :mod:`srnas.search.verify`)."""
+    are then measured, :mod:`srnas.search.verify`). ``stop()`` true after a trial ends this process's trials (a worker
+    whose parent died)."""
+
+    host = socket.gethostname()
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
+        trial.set_user_attr(HOST_ATTR, host)
+        trial.set_user_attr(PID_ATTR, os.getpid())
         candidate = suggest_candidate(trial, space, schemes, cfg.prune_keep)
         psnr, latency_ms = evaluate(candidate)
         trial.set_user_attr(ARCH_ATTR, candidate.to_dict())
@@ -160,6 +262,8 @@ def run_trials(study: optuna.Study, cfg: SearchArchConfig, budget_ms: float, spa
     def report(study: optuna.Study, trial: FrozenTrial) -> None:
         if on_trial is not None and trial.state == TrialState.COMPLETE:
             on_trial(_record(trial, budget_ms))
+        if stop is not None and stop():
+            study.stop()
 
     remaining = cfg.trials - completed(study)
     if remaining <= 0:
@@ -198,7 +302,7 @@ def search_keeps(names: Sequence[str], start: Mapping[str, float], *, low: float
     ``start`` is tried first (stage 2's choice), then the sampler's proposals. Returns
     ``(keeps, psnr, latency_ms)`` per completed trial, in order; a minute at most, so it is not persisted.
     """
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(strategy, seed))
+    study = optuna.create_study(direction="maximize", sampler=_strategy_sampler(strategy, seed))  # in memory: never resumed
     study.enqueue_trial(dict(start), skip_if_exists=True)
     results: list[tuple[dict[str, float], float, float]] = []
 

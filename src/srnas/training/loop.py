@@ -4,7 +4,9 @@ Outputs in ``out_dir``:
 
 - ``last.ckpt``: model, optimizer, scheduler, step, RNG state and recent losses, written atomically every
   ``checkpoint_every`` steps and at the end. ``train(..., resume=True)`` continues from it.
-- ``model.pt``: final fp32 weights with model name, scale and config (read by :func:`load_trained`).
+- ``model.pt``: final fp32 weights with model name, scale and config (read by :func:`load_trained`), and the
+  final figures that depend only on the training (no wall clock, nothing about how the run was resumed: see
+  :data:`RUN_FIGURES`), so the same training writes the same bytes.
 - ``train_metrics.json``: final loss, steps, seconds, steps/s, validation PSNR.
 
 Exact resume: the weights at step ``k`` depend only on the config, the data and the seed. Model
@@ -91,6 +93,9 @@ ModelSaver = Callable[[Path, nn.Module, dict[str, Any]], None]
 
 CHECKPOINT_FILE = "last.ckpt"
 METRICS_FILE = "train_metrics.json"
+# Figures of ``train_metrics.json`` that describe the run rather than the weights (wall clock, where it resumed):
+# kept out of the model file, whose bytes then depend on the training alone.
+RUN_FIGURES = ("seconds", "steps_per_s", "resumed_from_step")
 
 # Config fields that do not change the trained weights: a checkpoint is resumed across changes of these
 # (``device`` is the supernet's: a run may resume on another device).
@@ -453,7 +458,8 @@ def run_loop(
             **{name: validation.get(name) for name in spec.validation},
             "resumed_from_step": start_step,
         }
-        step_fn.save_model(model_path, {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
+        step_fn.save_model(model_path, {k: v for k, v in metrics.items()
+                                        if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k not in RUN_FIGURES})
         write_json(metrics_path, metrics)
         emit({**final, "train_seconds": seconds, "steps_per_s": steps_per_s, **validation}, cfg.steps)
         logger.info("trained %s: %s; %s; %.1f s", spec.label, _pairs_text(final, ".5f"),
