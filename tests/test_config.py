@@ -112,7 +112,8 @@ def test_an_unknown_key_in_an_overlay_is_one_line_naming_the_overlay(tmp_path: P
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err.splitlines() == [(f"srnas: error: {overlay}:search_arch.trails: unknown key; known: "
-                                              "strategy, mode, trials, n_workers, seed, prune_keep, val_set, val_crops, crop_size")]
+                                              "strategy, mode, trials, n_workers, seed, prune_keep, val_set, val_crops, crop_size, "
+                                              "recovery_steps, recovery_per_width, plain_seeds")]
     # a list replaces the one it overlays: its items must be complete
     partial = tmp_path / "target.yaml"
     partial.write_text("latency: {targets: [{name: t, runtime: torch_fp32, precision: fp32}]}", encoding="utf-8")

@@ -19,7 +19,6 @@ rule search_ratio:
     params:
         config=config_json("search_ratio", "search_arch", "budget", "latency.targets", "latency.protocol",
                            "latency.net_warmup", "latency.net_runs", "latency.net_rounds", "latency.net_passes",
-                           # the recovery fine-tunes' recipe (search_ratio.recovery_steps), not finetune.steps
                            "finetune.lr", "finetune.min_lr", "finetune.weight_decay", "finetune.batch_size", "finetune.lr_patch_size",
                            "finetune.seed", "finetune.bf16", "finetune.channels_last", "finetune.augment"),
         out=subpath(output.pruned, parent=True),

@@ -17,7 +17,6 @@ rule search_arch:
     params:
         config=config_json("search_arch", "budget", "search_ratio.importance", "latency.targets", "latency.protocol",
                            "latency.net_warmup", "latency.net_runs", "latency.net_rounds", "latency.net_passes",
-                           # the recovery fine-tunes' recipe (search_arch.recovery_steps), not finetune.steps
                            "finetune.lr", "finetune.min_lr", "finetune.weight_decay", "finetune.batch_size", "finetune.lr_patch_size",
                            "finetune.seed", "finetune.bf16", "finetune.channels_last", "finetune.augment"),
         out=subpath(output.arch, parent=True),
