@@ -36,6 +36,7 @@ wildcard_constraints:
     model=MODEL_NAME_PATTERN,
     scale="|".join(str(scale) for scale in SUPPORTED_SCALES),
 
+
 ALWAYS_PASSED = ("tracking", "data")
 
 
