@@ -5,7 +5,8 @@ dataclasses. Every error names the key path (``params.yaml:data.scales``) and wh
 
 :func:`from_mapping` requires every field: ``params.yaml`` sets every key, and a missing one is an error, never a
 silent default. The defaults below exist for library callers and tests; they equal ``params.yaml``'s values exactly
-(``tests/test_config.py`` holds them so), so there is one set of values. :func:`check_keys` checks an overlay.
+(``tests/test_config.py`` holds them so), so there is one set of values. :func:`check_keys` checks an overlay,
+:func:`check_key_path` one dotted key.
 """
 
 from __future__ import annotations
@@ -118,6 +119,20 @@ def check_keys(cls: type, mapping: Any, where: str) -> None:
             check_keys(annotation, value, key_path(where, name))  # type: ignore[arg-type]
         else:
             _coerce(value, annotation, key_path(where, name))
+
+
+def check_key_path(cls: type, dotted: str, where: str) -> None:
+    """ConfigError naming ``where`` and the key when ``dotted`` (``data.root``, ``train.steps_by_model.fsrcnn``: a key
+    of a mapping field may be any name) is not a key of dataclass ``cls``; its value is not checked."""
+    parts = dotted.split(".")
+    current: Any = cls
+    for depth, part in enumerate(parts):
+        if not dataclasses.is_dataclass(current):
+            if typing.get_origin(current) is dict and depth == len(parts) - 1 and part:
+                return
+            raise ConfigError(f"{key_path(where, '.'.join(parts[:depth]))}: has no key {part!r} (not a section)")
+        _, hints = _fields_of(current, {part: None}, where if depth == 0 else key_path(where, ".".join(parts[:depth])))
+        current = hints[part]
 
 
 def _check(condition: bool, key: str, message: str) -> None:

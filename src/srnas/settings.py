@@ -140,7 +140,13 @@ def raw_config(params: Path | None = None, overlays: tuple[Path, ...] = (), conf
     return merged, label
 
 
+def settings_from_mapping(mapping: Mapping[str, Any], label: str) -> Settings:
+    """Every section of a whole configuration ``mapping``, typed; ConfigError naming ``label`` (the file, or what
+    merged it) and the key's dotted path for a missing, unknown or bad key."""
+    return from_mapping(Settings, mapping, f"{label}:")
+
+
 def load_settings(params: Path | None = None, overlays: tuple[Path, ...] = (), config_json: str | None = None) -> Settings:
     """Every section, typed; ConfigError naming the file and the key's dotted path for a missing, unknown or bad key."""
     merged, label = raw_config(params, overlays, config_json)
-    return from_mapping(Settings, merged, f"{label}:")
+    return settings_from_mapping(merged, label)

@@ -12,6 +12,11 @@ tracking URI and experiment:
 - :func:`stage_run` joins the recorded parent, or creates and records one when there is none (a
   lone ``dvc repro`` stage), so later stages join it. ``SRNAS_PIPELINE_RUN_ID`` overrides the file.
 - A stage that raises ends FAILED, marks the parent FAILED and forgets it.
+- A stage run records the process that runs it (:data:`PROCESS_TAG`). A killed process (SIGKILL, power loss) cannot
+  end its run, so when a stage starts it ends KILLED every run of the same stage (same ``srnas.stage``,
+  ``srnas.model`` and ``srnas.scale``, same experiment) still RUNNING whose process is gone -- it ran on this host
+  and no longer runs, or it predates the tag -- with that run's RUNNING candidates. A run of another host is left
+  alone (its process cannot be checked from here).
 
 Only :class:`mlflow.MlflowClient` is used (never the fluent ``mlflow.start_run``), so no active
 run is left behind in any process. With ``TrackingConfig.enabled = False`` every function is a
@@ -26,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -64,6 +70,8 @@ KIND_TAG = "srnas.kind"  # "pipeline" | "stage" | "candidate"
 STAGE_TAG = "srnas.stage"
 PIPELINE_TAG = "srnas.pipeline"
 CANDIDATE_TAG = "srnas.candidate"
+PROCESS_TAG = "srnas.process"  # "<host> <pid> <start>": the process running a stage run (stale runs are told by it)
+IDENTITY_TAGS = ("srnas.model", "srnas.scale")  # with STAGE_TAG: which runs are the same stage
 
 # mlflow.utils.validation limits (a test checks they still match).
 MAX_PARAM_VAL_LENGTH = 6000
@@ -335,6 +343,79 @@ def _terminate(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
 
 
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22), so that a reused pid is
+    not taken for the process; "" where unknown (no such process, no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return ""
+    fields = stat.rpartition(")")[2].split()  # after "pid (comm)": field 3 onwards
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _this_process() -> str:
+    """:data:`PROCESS_TAG`'s value for this process."""
+    pid = os.getpid()
+    return f"{socket.gethostname()} {pid} {_process_start(pid)}".rstrip()
+
+
+def _process_gone(process: str) -> bool | None:
+    """Whether the process a :data:`PROCESS_TAG` value names no longer runs: True or False on its host, None when it
+    ran on another host (it cannot be checked from here)."""
+    host, _, rest = process.partition(" ")
+    pid_text, _, start = rest.partition(" ")
+    if host != socket.gethostname():
+        return None
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists (another user's)
+    except OSError:
+        return True
+    return bool(start) and _process_start(pid) != start  # the pid now names another process
+
+
+def _end_stale_stage_runs(client: MlflowClient, experiment_id: str, stage: str, tags: Mapping[str, str]) -> list[str]:
+    """End KILLED the runs of the same stage (``stage`` and the :data:`IDENTITY_TAGS` of ``tags``) left RUNNING by a
+    process that is gone, and their RUNNING candidates; return their ids (see the module docstring)."""
+    from mlflow.entities import ViewType
+
+    identity = {key: tags.get(key) for key in IDENTITY_TAGS}
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{KIND_TAG}` = 'stage' and tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'RUNNING'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        max_results=1000,
+    )
+    ended = []
+    for run in running:
+        run_tags = run.data.tags
+        if any(run_tags.get(key) != value for key, value in identity.items()):
+            continue
+        process = run_tags.get(PROCESS_TAG)
+        if process is not None and not _process_gone(process):
+            continue  # still running, or on another host
+        _log.warning("ending MLflow run %s (%s), left RUNNING by %s, as KILLED", run.info.run_id, run.info.run_name,
+                     f"process {process}, which is gone" if process else "an earlier process")
+        for candidate in client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}' and attributes.status = 'RUNNING'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+        ):
+            _terminate(client, candidate.info.run_id, "KILLED")
+        _terminate(client, run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    return ended
+
+
 def _fail_pipeline(cfg: TrackingConfig, client: MlflowClient, parent_id: str) -> None:
     with _locked():
         if _run_status(client, parent_id) == "RUNNING":
@@ -540,7 +621,8 @@ def stage_run(
     """A child run of the pipeline run for one stage; yields a :class:`StageRun`.
 
     Joins ``SRNAS_PIPELINE_RUN_ID`` or the recorded parent, else creates and records one. Logs
-    ``params`` (flattened) and tags ``srnas.stage``, ``mlflow.parentRunId`` and the git commit.
+    ``params`` (flattened) and tags ``srnas.stage``, ``mlflow.parentRunId``, the git commit and this process
+    (:data:`PROCESS_TAG`); first ends KILLED the runs of the same stage a killed process left RUNNING.
     If the block raises, the run ends FAILED, the parent is marked FAILED and forgotten, and the
     exception propagates; otherwise the run ends FINISHED (the parent stays RUNNING).
     """
@@ -553,10 +635,11 @@ def stage_run(
         parent_id = _env_parent(client) or _live_recorded_parent(client, cfg)
         if parent_id is None:
             parent_id = _create_parent(client, cfg, experiment_id, "pipeline", None)
-    user_tags = _tag_values(tags)
-    run_tags = {**_base_tags("stage"), **user_tags, STAGE_TAG: stage, PARENT_TAG: parent_id}
-    model = user_tags.get("srnas.model")
-    run = client.create_run(experiment_id, tags=run_tags, run_name=f"{stage}:{model}" if model else stage)
+        user_tags = _tag_values(tags)
+        _end_stale_stage_runs(client, experiment_id, stage, user_tags)
+        run_tags = {**_base_tags("stage"), **user_tags, STAGE_TAG: stage, PARENT_TAG: parent_id, PROCESS_TAG: _this_process()}
+        model = user_tags.get("srnas.model")
+        run = client.create_run(experiment_id, tags=run_tags, run_name=f"{stage}:{model}" if model else stage)
     current = StageRun(client, run.info.run_id, experiment_id, run_tags)
     with _run_scope(client, current.run_id, on_failure=lambda: _fail_pipeline(cfg, client, parent_id)):
         if params:

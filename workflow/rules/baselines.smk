@@ -20,7 +20,7 @@ rule fit_baselines:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas fit-baselines --tables {input.tables} --out {params.out} --config-json {params.config:q} --log {log}"
+        "srnas fit-baselines --tables {input.tables:q} --out {params.out:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule train_baseline:
@@ -41,8 +41,8 @@ rule train_baseline:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas train --model {wildcards.model} --scale {wildcards.scale} --data-dir {input.data} --out {params.out}"
-        " --fitted {input.fitted} --config-json {params.config:q} --log {log}"
+        "srnas train --model {wildcards.model:q} --scale {wildcards.scale:q} --data-dir {input.data:q} --out {params.out:q}"
+        " --fitted {input.fitted:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule export:
@@ -63,8 +63,8 @@ rule export:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas export --model {wildcards.model} --scale {wildcards.scale} --checkpoint {input.checkpoint}"
-        " --data-dir {input.data} --out {params.out} --config-json {params.config:q} --log {log}"
+        "srnas export --model {wildcards.model:q} --scale {wildcards.scale:q} --checkpoint {input.checkpoint:q}"
+        " --data-dir {input.data:q} --out {params.out:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule profile_model:
@@ -83,5 +83,5 @@ rule profile_model:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas profile --model {wildcards.model} --scale {wildcards.scale} --checkpoint {input.checkpoint}"
-        " --onnx {input.onnx} --out {output.latency} --config-json {params.config:q} --log {log}"
+        "srnas profile --model {wildcards.model:q} --scale {wildcards.scale:q} --checkpoint {input.checkpoint:q}"
+        " --onnx {input.onnx:q} --out {output.latency:q} --config-json {params.config:q} --log {log:q}"

@@ -6,23 +6,36 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from srnas.config import SUPPORTED_SCALES
 from srnas.errors import ConfigError
-from srnas.settings import load_settings
+from srnas.models.registry import MODEL_NAME_PATTERN
+from srnas.preflight import check_mapping, load_checked
 from srnas.stage_code import stage_code_files
 
 
-def check_config_files():
-    """params.yaml and every --configfile overlay, checked by srnas (what `srnas config check` runs) before Snakemake
-    merges them: a missing key, or a key an overlay sets that does not exist, stops the workflow with one line naming
-    the file and the key."""
+def check_config():
+    """The whole configuration, checked while Snakemake parses the workflow: before any job and before the onstart
+    hook, so a bad value stops the run with one line naming the key, and nothing runs. First params.yaml and every
+    --configfile overlay before Snakemake merges them (what `srnas config check` runs), so the line names the file;
+    then the merged config, --config overrides included: every key set with a valid value, no other key, and the
+    names that must exist (model names in the registry, budget.target in latency.targets: srnas.preflight)."""
     try:
-        load_settings(Path("params.yaml"), tuple(Path(p) for p in workflow.overwrite_configfiles))
+        load_checked(Path("params.yaml"), tuple(Path(p) for p in workflow.overwrite_configfiles))
+        check_mapping(config, "config (params.yaml, --configfile and --config merged)")
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None
 
 
-check_config_files()
-validate(config, "../schemas/config.schema.yaml", set_default=False)  # --config overrides too: every key, no other
+check_config()
+validate(config, "../schemas/config.schema.yaml", set_default=False)  # the schema agrees: every key, no other
+
+
+# Defence in depth: a wildcard only ever matches a registry-safe model name and a supported scale (the config check
+# above already refuses any other name), and every value a shell command substitutes is quoted (`{...:q}`).
+wildcard_constraints:
+    model=MODEL_NAME_PATTERN,
+    scale="|".join(str(scale) for scale in SUPPORTED_SCALES),
+
 
 ALWAYS_PASSED = ("tracking", "data")
 

@@ -12,4 +12,4 @@ rule prepare_data:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas prepare-data --out {output} --config-json {params.config:q} --log {log}"
+        "srnas prepare-data --out {output:q} --config-json {params.config:q} --log {log:q}"

@@ -15,5 +15,5 @@ rule evaluate:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas evaluate --model {wildcards.model} --scale {wildcards.scale} --checkpoint {input.checkpoint}"
-        " --data-dir {input.data} --tables {input.tables} --out {output.metrics} --config-json {params.config:q} --log {log}"
+        "srnas evaluate --model {wildcards.model:q} --scale {wildcards.scale:q} --checkpoint {input.checkpoint:q}"
+        " --data-dir {input.data:q} --tables {input.tables:q} --out {output.metrics:q} --config-json {params.config:q} --log {log:q}"

@@ -29,8 +29,8 @@ rule search_ratio:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas search-ratio --arch {input.arch} --supernet {input.supernet} --tables {input.tables} --data-dir {input.data}"
-        " --out {params.out} --config-json {params.config:q} --log {log}"
+        "srnas search-ratio --arch {input.arch:q} --supernet {input.supernet:q} --tables {input.tables:q} --data-dir {input.data:q}"
+        " --out {params.out:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule finetune:
@@ -52,8 +52,8 @@ rule finetune:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas finetune --pruned {input.pruned} --supernet {input.supernet} --data-dir {input.data} --out {params.out}"
-        " --config-json {params.config:q} --log {log}"
+        "srnas finetune --pruned {input.pruned:q} --supernet {input.supernet:q} --data-dir {input.data:q} --out {params.out:q}"
+        " --config-json {params.config:q} --log {log:q}"
 
 
 rule export_final:
@@ -75,8 +75,8 @@ rule export_final:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas export --model final --scale {params.scale} --checkpoint {input.checkpoint}"
-        " --data-dir {input.data} --out {params.out} --config-json {params.config:q} --log {log}"
+        "srnas export --model final --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
+        " --data-dir {input.data:q} --out {params.out:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule profile_final:
@@ -96,8 +96,8 @@ rule profile_final:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas profile --model final --scale {params.scale} --checkpoint {input.checkpoint}"
-        " --onnx {input.onnx} --out {output.latency} --config-json {params.config:q} --log {log}"
+        "srnas profile --model final --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
+        " --onnx {input.onnx:q} --out {output.latency:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule evaluate_final:
@@ -118,8 +118,8 @@ rule evaluate_final:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas evaluate --model final --scale {params.scale} --checkpoint {input.checkpoint}"
-        " --data-dir {input.data} --tables {input.tables} --out {output.metrics} --config-json {params.config:q} --log {log}"
+        "srnas evaluate --model final --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
+        " --data-dir {input.data:q} --tables {input.tables:q} --out {output.metrics:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule check_budget:
@@ -141,6 +141,6 @@ rule check_budget:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas check-budget --checkpoint {input.checkpoint} --baselines results/train_baseline --tables {input.tables}"
-        " --out {output.verdict}"
-        " --config-json {params.config:q} --log {log}"
+        "srnas check-budget --checkpoint {input.checkpoint:q} --baselines results/train_baseline --tables {input.tables:q}"
+        " --out {output.verdict:q}"
+        " --config-json {params.config:q} --log {log:q}"

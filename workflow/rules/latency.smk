@@ -16,4 +16,4 @@ rule profile_device:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas profile-device --out {output.tables} --config-json {params.config:q} --log {log}"
+        "srnas profile-device --out {output.tables:q} --config-json {params.config:q} --log {log:q}"

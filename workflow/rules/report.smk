@@ -28,5 +28,5 @@ rule report:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas report --results results --out {output.report} --figures {output.figures} --metrics {output.metrics}"
-        " --config-json {params.config:q} --log {log}"
+        "srnas report --results results --out {output.report:q} --figures {output.figures:q} --metrics {output.metrics:q}"
+        " --config-json {params.config:q} --log {log:q}"

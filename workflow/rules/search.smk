@@ -27,5 +27,5 @@ rule search_arch:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas search-arch --supernet {input.supernet} --tables {input.tables} --data-dir {input.data} --out {params.out}"
-        " --config-json {params.config:q} --log {log}"
+        "srnas search-arch --supernet {input.supernet:q} --tables {input.tables:q} --data-dir {input.data:q} --out {params.out:q}"
+        " --config-json {params.config:q} --log {log:q}"

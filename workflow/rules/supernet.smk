@@ -18,4 +18,4 @@ rule train_supernet:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas train-supernet --data-dir {input.data} --out {params.out} --config-json {params.config:q} --log {log}"
+        "srnas train-supernet --data-dir {input.data:q} --out {params.out:q} --config-json {params.config:q} --log {log:q}"

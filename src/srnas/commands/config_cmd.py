@@ -10,8 +10,11 @@ from typing import Any
 
 import yaml
 
-from srnas.commands.common import add_settings_arguments, settings_from_args
-from srnas.settings import check_overlay, plain, read_yaml_mapping
+from srnas.atomic import write_json
+from srnas.commands.common import add_settings_arguments
+from srnas.config import check_key_path
+from srnas.errors import ConfigError
+from srnas.settings import Settings, check_overlay, plain, read_yaml_mapping
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:-]+$")
 
@@ -21,9 +24,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     check = actions.add_parser(
         "check", help="validate params.yaml and its overlays; exit 2 with one line naming the file and the key",
-        description="Every key of params.yaml must be set; an overlay may only set keys that exist. Snakemake runs this "
-        "on params.yaml and its --configfile overlays before anything else.")
+        description="Every key of params.yaml must be set, with a valid value; an overlay may only set keys that exist; "
+        "model names must be in the registry (or plain_fit / ecbsr_fit), budget.target one of latency.targets "
+        "(srnas.preflight). Snakemake runs this when it parses the Snakefile, before any job; DVC runs it as the "
+        "validate_config stage, before every other stage.")
     add_settings_arguments(check)
+    check.add_argument("--out", type=Path, help="on success, write this marker file (DVC's validate_config stage output); "
+                       "removed first, so a failed check leaves none")
     check.set_defaults(handler=run_check)
     show = actions.add_parser("show", help="validate and print the merged configuration as YAML")
     add_settings_arguments(show)
@@ -40,13 +47,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dvc_args.set_defaults(handler=run_dvc_args)
 
 
+CHECK_FORMAT = "srnas-config-check/1"
+
+
+def _checked(args: argparse.Namespace) -> Settings:
+    # imports the model registry (torch): not for `srnas --help`
+    from srnas.preflight import load_checked
+
+    return load_checked(args.params, tuple(args.overlay), args.config_json)
+
+
 def run_check(args: argparse.Namespace) -> int:
-    settings_from_args(args)
+    if args.out is not None:
+        args.out.unlink(missing_ok=True)
+    _checked(args)
+    if args.out is not None:
+        # the same bytes for every valid configuration: the stages after validate_config rerun for their own params only
+        write_json(args.out, {"format": CHECK_FORMAT, "valid": True})
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    print(yaml.safe_dump(plain(settings_from_args(args)), sort_keys=False), end="")
+    print(yaml.safe_dump(plain(_checked(args)), sort_keys=False), end="")
     return 0
 
 
@@ -84,13 +106,14 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def dvc_overrides(overlay: Mapping[str, Any], extra: list[str]) -> list[str]:
-    from srnas.errors import ConfigError
-
+    """``-S ++key=value`` for every key ``overlay`` sets and every ``KEY=VALUE`` of ``extra``; ConfigError naming a
+    ``--set`` key that is not a key of params.yaml (``++`` would add it to params.yaml silently)."""
     pairs = {key: _override_value(value) for key, value in flatten(overlay).items()}
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        check_key_path(Settings, key, "--set:")
         pairs[key] = value
     # ++: override or add (a key the profile sets may be absent from params.yaml, e.g. train.steps_by_model.fsrcnn)
     return [f"-S ++{key}={value}" for key, value in pairs.items()]

@@ -36,24 +36,16 @@ def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
     from srnas.checkpoint import save_trained
     from srnas.errors import ConfigError
-    from srnas.models import (
-        create_model,
-        family_info,
-        is_known_model,
-        list_families,
-        list_models,
-        model_info,
-    )
-    from srnas.models.fitted import is_fitted, resolve_fitted
+    from srnas.models import create_model, model_info
+    from srnas.models.fitted import baseline_choices, is_baseline, resolve_fitted
     from srnas.training import train
 
     settings = settings_from_args(args)
     network = resolve_fitted(args.model, args.fitted)  # the registry name (plain_fit / ecbsr_fit: the budget's pick)
     info = model_info(network)
-    unknown = sorted(name for name in settings.train.steps_by_model if not is_fitted(name) and not is_known_model(name))
+    unknown = sorted(name for name in settings.train.steps_by_model if not is_baseline(name))
     if unknown:
-        raise ConfigError(f"train.steps_by_model: unknown model(s) {', '.join(unknown)}; known: {', '.join(list_models())}; "
-                          f"families: {', '.join(family_info(p).describe() for p in list_families())}")
+        raise ConfigError(f"train.steps_by_model: unknown model(s) {', '.join(unknown)}; {baseline_choices()}")
     train_cfg = settings.train.for_model(args.model)
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
     params = {"model": args.model, "network": network, "scale": args.scale, "train": dataclasses.asdict(train_cfg)}

@@ -10,9 +10,15 @@ from pathlib import Path
 
 from srnas.atomic import read_json
 from srnas.errors import ConfigError, DataError
+from srnas.models.registry import (
+    family_info,
+    is_known_model,
+    list_families,
+    list_models,
+)
 
-__all__ = ["CHOICE_FILE", "CHOICE_FORMAT", "FIT_FAMILIES", "FIT_SUFFIX", "family_name", "is_fitted", "resolve_fitted",
-           "stands_for"]
+__all__ = ["CHOICE_FILE", "CHOICE_FORMAT", "FIT_FAMILIES", "FIT_SUFFIX", "baseline_choices", "family_name", "is_baseline",
+           "is_fitted", "resolve_fitted", "stands_for"]
 
 FIT_SUFFIX = "_fit"
 FIT_FAMILIES = ("plain", "ecbsr")  # families whose deployed form is a plain 3x3 conv stack
@@ -31,6 +37,19 @@ def stands_for(model: str, network: str) -> bool:
     if model == network:
         return True
     return is_fitted(model) and re.fullmatch(rf"{re.escape(model[: -len(FIT_SUFFIX)])}_m\d+c\d+", network) is not None
+
+
+def is_baseline(name: str) -> bool:
+    """Whether ``name`` may be listed in ``baselines.models`` (or ``train.steps_by_model``): a model of the registry
+    (fixed or of a family) or a budget-fitted baseline."""
+    return is_fitted(name) or is_known_model(name)
+
+
+def baseline_choices() -> str:
+    """The names :func:`is_baseline` accepts, for an error message (one line)."""
+    families = ", ".join(family_info(prefix).describe() for prefix in list_families())
+    fitted = ", ".join(f"{family}{FIT_SUFFIX}" for family in FIT_FAMILIES)
+    return f"known models: {', '.join(list_models())}; families: {families}; budget-fitted: {fitted}"
 
 
 def family_name(family: str, blocks: int, width: int) -> str:

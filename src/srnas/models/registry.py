@@ -37,6 +37,7 @@ from srnas.errors import ConfigError
 __all__ = [
     "MAX_FAMILY_BLOCKS",
     "MAX_FAMILY_CHANNELS",
+    "MODEL_NAME_PATTERN",
     "Deployable",
     "FamilyInfo",
     "ModelInfo",
@@ -60,6 +61,10 @@ F = TypeVar("F", bound=FamilyBuilder)
 MAX_FAMILY_BLOCKS = 32
 MAX_FAMILY_CHANNELS = 256
 _PREFIX = re.compile(r"[a-z][a-z0-9]*")
+# Every model name, fixed or of a family (and plain_fit / ecbsr_fit): lower-case letters, digits and underscores, so a
+# name is a safe word in a shell command and a path (the Snakefile constrains its {model} wildcard to it)
+MODEL_NAME_PATTERN = r"[a-z][a-z0-9_]*"
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 # M and C: decimal, no sign, no leading zeros (so every network has exactly one name); bounds are checked after parsing
 _NUMBER = r"(0|[1-9][0-9]{0,3})"
 
@@ -139,9 +144,9 @@ def _family_of(name: str) -> tuple[_Family, int, int] | None:
 
 
 def register_model(name: str, *, description: str = "", reference: str = "", has_weights: bool = True) -> Callable[[B], B]:
-    """Decorator registering ``builder(scale: int) -> nn.Module`` under ``name`` (unique, lower case)."""
-    if not name or name != name.lower() or any(c.isspace() for c in name):
-        raise ValueError(f"model names are non-empty lower-case words, got {name!r}")
+    """Decorator registering ``builder(scale: int) -> nn.Module`` under ``name`` (unique, :data:`MODEL_NAME_PATTERN`)."""
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"model names are lower-case words of letters, digits and underscores, got {name!r}")
 
     def decorate(builder: B) -> B:
         if name in _REGISTRY:
