@@ -161,6 +161,16 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_export_removes_what_a_killed_export_left(tmp_path) -> None:
+    """A SIGKILLed export leaves its temporary (and the exporter's external weights) beside the target: the next export
+    of that target removes them; other files, and temporaries of other targets, stay."""
+    stale = [tmp_path / ".m.onnx.k1ll3d_0.tmp.onnx", tmp_path / ".m.onnx.k1ll3d_0.tmp.onnx.data"]
+    others = [tmp_path / "parity.json", tmp_path / ".parity.json.k1ll3d_0.tmp", tmp_path / ".m.onnx.data.k1ll3d_0.tmp"]
+    for path in stale + others:
+        path.write_bytes(b"partial")
+    path = export_onnx(_seeded(ShuffleNet), tmp_path / "m.onnx", sample_hw=(16, 16))
+    assert sorted(tmp_path.iterdir()) == sorted([path, *others])
+
 def test_bad_val_images_are_named(shuffle_onnx, tmp_path) -> None:
     model, path = shuffle_onnx
     copy = tmp_path / "copy.onnx"

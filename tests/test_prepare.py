@@ -238,6 +238,16 @@ def test_failure_keeps_previous_good_output(data_root: Path, tmp_path: Path) -> 
     assert _leftovers(tmp_path) == []
 
 
+def test_a_run_removes_the_folder_a_killed_run_left(data_root: Path, tmp_path: Path) -> None:
+    """A SIGKILLed run leaves its half-written temporary folder beside the output: the next run removes it."""
+    stale = tmp_path / ".out.k1ll3d_0.tmp"
+    _rgb(stale / "train" / "x2" / "hr" / "rgb.png")
+    other = tmp_path / ".outer.k1ll3d_0.tmp"  # another folder's temporary
+    other.mkdir()
+    prepare_data(_cfg(data_root, scales=(2,)), tmp_path / "out", show_progress=False)
+    assert _leftovers(tmp_path) == [other.name]
+    assert load_manifest(tmp_path / "out", verify=True)["files"]
+
 @pytest.mark.parametrize(("mapping", "key"), [({"source": "flickr"}, "data.source"), ({"scales": [5]}, "data.scales")])
 def test_config_errors_before_anything_runs(mapping: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)):

@@ -1,12 +1,15 @@
 """Atomic writes: every output is written to a temporary sibling, then renamed into place.
 
-A reader (or a resumed stage) never sees a half-written file or folder. :func:`read_json` reads such a file back with
-errors that name it.
+A reader (or a resumed stage) never sees a half-written file or folder. A writer killed before the rename (SIGKILL,
+power loss) cannot remove its temporary: :func:`remove_stale_temporaries` clears those of a target whose writer is
+the only one (a stage's own outputs), so a resumed stage leaves nothing behind either; :func:`atomic_dir` does it
+for its folder. :func:`read_json` reads a file back with errors that name it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -31,6 +34,26 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _temporaries(target: Path) -> list[Path]:
+    """The temporary siblings :func:`atomic_path` and :func:`atomic_dir` create for ``target``:
+    ``.<name>.<8 random characters>.tmp<suffix>`` (``tempfile``'s names), and what a writer put beside one
+    (``<temporary>.data``: an ONNX file's external weights)."""
+    return sorted(target.parent.glob(f".{glob.escape(target.name)}.{'?' * 8}.tmp*"))
+
+
+def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries (files or folders) that writers of ``target`` killed mid-write left beside it; return
+    them. Only for a target that one process writes at a time -- a stage's own output, which Snakemake and DVC give
+    one job -- and before that process writes it: a concurrent writer's temporary would go too."""
+    stale = _temporaries(Path(target))
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager
@@ -75,10 +98,13 @@ def write_json(target: str | os.PathLike[str], payload: Any) -> None:
 def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``target`` whole.
 
-    An existing ``target`` is kept until the new folder is complete, and restored on failure.
+    An existing ``target`` is kept until the new folder is complete, and restored on failure. ``target`` has one
+    writer (a stage's output folder, a download's extraction): the temporaries of writers killed before they finished
+    are removed first (:func:`remove_stale_temporaries`).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
