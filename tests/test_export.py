@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -164,8 +167,14 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch) -> None:
 def test_an_export_removes_what_a_killed_export_left(tmp_path) -> None:
     """A SIGKILLed export leaves its temporary (and the exporter's external weights) beside the target: the next export
     of that target removes them; other files, and temporaries of other targets, stay."""
-    stale = [tmp_path / ".m.onnx.k1ll3d_0.tmp.onnx", tmp_path / ".m.onnx.k1ll3d_0.tmp.onnx.data"]
-    others = [tmp_path / "parity.json", tmp_path / ".parity.json.k1ll3d_0.tmp", tmp_path / ".m.onnx.data.k1ll3d_0.tmp"]
+    def temporary(name: str, suffix: str = "") -> Path:  # named as srnas.atomic's writers name them
+        fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=tmp_path)
+        os.close(fd)
+        return Path(path)
+
+    killed = temporary("m.onnx", ".onnx")
+    stale = [killed, Path(f"{killed}.data")]
+    others = [tmp_path / "parity.json", temporary("parity.json"), temporary("m.onnx.data")]
     for path in stale + others:
         path.write_bytes(b"partial")
     path = export_onnx(_seeded(ShuffleNet), tmp_path / "m.onnx", sample_hw=(16, 16))

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -240,10 +241,9 @@ def test_failure_keeps_previous_good_output(data_root: Path, tmp_path: Path) -> 
 
 def test_a_run_removes_the_folder_a_killed_run_left(data_root: Path, tmp_path: Path) -> None:
     """A SIGKILLed run leaves its half-written temporary folder beside the output: the next run removes it."""
-    stale = tmp_path / ".out.k1ll3d_0.tmp"
+    stale = Path(tempfile.mkdtemp(prefix=".out.", suffix=".tmp", dir=tmp_path))  # named as srnas.atomic names it
     _rgb(stale / "train" / "x2" / "hr" / "rgb.png")
-    other = tmp_path / ".outer.k1ll3d_0.tmp"  # another folder's temporary
-    other.mkdir()
+    other = Path(tempfile.mkdtemp(prefix=".outer.", suffix=".tmp", dir=tmp_path))  # another folder's temporary
     prepare_data(_cfg(data_root, scales=(2,)), tmp_path / "out", show_progress=False)
     assert _leftovers(tmp_path) == [other.name]
     assert load_manifest(tmp_path / "out", verify=True)["files"]
