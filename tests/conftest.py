@@ -90,3 +90,16 @@ def params_overlay(tmp_path: Path, overlay: dict, name: str = "overlay.yaml") ->
     path = tmp_path / name
     path.write_text(json.dumps(overlay), encoding="utf-8")
     return ["--params", str(Path(__file__).resolve().parents[1] / "params.yaml"), "--overlay", str(path)]
+
+
+def killed_writer_prefix(name: str) -> str:
+    """The prefix :mod:`srnas.atomic` gives a temporary of target ``name`` written by a process of this machine that
+    is gone (a killed run's): ``.<name>.<dead pid>-<host tag>.``."""
+    import subprocess
+    import sys
+
+    from srnas import atomic
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return f".{name}.{child.pid}-{atomic._host_tag()}."

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import killed_writer_prefix
 from torch import nn
 
 from srnas import export as export_mod
@@ -160,6 +164,22 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch) -> None:
         export_onnx(_seeded(ShuffleNet), target)
     assert list(tmp_path.iterdir()) == []
 
+
+def test_an_export_removes_what_a_killed_export_left(tmp_path) -> None:
+    """A SIGKILLed export leaves its temporary (and the exporter's external weights) beside the target: the next export
+    of that target removes them; other files, and temporaries of other targets, stay."""
+    def temporary(name: str, suffix: str = "") -> Path:  # named as srnas.atomic's writers name them
+        fd, path = tempfile.mkstemp(prefix=killed_writer_prefix(name), suffix=f".tmp{suffix}", dir=tmp_path)
+        os.close(fd)
+        return Path(path)
+
+    killed = temporary("m.onnx", ".onnx")
+    stale = [killed, Path(f"{killed}.data")]
+    others = [tmp_path / "parity.json", temporary("parity.json"), temporary("m.onnx.data")]
+    for path in stale + others:
+        path.write_bytes(b"partial")
+    path = export_onnx(_seeded(ShuffleNet), tmp_path / "m.onnx", sample_hw=(16, 16))
+    assert sorted(tmp_path.iterdir()) == sorted([path, *others])
 
 def test_bad_val_images_are_named(shuffle_onnx, tmp_path) -> None:
     model, path = shuffle_onnx

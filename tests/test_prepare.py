@@ -6,11 +6,12 @@ import hashlib
 import io
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import config_of
+from conftest import config_of, killed_writer_prefix
 from PIL import Image
 
 from srnas.config import DataConfig
@@ -237,6 +238,15 @@ def test_failure_keeps_previous_good_output(data_root: Path, tmp_path: Path) -> 
     assert load_manifest(out, verify=True) == good
     assert _leftovers(tmp_path) == []
 
+
+def test_a_run_removes_the_folder_a_killed_run_left(data_root: Path, tmp_path: Path) -> None:
+    """A SIGKILLed run leaves its half-written temporary folder beside the output: the next run removes it."""
+    stale = Path(tempfile.mkdtemp(prefix=killed_writer_prefix("out"), suffix=".tmp", dir=tmp_path))  # as srnas.atomic names it
+    _rgb(stale / "train" / "x2" / "hr" / "rgb.png")
+    other = Path(tempfile.mkdtemp(prefix=killed_writer_prefix("outer"), suffix=".tmp", dir=tmp_path))  # another folder's
+    prepare_data(_cfg(data_root, scales=(2,)), tmp_path / "out", show_progress=False)
+    assert _leftovers(tmp_path) == [other.name]
+    assert load_manifest(tmp_path / "out", verify=True)["files"]
 
 @pytest.mark.parametrize(("mapping", "key"), [({"source": "flickr"}, "data.source"), ({"scales": [5]}, "data.scales")])
 def test_config_errors_before_anything_runs(mapping: dict, key: str) -> None:

@@ -48,7 +48,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from tqdm import tqdm
 
-from srnas.atomic import write_json
+from srnas.atomic import remove_stale_temporaries, write_json
 from srnas.checkpoint import (
     TRAINING_STATE,
     CheckpointError,
@@ -308,13 +308,6 @@ class LoopResult:
     resumed_from_step: int
 
 
-def _remove_stale_temporaries(out_dir: Path, names: tuple[str, ...]) -> None:
-    """Temporary files a killed run left behind (``.last.ckpt.XXXX.tmp``); finished files are never touched."""
-    for name in names:
-        for tmp in out_dir.glob(f".{name}.*.tmp*"):
-            tmp.unlink(missing_ok=True)
-
-
 def _restore_windows(path: Path, saved: Any, windows: dict[str, deque[float]]) -> None:
     """Refill the loss windows from a checkpoint's ``losses``: a mapping of loss names to values, or a bare list (the
     one-loss format written before the losses were named), which is the headline loss's. Names this run does not
@@ -391,7 +384,8 @@ def run_loop(
     ckpt_path = out_dir / CHECKPOINT_FILE
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(out_dir, (CHECKPOINT_FILE, spec.model_file, METRICS_FILE))
+        for name in (CHECKPOINT_FILE, spec.model_file, METRICS_FILE):  # a killed run's temporaries; finished files stay
+            remove_stale_temporaries(out_dir / name)
     windows: dict[str, deque[float]] = {name: deque(maxlen=cfg.log_every) for name in spec.losses}
     start_step, elapsed_before = 0, 0.0
     if resume and ckpt_path.exists():
