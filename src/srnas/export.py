@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from srnas.atomic import atomic_path, remove_stale_temporaries
+from srnas.atomic import atomic_path
 from srnas.config import SUPPORTED_SCALES
 from srnas.errors import DataError, SrnasError
 from srnas.inference import to_tensor, to_uint8
@@ -186,14 +186,13 @@ def export_onnx(
     Input ``lr`` is ``1 x 3 x height x width`` with height and width dynamic; output ``sr``.
     ``sample_hw`` is the traced input size. Tries the default (dynamo) exporter and falls back
     to ``dynamo=False`` only when it raises; see the module docstring. The model is traced in eval
-    mode and handed back in the mode it came in. Raises :class:`ExportError` if both fail. ``path`` has one writer at
-    a time: what an export killed mid-write left beside it is removed first.
+    mode and handed back in the mode it came in. Raises :class:`ExportError` if both fail. What an export killed
+    mid-write left beside ``path`` is removed first (by :func:`srnas.atomic.atomic_path`).
     """
     path = Path(path)
     sample_hw = _check_hw(sample_hw, "sample_hw")
     device = _model_device(model)
     sample = torch.rand(1, 3, *sample_hw, generator=torch.Generator().manual_seed(0)).to(device)
-    remove_stale_temporaries(path)
     with _eval_mode(model), atomic_path(path, suffix=".onnx") as tmp:
         exporter = "dynamo"
         try:
@@ -301,8 +300,8 @@ def export_pte(
     """Export ``model`` to an ExecuTorch program with the XNNPACK delegate (``.pte``), atomically.
 
     Height and width are dynamic from 2 up to ``max_hw`` (ExecuTorch plans memory for the upper
-    bound). Raises :class:`ExecuTorchUnavailableError` when executorch cannot be imported. ``path`` has one writer at
-    a time: what an export killed mid-write left beside it is removed first.
+    bound). Raises :class:`ExecuTorchUnavailableError` when executorch cannot be imported. What an export killed
+    mid-write left beside ``path`` is removed first (by :func:`srnas.atomic.atomic_path`).
     """
     path = Path(path)
     require_executorch(str(path))
@@ -322,7 +321,6 @@ def export_pte(
                 program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"{path}: ExecuTorch export failed: {type(exc).__name__}: {exc}") from exc
-    remove_stale_temporaries(path)
     with atomic_path(path, suffix=".pte") as tmp:
         with open(tmp, "wb") as handle:
             handle.write(program.buffer)
