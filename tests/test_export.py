@@ -18,7 +18,7 @@ from srnas import export as export_mod
 from srnas.errors import SrnasError
 from srnas.export import ExportError, ParityError, check_parity, export_onnx, export_pte, onnx_exporter
 from srnas.runtimes.executorch import ExecuTorchUnavailableError, executorch_available
-from srnas.runtimes.ort import ort_session
+from srnas.runtimes.ort import SESSION_CONFIG, ort_session
 
 SCALE = 2
 
@@ -98,6 +98,9 @@ def test_deconv_prelu_export_passes_parity(tmp_path) -> None:
 def test_height_and_width_are_dynamic(shuffle_onnx) -> None:
     model, path = shuffle_onnx
     session = ort_session(path, threads=1)
+    options = session.get_session_options()  # idle workers sleep: two sessions timed in turn do not steal cores
+    assert {key: options.get_session_config_entry(key) for key in SESSION_CONFIG} == {
+        "session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
     assert [i.name for i in session.get_inputs()] == ["lr"]
     assert [o.name for o in session.get_outputs()] == ["sr"]
     for h, w in ((17, 29), (40, 24)):

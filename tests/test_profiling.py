@@ -104,6 +104,13 @@ def test_fingerprint_changes_with_a_runtime_version(monkeypatch) -> None:
     assert fingerprint_id(after) != fingerprint_id(before)
 
 
+def test_fingerprint_changes_with_the_measurement_protocol(monkeypatch) -> None:
+    before = target_fingerprint("onnxruntime_fp32", "fp32", 2)
+    assert before["measurement_protocol"] == fp_mod.MEASUREMENT_PROTOCOL
+    monkeypatch.setattr(fp_mod, "MEASUREMENT_PROTOCOL", fp_mod.MEASUREMENT_PROTOCOL + 1)
+    assert fingerprint_id(target_fingerprint("onnxruntime_fp32", "fp32", 2)) != fingerprint_id(before)
+
+
 def test_fingerprint_lists_executorch_only_when_installed(monkeypatch) -> None:
     real = fp_mod._package_version
     monkeypatch.setattr(fp_mod, "_package_version", lambda name: "1.5.1" if name == "executorch" else real(name))

@@ -25,6 +25,10 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_b
 HIDE_BF16_ENV = "SRNAS_HIDE_BF16"
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
+# How srnas runs what it times (session settings, allocator, threads); bumped when that changes, so a table
+# measured the old way is measured again. 2: ONNX Runtime workers sleep when idle (srnas.runtimes.ort.SESSION_CONFIG).
+MEASUREMENT_PROTOCOL = 2
+
 # Distributions whose version changes a measured latency. executorch appears only when installed.
 PACKAGES = ("torch", "onnxruntime", "onnx", "executorch")
 
@@ -104,12 +108,13 @@ def package_versions() -> dict[str, str]:
 def target_fingerprint(runtime: str, precision: str, threads: int) -> dict[str, Any]:
     """Everything that identifies where and how a latency was measured, as a JSON-ready dict.
 
-    Keys: runtime, precision, threads, cpu_model, cpu_flags ({flag: bool}), logical_cpus,
+    Keys: measurement_protocol (:data:`MEASUREMENT_PROTOCOL`), runtime, precision, threads, cpu_model, cpu_flags ({flag: bool}), logical_cpus,
     usable_cpus, machine, os, os_release, libc, python and one key per installed package of
     :data:`PACKAGES` (torch, onnxruntime, onnx, executorch), plus cuda_device / cuda for ``torch_cuda``.
     """
     libc_name, libc_version = platform.libc_ver()
     fp: dict[str, Any] = {
+        "measurement_protocol": MEASUREMENT_PROTOCOL,
         "runtime": runtime,
         "precision": precision,
         "threads": int(threads),
