@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -606,3 +607,39 @@ def test_target_config_validation() -> None:
                                                                           "precision": "fp32", "input_size": []}]},
                      "params.yaml:latency")
     assert math.isclose(LatencyConfig().min_speedup, 1.05)
+
+
+def test_a_busy_machine_leaves_disturbed_rounds_out_and_stops_waiting(monkeypatch) -> None:
+    from srnas.runtimes import timing
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(timing.time, "sleep", sleeps.append)
+    monkeypatch.setattr(timing, "_machine_busy", False)
+    busy = {"cores": 1.0}
+    monkeypatch.setattr(timing, "others_busy", lambda fn: (fn(), busy["cores"]))
+    # a neighbour keeps a core busy: every attempt disturbed, the value flagged, the machine taken as busy
+    assert timing.quiet_or_disturbed(lambda: 3.0, "first") == (3.0, True)
+    assert len(sleeps) == timing.QUIET_ATTEMPTS - 1
+    # the next measurement is taken once, without waiting, and flagged too
+    assert timing.quiet_or_disturbed(lambda: 4.0, "second") == (4.0, True)
+    assert len(sleeps) == timing.QUIET_ATTEMPTS - 1
+    busy["cores"] = 0.0  # quiet again: not flagged, and the next disturbance gets its retries again
+    assert timing.quiet_or_disturbed(lambda: 5.0, "third") == (5.0, False)
+    busy["cores"] = 1.0
+    timing.quiet_or_disturbed(lambda: 6.0, "fourth")
+    assert len(sleeps) == 2 * (timing.QUIET_ATTEMPTS - 1)
+    # a disturbed comparison round is no evidence: NaN, which decide() leaves out (all out: nothing decided)
+    monkeypatch.setattr(runtime, "quiet_or_disturbed", lambda fn, what="": (fn(), True))
+    speedups = runtime._compared_calls("x", lambda: None, lambda: None, warmup=0, runs=1, rounds=5)
+    assert len(speedups) == 5 and all(math.isnan(v) for v in speedups)
+    assert decide(speedups, 1.05, 0.9).verdict == "not_measured"
+
+
+def test_the_quiet_guard_observes_a_short_measurement_for_at_least_its_minimum_window() -> None:
+    from srnas.runtimes import timing
+
+    start = time.perf_counter()
+    value, _ = timing.others_busy(lambda: 7)
+    assert value == 7
+    if timing._system_busy_s() is not None:  # /proc/stat: a window shorter than a few clock ticks could not see a neighbour
+        assert time.perf_counter() - start >= timing.QUIET_MIN_WINDOW_S

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -60,6 +61,7 @@ from srnas.runtimes.timing import (
     paired_value,
     pinned_threads,
     quiet,
+    quiet_or_disturbed,
     warm,
 )
 
@@ -338,7 +340,12 @@ def compare_layers(target: Target, base: LayerKey, other: LayerKey, *, warmup: i
     from round to round, which a decision reads from the spread (:func:`srnas.latency.schemes.decide`).
 
     Layers run as :func:`measure_layer` runs them (torch module; ONNX Runtime graph in context, kernel times from
-    its profiler)."""
+    its profiler). On ONNX Runtime every round runs in sessions of its own: a session's thread pool keeps, for its
+    lifetime, the cores the OS first gave its workers, and where one of those cores is busy (a neighbour's process)
+    one session of the pair runs steadily slower. Rounds sharing two sessions agree on that bias, so the interval
+    cannot show it: a layer with half its weights zero -- the same work -- measured 0.70x to 1.36x the dense one in
+    five processes, each steady over its 5 rounds, with a busy loop on one of the two cores. Fresh sessions per round
+    turn the placement into round-to-round spread, which the decision reads (:func:`srnas.latency.schemes.decide`)."""
     _check_target(target)
     prepare_allocator()
     with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
@@ -358,26 +365,35 @@ def compare_layers(target: Target, base: LayerKey, other: LayerKey, *, warmup: i
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
             graphs.append(_ort_layer_graph(layer, target, precision, scheme_sparsity(layer.scheme), folder))
 
-        def once() -> list[float]:
+        skip = max(warmup, 1)  # a fresh session's first run allocates
+
+        def one_round() -> float:
             with contextlib.ExitStack() as sessions:
                 profiled = [_ProfiledLayer(layer, target, graph, sessions) for layer, graph in zip((base, other), graphs)]
-                warm(warmup, *profiled)
+                warm(skip, *profiled)
                 with gc_paused(collect=False):
-                    paired_rounds(lambda: call_times(profiled[1], runs), lambda: call_times(profiled[0], runs), rounds)
-                base_ms, other_ms = (p.layer_ms(skip=warmup) for p in profiled)
-            lowest = [min(base_ms[i * runs:(i + 1) * runs]) for i in range(rounds + 1)]
-            return _speedups(lowest, [min(other_ms[i * runs:(i + 1) * runs]) for i in range(rounds)])
+                    paired_rounds(lambda: call_times(profiled[1], runs), lambda: call_times(profiled[0], runs), 1)
+                base_ms, other_ms = (p.layer_ms(skip=skip) for p in profiled)
+            return _speedups([min(base_ms[:runs]), min(base_ms[runs:])], [min(other_ms)])[0]
 
-        return quiet(once, f"{other.id} vs {base.id}")
+        return [_undisturbed(one_round, f"{other.id} vs {base.id}") for _ in range(rounds)]
+
+
+def _undisturbed(one_round: Callable[[], float], what: str) -> float:
+    """A comparison round under the quiet guard; NaN when the machine never became quiet for it: a disturbed round
+    is no evidence, and a decision leaves it out (:func:`srnas.latency.schemes.decide`: too few rounds left decide
+    nothing, so a busy machine keeps a scheme out instead of letting a neighbour's load accept it)."""
+    value, disturbed = quiet_or_disturbed(one_round, what)
+    return math.nan if disturbed else value
 
 
 def _compared_calls(what: str, base: Callable[[], Any], other: Callable[[], Any], *, warmup: int, runs: int,
                     rounds: int) -> list[float]:
     warm(warmup, base, other)
     with gc_paused(collect=False):
-        others, bases = quiet(lambda: paired_rounds(lambda: lowest_ms(other, 0, runs), lambda: lowest_ms(base, 0, runs),
-                                                    rounds), what)
-    return _speedups(bases, others)
+        (others, bases), disturbed = quiet_or_disturbed(
+            lambda: paired_rounds(lambda: lowest_ms(other, 0, runs), lambda: lowest_ms(base, 0, runs), rounds), what)
+    return [math.nan] * rounds if disturbed else _speedups(bases, others)
 
 
 def compare_networks(target: Target, net: PrunedSubnet | SubnetConfig, *, base_precision: str, precision: str, warmup: int,
@@ -389,15 +405,19 @@ def compare_networks(target: Target, net: PrunedSubnet | SubnetConfig, *, base_p
     prepare_allocator()
     model = build_network(net, target.scale)
     x = torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=torch.Generator().manual_seed(0))
+    what = f"{net.name} {precision} vs {base_precision}"
     with pinned_threads(target.threads), torch.inference_mode():
-        calls = []
-        for p in (base_precision, precision):
-            if target.runtime == "onnxruntime_fp32":
-                calls.append(runtime_call(_exported(model, net, p, 0.0), "onnxruntime_fp32", x, target.threads))
-            else:
-                calls.append(runtime_call(model, "torch_bf16" if p == "bf16" else "torch_fp32", x, target.threads))
-        return _compared_calls(f"{net.name} {precision} vs {base_precision}", calls[0], calls[1], warmup=warmup, runs=runs,
-                               rounds=rounds)
+        if target.runtime == "onnxruntime_fp32":
+            paths = [_exported(model, net, p, 0.0) for p in (base_precision, precision)]
+
+            def one_round() -> float:  # sessions of its own (see compare_layers)
+                calls = [runtime_call(path, "onnxruntime_fp32", x, target.threads) for path in paths]
+                return _compared_calls(what, calls[0], calls[1], warmup=max(warmup, 1), runs=runs, rounds=1)[0]
+
+            return [one_round() for _ in range(rounds)]
+        calls = [runtime_call(model, "torch_bf16" if p == "bf16" else "torch_fp32", x, target.threads)
+                 for p in (base_precision, precision)]
+        return _compared_calls(what, calls[0], calls[1], warmup=warmup, runs=runs, rounds=rounds)
 
 
 _EXPORTS: dict[tuple[Any, ...], Path] = {}

@@ -41,9 +41,9 @@ import torch
 from srnas.config import LATENCY_PROTOCOLS
 from srnas.runtimes.allocator import minor_faults
 
-__all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "QUIET_ATTEMPTS", "QUIET_LIMIT", "QUIET_WAIT_S", "call_times", "gc_paused",
+__all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "QUIET_ATTEMPTS", "QUIET_LIMIT", "QUIET_MIN_WINDOW_S", "QUIET_WAIT_S", "call_times", "gc_paused",
            "lowest_ms", "median_ms", "others_busy", "paired_ms", "paired_ratios", "paired_rounds", "paired_value",
-           "pinned_threads", "quiet", "quiet_stats", "sweep", "time_calls", "warm"]
+           "pinned_threads", "quiet", "quiet_or_disturbed", "quiet_stats", "sweep", "time_calls", "warm"]
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,15 @@ def pinned_threads(threads: int) -> Iterator[None]:
 # measurement inflates it (two threads on two cores: one descheduled thread stalls the other). So every
 # measurement counts the CPU time the *rest of the system* used meanwhile (/proc/stat minus this process)
 # and, when that exceeds QUIET_LIMIT cores on average, waits and measures again, up to QUIET_ATTEMPTS times.
+# /proc/stat counts in clock ticks (10 ms), so a window of a few ms cannot see a neighbour: a window shorter than
+# QUIET_MIN_WINDOW_S is observed on until it lasts that long (this process idle meanwhile; a neighbour that keeps a
+# core busy shows). Without it a busy loop on one of two cores went unnoticed through a whole smoke profile.
 QUIET_LIMIT = 0.15
 QUIET_ATTEMPTS = 6
 QUIET_WAIT_S = 2.0
+QUIET_MIN_WINDOW_S = 0.05
 quiet_stats = {"measurements": 0, "retries": 0, "disturbed": 0}
+_machine_busy = False  # the last measurement used up its attempts (see quiet_or_disturbed)
 
 
 def _system_busy_s() -> float | None:
@@ -161,6 +166,8 @@ def others_busy(fn: Callable[[], Value]) -> tuple[Value, float]:
     """Run ``fn``; return its value and the cores the rest of the system kept busy meanwhile (0 if unknown)."""
     busy0, own0, wall0 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
     value = fn()
+    if busy0 is not None and (short := QUIET_MIN_WINDOW_S - (time.perf_counter() - wall0)) > 0:
+        time.sleep(short)
     busy1, own1, wall1 = _system_busy_s(), _own_cpu_s(), time.perf_counter()
     if busy0 is None or busy1 is None:
         return value, 0.0
@@ -173,19 +180,34 @@ def others_busy(fn: Callable[[], Value]) -> tuple[Value, float]:
 def quiet(fn: Callable[[], Value], what: str = "") -> Value:
     """``fn()`` measured while the rest of the machine stays (nearly) idle; see :data:`QUIET_LIMIT`. ``fn`` returns
     milliseconds, or whatever a measurement keeps of its calls (e.g. :func:`paired_rounds`' rounds)."""
+    return quiet_or_disturbed(fn, what)[0]
+
+
+def quiet_or_disturbed(fn: Callable[[], Value], what: str = "") -> tuple[Value, bool]:
+    """:func:`quiet`, and whether the last attempt was still disturbed (the machine never became quiet): a decision
+    may then leave the value out rather than trust it. Once a measurement has used up its attempts, the machine is
+    taken as busy and later measurements make one attempt each (no waiting) until one comes out quiet: a neighbour
+    that keeps a core busy for minutes would otherwise cost every measurement its retries."""
+    global _machine_busy
     quiet_stats["measurements"] += 1
     value, others = others_busy(fn)
-    for _ in range(QUIET_ATTEMPTS - 1):
+    for _ in range(0 if _machine_busy else QUIET_ATTEMPTS - 1):
         if others <= QUIET_LIMIT:
-            return value
+            break
         quiet_stats["retries"] += 1
         log.debug("%s: other processes kept %.2f cores busy; measuring again", what, others)
         time.sleep(QUIET_WAIT_S)
         value, others = others_busy(fn)
-    if others > QUIET_LIMIT:
+    disturbed = others > QUIET_LIMIT
+    if disturbed:
         quiet_stats["disturbed"] += 1
-        log.warning("%s: measured while other processes kept %.2f cores busy (after %d attempts)", what, others, QUIET_ATTEMPTS)
-    return value
+        if not _machine_busy:
+            log.warning("%s: measured while other processes kept %.2f cores busy (after %d attempts); until a "
+                        "measurement comes out quiet, each is taken once and flagged", what, others, QUIET_ATTEMPTS)
+    elif _machine_busy:
+        log.info("%s: the machine is quiet again", what)
+    _machine_busy = disturbed
+    return value, disturbed
 
 
 # -------------------------------------------------------------------------------------- protocols
