@@ -633,6 +633,13 @@ def test_a_busy_machine_leaves_disturbed_rounds_out_and_stops_waiting(monkeypatc
     speedups = runtime._compared_calls("x", lambda: None, lambda: None, warmup=0, runs=1, rounds=5)
     assert len(speedups) == 5 and all(math.isnan(v) for v in speedups)
     assert decide(speedups, 1.05, 0.9).verdict == "not_measured"
+    space = SearchSpace(SearchSpaceConfig(num_cells=2, widths=(16, 32), expansions=(2,)))
+    cfg = LatencyConfig(granularities=(16,), sparsities=(0.5,), scheme_rounds=5)
+    report = measure_schemes(_target(), space, cfg, compare_layers=lambda *a, rounds, **k: [math.nan] * rounds,
+                             compare_networks=lambda *a, rounds, **k: [math.nan] * rounds)
+    assert report.accepted() == []
+    sparse = report.get("sparse50")
+    assert sparse.decision == "not_measured" and "no round was measured quietly" in sparse.note
 
 
 def test_the_quiet_guard_observes_a_short_measurement_for_at_least_its_minimum_window() -> None:

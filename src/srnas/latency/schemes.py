@@ -142,6 +142,8 @@ class SchemeResult:
 
     @classmethod
     def decided(cls, scheme: str, kind: str, decision: Decision, speedups: dict[str, float], note: str) -> SchemeResult:
+        if decision.verdict == NOT_MEASURED and speedups and all(math.isnan(v) for v in speedups.values()):
+            note = f"no round was measured quietly: other processes kept the machine busy; {note}"
         return cls(scheme, kind, ACCELERATED if decision.accelerated else NOT_ACCELERATED, decision.median, speedups, note,
                    (decision.low, decision.high), decision.rounds, decision.verdict)
 
