@@ -109,8 +109,9 @@ def target_fingerprint(runtime: str, precision: str, threads: int) -> dict[str, 
     """Everything that identifies where and how a latency was measured, as a JSON-ready dict.
 
     Keys: measurement_protocol (:data:`MEASUREMENT_PROTOCOL`), runtime, precision, threads, cpu_model,
-    cpu_flags ({flag: bool}), logical_cpus, usable_cpus, machine, os, os_release, libc, python and one key per installed package of
-    :data:`PACKAGES` (torch, onnxruntime, onnx, executorch), plus cuda_device / cuda for ``torch_cuda``.
+    cpu_flags ({flag: bool}), logical_cpus, usable_cpus, machine, os, os_release, libc, python and one key per
+    installed package of :data:`PACKAGES` (torch, onnxruntime, onnx, executorch), plus cuda_device / cuda for
+    ``torch_cuda``.
     """
     libc_name, libc_version = platform.libc_ver()
     fp: dict[str, Any] = {

@@ -42,8 +42,9 @@ from srnas.config import LATENCY_PROTOCOLS
 from srnas.runtimes.allocator import minor_faults
 
 __all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "QUIET_ATTEMPTS", "QUIET_LIMIT", "QUIET_MIN_WINDOW_S", "QUIET_WAIT_S",
-           "call_times", "gc_paused", "lowest_ms", "median_ms", "others_busy", "paired_ms", "paired_ratios", "paired_rounds", "paired_value",
-           "pinned_threads", "quiet", "quiet_or_disturbed", "quiet_stats", "sweep", "time_calls", "warm"]
+           "call_times", "gc_paused", "lowest_ms", "median_ms", "others_busy", "paired_ms", "paired_ratios",
+           "paired_rounds", "paired_value", "pinned_threads", "quiet", "quiet_or_disturbed", "quiet_stats", "sweep",
+           "time_calls", "warm"]
 
 log = logging.getLogger(__name__)
 
