@@ -237,19 +237,18 @@ def measure_schemes(
             missing_layers: dict[str, Pair] = {}
             missing_nets: dict[str, tuple[SubnetConfig, str]] = {}
 
-            def layer_speedups(base: LayerKey, other: LayerKey) -> list[float]:
-                key = f"{base.id}>{other.id}"
-                if key not in layer_pairs:
-                    missing_layers[key] = (base, other)
+            def cached(pairs: dict[str, Any], missing: dict[str, Any], key: str, job: Any) -> list[float]:
+                """The rounds measured under ``key``; a missing one is noted (``job``) and stands in as no speedup."""
+                if key not in pairs:
+                    missing[key] = job
                     return [1.0] * rounds
-                return list(layer_pairs[key])
+                return list(pairs[key])
+
+            def layer_speedups(base: LayerKey, other: LayerKey) -> list[float]:
+                return cached(layer_pairs, missing_layers, f"{base.id}>{other.id}", (base, other))
 
             def net_speedups(net: SubnetConfig, precision: str) -> list[float]:
-                key = f"{net.name}@fp32>{precision}"
-                if key not in net_pairs:
-                    missing_nets[key] = (net, precision)
-                    return [1.0] * rounds
-                return list(net_pairs[key])
+                return cached(net_pairs, missing_nets, f"{net.name}@fp32>{precision}", (net, precision))
 
             report = _decide(target, space, cfg, layer_speedups, net_speedups)
             if not missing_layers and not missing_nets:
