@@ -64,9 +64,9 @@ def _tmp_prefix(target: Path) -> str:
     return f".{target.name}.{os.getpid()}-{_host_tag()}."
 
 
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (another user's counts: signal 0 is refused, not lost);
+    any doubt answers yes, so nothing a live process owns is taken for a dead one's."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,7 +89,7 @@ def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     prefix = f".{target.name}."
     for entry in entries:
         match = pattern.match(entry.name) if entry.name.startswith(prefix) else None
-        if match is None or _process_alive(int(match.group(1))):
+        if match is None or process_alive(int(match.group(1))):
             continue
         path = Path(entry.path)
         with contextlib.suppress(OSError):

@@ -41,6 +41,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig
+from srnas.atomic import process_alive
 from srnas.config import SearchArchConfig
 from srnas.search.candidate import DENSE, ArchCandidate
 
@@ -198,16 +199,6 @@ def completed(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
 def _dead(trial: FrozenTrial, host: str, now: datetime) -> bool:
     """Whether a RUNNING ``trial`` was left by a process that is gone: one of this host whose pid is not alive, or one
     that died before it recorded its process (started more than the heartbeat's grace period ago). A trial of a
@@ -216,7 +207,7 @@ def _dead(trial: FrozenTrial, host: str, now: datetime) -> bool:
     if pid is None:
         started = trial.datetime_start
         return started is None or (now - started).total_seconds() > GRACE_S
-    return trial.user_attrs.get(HOST_ATTR) == host and not _process_alive(int(pid))
+    return trial.user_attrs.get(HOST_ATTR) == host and not process_alive(int(pid))
 
 
 def fail_dead_trials(study: optuna.Study, now: datetime | None = None) -> list[int]:
