@@ -149,7 +149,7 @@ def test_snakemake_config_json_fails_on_a_missing_key() -> None:
     config = default_mapping()
     config_json, WorkflowError = _snakemake_config_json(config)
     picked = json.loads(config_json("budget", "latency.targets"))
-    assert set(picked) == {"tracking", "data", "budget", "latency"} and set(picked["latency"]) == {"targets"}
+    assert set(picked) == {"data", "budget", "latency"} and set(picked["latency"]) == {"targets"}
     del config["search_ratio"]["importance"]
     with pytest.raises(WorkflowError, match=r"no key search_ratio.importance \(a rule passes search_ratio.importance\)"):
         config_json("budget", "search_ratio.importance")
