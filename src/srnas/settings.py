@@ -132,9 +132,10 @@ def raw_config(params: Path | None = None, overlays: tuple[Path, ...] = (), conf
     if config_json is not None:
         passed = _from_json(config_json)
         tracking = os.environ.get(TRACKING_ENV, "").strip()
+        check_overlay(passed, "--config-json")
         if tracking and "tracking" not in passed:
             passed["tracking"] = _from_json(tracking, TRACKING_ENV)
-        check_overlay(passed, "--config-json")
+            check_overlay({"tracking": passed["tracking"]}, TRACKING_ENV)
         return deep_merge(default_mapping(), passed), "--config-json"
     path = params or DEFAULT_PARAMS
     merged = read_yaml_mapping(path)
