@@ -149,7 +149,7 @@ def test_snakemake_config_json_fails_on_a_missing_key() -> None:
     config = default_mapping()
     config_json, WorkflowError = _snakemake_config_json(config)
     picked = json.loads(config_json("budget", "latency.targets"))
-    assert set(picked) == {"tracking", "data", "budget", "latency"} and set(picked["latency"]) == {"targets"}
+    assert set(picked) == {"data", "budget", "latency"} and set(picked["latency"]) == {"targets"}
     del config["search_ratio"]["importance"]
     with pytest.raises(WorkflowError, match=r"no key search_ratio.importance \(a rule passes search_ratio.importance\)"):
         config_json("budget", "search_ratio.importance")
@@ -209,3 +209,21 @@ def test_steps_by_model_overrides_the_step_budget_per_model() -> None:
         from_mapping(TrainConfig, defaults | {"steps_by_model": {"fsrcnn": 0}}, "params.yaml:train")
     with pytest.raises(ConfigError, match=r"params.yaml:train.steps_by_model.fsrcnn: expected an integer"):
         from_mapping(TrainConfig, defaults | {"steps_by_model": {"fsrcnn": "many"}}, "params.yaml:train")
+
+
+def test_config_json_reads_the_tracking_section_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snakemake passes ``tracking`` in SRNAS_TRACKING_JSON, outside every rule's params: a rule's --config-json has
+    none, and where MLflow writes comes from the environment (a tracking section in --config-json still wins)."""
+    from srnas.settings import TRACKING_ENV
+
+    monkeypatch.setenv(TRACKING_ENV, json.dumps({"uri": "http://mlflow:5000", "experiment": "srnas-other"}))
+    settings = load_settings(config_json=json.dumps({"budget": {"latency_ms": 5.0}}))
+    assert (settings.tracking.uri, settings.tracking.experiment) == ("http://mlflow:5000", "srnas-other")
+    assert settings.tracking.enabled and settings.budget.latency_ms == 5.0
+    assert not load_settings(config_json=json.dumps({"tracking": {"enabled": False}})).tracking.enabled
+    monkeypatch.setenv(TRACKING_ENV, json.dumps({"urii": "x"}))
+    with pytest.raises(ConfigError, match=rf"^{TRACKING_ENV}:tracking.urii: unknown key"):
+        load_settings(config_json="{}")
+    monkeypatch.setenv(TRACKING_ENV, "[")
+    with pytest.raises(ConfigError, match=rf"^{TRACKING_ENV}: not valid JSON"):
+        load_settings(config_json="{}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -117,8 +118,48 @@ def test_snakemake_smoke_pipeline_without_native_bf16(smoke_project: Path) -> No
     evaluate = next(run for run in runs if run["stage"] == "evaluate" and run["tags"]["srnas.model"] == "bicubic")
     assert evaluate["metrics"]["psnr_val_x2"] == pytest.approx(metrics["bicubic_x2"]["psnr_val_x2"])
 
-    dry = _run([str(BIN / "snakemake"), "-n", "--configfile", "config/smoke.yaml"], project, HIDDEN_BF16)
+    # Nothing left to do, even with MLflow pointed elsewhere: the tracking settings are no rule's params.
+    other = yaml.safe_load((project / "config" / "smoke.yaml").read_text())
+    other["tracking"] = {"uri": "sqlite:///elsewhere.db", "experiment": "srnas-elsewhere"}
+    (project / "other.yaml").write_text(yaml.safe_dump(other), encoding="utf-8")
+    dry = _run([str(BIN / "snakemake"), "-n", "--configfile", "other.yaml"], project, HIDDEN_BF16)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_smoke_pipeline_in_mlflow(smoke_project: Path) -> None:
+    """What an MLflow user looks at after the smoke run: the pipeline run's summary and report, per-model metric keys,
+    every exported model logged in both flavours, the final model registered with its tags, the prepared data as a
+    dataset input. (Another tracking URI and experiment leave Snakemake nothing to do: the test above.)"""
+    from mlflow import MlflowClient
+
+    project = smoke_project
+    metrics = json.loads((project / "results" / "metrics.json").read_text())
+    verdict = json.loads((project / "results" / "check_budget.json").read_text())
+    c = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = c.get_experiment_by_name("srnas-smoke").experiment_id
+    (parent,) = c.search_runs([experiment], "tags.`srnas.kind` = 'pipeline'")
+    assert parent.info.status == "FINISHED"
+    assert {"scale": "2", "target": verdict["target"], "budget_ms": str(verdict["budget_ms"])}.items() <= parent.data.params.items()
+    assert parent.data.metrics["psnr_val_x2"] == pytest.approx(metrics["final_x2"]["psnr_val_x2"])
+    assert parent.data.metrics["latency_ms"] == pytest.approx(verdict["verdict_ms"])
+    assert {"report.md", "report"} <= {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert "report/pareto_x2.png" in {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
+
+    (report,) = c.search_runs([experiment], "tags.`srnas.stage` = 'report'")
+    for model in ("final_x2", "bicubic_x2", "plain16_x2"):
+        assert report.data.metrics[f"{model}.psnr_val_x2"] == pytest.approx(metrics[model]["psnr_val_x2"])
+
+    for model in ("plain16", "final"):
+        logged = c.search_logged_models([experiment], filter_string=f"tags.`srnas.model` = '{model}'")
+        assert sorted(m.tags["srnas.flavor"] for m in logged) == ["onnx", "pytorch"], model
+    (version,) = c.search_model_versions("name = 'srnas-smoke-x2'")
+    assert {"target": verdict["target"], "scale": "2"}.items() <= version.tags.items()
+    assert float(version.tags["latency_ms"]) == pytest.approx(verdict["verdict_ms"], abs=1e-3)
+    assert {"budget_ms", "psnr_val_x2"} <= set(version.tags)
+
+    train = c.search_runs([experiment], "tags.`srnas.stage` = 'train_baseline' and tags.`srnas.model` = 'plain16'")[0]
+    (dataset,) = train.inputs.dataset_inputs
+    assert dataset.dataset.name == "skimage" and {t.value for t in dataset.tags} == {"training"}
 
 
 # --------------------------------------------------------------------------------- killed and resumed

@@ -30,7 +30,8 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, template_db: Path) -> TrackingConfig:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(PIPELINE_RUN_ENV, raising=False)
+    for name in (PIPELINE_RUN_ENV, tracking.URI_ENV, tracking.EXPERIMENT_ENV):
+        monkeypatch.delenv(name, raising=False)
     shutil.copy(template_db, tmp_path / "mlflow.db")
     return TrackingConfig(uri="sqlite:///mlflow.db", experiment="test", artifact_location="artifacts")
 
@@ -267,3 +268,125 @@ def test_flatten_params_and_limits() -> None:
     assert flat["data.skip_bad_images"] == "False"
     assert len(flat["long"]) == validation.MAX_PARAM_VAL_LENGTH
     assert flat["empty"] == "{}" and flat["p"] == "a/b"
+
+
+# --------------------------------------------------------------------------------- models, datasets, the environment
+
+
+def _tiny_sr(tmp_path: Path):
+    """A 2x SR network (conv + PixelShuffle) and its ONNX file (dynamic height and width)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.PixelShuffle(2)).eval()
+    onnx_file = tmp_path / "model.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 16, 16),), str(onnx_file), input_names=["lr"], output_names=["sr"],
+                      dynamic_axes={"lr": {2: "h", 3: "w"}, "sr": {2: "h2", 3: "w2"}}, dynamo=False)
+    return model, onnx_file
+
+
+def test_logged_models_load_back_and_the_final_model_is_registered_with_its_tags(
+        cfg: TrackingConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    import mlflow.onnx
+    import torch
+
+    model, onnx_file = _tiny_sr(tmp_path)
+    example = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+    with tracking.stage_run(cfg, "export", {}, {"srnas.model": "final", "srnas.scale": "2"}) as export:
+        uris = export.log_models("final_x2", model, onnx_file, example, {"srnas.model": "final"})
+    assert os.environ.get(tracking.URI_ENV) is None and os.environ.get("MLFLOW_EXPERIMENT_ID") is None  # put back
+    name = tracking.registered_model_name(cfg, 2)
+    assert name == "srnas-test-x2"
+    with tracking.stage_run(cfg, "report", {}) as report:
+        version = report.register_model(name, onnx_file, {"target": "cpu_auto", "budget_ms": 5.0, "latency_ms": "4.2",
+                                                          "scale": 2, "psnr_set5_x2": "33.1"})
+        with pytest.raises(TrackingError, match="no ONNX model logged with this file's SHA-256"):
+            report.register_model(name, tmp_path / "mlflow.db", {})
+
+    monkeypatch.setenv(tracking.URI_ENV, f"sqlite:///{Path('mlflow.db').resolve()}")  # where load_model looks
+    with torch.no_grad():
+        expected = model(torch.from_numpy(example)).numpy()
+    for flavor in ("pytorch", "onnx"):
+        loaded = mlflow.pyfunc.load_model(uris[flavor])
+        assert list(loaded.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, -1, -1]
+        assert loaded.metadata.saved_input_example_info is not None
+        out = loaded.predict(example)
+        out = next(iter(out.values())) if isinstance(out, dict) else out
+        np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
+    proto = mlflow.onnx.load_model(uris["onnx"])
+    assert [i.name for i in proto.graph.input] == ["lr"]
+
+    c = client(cfg)
+    mv = c.get_model_version(name, version)
+    assert mv.tags == {"target": "cpu_auto", "budget_ms": "5.0", "latency_ms": "4.2", "scale": "2", "psnr_set5_x2": "33.1"}
+    assert mv.run_id == export.run_id and mv.source == uris["onnx"], mv.source
+    assert str(c.get_model_version_by_alias(name, "latest-pipeline").version) == version == "1"
+
+
+def test_dataset_inputs_and_metric_names(cfg: TrackingConfig, tmp_path: Path) -> None:
+    from srnas.commands.common import log_data_input
+
+    data = tmp_path / "prepared"
+    data.mkdir()
+    manifest = {"source": "folder", "sets": ["train", "val"], "scales": [2], "counts": {"train": {"2": 3}},
+                "config": {"root": str(tmp_path / "raw")}, "files": {}}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with tracking.stage_run(cfg, "train_baseline", {}) as stage:
+        log_data_input(stage, data, "training")
+        log_data_input(stage, tmp_path / "nowhere", "training")  # no manifest: nothing logged
+        stage.log_metrics({"val_psnr": 30.0, "train_loss": 0.1, "best_psnr": 29.0, "psnr_set5_x2": 31.0})
+    run = client(cfg).get_run(stage.run_id)
+    assert set(run.data.metrics) == {"psnr_val", "train_loss", "psnr_proxy", "psnr_set5_x2"}
+    (found,) = run.inputs.dataset_inputs
+    assert found.dataset.name == "folder" and found.dataset.source_type == "local"
+    assert json.loads(found.dataset.source) == {"uri": str(tmp_path / "raw")}
+    assert found.dataset.digest == __import__("hashlib").sha256((data / "manifest.json").read_bytes()).hexdigest()[:36]
+    assert {t.key: t.value for t in found.tags} == {"mlflow.data.context": "training"}
+
+
+def test_report_logs_the_pipeline_summary_and_renders_in_mlflow(cfg: TrackingConfig, tmp_path: Path) -> None:
+    from srnas.commands.report import _log_report
+
+    (tmp_path / "results" / "report").mkdir(parents=True)
+    (tmp_path / "results" / "search_arch").mkdir()
+    for image in ("report/pareto_x2.png", "search_arch/pareto.png"):
+        (tmp_path / "results" / image).write_bytes(b"\x89PNG")
+    markdown = "# r\n![p](report/pareto_x2.png)\n![s](search_arch/pareto.png)\n![x](https://e.org/a.png)\n![m](report/gone.png)\n"
+    report_file = tmp_path / "results" / "report.md"
+    report_file.write_text(markdown)
+    with tracking.stage_run(cfg, "report", {}) as stage:
+        pipeline = stage.pipeline()
+        pipeline.log_params({"scale": 2, "target": "cpu_auto"})
+        pipeline.log_metrics({"psnr_set5_x2": 33.0, "latency_ms": 4.0})
+        _log_report(pipeline, report_file, markdown)
+    c = client(cfg)
+    parent = c.get_run(tracking.current_pipeline(cfg))
+    assert parent.data.tags[tracking.KIND_TAG] == "pipeline"
+    assert parent.data.params == {"scale": "2", "target": "cpu_auto"}
+    assert parent.data.metrics == {"psnr_set5_x2": 33.0, "latency_ms": 4.0}
+    listed = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert listed == {"report.md", "report", "search_arch"}
+    assert [a.path for a in c.list_artifacts(parent.info.run_id, "report")] == ["report/pareto_x2.png"]
+
+
+def test_environment_overrides_tracking_settings_and_servers_place_artifacts(
+        cfg: TrackingConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = tmp_path / "other.db"
+    shutil.copy(tmp_path / "mlflow.db", other)
+    monkeypatch.setenv(tracking.URI_ENV, f"sqlite:///{other}")
+    monkeypatch.setenv(tracking.EXPERIMENT_ENV, "from-env")
+    assert tracking.effective(cfg) == dataclasses.replace(cfg, uri=f"sqlite:///{other}", experiment="from-env")
+    with tracking.stage_run(cfg, "prepare_data", {}) as stage:
+        stage.log_metrics({"images": 1.0})
+    from mlflow import MlflowClient
+
+    env_store = MlflowClient(tracking_uri=f"sqlite:///{other}")
+    assert env_store.get_run(stage.run_id).info.experiment_id == env_store.get_experiment_by_name("from-env").experiment_id
+    assert client(cfg).get_experiment_by_name("test") is None  # tracking.uri / tracking.experiment not used
+    monkeypatch.setenv(tracking.URI_ENV, "")
+    assert tracking.effective(cfg) == dataclasses.replace(cfg, experiment="from-env")  # empty: not set
+
+    assert tracking._artifact_uri("http://mlflow:5000", "mlartifacts") is None  # the server decides
+    assert tracking._artifact_uri("https://mlflow", "s3://bucket/a") == "s3://bucket/a"  # unless a URI is given
+    assert tracking._artifact_uri("sqlite:///mlflow.db", "mlartifacts") == (tmp_path / "mlartifacts").as_uri()

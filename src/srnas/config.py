@@ -233,12 +233,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """The ``tracking`` section: where MLflow writes. The default is a local SQLite file, no server."""
+    """The ``tracking`` section: where MLflow writes. The default is a local SQLite file, no server.
+
+    ``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_NAME`` in the environment take precedence over ``uri`` /
+    ``experiment``; ``artifact_location`` applies to local stores only (a server decides where artifacts go) unless it
+    is a URI; ``registered_model`` is the model registry name of the final model ("": ``srnas-<experiment>-x<scale>``).
+    """
 
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "srnas-default"
     artifact_location: str = "mlartifacts"
     enabled: bool = True
+    registered_model: str = ""
 
 
 @dataclass(frozen=True)

@@ -435,3 +435,39 @@ def comparison_image(panels: list[tuple[str, np.ndarray]], hr: np.ndarray, path:
         draw.text((x + 2, 2), label, fill="black")
     with atomic_path(path, suffix=".png") as tmp:
         canvas.save(tmp, format="PNG")
+
+
+def headline(results_dir: Path, results: list[ModelResult]) -> tuple[dict[str, Any], dict[str, float]]:
+    """The pipeline's headline params and metrics (the MLflow pipeline run's summary), read from the stage outputs:
+    params ``scale``, ``target``, ``budget_ms``, ``space_size``, ``steps_supernet``, ``steps_finetune`` and
+    ``best_baseline``; metrics the final model's ``psnr_<set>_x<scale>`` / ``ssim_<set>_x<scale>`` and measured
+    ``latency_ms``, and the same for the best trained baseline within the budget (by PSNR on the first set) prefixed
+    ``baseline_``. Whatever a stage did not write is left out."""
+    params: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    final = next((r for r in results if r.model == FINAL_MODEL), None)
+    if final is None:
+        return params, metrics
+    params["scale"] = final.scale
+    supernet_path = results_dir / "train_supernet" / "train_metrics.json"
+    if supernet_path.is_file():
+        supernet = _read_json(supernet_path)
+        params |= {"space_size": supernet.get("space_size"), "steps_supernet": supernet.get("steps")}
+    params["steps_finetune"] = final.training.get("steps")
+    metrics |= {key: float(value) for key, value in final.metrics.items()}
+    verdict_path = results_dir / "check_budget.json"
+    if verdict_path.is_file():
+        verdict = _read_json(verdict_path)
+        params |= {"target": verdict["target"], "budget_ms": verdict["budget_ms"]}
+        metrics["latency_ms"] = float(verdict["verdict_ms"])
+        by_model = {r.model: r for r in results if r.scale == final.scale}
+        first = next(iter(final.sets), None)
+        fitting = [(by_model[b["model"]], float(b["verdict_ms"])) for b in verdict.get("baselines", [])
+                   if b["within_budget"] and b["model"] in by_model and by_model[b["model"]].training.get("steps")
+                   and first in by_model[b["model"]].sets]
+        if fitting:
+            best, best_ms = max(fitting, key=lambda pair: pair[0].sets[first]["psnr"])
+            params["best_baseline"] = best.model
+            metrics |= {f"baseline_{key}": float(value) for key, value in best.metrics.items()}
+            metrics["baseline_latency_ms"] = best_ms
+    return {key: value for key, value in params.items() if value is not None}, metrics

@@ -7,13 +7,16 @@ it), an overlay (``config/smoke.yaml``, ``--overlay``) may only change keys that
 naming the overlay file and the key's dotted path), and the dataclasses' defaults equal ``params.yaml`` (a test holds
 them so). ``--config-json`` is what a Snakemake rule passes: the keys its DVC stage lists as params, picked from a
 config Snakemake validated whole against the generated schema (every key required, no unknown key); the keys a rule
-does not pass are not read by its stage, and stand at ``params.yaml``'s values.
+does not pass are not read by its stage, and stand at ``params.yaml``'s values. The ``tracking`` section is the one
+exception: Snakemake passes it in the environment (:data:`TRACKING_ENV`, JSON), outside every rule's params, so where
+MLflow writes never invalidates a stage; with ``--config-json`` and no ``tracking`` in it, it is read from there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,7 @@ from srnas.config import (
 from srnas.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+TRACKING_ENV = "SRNAS_TRACKING_JSON"  # the tracking section, as JSON, for --config-json (Snakemake sets it)
 
 
 @dataclass(frozen=True)
@@ -108,13 +112,13 @@ def check_overlay(overlay: Mapping[str, Any], label: str) -> None:
     check_keys(Settings, overlay, f"{label}:")
 
 
-def _from_json(config_json: str) -> dict[str, Any]:
+def _from_json(config_json: str, label: str = "--config-json") -> dict[str, Any]:
     try:
         loaded = json.loads(config_json)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config-json: not valid JSON ({exc})") from None
+        raise ConfigError(f"{label}: not valid JSON ({exc})") from None
     if not isinstance(loaded, Mapping):
-        raise ConfigError("--config-json: expected a JSON object of sections")
+        raise ConfigError(f"{label}: expected a JSON object")
     return dict(loaded)
 
 
@@ -127,7 +131,11 @@ def raw_config(params: Path | None = None, overlays: tuple[Path, ...] = (), conf
     """
     if config_json is not None:
         passed = _from_json(config_json)
+        tracking = os.environ.get(TRACKING_ENV, "").strip()
         check_overlay(passed, "--config-json")
+        if tracking and "tracking" not in passed:
+            passed["tracking"] = _from_json(tracking, TRACKING_ENV)
+            check_overlay({"tracking": passed["tracking"]}, TRACKING_ENV)
         return deep_merge(default_mapping(), passed), "--config-json"
     path = params or DEFAULT_PARAMS
     merged = read_yaml_mapping(path)

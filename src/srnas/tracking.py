@@ -18,8 +18,18 @@ tracking URI and experiment:
   and no longer runs, or it predates the tag -- with that run's RUNNING candidates. A run of another host is left
   alone (its process cannot be checked from here).
 
+Where runs go: ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME``, when set, take precedence over
+``tracking.uri`` and ``tracking.experiment`` (:func:`effective`), as they do for every MLflow tool. With a server
+(``http(s)://``, ``databricks``), a new experiment's artifacts go where the server says: ``tracking.artifact_location``
+is used for local stores only, unless it is itself a URI (``s3://...``). The tracking settings never invalidate a
+stage (Snakemake passes them outside each rule's params, DVC lists them in no stage's params).
+
+Metric keys follow one scheme (:func:`metric_key`, docs/tracking.md): ``<quantity>_<subject>`` -- ``psnr_val``
+(PSNR on the validation set while training), ``psnr_proxy`` (a search's proxy PSNR), ``psnr_<set>_x<scale>`` and
+``ssim_<set>_x<scale>`` (the evaluation). The stages' own files keep their keys; the renaming happens here.
+
 Only :class:`mlflow.MlflowClient` is used (never the fluent ``mlflow.start_run``), so no active
-run is left behind in any process. With ``TrackingConfig.enabled = False`` every function is a
+run is left behind in any process. Logging a model (:meth:`StageRun.log_models`) names its run explicitly. With ``TrackingConfig.enabled = False`` every function is a
 cheap no-op with the same API, so library code never branches on tracking.
 """
 
@@ -40,20 +50,25 @@ from typing import TYPE_CHECKING, Any
 
 from srnas.atomic import write_json
 from srnas.config import TrackingConfig
+from srnas.digests import file_sha256
 from srnas.errors import SrnasError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 __all__ = [
+    "METRIC_ALIASES",
     "PIPELINE_RUN_ENV",
     "STATE_FILE",
     "StageRun",
     "TrackingError",
     "current_pipeline",
+    "effective",
     "end_pipeline",
     "flatten_params",
+    "metric_key",
     "query_runs",
+    "registered_model_name",
     "stage_run",
     "start_pipeline",
 ]
@@ -80,6 +95,21 @@ _MAX_PARAMS_TAGS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+URI_ENV, EXPERIMENT_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"
+SERVER_SCHEMES = ("http://", "https://", "databricks")
+MODEL_DIGEST_TAG = "srnas.sha256"  # a logged model's tag: the SHA-256 of the exported ONNX file it was logged with
+FLAVOR_TAG = "srnas.flavor"  # "pytorch" | "onnx"
+
+# One metric naming scheme (docs/tracking.md): the stages' historical keys and their MLflow names.
+METRIC_ALIASES = {
+    "val_psnr": "psnr_val",
+    "val_psnr_largest": "psnr_val_largest",
+    "val_psnr_smallest": "psnr_val_smallest",
+    "best_psnr": "psnr_proxy",
+    "proxy_psnr": "psnr_proxy",
+    "psnr": "psnr_proxy",
+}
 
 
 class TrackingError(SrnasError):
@@ -181,12 +211,36 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def _artifact_uri(location: str) -> str | None:
+def _artifact_uri(uri: str, location: str) -> str | None:
+    """The artifact location a new experiment gets: none for a server (it decides) unless ``location`` is a URI."""
     if not location:
         return None
     if "://" in location or location.startswith("file:"):
         return location
+    if uri.startswith(SERVER_SCHEMES):
+        return None
     return Path(location).expanduser().resolve().as_uri()
+
+
+def effective(cfg: TrackingConfig) -> TrackingConfig:
+    """``cfg`` with ``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_NAME`` (when set and not empty) over its ``uri`` /
+    ``experiment``: the environment wins, as for every MLflow tool."""
+    uri = os.environ.get(URI_ENV, "").strip() or cfg.uri
+    experiment = os.environ.get(EXPERIMENT_ENV, "").strip() or cfg.experiment
+    if (uri, experiment) == (cfg.uri, cfg.experiment):
+        return cfg
+    return dataclasses.replace(cfg, uri=uri, experiment=experiment)
+
+
+def metric_key(key: str) -> str:
+    """The MLflow name of a stage's metric key (:data:`METRIC_ALIASES`; any other key is already in the scheme)."""
+    return METRIC_ALIASES.get(key, key)
+
+
+def registered_model_name(cfg: TrackingConfig, scale: int) -> str:
+    """The registry name of the final model: ``tracking.registered_model``, or ``srnas-<experiment>-x<scale>``."""
+    cfg = effective(cfg)
+    return cfg.registered_model or f"srnas-{cfg.experiment.removeprefix('srnas-')}-x{scale}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +340,7 @@ def _experiment_id(client: MlflowClient, cfg: TrackingConfig) -> str:
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
         try:
-            return client.create_experiment(cfg.experiment, artifact_location=_artifact_uri(cfg.artifact_location))
+            return client.create_experiment(cfg.experiment, artifact_location=_artifact_uri(cfg.uri, cfg.artifact_location))
         except MlflowException:
             experiment = client.get_experiment_by_name(cfg.experiment)  # created meanwhile by another process
             if experiment is None:
@@ -445,18 +499,103 @@ class StageRun:
         self._experiment_id = experiment_id
         self._tags = dict(tags or {})
 
+    def pipeline(self) -> StageRun:
+        """The pipeline (parent) run of this stage run, to log the pipeline's headline params, metrics and report."""
+        assert self._client is not None
+        parent = self._tags.get(PARENT_TAG)
+        if not parent:
+            raise TrackingError(f"MLflow run {self._run_id} has no pipeline run")
+        return StageRun(self._client, parent, self._experiment_id, {KIND_TAG: "pipeline"})
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, Any] | None = None) -> None:
+        """Log a dataset as an input of this run (MLflow's Datasets panel): its ``name``, ``digest`` (at most 36
+        characters are kept), ``source`` (a path or URL) and ``context`` ("training", "evaluation", ...)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        assert self._client is not None
+        remote = source.startswith(("http://", "https://"))
+        dataset = Dataset(name=name, digest=digest[:36], source_type="http" if remote else "local",
+                          source=json.dumps({"url" if remote else "uri": source}),
+                          profile=json.dumps(dict(profile)) if profile else None)
+        self._client.log_inputs(self._run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    def log_models(self, name: str, module: Any, onnx_file: str | os.PathLike[str], example: Any,
+                   tags: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """Log ``module`` (a torch ``nn.Module``) as an MLflow PyTorch model and ``onnx_file`` as an ONNX model, both
+        named ``name`` and linked to this run, each with a signature (float32 NCHW in, NCHW out, any batch and size)
+        and ``example`` (a small float32 NCHW array in [0, 1]) as input example; explicit pip requirements (the
+        installed versions), so MLflow infers none. Each logged model is tagged :data:`FLAVOR_TAG` and
+        :data:`MODEL_DIGEST_TAG` (the ONNX file's SHA-256, how :meth:`register_model` finds it) and ``tags``.
+        Returns ``{"pytorch": model_uri, "onnx": model_uri}``."""
+        import importlib.metadata
+
+        import numpy as np
+        import torch
+
+        assert self._client is not None
+        example = np.ascontiguousarray(example, dtype=np.float32)
+        with torch.no_grad():
+            output = module(torch.from_numpy(example)).numpy()
+        signature = _image_signature(example, output)
+        versions = {dist: importlib.metadata.version(dist) for dist in ("torch", "onnx", "onnxruntime", "numpy")}
+        requirements = {"pytorch": ["torch", "numpy"], "onnx": ["onnx", "onnxruntime", "numpy"]}
+        onnx_bytes = Path(onnx_file).read_bytes()
+        model_tags = {**_tag_values(tags), MODEL_DIGEST_TAG: file_sha256(onnx_file)}
+        uris = {}
+        with _fluent(self._client.tracking_uri, self._experiment_id) as mlflow:
+            for flavor, log_model, model in (("pytorch", mlflow.pytorch.log_model, module),
+                                             ("onnx", mlflow.onnx.log_model, onnx_bytes)):
+                extra = ({"save_as_external_data": False, "onnx_execution_providers": ["CPUExecutionProvider"]} if flavor == "onnx"
+                         else {"serialization_format": "pickle"})  # torch.export (pt2) would cost seconds
+                info = log_model(model, name=f"{name}-{flavor}", run_id=self._run_id, signature=signature,
+                                 input_example=example, pip_requirements=[f"{d}=={versions[d]}" for d in requirements[flavor]],
+                                 tags={**model_tags, FLAVOR_TAG: flavor}, **extra)
+                uris[flavor] = info.model_uri
+        return uris
+
+    def register_model(self, name: str, onnx_file: str | os.PathLike[str], tags: Mapping[str, Any]) -> str:
+        """Register the ONNX model logged from ``onnx_file`` (found by its SHA-256 among this experiment's logged
+        models) as a new version of the registered model ``name`` (created when missing), with ``tags`` on the version
+        and the alias ``latest-pipeline``; returns the version. TrackingError when no logged model matches."""
+        assert self._client is not None
+        digest = file_sha256(onnx_file)
+        found = self._client.search_logged_models(
+            [self._experiment_id],
+            filter_string=f"tags.`{MODEL_DIGEST_TAG}` = '{digest}' AND tags.`{FLAVOR_TAG}` = 'onnx'",
+            max_results=1,
+            order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        )
+        if not found:
+            raise TrackingError(f"{onnx_file}: no ONNX model logged with this file's SHA-256 in the experiment "
+                                f"(run the export stage with tracking enabled)")
+        model = found[0]
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        with _fluent(self._client.tracking_uri, self._experiment_id):  # the registry resolves models:/ through it
+            version = self._client.create_model_version(name, source=model.model_uri, run_id=model.source_run_id,
+                                                        tags=_tag_values(tags), model_id=model.model_id,
+                                                        await_creation_for=0)
+        self._client.set_registered_model_alias(name, "latest-pipeline", version.version)
+        return str(version.version)
+
     @property
     def run_id(self) -> str:
         """The MLflow run id ("" when tracking is disabled)."""
         return self._run_id
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log float metrics (numpy/torch scalars converted; None skipped; NaN/inf logged as MLflow stores them)."""
+        """Log float metrics (numpy/torch scalars converted; None skipped; NaN/inf logged as MLflow stores them), under
+        their names in the one scheme (:func:`metric_key`)."""
         from mlflow.entities import Metric
 
         assert self._client is not None
         timestamp = int(time.time() * 1000)
-        entries = [Metric(key, value, timestamp, step or 0) for key, value in _metric_values(metrics).items()]
+        entries = [Metric(metric_key(key), value, timestamp, step or 0) for key, value in _metric_values(metrics).items()]
         for chunk in _chunks(entries, _MAX_METRICS_PER_BATCH):
             self._client.log_batch(self._run_id, metrics=chunk)
 
@@ -512,6 +651,42 @@ class StageRun:
             yield child
 
 
+def _image_signature(example: Any, output: Any) -> Any:
+    """float32 NCHW in and out, batch, height and width free (-1), channels as in ``example`` / ``output``."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(array: Any) -> Any:
+        return Schema([TensorSpec(np.dtype(np.float32), (-1, int(array.shape[1]), -1, -1))])
+
+    return ModelSignature(inputs=spec(example), outputs=spec(output))
+
+
+@contextlib.contextmanager
+def _fluent(uri: str, experiment_id: str) -> Iterator[Any]:
+    """The ``mlflow`` module with its tracking URI and experiment (``MLFLOW_EXPERIMENT_ID``) set to ``uri`` and
+    ``experiment_id`` for the block (the flavours' ``log_model`` read them), then put back, environment included
+    (``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI``, which :func:`effective` reads); no run is started."""
+    import mlflow
+    import mlflow.onnx
+    import mlflow.pytorch
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved = {name: os.environ.get(name) for name in (URI_ENV, "MLFLOW_EXPERIMENT_ID")}
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    try:
+        with _use_tracking_uri(uri):
+            yield mlflow
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _quiet_mlflow()
+
+
 class _DisabledRun(StageRun):
     """Tracking disabled: the same API, doing nothing."""
 
@@ -529,6 +704,19 @@ class _DisabledRun(StageRun):
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         pass
+
+    def pipeline(self) -> StageRun:
+        return self
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, Any] | None = None) -> None:
+        pass
+
+    def log_models(self, name: str, module: Any, onnx_file: str | os.PathLike[str], example: Any,
+                   tags: Mapping[str, Any] | None = None) -> dict[str, str]:
+        return {}
+
+    def register_model(self, name: str, onnx_file: str | os.PathLike[str], tags: Mapping[str, Any]) -> str:
+        return ""
 
     @contextlib.contextmanager
     def candidate(self, name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
@@ -565,6 +753,7 @@ def start_pipeline(cfg: TrackingConfig, name: str, tags: Mapping[str, Any] | Non
     ``SRNAS_PIPELINE_RUN_ID`` is set, that run is the pipeline run: nothing is created and its id is
     returned. Disabled tracking returns "".
     """
+    cfg = effective(cfg)
     if not cfg.enabled:
         return ""
     with _locked():
@@ -587,6 +776,7 @@ def end_pipeline(cfg: TrackingConfig, status: str = "FINISHED") -> str | None:
     marked FAILED by a failed stage stays FAILED. Returns the run id, or None when there was no pipeline run to end (then
     mlflow is not even imported).
     """
+    cfg = effective(cfg)
     if status not in END_STATUSES:
         raise ValueError(f"end_pipeline: status must be one of {', '.join(END_STATUSES)}, got {status!r}")
     if not cfg.enabled:
@@ -606,6 +796,7 @@ def end_pipeline(cfg: TrackingConfig, status: str = "FINISHED") -> str | None:
 
 def current_pipeline(cfg: TrackingConfig) -> str | None:
     """The pipeline run id stages would join now (env var, else the state file), without checking the store."""
+    cfg = effective(cfg)
     if not cfg.enabled:
         return None
     return os.environ.get(PIPELINE_RUN_ENV, "").strip() or _recorded_run_id(cfg)
@@ -626,6 +817,7 @@ def stage_run(
     If the block raises, the run ends FAILED, the parent is marked FAILED and forgotten, and the
     exception propagates; otherwise the run ends FINISHED (the parent stays RUNNING).
     """
+    cfg = effective(cfg)
     if not cfg.enabled:
         yield _DISABLED
         return
@@ -655,6 +847,7 @@ def query_runs(cfg: TrackingConfig, experiments: list[str] | None = None) -> lis
     ``srnas.scale``, ``srnas.data``, ...), ``params`` (str) and ``metrics`` (float, latest value).
     Disabled tracking, or a SQLite store that does not exist yet, gives ``[]`` (and creates nothing).
     """
+    cfg = effective(cfg)
     if not cfg.enabled:
         return []
     db_path = _sqlite_path(_resolve_uri(cfg.uri))

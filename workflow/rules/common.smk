@@ -1,5 +1,6 @@
 # Shared helpers: config validation, the CLI invocation, and the parent MLflow run.
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from srnas.config import SUPPORTED_SCALES
 from srnas.errors import ConfigError
 from srnas.models.registry import MODEL_NAME_PATTERN
 from srnas.preflight import check_mapping, load_checked
+from srnas.settings import TRACKING_ENV
 from srnas.stage_code import stage_code_files
 
 
@@ -37,12 +39,18 @@ wildcard_constraints:
     scale="|".join(str(scale) for scale in SUPPORTED_SCALES),
 
 
-ALWAYS_PASSED = ("tracking", "data")
+# Where MLflow writes (the `tracking` section) reaches every job through the environment, not a rule's params, so
+# changing tracking.uri or the experiment reruns nothing: the CLI reads it from TRACKING_ENV with --config-json.
+os.environ[TRACKING_ENV] = json.dumps(config["tracking"], sort_keys=True)
+
+
+ALWAYS_PASSED = ("data",)
 
 
 def config_json(*keys):
-    """The merged config (params.yaml plus --configfile/--config overrides) for the CLI: ``tracking``, ``data`` and
-    ``keys`` (sections, or dotted keys like ``supernet.space``) only, all with none named. A rule reruns when what it
+    """The merged config (params.yaml plus --configfile/--config overrides) for the CLI: ``data`` and ``keys``
+    (sections, or dotted keys like ``supernet.space``) only, all with none named (``tracking`` goes through
+    TRACKING_ENV). A rule reruns when what it
     is passed changes, so it names what its DVC stage lists as params. A key missing from the config is an error
     naming it (never skipped: the stage would run with another value than the config's)."""
     if not keys:

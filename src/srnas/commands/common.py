@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,27 @@ from srnas.settings import Settings, load_settings
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(args.params, tuple(args.overlay), args.config_json)
+
+
+def log_data_input(stage: Any, data_dir: Path, context: str) -> None:
+    """Log the prepared data in ``data_dir`` as an MLflow dataset input of ``stage`` (a :class:`srnas.tracking.StageRun`):
+    named after its source, its digest the prepared manifest's SHA-256 (the same images give the same digest), its
+    source the raw folder or URL it was prepared from, its profile the image counts. Nothing when there is no manifest."""
+    path = data_dir / "manifest.json"
+    if not path.is_file():
+        return
+    raw = path.read_bytes()
+    manifest = json.loads(raw)
+    config = manifest.get("config", {})
+    kind = str(manifest.get("source", "data"))
+    if config.get("root"):
+        source = str(Path(config["root"]).resolve())
+    elif kind == "div2k":
+        source = str(config.get("div2k", {}).get("base_url", kind))
+    else:
+        source = f"{kind} (built in)"  # skimage's sample images
+    stage.log_dataset(kind, hashlib.sha256(raw).hexdigest(), source, context,
+                      {"sets": manifest.get("sets"), "scales": manifest.get("scales"), "counts": manifest.get("counts")})
 
 
 def print_json(payload: Any) -> None:

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
+from srnas.commands.common import (
+    add_settings_arguments,
+    log_data_input,
+    print_json,
+    settings_from_args,
+)
 from srnas.settings import Settings
 
 LOG = logging.getLogger("srnas.evaluate")
@@ -103,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     per_set: dict[str, dict] = {}
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
     with tracking.stage_run(settings.tracking, "evaluate", {"model": args.model, "scale": args.scale, "data": dataclasses.asdict(settings.data)}, tags) as stage:
+        log_data_input(stage, args.data_dir, "evaluation")
         for set_name in settings.data.eval_set_names:
             result = evaluate_pairs(upscale, read_pairs(args.data_dir, set_name, args.scale), args.scale)
             metrics[metric_name("psnr", set_name, args.scale)] = result.psnr

@@ -29,6 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from srnas import atomic, tracking
     from srnas.data.prepare import read_pairs
     from srnas.export import check_parity, check_pte_parity, export_onnx, export_pte
@@ -52,4 +54,9 @@ def run(args: argparse.Namespace) -> int:
             LOG.info("%s parity: %s", runtime, report.describe())
             stage.log_metrics({f"parity_max_abs_diff_{runtime}": report.max_abs_diff_random, f"parity_psnr_diff_{runtime}": report.psnr_diff})
         stage.log_artifact(args.out / "parity.json")
+        # The deployable model in MLflow's two flavours (PyTorch, ONNX), with a 16x16 LR input example in [0, 1];
+        # the report stage registers the final model's ONNX one.
+        example = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+        stage.log_models(f"{args.model}_x{args.scale}", model, onnx_path, example,
+                         {"srnas.model": args.model, "srnas.scale": str(args.scale)})
     return 0

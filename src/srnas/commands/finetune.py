@@ -7,7 +7,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
+from srnas.commands.common import (
+    add_settings_arguments,
+    log_data_input,
+    print_json,
+    settings_from_args,
+)
 
 LOG = logging.getLogger("srnas.finetune")
 
@@ -42,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = settings.finetune
     tags = {"srnas.data": settings.data.source, "srnas.distill": str(cfg.distill)}
     with tracking.stage_run(settings.tracking, "finetune", {"finetune": dataclasses.asdict(cfg)}, tags) as stage:
+        log_data_input(stage, args.data_dir, "training")
         result = finetune(
             args.pruned,
             args.supernet,

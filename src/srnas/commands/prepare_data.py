@@ -7,7 +7,11 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from srnas.commands.common import add_settings_arguments, settings_from_args
+from srnas.commands.common import (
+    add_settings_arguments,
+    log_data_input,
+    settings_from_args,
+)
 
 LOG = logging.getLogger("srnas.prepare_data")
 
@@ -35,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         counts = manifest.get("counts", {})
         stage.log_metrics({f"images_{key}": float(value) for key, value in _flatten_counts(counts).items()})
         stage.log_artifact(args.out / "manifest.json")
+        log_data_input(stage, args.out, "prepared")
     LOG.info("prepared data in %s", args.out)
     return 0
 

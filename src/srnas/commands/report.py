@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import posixpath
+import re
 from pathlib import Path
+from typing import Any
 
 from srnas.commands.common import add_settings_arguments, settings_from_args
 
@@ -47,11 +50,49 @@ def _comparison(results_dir: Path, models: list[str], scale: int, set_name: str,
     LOG.info("comparison of %s/%s x%d written to %s", set_name, name, scale, path)
 
 
+def _report_images(markdown: str, base: Path) -> list[str]:
+    """The relative paths of the local images ``markdown`` shows (``![...](path)``), that exist under ``base``."""
+    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", markdown)
+    return [link for link in dict.fromkeys(links)
+            if "://" not in link and not link.startswith(("/", "../")) and (base / link).is_file()]
+
+
+def _log_report(run: Any, report: Path, markdown: str) -> None:
+    """``report`` at the run's artifact root and every image it shows at the same relative path, so the Markdown
+    renders in MLflow's artifact viewer as it does on disk."""
+    run.log_artifact(report)
+    for link in _report_images(markdown, report.parent):
+        run.log_artifact(report.parent / link, posixpath.dirname(link) or None)
+
+
+def _register_final(stage: Any, settings: Any, results_dir: Path, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Register the final model's logged ONNX model (``tracking.registered_model``) with its target, budget, measured
+    latency, scale and PSNR as version tags; a registry failure is a warning, never a failed report."""
+    from srnas import tracking
+    from srnas.report import FINAL_MODEL
+
+    scale = params.get("scale")
+    onnx_file = results_dir / "export" / f"{FINAL_MODEL}_x{scale}" / "model.onnx"
+    if scale is None or not onnx_file.is_file():
+        return
+    tags = {key: params.get(key) for key in ("target", "budget_ms", "scale")}
+    tags |= {key: f"{value:.4f}" for key, value in metrics.items() if key == "latency_ms" or key.startswith(("psnr_", "ssim_"))}
+    name = tracking.registered_model_name(settings.tracking, int(scale))
+    try:
+        version = stage.register_model(name, onnx_file, tags)
+    except tracking.TrackingError as exc:
+        LOG.warning("final model not registered: %s", exc)
+        return
+    if version:
+        LOG.info("final model registered as %s version %s", name, version)
+
+
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
     from srnas.report import (
         collect_results,
         final_section,
+        headline,
         latency_model_section,
         metrics_summary,
         plot_pareto,
@@ -75,16 +116,23 @@ def run(args: argparse.Namespace) -> int:
             _comparison(args.results, models, scale, set_name, comparison)
             for key, path in ((f"pareto_x{scale}", pareto), (f"comparison_x{scale}", comparison)):
                 figures[key] = Path(os.path.relpath(path, args.out.parent)).as_posix()
-                stage.log_artifact(path, "report")
         sections = supernet_section(args.results / "train_supernet") + latency_model_section(args.results / "profile_device")
         sections += search_section(args.results / "search_arch", args.out.parent)
         sections += verification_section(args.results)
         sections += final_section(args.results, results)
-        atomic.write_text(args.out, render_markdown(results, figures, sections))
-        atomic.write_json(args.metrics, metrics_summary(results))
-        for r in results:
-            stage.log_metrics(r.metrics)
-        stage.log_artifact(args.out, "report")
+        markdown = render_markdown(results, figures, sections)
+        atomic.write_text(args.out, markdown)
+        summary = metrics_summary(results)
+        atomic.write_json(args.metrics, summary)
+        # One key per model and metric ("<model>_x<scale>.<metric>"), so MLflow keeps every model's value.
+        stage.log_metrics({f"{name}.{key}": value for name, values in summary.items() for key, value in values.items()})
+        pipeline = stage.pipeline()
+        params, metrics = headline(args.results, results)
+        pipeline.log_params(params)
+        pipeline.log_metrics(metrics)
+        for run_ in (stage, pipeline):
+            _log_report(run_, args.out, markdown)
+        _register_final(stage, settings, args.results, params, metrics)
     tracking.end_pipeline(settings.tracking, "FINISHED")
     LOG.info("report written to %s", args.out)
     return 0

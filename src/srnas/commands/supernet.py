@@ -8,7 +8,12 @@ import logging
 import os
 from pathlib import Path
 
-from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
+from srnas.commands.common import (
+    add_settings_arguments,
+    log_data_input,
+    print_json,
+    settings_from_args,
+)
 
 LOG = logging.getLogger("srnas.train_supernet")
 
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             "srnas.world_size": os.environ.get("WORLD_SIZE", "1")}
     params = {"supernet": dataclasses.asdict(cfg)}
     with tracking.stage_run(tracking_cfg, "train_supernet", params, tags) as stage:
+        log_data_input(stage, args.data_dir, "training")
         result = train_supernet(
             args.data_dir,
             cfg,

@@ -7,7 +7,11 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from srnas.commands.common import add_settings_arguments, settings_from_args
+from srnas.commands.common import (
+    add_settings_arguments,
+    log_data_input,
+    settings_from_args,
+)
 
 LOG = logging.getLogger("srnas.train")
 
@@ -50,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
     params = {"model": args.model, "network": network, "scale": args.scale, "train": dataclasses.asdict(train_cfg)}
     with tracking.stage_run(settings.tracking, "train_baseline", params, tags) as stage:
+        log_data_input(stage, args.data_dir, "training")
         if not info.has_weights:
             save_trained(args.out / "model.pt", create_model(network, args.scale), network, args.scale, {})
             atomic.write_json(args.out / "train_metrics.json", {"steps": 0, "trained": False})
