@@ -901,6 +901,35 @@ def test_check_budget_times_the_fine_tuned_weights(inputs, tmp_path, monkeypatch
     assert verdict.to_dict()["normalised_ms"] is None and verdict.to_dict()["verdict_ms"] == 4.0
 
 
+def test_check_budget_flags_a_verdict_measured_on_a_busy_machine(inputs, tmp_path, monkeypatch) -> None:
+    """Measurements the quiet guard saw disturbed (the machine never became quiet) are counted into the verdict and
+    each baseline's: check_budget.json says ``busy``, and the report marks the figure."""
+    from srnas.latency.measure import NetworkTiming
+    from srnas.runtimes import timing
+    from srnas.search import budget as budget_module
+    from srnas.search.fit import judge_models
+
+    monkeypatch.setattr(timing, "QUIET_WAIT_S", 0.0)
+    monkeypatch.setattr(timing, "_machine_busy", False)
+    busy = {"cores": 0.0}
+    monkeypatch.setattr(timing, "others_busy", lambda fn: (fn(), busy["cores"]))
+
+    def fake(target, model, **kwargs):
+        return NetworkTiming(timing.quiet(lambda: 3.0, "fake"), 2.0)
+
+    model_path = _final_model(inputs, tmp_path / "model.pt")
+    quiet = budget_module.check_budget(model_path, inputs.table_dir, _budget(latency_ms=2.5), LatencyConfig(), measure=fake)
+    assert quiet.timing.disturbed == 0 and quiet.to_dict()["busy"] is False
+    busy["cores"] = 1.5
+    loaded = budget_module.check_budget(model_path, inputs.table_dir, _budget(latency_ms=2.5), LatencyConfig(), measure=fake)
+    saved = loaded.to_dict()
+    assert saved["busy"] is True and saved["disturbed_measurements"] == LatencyConfig().net_passes
+    assert saved["verdict_ms"] == 2.0  # the figure is kept, flagged, not dropped
+    (baseline,) = judge_models({"plain": torch.nn.Conv2d(3, 12, 3)}, TARGET, 2.5,
+                               {"warmup": 0, "runs": 1, "rounds": 5}, None, measure=fake)
+    assert dataclasses.asdict(baseline)["disturbed_measurements"] == 5  # absolute protocol: five rounds, all disturbed
+
+
 def test_check_budget_refuses_a_table_of_another_fingerprint(inputs, tmp_path, capsys) -> None:
     from srnas.cli import main
 
