@@ -29,11 +29,14 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from srnas import atomic
 from srnas.arch.network import save_network
@@ -167,9 +170,11 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
                     "supernet": file_sha256(inputs.supernet), "table": file_sha256(inputs.table_dir / "table.json")}
         name = studies.study_name("search_ratio", evaluator.predictor.table.target.scale, target, budget.latency_ms,
                                   identity)
-        done = studies.search_keeps(out_dir / STUDY_FILE, name, names, start, low=cfg.min_keep, step=cfg.keep_step,
-                                    strategy=cfg.strategy, seed=cfg.seed, trials=cfg.trials, budget_ms=budget.admit_ms,
-                                    evaluate=evaluate)
+        with tqdm(total=cfg.trials, desc="search_ratio", unit="trial", file=sys.stderr, disable=None, leave=False) as bar:
+            done = studies.search_keeps(out_dir / STUDY_FILE, name, names, start, low=cfg.min_keep, step=cfg.keep_step,
+                                        strategy=cfg.strategy, seed=cfg.seed, trials=cfg.trials,
+                                        budget_ms=budget.admit_ms, evaluate=evaluate,
+                                        on_trial=lambda number, keeps, psnr, ms: bar.update())
         for number, keeps_, psnr_, ms_ in done:
             seen(number, keeps_, psnr_, ms_)
         results = [(k, p, ms) for _, k, p, ms in done]
