@@ -119,7 +119,12 @@ def test_budget_comparison_judges_every_row_by_the_same_measurement(tmp_path: Pa
 def test_latencies_measured_on_a_busy_machine_are_marked_with_a_footnote(tmp_path: Path) -> None:
     """profile_model's ``disturbed`` runtimes and check_budget's ``busy`` verdicts carry the mark; the footnote says
     what it means, once per table; a quiet report has neither."""
-    from srnas.report import BUSY_MARK, BUSY_NOTE, ModelResult, budget_comparison_section
+    from srnas.report import (
+        BUSY_MARK,
+        BUSY_NOTE,
+        ModelResult,
+        budget_comparison_section,
+    )
 
     def profiled(model: str, disturbed: bool) -> ModelResult:
         fingerprint = {"cpu": "test"}
