@@ -111,6 +111,56 @@ def test_height_and_width_are_dynamic(shuffle_onnx) -> None:
             np.testing.assert_allclose(out, model.eval()(x).numpy(), atol=1e-5)
 
 
+def test_the_batch_is_dynamic_and_the_metadata_says_how_to_feed_the_model(tmp_path) -> None:
+    """What a deployer reads back: scale, input range, colour order, layout, model name and srnas version in the
+    metadata; a batch of 2 runs on ONNX Runtime like PyTorch."""
+    import srnas
+
+    model = _seeded(ShuffleNet)
+    path = export_onnx(model, tmp_path / "m.onnx", sample_hw=(24, 20), name="shuffle_x2")
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta == export_mod.onnx_metadata(path)
+    assert {k: meta[k] for k in ("srnas.scale", "srnas.input_range", "srnas.input_dtype", "srnas.colour_order",
+                                 "srnas.layout", "srnas.model", "srnas.version")} == {
+        "srnas.scale": "2", "srnas.input_range": "[0, 1]", "srnas.input_dtype": "float32", "srnas.colour_order": "RGB",
+        "srnas.layout": "NCHW", "srnas.model": "shuffle_x2", "srnas.version": srnas.__version__}
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == 3 and dims[2].dim_param and dims[3].dim_param
+    session = ort_session(path, threads=1)
+    for batch, (h, w) in ((2, (17, 29)), (3, (8, 12)), (1, (9, 9))):
+        x = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
+        (out,) = session.run(["sr"], {"lr": x.numpy()})
+        with torch.inference_mode():
+            ref = model.eval()(x).numpy()
+        assert out.shape == ref.shape == (batch, 3, 2 * h, 2 * w)
+        assert float(np.max(np.abs(out - ref))) < 1e-5
+    # a model with a fixed batch of 1 is refused (what the exporter wrote before)
+    del proto.metadata_props[:]
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(proto, str(tmp_path / "fixed.onnx"))
+    with pytest.raises(ExportError, match="not \\(dynamic N, C, dynamic H, dynamic W\\)"):
+        export_mod._finish_onnx(tmp_path / "fixed.onnx", tmp_path / "fixed.onnx", "dynamo", 17, {})
+
+
+def test_the_torchscript_fallback_has_the_same_dynamic_batch_and_metadata(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(export_mod, "_export_dynamo", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    model = _seeded(DeconvNet)
+    path = export_onnx(model, tmp_path / "ts.onnx")
+    meta = export_mod.onnx_metadata(path)
+    assert meta["srnas.exporter"] == "torchscript" and meta["srnas.scale"] == "2" and "srnas.model" not in meta
+    x = torch.rand(2, 3, 11, 13, generator=torch.Generator().manual_seed(0))
+    (out,) = ort_session(path, threads=1).run(["sr"], {"lr": x.numpy()})
+    with torch.inference_mode():
+        assert float(np.max(np.abs(out - model.eval()(x).numpy()))) < 1e-4
+
+
+def test_a_model_that_does_not_upscale_is_not_exported(tmp_path) -> None:
+    with pytest.raises(ExportError, match="not a super-resolution model: a 16x16 input gives a 8x8 output"):
+        export_onnx(nn.Conv2d(3, 3, 3, stride=2, padding=1), tmp_path / "down.onnx", sample_hw=(16, 16))
+    assert not (tmp_path / "down.onnx").exists()
+
+
 def test_parity_failure_raises_and_removes_the_file(tmp_path) -> None:
     path = export_onnx(_seeded(ShuffleNet, seed=0), tmp_path / "bad.onnx")
     other = _seeded(ShuffleNet, seed=1)  # same architecture, different weights

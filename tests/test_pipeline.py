@@ -356,6 +356,10 @@ TIMING_KEYS = {
     "wall_clock_ms": "check_budget's and fit_baselines' timing",
     "normalised_ms": "check_budget's timing at the table's reference speed",
     "headroom_ms": "the budget minus check_budget's timing",
+    "busy_cores": "cores other processes kept busy while profile_model timed a runtime",
+    "disturbed": "profile_model's flag: timed while the machine was busy",
+    "disturbed_measurements": "check_budget's and its baselines' measurements the quiet guard saw disturbed",
+    "busy": "check_budget's flag: some of its measurements were disturbed",
 }
 TIMING_KEY_PREFIXES = {
     "latency_ms_": "profile_model's median latency per runtime (metrics.json, MLflow)",
@@ -381,7 +385,7 @@ TIMING_REPORT_ROW = re.compile(r"measured on `\w+`")  # check_budget's verdict
 # Files that are not outputs but the state a stage resumes from, or Snakemake's bookkeeping.
 NOT_COMPARED = {
     "last.ckpt": "a training's resume state (holds elapsed seconds)",
-    "study.db": "search_arch's Optuna study (resume state; trials hold their timestamps)",
+    "study.db": "search_arch's and search_ratio's Optuna studies (resume state; trials hold their timestamps)",
     ".snakemake_timestamp": "Snakemake's marker of a directory output",
     "pareto_x2.png": "the report's PSNR-versus-latency plot, drawn from profile_model's latencies",
 }

@@ -75,6 +75,20 @@ def test_onnxruntime_accepts_a_path_as_the_model(net_and_onnx) -> None:
     _check_sane(result, "onnxruntime_fp32")
 
 
+def test_a_latency_timed_on_a_busy_machine_is_flagged(monkeypatch) -> None:
+    """profile_module records the cores other processes kept busy while it timed the calls; above the quiet guard's
+    limit the result is flagged disturbed, in its JSON too (what profile_model writes and the report marks)."""
+    from srnas import profiling
+    from srnas.runtimes.timing import QUIET_LIMIT
+
+    for busy, flagged in ((0.0, False), (QUIET_LIMIT + 0.5, True)):
+        monkeypatch.setattr(profiling, "others_busy", lambda fn, busy=busy: (fn(), busy))
+        result = profile_module(_net(), "torch_fp32", HW, threads=1, warmup=0, runs=2)
+        assert result.busy_cores == busy and result.disturbed is flagged
+        saved = result.to_dict()
+        assert saved["busy_cores"] == busy and saved["disturbed"] is flagged and saved["median_ms"] > 0
+
+
 def test_lr_size_for_720p() -> None:
     assert lr_size_for_720p(2) == (360, 640)
     assert lr_size_for_720p(3) == (240, 427)

@@ -114,3 +114,34 @@ def test_budget_comparison_judges_every_row_by_the_same_measurement(tmp_path: Pa
     assert "| plain48 | `-` | 60.0 | no |" in text
     # plain48 is better but over budget, bicubic untrained: the best in-budget baseline is ecbsr_fit on both sets
     assert "Set5 +0.20 dB PSNR, +0.0129 SSIM (vs ecbsr_fit); B100 +0.05 dB PSNR, +0.0585 SSIM (vs ecbsr_fit)" in text
+
+
+def test_latencies_measured_on_a_busy_machine_are_marked_with_a_footnote(tmp_path: Path) -> None:
+    """profile_model's ``disturbed`` runtimes and check_budget's ``busy`` verdicts carry the mark; the footnote says
+    what it means, once per table; a quiet report has neither."""
+    from srnas.report import (
+        BUSY_MARK,
+        BUSY_NOTE,
+        ModelResult,
+        budget_comparison_section,
+    )
+
+    def profiled(model: str, disturbed: bool) -> ModelResult:
+        fingerprint = {"cpu": "test"}
+        results = [{"runtime": "torch_fp32", "median_ms": 232.04, "disturbed": disturbed, "fingerprint": fingerprint},
+                   {"runtime": "torch_bf16", "median_ms": 1.61, "disturbed": False, "fingerprint": fingerprint}]
+        return ModelResult(model, 2, {}, {"Set5": {"psnr": 30.0, "ssim": 0.9}}, profile={"results": results})
+
+    quiet = render_markdown([profiled("final", False)])
+    assert BUSY_MARK not in quiet and BUSY_NOTE not in quiet
+    text = render_markdown([profiled("final", True), profiled("espcn", False)])
+    assert "| final | - | - | - | 1.6 | 232.0" + BUSY_MARK + " | 30.00 / 0.9000 |" in text
+    assert "| espcn | - | - | - | 1.6 | 232.0 | 30.00 / 0.9000 |" in text
+    assert text.count(BUSY_NOTE) == 1 and "busy" in BUSY_NOTE
+    verdict = {"target": "cpu_auto", "budget_ms": 33.0, "verdict_ms": 31.0, "within_budget": True, "busy": True,
+               "verdict_basis": "normalised_ms",
+               "baselines": [{"model": "espcn", "verdict_ms": 20.0, "within_budget": True, "disturbed_measurements": 0}]}
+    lines = budget_comparison_section(tmp_path, [profiled("final", False), profiled("espcn", False)],
+                                      profiled("final", False), verdict)
+    table = "\n".join(lines)
+    assert f"| 31.0{BUSY_MARK} | yes |" in table and "| 20.0 | yes |" in table and BUSY_NOTE in lines

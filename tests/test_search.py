@@ -590,6 +590,21 @@ def test_ratio_search_prunes_the_stage2_layers_within_budget_and_never_below_sta
     assert saved["prediction_abs_error_median_pct"] == pytest.approx(10.0)
     rows = (tmp_path / "ratio" / "trials.csv").read_text().splitlines()
     assert len(rows) == 1 + 8
+    # the study persists beside the outputs, named and resumable: a rerun with more trials only runs the new ones
+    from srnas.search.run import STUDY_FILE
+
+    (name,) = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'ratio' / STUDY_FILE}")
+    assert name.startswith(f"search_ratio-x2-{TARGET.name}-{budget:g}ms-")
+    evaluated: list[str] = []
+    score = QualityEvaluator.psnr_network
+    monkeypatch.setattr(QualityEvaluator, "psnr_network", lambda self, net: evaluated.append(net.name) or score(self, net))
+    more = search_ratio(inputs, tmp_path / "arch" / "arch.json", RatioSearchConfig(trials=10, keep_step=0.25),
+                        arch_cfg, ratio_budget, tmp_path / "ratio")
+    again = (tmp_path / "ratio" / "trials.csv").read_text().splitlines()
+    assert more.trials == 10 and again[:9] == rows and len(again) == 1 + 10
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'ratio' / STUDY_FILE}")
+    assert study.metric_names == ["psnr_db"] and len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 10
+    assert len(evaluated) == 2  # the two new trials; the first eight are read back from the study
 
 
 def test_ratio_stage_steps_aside_with_the_same_outputs(inputs, tmp_path, monkeypatch) -> None:
@@ -677,6 +692,58 @@ def test_search_arch_chooses_among_the_best_of_each_width_after_a_recovery_fine_
     assert saved["recovery_steps"] == 4
     assert {c["name"]: c["recovered_psnr"] for c in saved["candidates"]} == pytest.approx(scores)
     assert {c["name"]: c["inherited_psnr"] for c in saved["candidates"]} == {r.candidate.name: r.psnr for r in best}
+
+
+def test_the_study_reads_as_what_it_is_names_its_objectives_and_labels_the_architecture(inputs, tmp_path) -> None:
+    """A dashboard on study.db shows a readable study name (stage, scale, target, budget, digest), the objectives by
+    name, and the architecture by name beside the sampled levels: the width in channels, each cell's block."""
+    import re
+
+    from srnas.search.run import STUDY_FILE
+    from srnas.search.study import block_label, block_levels
+
+    result = _search(inputs, tmp_path, _budget(latency_ms=33.0, slack=1e9), trials=5)
+    assert re.fullmatch(rf"search_arch-x2-{TARGET.name}-33ms-[0-9a-f]{{12}}", result.study), result.study
+    study = optuna.load_study(study_name=result.study, storage=f"sqlite:///{tmp_path / STUDY_FILE}")
+    assert study.metric_names == ["psnr_db"]
+    names = [block_label(c) for c in block_levels(SPACE)]
+    assert set(names) == {"skip", "conv", "wdsr2", "wdsr4"}
+    for trial, record in zip(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), result.records, strict=True):
+        subnet = record.candidate.subnet
+        assert trial.params["arch_width"] == subnet.width == sorted(SPACE.widths)[trial.params["width"]]
+        assert trial.distributions["arch_width"] == optuna.distributions.CategoricalDistribution([8, 16])
+        for i, cell in enumerate(subnet.cells):
+            assert trial.params[f"arch_cell{i}"] == block_label(cell) == names[trial.params[f"cell{i}"]]
+            assert trial.distributions[f"arch_cell{i}"] == optuna.distributions.CategoricalDistribution(names)
+    pareto = _search(inputs, tmp_path, trials=3, mode="pareto")
+    assert pareto.study != result.study and pareto.study.startswith(f"search_arch-x2-{TARGET.name}-1e+09ms-")
+    assert optuna.load_study(study_name=pareto.study, storage=f"sqlite:///{tmp_path / STUDY_FILE}").metric_names == [
+        "psnr_db", "predicted_ms"]
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "gp"])
+def test_the_architecture_labels_are_hidden_from_the_samplers(strategy) -> None:
+    """Labels recorded beside the sampled levels leave the samplers' proposals exactly as without them."""
+    from srnas.search import study as studies
+
+    def run(labelled: bool) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=studies.make_sampler(strategy, 3))
+
+        def objective(trial: optuna.Trial) -> float:
+            level = trial.suggest_int("cell0", 0, 2)
+            x = trial.suggest_float("x", 0, 1)
+            if labelled:
+                dist = optuna.distributions.CategoricalDistribution(["skip", "conv", "wdsr2"])
+                value = ["skip", "conv", "wdsr2"][level]
+                trial.storage.set_trial_param(trial._trial_id, "arch_cell0", dist.to_internal_repr(value), dist)
+            return level * x
+
+        study.optimize(objective, n_trials=14)
+        return [{k: v for k, v in t.params.items() if not k.startswith("arch_")} for t in study.trials]
+
+    labelled = run(True)
+    assert labelled == run(False)
+    assert len({json.dumps(p, sort_keys=True) for p in labelled}) >= 8  # the samplers did sample
 
 
 def test_plain_seeds_are_the_first_trials_of_a_fresh_study(inputs, tmp_path) -> None:
@@ -832,6 +899,35 @@ def test_check_budget_times_the_fine_tuned_weights(inputs, tmp_path, monkeypatch
     assert timed == [{"warmup": latency.net_warmup, "runs": 4}] * 5  # rounds of one median each
     assert verdict.timing == NetworkTiming(4.0, None) and verdict.basis == "wall_clock_ms" and verdict.within_budget
     assert verdict.to_dict()["normalised_ms"] is None and verdict.to_dict()["verdict_ms"] == 4.0
+
+
+def test_check_budget_flags_a_verdict_measured_on_a_busy_machine(inputs, tmp_path, monkeypatch) -> None:
+    """Measurements the quiet guard saw disturbed (the machine never became quiet) are counted into the verdict and
+    each baseline's: check_budget.json says ``busy``, and the report marks the figure."""
+    from srnas.latency.measure import NetworkTiming
+    from srnas.runtimes import timing
+    from srnas.search import budget as budget_module
+    from srnas.search.fit import judge_models
+
+    monkeypatch.setattr(timing, "QUIET_WAIT_S", 0.0)
+    monkeypatch.setattr(timing, "_machine_busy", False)
+    busy = {"cores": 0.0}
+    monkeypatch.setattr(timing, "others_busy", lambda fn: (fn(), busy["cores"]))
+
+    def fake(target, model, **kwargs):
+        return NetworkTiming(timing.quiet(lambda: 3.0, "fake"), 2.0)
+
+    model_path = _final_model(inputs, tmp_path / "model.pt")
+    quiet = budget_module.check_budget(model_path, inputs.table_dir, _budget(latency_ms=2.5), LatencyConfig(), measure=fake)
+    assert quiet.timing.disturbed == 0 and quiet.to_dict()["busy"] is False
+    busy["cores"] = 1.5
+    loaded = budget_module.check_budget(model_path, inputs.table_dir, _budget(latency_ms=2.5), LatencyConfig(), measure=fake)
+    saved = loaded.to_dict()
+    assert saved["busy"] is True and saved["disturbed_measurements"] == LatencyConfig().net_passes
+    assert saved["verdict_ms"] == 2.0  # the figure is kept, flagged, not dropped
+    (baseline,) = judge_models({"plain": torch.nn.Conv2d(3, 12, 3)}, TARGET, 2.5,
+                               {"warmup": 0, "runs": 1, "rounds": 5}, None, measure=fake)
+    assert dataclasses.asdict(baseline)["disturbed_measurements"] == 5  # absolute protocol: five rounds, all disturbed
 
 
 def test_check_budget_refuses_a_table_of_another_fingerprint(inputs, tmp_path, capsys) -> None:

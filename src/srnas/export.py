@@ -17,8 +17,14 @@ removed") and the dynamo one is where fixes land. Its pitfalls, handled here:
 - its lowest native opset is 18; for ``opset=17`` it exports 18 and down-converts with the ONNX
   C API version converter, which works for these ops (the final opset is checked and logged);
 - it needs ``onnxscript`` and takes ~1-3 s per model instead of ~0.1 s;
-- dynamic height/width must be given as ``torch.export.Dim`` (``dynamic_shapes``); a model whose
-  forward specialises on the input size makes it fail loudly instead of exporting a fixed size.
+- dynamic batch, height and width must be given as ``torch.export.Dim`` (``dynamic_shapes``); a model whose
+  forward specialises on the input size makes it fail loudly instead of exporting a fixed size. The sample is
+  traced with a batch of 2: ``torch.export`` specialises a dimension traced at size 1 to a constant.
+
+What a consumer needs to feed the file is in its metadata (``metadata_props``, :data:`INPUT_CONVENTION` plus the
+scale, the model's name and the srnas version; :func:`onnx_metadata` reads them back): float32 RGB in [0, 1], NCHW,
+any batch, height and width; the output ``scale`` times the input, same convention (clip to [0, 1] before
+converting to 8 bits).
 
 When the dynamo exporter raises (an operator without an ONNX translation, untraceable Python
 control flow, onnxscript missing) we fall back to ``dynamo=False`` with ``dynamic_axes`` and log
@@ -41,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from srnas import __version__
 from srnas.atomic import atomic_path
 from srnas.config import SUPPORTED_SCALES
 from srnas.errors import DataError, SrnasError
@@ -58,6 +65,10 @@ RANDOM_PARITY_SIZES = ((48, 40), (33, 57))
 # Largest LR input a .pte accepts (ExecuTorch plans memory for the upper bound): 720p in, which
 # covers every 720p-output profiling size. Larger images are centre-cropped for the parity check.
 PTE_MAX_HW = (720, 1280)
+# The input (and output) convention of every exported model, stamped into its ONNX metadata.
+INPUT_CONVENTION = {"srnas.input_range": "[0, 1]", "srnas.input_dtype": "float32", "srnas.colour_order": "RGB",
+                    "srnas.layout": "NCHW"}
+TRACE_BATCH = 2  # the traced sample's batch (see the module docstring)
 
 
 class ExportError(SrnasError):
@@ -120,6 +131,7 @@ def _check_hw(hw: Sequence[int], what: str) -> tuple[int, int]:
 
 
 def _export_dynamo(model: torch.nn.Module, sample: torch.Tensor, tmp: Path, opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1)
     height = torch.export.Dim("height", min=2)
     width = torch.export.Dim("width", min=2)
     program = torch.onnx.export(
@@ -129,7 +141,7 @@ def _export_dynamo(model: torch.nn.Module, sample: torch.Tensor, tmp: Path, opse
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
         opset_version=opset,
-        dynamic_shapes=({2: height, 3: width},),
+        dynamic_shapes=({0: batch, 2: height, 3: width},),
         verbose=False,
     )
     if program is None:  # pragma: no cover - dynamo=True always returns a program
@@ -146,12 +158,14 @@ def _export_torchscript(model: torch.nn.Module, sample: torch.Tensor, tmp: Path,
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
         opset_version=opset,
-        dynamic_axes={INPUT_NAME: {2: "height", 3: "width"}, OUTPUT_NAME: {2: "out_height", 3: "out_width"}},
+        dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                      OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}},
     )
 
 
-def _finish_onnx(tmp: Path, path: Path, exporter: str, opset: int) -> None:
-    """Check the written model, stamp provenance into its metadata, keep it one self-contained file."""
+def _finish_onnx(tmp: Path, path: Path, exporter: str, opset: int, stamp: dict[str, str]) -> None:
+    """Check the written model, stamp provenance and ``stamp`` (its convention, scale and name) into its metadata,
+    keep it one self-contained file."""
     import onnx
 
     proto = onnx.load(str(tmp))
@@ -161,13 +175,14 @@ def _finish_onnx(tmp: Path, path: Path, exporter: str, opset: int) -> None:
     if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
         raise ExportError(f"{path}: expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r}, got {inputs} -> {outputs}")
     dims = proto.graph.input[0].type.tensor_type.shape.dim
-    if len(dims) != 4 or not (dims[2].dim_param and dims[3].dim_param):
-        raise ExportError(f"{path}: exported input shape is not (N, C, dynamic H, dynamic W): {[d.dim_param or d.dim_value for d in dims]}")
+    if len(dims) != 4 or not (dims[0].dim_param and dims[2].dim_param and dims[3].dim_param):
+        raise ExportError(f"{path}: exported input shape is not (dynamic N, C, dynamic H, dynamic W): "
+                          f"{[d.dim_param or d.dim_value for d in dims]}")
     actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if actual_opset != opset:
         log.warning("%s: asked for ONNX opset %d, the %s exporter wrote opset %s", path, opset, exporter, actual_opset)
     meta = {p.key: p.value for p in proto.metadata_props}
-    meta.update({"srnas.exporter": exporter, "srnas.torch": torch.__version__})
+    meta.update({"srnas.exporter": exporter, "srnas.torch": torch.__version__, "srnas.version": __version__, **stamp})
     del proto.metadata_props[:]
     for key, value in sorted(meta.items()):
         proto.metadata_props.add(key=key, value=value)
@@ -180,11 +195,13 @@ def export_onnx(
     *,
     opset: int = 17,
     sample_hw: tuple[int, int] = (64, 64),
+    name: str = "",
 ) -> Path:
     """Export ``model`` (RGB NCHW float in [0, 1] -> SR) to one self-contained ONNX file, atomically.
 
-    Input ``lr`` is ``1 x 3 x height x width`` with height and width dynamic; output ``sr``.
-    ``sample_hw`` is the traced input size. Tries the default (dynamo) exporter and falls back
+    Input ``lr`` is ``batch x 3 x height x width``, all three dynamic; output ``sr``. The metadata says so
+    (:data:`INPUT_CONVENTION`), with the scale (the traced sample's output over its input), ``name`` (the model's name,
+    when given) and the srnas version: :func:`onnx_metadata`. ``sample_hw`` is the traced input size. Tries the default (dynamo) exporter and falls back
     to ``dynamo=False`` only when it raises; see the module docstring. The model is traced in eval
     mode and handed back in the mode it came in. Raises :class:`ExportError` if both fail. What an export killed
     mid-write left beside ``path`` is removed first (by :func:`srnas.atomic.atomic_path`).
@@ -192,7 +209,14 @@ def export_onnx(
     path = Path(path)
     sample_hw = _check_hw(sample_hw, "sample_hw")
     device = _model_device(model)
-    sample = torch.rand(1, 3, *sample_hw, generator=torch.Generator().manual_seed(0)).to(device)
+    sample = torch.rand(TRACE_BATCH, 3, *sample_hw, generator=torch.Generator().manual_seed(0)).to(device)
+    with _eval_mode(model), torch.inference_mode():
+        out_hw = tuple(model(sample).shape[2:])
+    scale = out_hw[0] // sample_hw[0]
+    if scale < 1 or out_hw != (scale * sample_hw[0], scale * sample_hw[1]):
+        raise ExportError(f"{path}: not a super-resolution model: a {sample_hw[0]}x{sample_hw[1]} input gives a "
+                          f"{out_hw[0]}x{out_hw[1]} output, not a whole multiple of it")
+    stamp = {**INPUT_CONVENTION, "srnas.scale": str(scale), **({"srnas.model": name} if name else {})}
     with _eval_mode(model), atomic_path(path, suffix=".onnx") as tmp:
         exporter = "dynamo"
         try:
@@ -213,17 +237,23 @@ def export_onnx(
                 ) from ts_error
         finally:
             Path(f"{tmp}.data").unlink(missing_ok=True)
-        _finish_onnx(tmp, path, exporter, opset)
+        _finish_onnx(tmp, path, exporter, opset, stamp)
     log.info("%s: exported with the %s ONNX exporter (opset %d)", path, exporter, opset)
     return path
 
 
-def onnx_exporter(path: str | os.PathLike[str]) -> str | None:
-    """Which exporter wrote ``path`` (``dynamo`` or ``torchscript``), from its metadata."""
+def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata :func:`export_onnx` stamped into ``path`` (``metadata_props``: ``srnas.scale``,
+    ``srnas.input_range``, ``srnas.colour_order``, ``srnas.layout``, ``srnas.exporter``, ...)."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}.get("srnas.exporter")
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def onnx_exporter(path: str | os.PathLike[str]) -> str | None:
+    """Which exporter wrote ``path`` (``dynamo`` or ``torchscript``), from its metadata."""
+    return onnx_metadata(path).get("srnas.exporter")
 
 
 # LR (height, width) of the probe input :func:`onnx_upscaler` runs once to check a model scales its input

@@ -35,7 +35,7 @@ from srnas.runtimes.availability import (
     runtime_available,
 )
 from srnas.runtimes.calls import runtime_call
-from srnas.runtimes.timing import pinned_threads, time_calls
+from srnas.runtimes.timing import QUIET_LIMIT, others_busy, pinned_threads, time_calls
 
 __all__ = ["LatencyResult", "lr_size_for_720p", "profile_all", "profile_module", "resolve_threads"]
 
@@ -67,10 +67,17 @@ class LatencyResult:
     input_shape: tuple[int, ...]
     fingerprint: dict[str, Any] = field(repr=False)
     minor_faults_per_run: float = math.nan
+    busy_cores: float = 0.0  # cores other processes kept busy on average while the calls were timed
 
     @property
     def fingerprint_id(self) -> str:
         return fingerprint_id(self.fingerprint)
+
+    @property
+    def disturbed(self) -> bool:
+        """Whether other processes kept the machine busy while this was measured (more than the quiet guard's
+        :data:`~srnas.runtimes.timing.QUIET_LIMIT` cores): the figure is likely inflated, the report flags it."""
+        return self.busy_cores > QUIET_LIMIT
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every field plus ``fingerprint_id``."""
@@ -82,6 +89,8 @@ class LatencyResult:
             "runs": self.runs,
             "input_shape": list(self.input_shape),
             "minor_faults_per_run": self.minor_faults_per_run,
+            "busy_cores": self.busy_cores,
+            "disturbed": self.disturbed,
             "fingerprint_id": self.fingerprint_id,
             "fingerprint": self.fingerprint,
         }
@@ -134,7 +143,9 @@ def profile_module(
     artifact = onnx_path if runtime == "onnxruntime_fp32" else pte_path
     with contextlib.ExitStack() as stack, pinned_threads(threads), torch.inference_mode():
         call = runtime_call(_exported_artifact(model, runtime, x, artifact, stack), runtime, x, threads)
-        times, faults = time_calls(call, warmup, runs)
+        (times, faults), busy = others_busy(lambda: time_calls(call, warmup, runs))
+    if busy > QUIET_LIMIT:  # debug: a caller under the quiet guard measures again; profile_model warns
+        log.debug("%s: timed while other processes kept %.2f cores busy (disturbed)", runtime, busy)
     if runtime.startswith("torch_") and runtime != "torch_cuda" and faults > FAULTS_PER_RUN_WARNING:
         log.warning(
             "%s: %.0f minor page faults per call (allocator fix: %s); this latency includes the cost of the OS mapping fresh pages",
@@ -151,6 +162,7 @@ def profile_module(
         input_shape=shape,
         fingerprint=target_fingerprint(runtime, RUNTIME_PRECISION[runtime], threads),
         minor_faults_per_run=float(faults),
+        busy_cores=float(busy),
     )
 
 

@@ -21,6 +21,11 @@ from srnas.errors import DataError
 from srnas.metrics import rgb_to_y
 
 REAL_TIME_MS = 33.0  # 30 frames per second
+# Marks a latency measured while other processes kept the machine busy (profile_model's ``disturbed``,
+# check_budget's ``busy``); the footnote under the table says what it means.
+BUSY_MARK = "†"
+BUSY_NOTE = (f"{BUSY_MARK} measured while other processes kept the machine busy: the figure is likely inflated; "
+             "rerun the stage on a quiet machine before trusting it.")
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,11 @@ class ModelResult:
     def latencies(self) -> dict[str, float]:
         """Median ms per runtime."""
         return {r["runtime"]: float(r["median_ms"]) for r in self.profile.get("results", [])}
+
+    @property
+    def disturbed(self) -> set[str]:
+        """The runtimes whose latency was measured on a busy machine (profile_model's ``disturbed`` flag)."""
+        return {r["runtime"] for r in self.profile.get("results", []) if r.get("disturbed")}
 
     @property
     def fastest(self) -> tuple[str, float] | None:
@@ -238,11 +248,14 @@ def final_section(results_dir: Path, results: list[ModelResult]) -> list[str]:
              f"| network | `{ratio['name']}` |",
              f"| per-conv keep ratios | {', '.join(f'{k}={v:.2f}' for k, v in ratio.get('keeps', {}).items()) or 'none pruned'}"
              + (" (stage 3 skipped: search_arch.prune_keep)" if ratio.get("skipped") else "") + " |",
-             f"| measured on `{verdict['target']}` | **{verdict['verdict_ms']:.1f} ms** {_VERDICT_BASES.get(verdict['verdict_basis'], '')}"
+             f"| measured on `{verdict['target']}` | **{verdict['verdict_ms']:.1f} ms**{BUSY_MARK if verdict.get('busy') else ''} "
+             f"{_VERDICT_BASES.get(verdict['verdict_basis'], '')}"
              f"(budget {budget:g} ms, predicted {verdict['predicted_ms']:.1f} ms; wall clock {verdict['wall_clock_ms']:.1f} ms) |",
              f"| speedup over the unpruned parent | {ratio['predicted_speedup']:.2f}x predicted"
              + (f", {speedup:.2f}x measured ({100 * ratio['speedup_error']:+.1f}%)" if speedup else "") + " |",
              f"| fine-tuning | {final.training.get('steps', '-')} steps, {final.training.get('seconds', 0):.0f} s |", ""]
+    if verdict.get("busy"):
+        lines += [BUSY_NOTE, ""]
     return lines + budget_comparison_section(results_dir, results, final, verdict)
 
 
@@ -266,9 +279,9 @@ def budget_comparison_section(results_dir: Path, results: list[ModelResult], fin
     over the best baseline within the budget, per set."""
     budget = float(verdict["budget_ms"])
     by_model = {r.model: r for r in results if r.scale == final.scale}
-    timed = [(FINAL_MODEL, verdict["verdict_ms"], bool(verdict["within_budget"]))]
-    timed += [(b["model"], b["verdict_ms"], bool(b["within_budget"])) for b in verdict.get("baselines", [])
-              if b["model"] in by_model]
+    timed = [(FINAL_MODEL, verdict["verdict_ms"], bool(verdict["within_budget"]), bool(verdict.get("busy")))]
+    timed += [(b["model"], b["verdict_ms"], bool(b["within_budget"]), bool(b.get("disturbed_measurements")))
+              for b in verdict.get("baselines", []) if b["model"] in by_model]
     if len(timed) == 1:
         return []
     sets = list(final.sets)
@@ -278,15 +291,18 @@ def budget_comparison_section(results_dir: Path, results: list[ModelResult], fin
              f"the whole {budget:g} ms budget; PSNR / SSIM in the precision each is deployed in.", "",
              "| model | network | measured ms | in budget | training steps | "
              + " | ".join(f"{n} PSNR / SSIM" for n in sets) + " |", "|---" * (5 + len(sets)) + "|"]
-    for name, ms, fits in timed:
+    for name, ms, fits, busy in timed:
         r = by_model[name]
         network = r.training.get("model") or r.training.get("pruned") or "-"
-        cells = [f"**{name}**" if name == FINAL_MODEL else name, f"`{network}`", f"{ms:.1f}", "yes" if fits else "no",
+        cells = [f"**{name}**" if name == FINAL_MODEL else name, f"`{network}`", f"{ms:.1f}" + (BUSY_MARK if busy else ""),
+                 "yes" if fits else "no",
                  _training_compute(results_dir, r)]
         cells += [f"{r.sets[n]['psnr']:.2f} / {r.sets[n]['ssim']:.4f}" if n in r.sets else "-" for n in sets]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    fitting = [by_model[name] for name, _, fits in timed[1:] if fits and by_model[name].training.get("steps")]
+    if any(busy for *_, busy in timed):
+        lines += [BUSY_NOTE, ""]
+    fitting = [by_model[name] for name, _, fits, _ in timed[1:] if fits and by_model[name].training.get("steps")]
     if fitting and verdict["within_budget"]:
         leads = []
         for n in sets:
@@ -326,12 +342,14 @@ def render_markdown(results: list[ModelResult], figures: dict[str, str] | None =
             cells.append(f"{r.profile['gmacs']:.2f}" if "gmacs" in r.profile else "-")
             steps = r.training.get("steps")
             cells.append(f"{steps} ({r.training['seconds']:.0f})" if steps and "seconds" in r.training else "-")
-            cells += [_fmt_ms(r.latencies.get(rt)) for rt in runtimes]
+            cells += [_fmt_ms(r.latencies.get(rt)) + (BUSY_MARK if rt in r.disturbed else "") for rt in runtimes]
             for name in set_names:
                 s = r.sets.get(name)
                 cells.append(f"{s['psnr']:.2f} / {s['ssim']:.4f}" if s else "-")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if any(r.disturbed for r in rows):
+            lines += [BUSY_NOTE, ""]
         for key, caption in ((f"pareto_x{scale}", "PSNR versus latency"), (f"comparison_x{scale}", "Visual comparison")):
             if key in figures:
                 lines += [f"![{caption} x{scale}]({figures[key]})", ""]

@@ -15,8 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a trained model to ONNX (and .pte) with parity checks (stage export)",
-        description="Export OUT/model.onnx (dynamic height and width) and check it against PyTorch: max abs difference "
-        "at most export.atol and PSNR on the validation set within export.psnr_tol dB, or the export fails and no "
+        description="Export OUT/model.onnx (dynamic batch, height and width; its metadata says the scale, input range, "
+        "colour order and layout) and check it against PyTorch: max abs difference at most export.atol and PSNR on the validation set within export.psnr_tol dB, or the export fails and no "
         "file is left. With export.executorch: true, OUT/model.pte (XNNPACK) too, checked the same way.",
     )
     add_settings_arguments(parser)
@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     pairs = [(lr, hr) for _, hr, lr in read_pairs(args.data_dir, val_set, args.scale)]
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
     with tracking.stage_run(settings.tracking, "export", {"model": args.model, "scale": args.scale, "export": cfg.__dict__}, tags) as stage:
-        onnx_path = export_onnx(model, args.out / "model.onnx", opset=cfg.opset, sample_hw=tuple(cfg.sample_size))
+        onnx_path = export_onnx(model, args.out / "model.onnx", opset=cfg.opset, sample_hw=tuple(cfg.sample_size),
+                                name=f"{args.model}_x{args.scale}")
         reports = {"onnxruntime": check_parity(model, onnx_path, pairs, args.scale, atol=cfg.atol, psnr_tol=cfg.psnr_tol)}
         if cfg.executorch:
             pte_path = export_pte(model, args.out / "model.pte", sample_hw=tuple(cfg.sample_size))

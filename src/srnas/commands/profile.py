@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
             stage.log_artifact(args.out)
     for r in results:
         LOG.info("%s x%d %s: median %.2f ms, p90 %.2f ms", args.model, args.scale, r.runtime, r.median_ms, r.p90_ms)
+        if r.disturbed:
+            LOG.warning("%s x%d %s: timed while other processes kept %.2f cores busy: flagged as disturbed (the report "
+                        "marks it); rerun profile-model on a quiet machine", args.model, args.scale, r.runtime, r.busy_cores)
     if args.json:
         print_json(payload)
     return 0

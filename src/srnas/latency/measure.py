@@ -454,6 +454,7 @@ class NetworkTiming:
 
     wall_clock_ms: float
     normalised_ms: float | None = None
+    disturbed: int = 0  # measurements of it the quiet guard saw disturbed (set by the verdicts' time_model)
 
     @property
     def verdict_ms(self) -> float:

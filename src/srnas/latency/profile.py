@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
+from tqdm import tqdm
 
 from srnas import atomic
 from srnas.arch.pruned import PrunedSubnet
@@ -100,16 +102,21 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
     layers = enumerate_layers(space, target.scale, granularity)
     log.info("%s: table on the granularity-%d grid: %d layers", target.name, granularity, len(layers))
 
-    def progress(i: int, n: int) -> None:
-        if i % 25 == 0 or i == n:
-            log.info("%s: measured %d/%d layers", target.name, i, n)
+    with _Progress(f"{target.name} layers", "layer") as bar:
 
-    table = build_table(target, layers, granularity=granularity, **cfg.layer_timing(), reference_ms=reference_ms,
-                        cache_dir=cache.path.parent, cache=cache, progress=progress)
+        def progress(i: int, n: int) -> None:
+            bar.update(i, n)
+            if i % 25 == 0 or i == n:
+                log.info("%s: measured %d/%d layers", target.name, i, n)
+
+        table = build_table(target, layers, granularity=granularity, **cfg.layer_timing(), reference_ms=reference_ms,
+                            cache_dir=cache.path.parent, cache=cache, progress=progress)
     calibration = calibration_networks(space, cfg, granularity)
     net_timing = cfg.net_timing()
-    measured = measure_networks(target, calibration, **net_timing, reference_ms=reference_ms,
-                                cache=cache.section("networks", protocol_key(target, **net_timing, reference_ms=reference_ms)))
+    with _Progress(f"{target.name} calibration", "net") as bar:
+        measured = measure_networks(target, calibration, **net_timing, reference_ms=reference_ms,
+                                    cache=cache.section("networks", protocol_key(target, **net_timing, reference_ms=reference_ms)),
+                                    progress=lambda i, n, *_: bar.update(i, n))
     cache.save()
     overhead = fit_overhead(table, calibration, measured)
     predictor = LatencyPredictor(table, overhead)
@@ -132,6 +139,27 @@ def profile_target(target: Target, space: SearchSpace, cfg: LatencyConfig, out_d
     log.info("%s: %d layers (%d measured, %d reused), granularity %d, overhead %s, calibration MAPE %.1f%%, %.0f s",
              target.name, len(table), table.measured, table.reused, granularity, overhead, 100 * overhead.calibration_mape, seconds)
     return ProfileResult(target, table, schemes, predictor, calibration, measured, seconds)
+
+
+class _Progress:
+    """A tqdm bar over measurements (on a terminal only, like the rest of the project's bars), made at the first
+    update, when the total is known: ``update(done, total)``."""
+
+    def __init__(self, desc: str, unit: str) -> None:
+        self.desc, self.unit, self._bar = desc, unit, None
+
+    def update(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, disable=None, leave=False,
+                             dynamic_ncols=True)
+        self._bar.update(done - self._bar.n)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def measure_reference_cached(target: Target, cfg: LatencyConfig, cache: LatencyCache) -> float | None:

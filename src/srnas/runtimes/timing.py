@@ -42,7 +42,7 @@ from srnas.config import LATENCY_PROTOCOLS
 from srnas.runtimes.allocator import minor_faults
 
 __all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "QUIET_ATTEMPTS", "QUIET_LIMIT", "QUIET_MIN_WINDOW_S", "QUIET_WAIT_S",
-           "call_times", "gc_paused", "lowest_ms", "median_ms", "others_busy", "paired_ms", "paired_ratios",
+           "call_times", "disturbances", "gc_paused", "lowest_ms", "median_ms", "others_busy", "paired_ms", "paired_ratios",
            "paired_rounds", "paired_value", "pinned_threads", "quiet", "quiet_or_disturbed", "quiet_stats", "sweep",
            "time_calls", "warm"]
 
@@ -209,6 +209,19 @@ def quiet_or_disturbed(fn: Callable[[], Value], what: str = "") -> tuple[Value, 
         log.info("%s: the machine is quiet again", what)
     _machine_busy = disturbed
     return value, disturbed
+
+
+@contextlib.contextmanager
+def disturbances() -> Iterator[dict[str, int]]:
+    """Count what the quiet guard saw inside the block: ``measurements`` made under it and how many of them stayed
+    ``disturbed`` (the machine never became quiet: the figure may be inflated), filled in when the block ends. What a
+    stage carries into its output so that a latency measured on a busy machine is flagged, not trusted silently."""
+    start = dict(quiet_stats)
+    seen = {"measurements": 0, "disturbed": 0}
+    try:
+        yield seen
+    finally:
+        seen.update({k: quiet_stats[k] - start[k] for k in seen})
 
 
 # -------------------------------------------------------------------------------------- protocols

@@ -39,6 +39,7 @@ from srnas.latency.profile import TABLE_FILE, load_predictor
 from srnas.latency.table import TableError
 from srnas.latency.targets import Target
 from srnas.loading import load_trained
+from srnas.runtimes.timing import disturbances
 from srnas.search.run import verdict_timing
 
 __all__ = ["NORMALISED", "WALL_CLOCK", "BudgetVerdict", "check_budget", "measurable_predictor", "time_model"]
@@ -83,7 +84,8 @@ class BudgetVerdict:
                 WALL_CLOCK: self.timing.wall_clock_ms, NORMALISED: self.timing.normalised_ms,
                 "predicted_ms": self.predicted_ms, "within_budget": self.within_budget,
                 "headroom_ms": self.budget_ms - self.verdict_ms, "fingerprint_id": self.fingerprint_id,
-                "timing": {"table": self.table_protocol, "measurement": self.measurement}}
+                "timing": {"table": self.table_protocol, "measurement": self.measurement},
+                "disturbed_measurements": self.timing.disturbed, "busy": self.timing.disturbed > 0}
 
     def describe(self) -> str:
         """One line: both figures, which one the verdict used, the budget and the prediction."""
@@ -98,6 +100,15 @@ class BudgetVerdict:
 
 def time_model(target: Target, model: nn.Module, timing: Mapping[str, int], reference_ms: float | None,
                measure: MeasureModel) -> NetworkTiming:
+    """:func:`_time_model`, with how many of its measurements the quiet guard saw disturbed (``disturbed``: the
+    machine stayed busy; the verdict's JSON and the report flag the figure)."""
+    with disturbances() as seen:
+        timed = _time_model(target, model, timing, reference_ms, measure)
+    return NetworkTiming(timed.wall_clock_ms, timed.normalised_ms, seen["disturbed"])
+
+
+def _time_model(target: Target, model: nn.Module, timing: Mapping[str, int], reference_ms: float | None,
+                measure: MeasureModel) -> NetworkTiming:
     """``model`` timed on ``target`` with the statistics of :func:`srnas.runtimes.timing.sweep`: absolute
     (``reference_ms`` None), ``rounds`` timings of ``runs`` calls, the lowest kept; paired, ``passes`` timings of
     ``rounds`` rounds each, the median of each figure kept."""

@@ -113,6 +113,7 @@ class ModelVerdict:
     verdict_ms: float
     wall_clock_ms: float
     within_budget: bool
+    disturbed_measurements: int = 0  # measurements the quiet guard saw disturbed (the machine stayed busy)
 
 
 def judge_models(models: dict[str, Any], target: Target, budget_ms: float, timing: dict[str, int],
@@ -123,7 +124,8 @@ def judge_models(models: dict[str, Any], target: Target, budget_ms: float, timin
     verdicts = []
     for name, model in models.items():
         timed = time_model(target, model, timing, reference_ms, measure)
-        verdicts.append(ModelVerdict(name, timed.verdict_ms, timed.wall_clock_ms, timed.verdict_ms <= budget_ms))
+        verdicts.append(ModelVerdict(name, timed.verdict_ms, timed.wall_clock_ms, timed.verdict_ms <= budget_ms,
+                                     timed.disturbed))
         log.info("%s on %s: %.2f ms (%s the %g ms budget)", name, target.name, timed.verdict_ms,
                  "within" if verdicts[-1].within_budget else "over", budget_ms)
     return verdicts

@@ -18,30 +18,37 @@ budget here.
 
 Outputs in ``out_dir``: ``pruned.pt`` (the physically pruned network with inherited weights, for ``finetune``),
 ``ratio.json`` (keeps, channels, proxy PSNR, predicted latency, how it was chosen and every candidate measured, and
-the measured speedup over the unpruned parent), ``trials.csv``, ``ratio_metrics.json``.
+the measured speedup over the unpruned parent), ``trials.csv``, ``ratio_metrics.json``; and ``study.db``, the
+persisted Optuna study (``search_ratio-x<scale>-<target>-<budget>ms-<digest>``; not an output): a killed search
+resumes with the trials still missing, like stage 2's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from srnas import atomic
 from srnas.arch.network import save_network
 from srnas.arch.pruned import PrunedSubnet, as_pruned
 from srnas.config import BudgetConfig, FinetuneConfig, LatencyConfig, RatioSearchConfig, SearchArchConfig
+from srnas.digests import file_sha256
 from srnas.errors import DataError
 from srnas.search import study as studies
 from srnas.search.candidate import DENSE, ArchCandidate
 from srnas.search.pareto import write_rows
 from srnas.search.recovery import RecoveryScorer
-from srnas.search.run import SearchInputs, TrialEvaluator, network_measurer
+from srnas.search.run import STUDY_FILE, SearchInputs, TrialEvaluator, network_measurer
 from srnas.search.verify import Measurement, Pick, select
 
 log = logging.getLogger(__name__)
@@ -154,9 +161,23 @@ def search_ratio(inputs: SearchInputs, arch_path: str | os.PathLike[str], cfg: R
     grid = round((arch_cfg.prune_keep - cfg.min_keep) / cfg.keep_step)
     start = {n: min(1.0, cfg.min_keep + grid * cfg.keep_step) for n in names}
     if names:
-        results = studies.search_keeps(names, start, low=cfg.min_keep, step=cfg.keep_step, strategy=cfg.strategy,
-                                       seed=cfg.seed, trials=cfg.trials, budget_ms=budget.admit_ms, evaluate=evaluate,
-                                       on_trial=seen)
+        # what makes trials comparable: not how many there are, nor how the chosen ones are measured
+        identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("trials", "enabled")},
+                    "crops": {k: getattr(arch_cfg, k) for k in ("val_crops", "crop_size", "val_set")},
+                    "architecture": candidate.to_dict(), "start": start,
+                    "budget": {"target": budget.target, "latency_ms": budget.latency_ms, "slack": budget.slack},
+                    "finetune": dataclasses.asdict(finetune or FinetuneConfig()) if cfg.recovery_steps else None,
+                    "supernet": file_sha256(inputs.supernet), "table": file_sha256(inputs.table_dir / "table.json")}
+        name = studies.study_name("search_ratio", evaluator.predictor.table.target.scale, target, budget.latency_ms,
+                                  identity)
+        with tqdm(total=cfg.trials, desc="search_ratio", unit="trial", file=sys.stderr, disable=None, leave=False) as bar:
+            done = studies.search_keeps(out_dir / STUDY_FILE, name, names, start, low=cfg.min_keep, step=cfg.keep_step,
+                                        strategy=cfg.strategy, seed=cfg.seed, trials=cfg.trials,
+                                        budget_ms=budget.admit_ms, evaluate=evaluate,
+                                        on_trial=lambda number, keeps, psnr, ms: bar.update())
+        for number, keeps_, psnr_, ms_ in done:
+            seen(number, keeps_, psnr_, ms_)
+        results = [(k, p, ms) for _, k, p, ms in done]
     else:  # stage 2 pruned nothing: the architecture is the result
         psnr, ms = evaluate({})
         results = [({}, psnr, ms)]

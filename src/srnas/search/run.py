@@ -9,7 +9,8 @@ Outputs in ``out_dir``:
                         predicted within ``budget.latency_ms * (1 + budget.slack)``)
 ``pareto.csv`` / ``.png`` the PSNR / latency front over all trials
 ``search_metrics.json`` the figures, the latency model's error on the measured candidates among them (a DVC metric)
-``study.db``            the persisted Optuna study (kept between runs: resume and sharing; not an output)
+``study.db``            the persisted Optuna study (kept between runs: resume and sharing; not an output), named
+                        ``search_arch-x<scale>-<target>-<budget>ms-<digest>``
 
 The choice closes the loop on the target (:mod:`srnas.search.verify`): trials are admitted by *predicted* latency
 within the slack-widened budget, then the best of them are measured, best PSNR first, and the first whose measured
@@ -239,7 +240,7 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
                 "budget": {"target": budget.target, "latency_ms": budget.latency_ms, "slack": budget.slack},
                 "importance": importance,
                 "supernet": file_sha256(inputs.supernet), "table": file_sha256(inputs.table_dir / "table.json")}
-    name = studies.study_name(identity)
+    name = studies.study_name("search_arch", target.scale, target.name, budget.latency_ms, identity)
     study_path = out_dir / STUDY_FILE
     study = studies.open_study(study_path, name, cfg, cfg.seed)
     studies.fail_dead_trials(study)  # before any trial starts: the samplers must not count them as running

@@ -13,11 +13,20 @@ makes its trials comparable (:func:`study_name`), so
 - several processes share one study (``n_workers``): each asks the storage for its next trial, the samplers see
   every process's results (TPE with the constant liar for trials still running);
 - a changed budget, strategy, supernet or latency table gets a new study in the same file, and going back
-  finds the old one.
+  finds the old one; the name reads as what it is (``search_arch-x2-cpu_auto-33ms-<digest>``) and the digest keeps a
+  changed configuration from resuming an old study.
+
+What a dashboard (``optuna-dashboard sqlite:///results/search_arch/study.db``) shows: the objectives by name
+(:data:`METRIC_NAMES`: ``psnr_db``, and ``predicted_ms`` in Pareto mode), the sampled parameters (width and cell
+*levels*, schemes by name) and, beside them, the architecture by name (:data:`LABEL_PREFIX` parameters:
+``arch_width`` 24, ``arch_cell0`` ``conv``; :func:`label_architecture`). The labels are recorded, not sampled, and
+hidden from the samplers (:class:`TrialSeededSampler`), so the samplers see exactly the levels they model.
 
 Each trial records its architecture, predicted latency and PSNR as user attributes; feasibility (predicted
 latency within the budget plus its slack: admission) is a constraint the TPE and GP samplers model; random search
 samples blindly. The choice among the feasible trials is made by measurement (:mod:`srnas.search.verify`).
+
+Stage 3's keep-ratio study (:func:`search_keeps`) is persisted and resumed the same way, in its own stage's folder.
 """
 
 from __future__ import annotations
@@ -45,9 +54,9 @@ from srnas.atomic import process_alive
 from srnas.config import SearchArchConfig
 from srnas.search.candidate import DENSE, ArchCandidate
 
-__all__ = ["TrialRecord", "TrialSeededSampler", "block_levels", "completed", "completed_trials", "fail_dead_trials",
-           "make_sampler", "open_study", "plain_seeds", "quiet_optuna", "run_trials", "search_keeps", "study_name",
-           "suggest_candidate", "trial_seed"]
+__all__ = ["LABEL_PREFIX", "METRIC_NAMES", "TrialRecord", "TrialSeededSampler", "block_label", "block_levels", "completed",
+           "completed_trials", "fail_dead_trials", "label_architecture", "make_sampler", "open_study", "plain_seeds",
+           "quiet_optuna", "run_trials", "search_keeps", "study_name", "suggest_candidate", "trial_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,10 @@ ARCH_ATTR, LATENCY_ATTR, PSNR_ATTR = "arch", "latency_ms", "psnr"
 HOST_ATTR, PID_ATTR = "host", "pid"
 HEARTBEAT_S, GRACE_S = 5, 20
 CONSTRAINT = "latency_over_budget_ms"
+# The objectives' names (Optuna's metric names: what a dashboard shows instead of "Objective 0"), by search mode.
+METRIC_NAMES = {"single": ["psnr_db"], "pareto": ["psnr_db", "predicted_ms"]}
+# Parameters under this prefix name the architecture a trial's levels stand for: recorded, never sampled.
+LABEL_PREFIX = "arch_"
 
 
 @dataclass(frozen=True)
@@ -77,10 +90,18 @@ class TrialRecord:
                 "width": self.candidate.subnet.width, "schemes": ".".join(self.candidate.schemes)}
 
 
-def study_name(identity: Mapping[str, Any]) -> str:
-    """``search_arch-<12 hex>`` from what makes trials comparable (config, supernet and table digests)."""
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"search_arch-{digest}"
+# Bumped when what a trial records changes (v2: the architecture's labels beside the levels), so that a study of
+# another version is never resumed.
+STUDY_VERSION = 2
+
+
+def study_name(stage: str, scale: int, target: str, budget_ms: float, identity: Mapping[str, Any]) -> str:
+    """``<stage>-x<scale>-<target>-<budget>ms-<12 hex>``: readable (which stage, scale, target and budget), and the
+    digest of everything that makes trials comparable (``identity``: config, supernet and table digests) keeps a changed
+    configuration from resuming an old study."""
+    payload = {"version": STUDY_VERSION, "identity": identity}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{stage}-x{scale}-{target}-{budget_ms:g}ms-{digest}"
 
 
 def _strategy_sampler(strategy: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -121,7 +142,9 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._sampler.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self._sampler.infer_relative_search_space(study, trial)
+        """The inner sampler's space without the labels (:data:`LABEL_PREFIX`): they repeat the levels by name."""
+        space = self._sampler.infer_relative_search_space(study, trial)
+        return {name: dist for name, dist in space.items() if not name.startswith(LABEL_PREFIX)}
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
         return self._sampler.sample_relative(study, trial, search_space)
@@ -143,7 +166,13 @@ def make_sampler(strategy: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def open_study(path: Path, name: str, cfg: SearchArchConfig, seed: int) -> optuna.Study:
-    """The study ``name`` in the SQLite file ``path`` (created when missing), with a heartbeat for crashed trials."""
+    """Stage 2's study ``name`` in the SQLite file ``path`` (created when missing), with a heartbeat for crashed
+    trials and its objectives named."""
+    return _open(path, name, METRIC_NAMES[cfg.mode], make_sampler(cfg.strategy, seed))
+
+
+def _open(path: Path, name: str, metrics: Sequence[str], sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """The study ``name`` in ``path``, one direction per metric: ``psnr*`` maximized, latencies minimized."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 5; it is what resume relies on
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -153,9 +182,14 @@ def open_study(path: Path, name: str, cfg: SearchArchConfig, seed: int) -> optun
             heartbeat_interval=HEARTBEAT_S,
             grace_period=GRACE_S,
         )
-    directions = ["maximize"] if cfg.mode == "single" else ["maximize", "minimize"]
-    return optuna.create_study(storage=storage, study_name=name, directions=directions,
-                               sampler=make_sampler(cfg.strategy, seed), load_if_exists=True)
+    directions = ["maximize" if m.startswith("psnr") else "minimize" for m in metrics]
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                load_if_exists=True)
+    if study.metric_names != list(metrics):
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metrics))
+    return study
 
 
 def suggest_candidate(trial: optuna.Trial, space: SearchSpace, schemes: Sequence[str], keep: float) -> ArchCandidate:
@@ -173,12 +207,34 @@ def suggest_candidate(trial: optuna.Trial, space: SearchSpace, schemes: Sequence
     choices = [DENSE, *schemes]
     picked = [trial.suggest_categorical("scheme_head", choices)]
     picked += [trial.suggest_categorical(f"scheme_cell{i}", choices) for i in range(space.num_cells)]
-    return ArchCandidate.normalized(SubnetConfig(int(width), cells), picked, keep)
+    candidate = ArchCandidate.normalized(SubnetConfig(int(width), cells), picked, keep)
+    label_architecture(trial, space, candidate.subnet)
+    return candidate
 
 
 def block_levels(space: SearchSpace) -> list[CellConfig]:
     """The space's cell choices in cost order, the integer levels trials suggest: skip < conv < wdsr by expansion."""
     return sorted(space.cell_choices, key=lambda c: (c.block != "skip", c.block == "wdsr", c.expand))
+
+
+def block_label(cell: CellConfig) -> str:
+    """A cell choice by name: ``conv``, ``skip``, ``wdsr4`` (wdsr, expansion 4)."""
+    return f"wdsr{cell.expand}" if cell.block == "wdsr" else cell.block
+
+
+def label_architecture(trial: optuna.Trial, space: SearchSpace, subnet: SubnetConfig) -> None:
+    """Record the architecture ``trial``'s levels stand for as categorical parameters (``arch_width``: the width in
+    channels; ``arch_cell<i>``: the cell's block by name), so that a dashboard shows (and filters and plots) the
+    architecture, not only levels. Written to the storage, not suggested: no sampler draws them (and
+    :class:`TrialSeededSampler` keeps them out of the samplers' models)."""
+    labels: list[tuple[str, Any, optuna.distributions.CategoricalDistribution]] = [
+        (f"{LABEL_PREFIX}width", subnet.width, optuna.distributions.CategoricalDistribution(sorted(space.widths)))]
+    names = [block_label(c) for c in block_levels(space)]
+    labels += [(f"{LABEL_PREFIX}cell{i}", block_label(cell), optuna.distributions.CategoricalDistribution(names))
+               for i, cell in enumerate(subnet.cells)]
+    for name, value, dist in labels:
+        # Optuna has no public "record a parameter" call; the storage's set_trial_param is what suggest uses.
+        trial.storage.set_trial_param(trial._trial_id, name, dist.to_internal_repr(value), dist)
 
 
 def plain_seeds(space: SearchSpace) -> list[dict[str, Any]]:
@@ -283,28 +339,40 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def search_keeps(names: Sequence[str], start: Mapping[str, float], *, low: float, step: float, strategy: str, seed: int,
-                 trials: int, budget_ms: float, evaluate: Callable[[dict[str, float]], tuple[float, float]],
+def search_keeps(path: Path, name: str, names: Sequence[str], start: Mapping[str, float], *, low: float, step: float,
+                 strategy: str, seed: int, trials: int, budget_ms: float,
+                 evaluate: Callable[[dict[str, float]], tuple[float, float]],
                  on_trial: Callable[[int, dict[str, float], float, float], None] | None = None
-                 ) -> list[tuple[dict[str, float], float, float]]:
-    """Stage 3's short in-memory study: one keep ratio per name in [``low``, 1] (multiples of ``step`` from ``low``),
-    maximizing ``evaluate(keeps)[0]`` (PSNR) under ``evaluate(keeps)[1]`` (predicted ms) <= ``budget_ms``.
+                 ) -> list[tuple[int, dict[str, float], float, float]]:
+    """Stage 3's study ``name`` in the SQLite file ``path``: one keep ratio per name in [``low``, 1] (multiples of
+    ``step`` from ``low``), maximizing ``evaluate(keeps)[0]`` (PSNR) under ``evaluate(keeps)[1]`` (predicted ms) <=
+    ``budget_ms``, until the study holds ``trials`` completed trials.
 
-    ``start`` is tried first (stage 2's choice), then the sampler's proposals. Returns
-    ``(keeps, psnr, latency_ms)`` per completed trial, in order; a minute at most, so it is not persisted.
+    ``start`` is tried first (stage 2's choice), then the sampler's proposals. Persisted and resumed like stage 2's
+    study: a rerun only runs the trials still missing (a trial a killed process left running is failed and run again),
+    and the sampler, seeded per trial, continues the sequence. ``on_trial`` is called for each trial run here.
+    Returns ``(number, keeps, psnr, latency_ms)`` per completed trial, by trial number.
     """
-    study = optuna.create_study(direction="maximize", sampler=_strategy_sampler(strategy, seed))  # in memory: never resumed
-    study.enqueue_trial(dict(start), skip_if_exists=True)
-    results: list[tuple[dict[str, float], float, float]] = []
+    study = _open(path, name, ["psnr_db"], make_sampler(strategy, seed))
+    fail_dead_trials(study)
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(dict(start))
+    host = socket.gethostname()
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(HOST_ATTR, host)
+        trial.set_user_attr(PID_ATTR, os.getpid())
         keeps = {name: trial.suggest_float(name, low, 1.0, step=step) for name in names}
         psnr, latency_ms = evaluate(keeps)
+        trial.set_user_attr(LATENCY_ATTR, latency_ms)
         trial.set_constraint(CONSTRAINT, latency_ms - budget_ms)
-        results.append((keeps, psnr, latency_ms))
         if on_trial is not None:
             on_trial(trial.number, keeps, psnr, latency_ms)
         return psnr
 
-    study.optimize(objective, n_trials=trials, gc_after_trial=False, show_progress_bar=False)
-    return results
+    remaining = trials - completed(study)
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, gc_after_trial=False, show_progress_bar=False)
+    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    return [(t.number, {n: float(t.params[n]) for n in names}, float(t.values[0]), float(t.user_attrs[LATENCY_ATTR]))
+            for t in done]
