@@ -1,7 +1,8 @@
 """The pipeline report: per-scale tables, a PSNR-versus-latency Pareto plot and a visual comparison.
 
 Inputs are the stage outputs under ``results/`` (evaluate, profile_model, train_baseline, prepare_data);
-outputs are ``results/report.md``, ``results/report/*.png`` and one metrics JSON for ``dvc metrics``.
+outputs are ``results/report.md``, ``results/report/*.png``, the headline metrics for ``dvc metrics`` and
+``dvc exp show`` (``results/metrics.json``) and every model's PSNR and latency for ``dvc plots`` (``results/models.csv``).
 """
 
 from __future__ import annotations
@@ -351,13 +352,63 @@ def render_markdown(results: list[ModelResult], figures: dict[str, str] | None =
     return "\n".join(lines)
 
 
-def metrics_summary(results: list[ModelResult]) -> dict[str, dict[str, float]]:
-    """``{"<model>_x<scale>": {metric: value}}``: what ``dvc metrics show`` reads."""
-    summary = {}
-    for r in results:
-        metrics = dict(r.metrics) | {f"latency_ms_{rt}": ms for rt, ms in r.latencies.items()}
-        summary[f"{r.model}_x{r.scale}"] = dict(sorted(metrics.items()))
+def _set_figures(r: ModelResult) -> dict[str, float]:
+    """``psnr_<set>`` and ``ssim_<set>`` for every evaluation set of ``r`` (set names lower-cased)."""
+    figures = {}
+    for name, values in r.sets.items():
+        figures[f"psnr_{name.lower()}"] = float(values["psnr"])
+        figures[f"ssim_{name.lower()}"] = float(values["ssim"])
+    return figures
+
+
+def headline_metrics(results_dir: Path, results: list[ModelResult]) -> dict[str, Any]:
+    """``results/metrics.json``, the few figures ``dvc exp show`` and ``dvc metrics diff`` compare between experiments:
+    the final model's PSNR / SSIM per set and its latency as check_budget measured it (``verdict_ms``, with the
+    ``headroom_ms`` left in the budget), and the same for the best trained baseline that check_budget found within the
+    budget (best PSNR on the first set; ``model`` names it). Without the final model's verdict (a report of the
+    baselines alone), the best baseline by PSNR, with its fastest measured runtime's median latency."""
+    verdict_path = results_dir / "check_budget.json"
+    final = next((r for r in results if r.model == FINAL_MODEL), None)
+    if final is None or not verdict_path.is_file():
+        scored = [r for r in results if r.model != FINAL_MODEL and r.sets and r.fastest]
+        if not scored:
+            return {}
+        best = max(scored, key=lambda r: next(iter(r.sets.values()))["psnr"])
+        return {"best_baseline": {"model": best.model, "scale": best.scale, **_set_figures(best),
+                                  "latency_ms": best.fastest[1]}}
+    verdict = _read_json(verdict_path)
+    budget = float(verdict["budget_ms"])
+    summary: dict[str, Any] = {
+        "budget_ms": budget,
+        "final": {"scale": final.scale, **_set_figures(final), "verdict_ms": float(verdict["verdict_ms"]),
+                  "headroom_ms": budget - float(verdict["verdict_ms"])},
+    }
+    by_model = {r.model: r for r in results if r.scale == final.scale}
+    fitting = [(by_model[b["model"]], float(b["verdict_ms"])) for b in verdict.get("baselines", [])
+               if b["within_budget"] and b["model"] in by_model and by_model[b["model"]].training.get("steps")]
+    first_set = next(iter(final.sets), None)
+    fitting = [(r, ms) for r, ms in fitting if first_set in r.sets]
+    if fitting:
+        best, ms = max(fitting, key=lambda pair: (pair[0].sets[first_set]["psnr"], -pair[1]))
+        summary["best_baseline"] = {"model": best.model, **_set_figures(best), "verdict_ms": ms, "headroom_ms": budget - ms}
     return summary
+
+
+MODELS_TABLE_FIELDS = ("model", "scale", "set", "psnr", "ssim", "latency_ms", "runtime")
+
+
+def models_table(results: list[ModelResult], set_name: str) -> str:
+    """``results/models.csv``: PSNR and SSIM on ``set_name`` against the median latency of each model's fastest runtime
+    (profile_model), one row per model and scale with a latency: ``dvc plots`` draws PSNR versus latency from it."""
+    lines = [",".join(MODELS_TABLE_FIELDS)]
+    for r in results:
+        if set_name not in r.sets or r.fastest is None:
+            continue
+        runtime, ms = r.fastest
+        row = (r.model, str(r.scale), set_name, f"{r.sets[set_name]['psnr']:.4f}", f"{r.sets[set_name]['ssim']:.5f}",
+               f"{ms:.4f}", runtime)
+        lines.append(",".join(row))
+    return "\n".join(lines) + "\n"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -26,7 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("results/report.md"), help="report file (default: %(default)s)")
     parser.add_argument("--figures", type=Path, default=Path("results/report"), help="figure folder (default: %(default)s)")
-    parser.add_argument("--metrics", type=Path, default=Path("results/metrics.json"), help="metrics summary (default: %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=Path("results/metrics.json"),
+                        help="headline metrics: the final model and the best baseline in budget (default: %(default)s)")
+    parser.add_argument("--models", type=Path, default=Path("results/models.csv"),
+                        help="every model's PSNR and latency, for dvc plots (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
@@ -52,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from srnas.report import (
         collect_results,
         final_section,
+        headline_metrics,
         latency_model_section,
-        metrics_summary,
+        models_table,
         plot_pareto,
         render_markdown,
         search_section,
@@ -81,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         sections += verification_section(args.results)
         sections += final_section(args.results, results)
         atomic.write_text(args.out, render_markdown(results, figures, sections))
-        atomic.write_json(args.metrics, metrics_summary(results))
+        atomic.write_json(args.metrics, headline_metrics(args.results, results))
+        atomic.write_text(args.models, models_table(results, set_name))
         for r in results:
             stage.log_metrics(r.metrics)
         stage.log_artifact(args.out, "report")
