@@ -366,7 +366,7 @@ def headline_metrics(results_dir: Path, results: list[ModelResult]) -> dict[str,
     the final model's PSNR / SSIM per set and its latency as check_budget measured it (``verdict_ms``, with the
     ``headroom_ms`` left in the budget), and the same for the best trained baseline that check_budget found within the
     budget (best PSNR on the first set; ``model`` names it). Without the final model's verdict (a report of the
-    baselines alone), the best baseline by PSNR, with its fastest measured runtime's median latency."""
+    baselines alone), the best baseline by PSNR, with its fastest runtime's median latency (``fastest_ms``)."""
     verdict_path = results_dir / "check_budget.json"
     final = next((r for r in results if r.model == FINAL_MODEL), None)
     if final is None or not verdict_path.is_file():
@@ -375,7 +375,7 @@ def headline_metrics(results_dir: Path, results: list[ModelResult]) -> dict[str,
             return {}
         best = max(scored, key=lambda r: next(iter(r.sets.values()))["psnr"])
         return {"best_baseline": {"model": best.model, "scale": best.scale, **_set_figures(best),
-                                  "latency_ms": best.fastest[1]}}
+                                  "fastest_ms": best.fastest[1]}}
     verdict = _read_json(verdict_path)
     budget = float(verdict["budget_ms"])
     summary: dict[str, Any] = {
@@ -394,7 +394,7 @@ def headline_metrics(results_dir: Path, results: list[ModelResult]) -> dict[str,
     return summary
 
 
-MODELS_TABLE_FIELDS = ("model", "scale", "set", "psnr", "ssim", "latency_ms", "runtime")
+MODELS_TABLE_FIELDS = ("model", "scale", "set", "psnr", "ssim", "fastest_ms", "runtime")
 
 
 def models_table(results: list[ModelResult], set_name: str) -> str:
@@ -409,6 +409,33 @@ def models_table(results: list[ModelResult], set_name: str) -> str:
                f"{ms:.4f}", runtime)
         lines.append(",".join(row))
     return "\n".join(lines) + "\n"
+
+
+def render_html(markdown: str, base_dir: Path, title: str = "srnas report") -> str:
+    """``markdown`` (the report) as one self-contained HTML page: tables rendered, every image it links (relative to
+    ``base_dir``) inlined as a data URI, so the page opens anywhere (the Snakemake report, a mail, an artifact store)."""
+    import base64
+    import html
+    import mimetypes
+    import re
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+
+    def inline(match: re.Match[str]) -> str:
+        path = base_dir / html.unescape(match.group(2))
+        mime = mimetypes.guess_type(path.name)[0]
+        if not path.is_file() or mime is None:
+            return match.group(0)
+        return f'{match.group(1)}data:{mime};base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
+
+    body = re.sub(r'(<img src=")([^"]+)"', inline, body)
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .5em}"
+             "img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         latency_model_section,
         models_table,
         plot_pareto,
+        render_html,
         render_markdown,
         search_section,
         supernet_section,
@@ -84,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
         sections += search_section(args.results / "search_arch", args.out.parent)
         sections += verification_section(args.results)
         sections += final_section(args.results, results)
-        atomic.write_text(args.out, render_markdown(results, figures, sections))
+        markdown = render_markdown(results, figures, sections)
+        atomic.write_text(args.out, markdown)
+        atomic.write_text(args.figures / "report.html", render_html(markdown, args.out.parent))
         atomic.write_json(args.metrics, headline_metrics(args.results, results))
         atomic.write_text(args.models, models_table(results, set_name))
         for r in results:
