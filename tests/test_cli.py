@@ -109,6 +109,31 @@ def test_prepare_data_bad_config(tmp_path: Path, data_root: Path, capsys: pytest
     assert not out.exists()
 
 
+def test_a_failing_stage_leaves_its_error_in_its_log_file(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Snakemake or DVC user reads logs/<stage>/*.log: the error is there with its traceback, while the terminal keeps
+    its one line (an expected error) or Python's traceback (a bug)."""
+    import srnas.commands.prepare_data as command
+
+    log = tmp_path / "logs" / "prepare.log"
+    (data_root / "train").rename(data_root / "elsewhere")
+    code = main(["prepare-data", *_folder_params(tmp_path, data_root), "--out", str(tmp_path / "out"), "--log", str(log)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("image folder not found") == 1 and "Traceback" not in err
+    text = log.read_text()
+    assert "ERROR srnas: error:" in text and "image folder not found" in text and "Traceback (most recent call last)" in text
+
+    def broken(args: object) -> int:
+        raise RuntimeError("a bug in the stage")
+
+    monkeypatch.setattr(command, "run", broken)
+    with pytest.raises(RuntimeError, match="a bug in the stage"):
+        main(["prepare-data", *_folder_params(tmp_path, data_root), "--out", str(tmp_path / "out"), "--log", str(log)])
+    text = log.read_text()
+    assert "CRITICAL srnas prepare-data failed" in text and "RuntimeError: a bug in the stage" in text
+    assert "in broken" in text and "CRITICAL" not in capsys.readouterr().err
+
+
 def test_skip_bad_images_warns_and_continues(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (data_root / "train" / "img0.png").write_text("not a picture")
     params = _folder_params(tmp_path, data_root, skip_bad_images=True)

@@ -60,7 +60,7 @@ def test_profiles_overlay_params(profile: str) -> None:
         ("data: {sauce: skimage}", "data.sauce: unknown key"),
         ("data: {scales: 2}", "data.scales: expected a list"),
         ("data: {val_images: two}", "data.val_images: expected an integer"),
-        ("data: {source: folder}", "data.root: the folder source needs a root folder"),
+        ("data: {source: folder, root: ''}", "data.root: the folder source needs a root folder"),
         ("nonsense: 1", "nonsense: unknown key"),
         ("- a list", "expected a mapping"),
     ],

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PARAMS = ROOT / "params.yaml"
 SMOKE = ROOT / "config" / "smoke.yaml"
-PROJECT_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "params.yaml", "config", "src", ".dvcignore")
+PROJECT_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "params.yaml", "config", "src", ".dvcignore", "data")
 
 
 def _injection(marker: Path) -> str:

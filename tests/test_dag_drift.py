@@ -40,16 +40,25 @@ def _snakemake_jobs() -> dict[frozenset[str], tuple[str, frozenset[str]]]:
 
 
 def _expand(path: str, all_outs: set[str]) -> set[str]:
-    """A DVC directory dep means every file Snakemake would name: outs of other stages under it, or source files."""
+    """A DVC directory dep means every file Snakemake would name: outs of other stages under it, every file of the raw
+    images folder (data.root), or source files."""
     if path in all_outs:
         return {path}
     under = {out for out in all_outs if out.startswith(path.rstrip("/") + "/")}
     if under:
         return under
     full = ROOT / path
+    if full.is_dir() and path == _data_root():  # the raw images: Snakemake lists every file under data.root
+        return {str(p.relative_to(ROOT)) for p in sorted(full.rglob("*")) if p.is_file()}
     if full.is_dir():
         return {str(p.relative_to(ROOT)) for p in sorted(full.glob("*.py"))}
     return {path}
+
+
+def _data_root() -> str:
+    import yaml
+
+    return os.path.normpath(yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["root"])
 
 
 def _dvc_stages() -> dict[frozenset[str], tuple[str, frozenset[str]]]:

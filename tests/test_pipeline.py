@@ -24,7 +24,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "params.yaml", "config", "src", ".dvcignore")
+PROJECT_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "params.yaml", "config", "src", ".dvcignore", ".gitignore",
+                 "data")
 SMOKE = ("--cores", "2", "--configfile", "config/smoke.yaml")
 # The Snakemake smoke runs hide native bf16: a CPU without it (most laptops, ARM servers, Apple silicon) (see below).
 HIDDEN_BF16 = {"SRNAS_HIDE_BF16": "1"}
@@ -82,11 +83,24 @@ def test_snakemake_smoke_pipeline_without_native_bf16(smoke_project: Path) -> No
 
     report = (project / "results" / "report.md").read_text()
     assert "## x2" in report and "| bicubic |" in report and "| plain16 |" in report
-    metrics = json.loads((project / "results" / "metrics.json").read_text())
-    assert metrics["bicubic_x2"]["psnr_val_x2"] > 20.0
-    assert metrics["plain16_x2"]["latency_ms_onnxruntime_fp32"] > 0.0
+    metrics = json.loads((project / "results" / "metrics.json").read_text())  # the headline figures (dvc exp show)
+    assert metrics["final"]["psnr_val"] > 20.0 and metrics["final"]["verdict_ms"] > 0.0 and metrics["budget_ms"] > 0.0
+    assert metrics["best_baseline"]["model"] in ("plain16", "ecbsr_fit") and metrics["best_baseline"]["psnr_val"] > 20.0
+    with open(project / "results" / "models.csv", newline="") as handle:  # every model's PSNR and latency (dvc plots)
+        models = {row["model"]: row for row in csv.DictReader(handle)}
+    assert set(models) == {"bicubic", "plain16", "ecbsr_fit", "final"} and float(models["bicubic"]["psnr"]) > 20.0
+    assert all(float(row["fastest_ms"]) > 0.0 for row in models.values())
     for figure in ("pareto_x2.png", "comparison_x2.png"):
         assert (project / "results" / "report" / figure).stat().st_size > 1000
+    page = (project / "results" / "report" / "report.html").read_text()  # the report with its tables, images inlined
+    assert "<table>" in page and "<td>bicubic</td>" in page and page.count('src="data:image/png;base64,') >= 3
+    for curve in ("train_baseline/plain16_x2", "train_supernet", "finetune"):
+        with open(project / "results" / curve / "train_log.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        steps = [int(row["step"]) for row in rows]
+        assert steps and steps == sorted(steps) and all(float(row["train_loss"]) > 0.0 for row in rows), (curve, rows)
+    assert [row["step"] for row in rows] and float(json.loads((project / "results" / "finetune" / "train_metrics.json")
+                                                              .read_text())["steps"]) == steps[-1]
     parity = json.loads((project / "results" / "export" / "plain16_x2" / "parity.json").read_text())
     assert parity["onnxruntime"]["passed"] and parity["onnxruntime"]["max_abs_diff_random"] <= 1e-4
     profile = json.loads((project / "results" / "profile_model" / "plain16_x2.json").read_text())
@@ -116,7 +130,7 @@ def test_snakemake_smoke_pipeline_without_native_bf16(smoke_project: Path) -> No
     parents = {run["pipeline_run_id"] for run in runs}
     assert len(parents) == 1 and None not in parents, "all stages belong to one pipeline run"
     evaluate = next(run for run in runs if run["stage"] == "evaluate" and run["tags"]["srnas.model"] == "bicubic")
-    assert evaluate["metrics"]["psnr_val_x2"] == pytest.approx(metrics["bicubic_x2"]["psnr_val_x2"])
+    assert evaluate["metrics"]["psnr_val_x2"] == pytest.approx(float(models["bicubic"]["psnr"]), abs=1e-4)
 
     # Nothing left to do, even with MLflow pointed elsewhere: the tracking settings are no rule's params.
     other = yaml.safe_load((project / "config" / "smoke.yaml").read_text())
@@ -124,6 +138,13 @@ def test_snakemake_smoke_pipeline_without_native_bf16(smoke_project: Path) -> No
     (project / "other.yaml").write_text(yaml.safe_dump(other), encoding="utf-8")
     dry = _run([str(BIN / "snakemake"), "-n", "--configfile", "other.yaml"], project, HIDDEN_BF16)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+    # the one page a Snakemake user opens: every report() output of the rules, with its caption
+    _run([str(BIN / "snakemake"), "--report", "report.html", "--configfile", "config/smoke.yaml"], project, HIDDEN_BF16)
+    page = (project / "report.html").read_text()
+    for item in ("pareto_x2.png", "comparison_x2.png", "report.html", "metrics.json", "models.csv", "pareto.png",
+                 "Stage 2, the architecture search", "The headline figures", "srnas-smoke"):
+        assert item in page, item
 
 
 def test_smoke_pipeline_in_mlflow(smoke_project: Path) -> None:
@@ -373,7 +394,9 @@ RUN_KEYS = {
     ("profile_device/cpu_auto/build.json", "reused"): "layers read from the latency cache (see measured)",
     ("search_arch/arch.json", "study", "name"): "a digest of supernet.pt's bytes, which hold the training's seconds",
 }
-TIMING_CSV_COLUMNS = {"seconds": "a trial's wall-clock seconds", "worker": "the process id that ran a trial"}
+TIMING_CSV_COLUMNS = {"seconds": "a trial's wall-clock seconds", "worker": "the process id that ran a trial",
+                      "fastest_ms": "models.csv: profile_model's latency of a model's fastest runtime",
+                      "runtime": "models.csv: which runtime was fastest (the latencies decide)"}
 # report.md tables: columns and rows (by their first cell) that hold timings.
 TIMING_REPORT_COLUMNS = {"train steps (s)": "training seconds in brackets", "measured ms": "timed on the target",
                          "prediction error": "against the measured latency"}
@@ -388,6 +411,7 @@ NOT_COMPARED = {
     "study.db": "search_arch's and search_ratio's Optuna studies (resume state; trials hold their timestamps)",
     ".snakemake_timestamp": "Snakemake's marker of a directory output",
     "pareto_x2.png": "the report's PSNR-versus-latency plot, drawn from profile_model's latencies",
+    "report.html": "report.md's tables with their timings, and the Pareto plot, in one page",
 }
 
 
@@ -502,16 +526,66 @@ def test_dvc_exp_run_selects_the_smoke_profile(tmp_path: Path) -> None:
     ):
         _run(cmd, project)
     overrides = _run([str(BIN / "srnas"), "config", "dvc-args", "config/smoke.yaml"], project).stdout.split()
-    _run([str(BIN / "dvc"), "exp", "run", *overrides], project)
+    first = _experiment(_run([str(BIN / "dvc"), "exp", "run", *overrides], project))
     assert (project / "results" / "report.md").exists()
     assert (project / "dvc.lock").exists()
     assert "srnas-smoke" in (project / "params.yaml").read_text()
 
     again = _run([str(BIN / "dvc"), "repro"], project)
     assert "Running stage" not in again.stdout, again.stdout
-    shown = _run([str(BIN / "dvc"), "metrics", "show", "--json"], project)
-    assert "psnr_val_x2" in shown.stdout
-    assert "best_psnr" in shown.stdout  # search_arch's metrics (cache: false)
+    shown = json.loads(_run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout)
+    assert _metric_files(shown) == {"results/metrics.json"}, "one curated metrics file: the headline figures"
     runs = _stage_runs(project)
     assert {"prepare_data", "evaluate", "search_arch", "report"} <= {run["stage"] for run in runs}
     assert len({run["pipeline_run_id"] for run in runs}) == 1
+
+    # A second experiment with one param changed: only profiling and the report rerun, and the two compare.
+    second_run = _run([str(BIN / "dvc"), "exp", "run", "-S", "profile.runs=4"], project)
+    second = _experiment(second_run)
+    ran = set(re.findall(r"Running stage '([^'@]+)", second_run.stdout))
+    assert ran == {"validate_config", "profile_model", "profile_final", "report"}, second_run.stdout
+    table = json.loads(_run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout)
+    headline = {name: data for name, data in _experiment_metrics(table).items() if name in (first, second)}
+    assert set(headline) == {first, second}, table
+    for data in headline.values():  # real values in both experiments' commits, not "!"
+        assert data["final"]["psnr_val"] > 20.0 and data["best_baseline"]["verdict_ms"] > 0.0
+    diff = json.loads(_run([str(BIN / "dvc"), "metrics", "diff", first, second, "--all", "--json"], project).stdout)
+    assert diff["results/metrics.json"]["final.psnr_val"]["diff"] == 0.0  # profiling reran; the weights did not change
+    exp_diff = json.loads(_run([str(BIN / "dvc"), "exp", "diff", first, second, "--json"], project).stdout)
+    assert exp_diff["params"]["params.yaml"]["profile.runs"] == {"old": 3, "new": 4, "diff": 1}
+    _run([str(BIN / "dvc"), "plots", "diff", first, second, "-o", "plots"], project)
+    page = (project / "plots" / "index.html").read_text()
+    titles = ("Training loss: plain16 x2", "Training loss: supernet", "Training loss: fine-tuning", "Stage-2 trials",
+              "Stage-2 Pareto front", "PSNR versus latency of every model")
+    for title in titles:
+        assert f'"text": "{title}' in page, title
+    assert page.count(f'"{first}"') >= len(titles) and page.count(f'"{second}"') >= len(titles), "both experiments' data"
+
+
+def _experiment(proc: subprocess.CompletedProcess[str]) -> str:
+    """The name of the experiment ``dvc exp run`` just ran."""
+    found = re.search(r"Ran experiment\(s\): (\S+)", proc.stdout + proc.stderr)
+    assert found, proc.stdout + proc.stderr
+    return found.group(1)
+
+
+def _metric_files(shown: dict[str, Any]) -> set[str]:
+    """Every metrics file in ``dvc metrics show --json`` (``{rev: {"data": {file: {"data": ...}}}}``)."""
+    return {name for rev in shown.values() for name in rev.get("data", {})}
+
+
+def _experiment_metrics(node: Any) -> dict[str, dict]:
+    """Experiment name -> the data of results/metrics.json, from ``dvc exp show --json``."""
+    found: dict[str, dict] = {}
+    if isinstance(node, dict):
+        data = node.get("data")
+        if node.get("name") and isinstance(data, dict):
+            metrics = (data.get("metrics") or {}).get("results/metrics.json", {}).get("data")
+            if metrics:
+                found[node["name"]] = metrics
+        for value in node.values():
+            found |= _experiment_metrics(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _experiment_metrics(value)
+    return found

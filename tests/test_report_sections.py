@@ -6,7 +6,11 @@ import json
 from pathlib import Path
 
 from srnas.report import (
+    ModelResult,
+    headline_metrics,
     latency_model_section,
+    models_table,
+    render_html,
     render_markdown,
     supernet_section,
     verification_section,
@@ -88,7 +92,7 @@ def test_budget_comparison_judges_every_row_by_the_same_measurement(tmp_path: Pa
     """The final model against the baselines check_budget timed: in-budget marks from that measurement (not from
     profile_model), training compute with the supernet's steps on top, and the lead over the best in-budget baseline
     per set (a faster-but-worse and an over-budget-but-better baseline are both handled)."""
-    from srnas.report import ModelResult, budget_comparison_section
+    from srnas.report import budget_comparison_section
 
     (tmp_path / "train_supernet").mkdir()
     (tmp_path / "train_supernet" / "train_metrics.json").write_text(json.dumps({"steps": 4000, "sandwich": 4}))
@@ -114,6 +118,15 @@ def test_budget_comparison_judges_every_row_by_the_same_measurement(tmp_path: Pa
     assert "| plain48 | `-` | 60.0 | no |" in text
     # plain48 is better but over budget, bicubic untrained: the best in-budget baseline is ecbsr_fit on both sets
     assert "Set5 +0.20 dB PSNR, +0.0129 SSIM (vs ecbsr_fit); B100 +0.05 dB PSNR, +0.0585 SSIM (vs ecbsr_fit)" in text
+
+    # the headline figures dvc exp show compares: the final model and the same best in-budget baseline
+    (tmp_path / "check_budget.json").write_text(json.dumps(verdict))
+    headline = headline_metrics(tmp_path, results)
+    assert headline["budget_ms"] == 33.0
+    assert headline["final"] == {"scale": 2, "psnr_set5": 37.3, "ssim_set5": 0.95, "psnr_b100": 31.5, "ssim_b100": 0.89,
+                                 "verdict_ms": 31.0, "headroom_ms": 2.0}
+    assert headline["best_baseline"]["model"] == "ecbsr_fit" and headline["best_baseline"]["psnr_set5"] == 37.1
+    assert headline["best_baseline"]["verdict_ms"] == 32.5 and headline["best_baseline"]["headroom_ms"] == 0.5
 
 
 def test_latencies_measured_on_a_busy_machine_are_marked_with_a_footnote(tmp_path: Path) -> None:
@@ -145,3 +158,19 @@ def test_latencies_measured_on_a_busy_machine_are_marked_with_a_footnote(tmp_pat
                                       profiled("final", False), verdict)
     table = "\n".join(lines)
     assert f"| 31.0{BUSY_MARK} | yes |" in table and "| 20.0 | yes |" in table and BUSY_NOTE in lines
+
+
+def test_models_table_and_the_one_page_report(tmp_path: Path) -> None:
+    """models.csv (dvc plots: PSNR versus latency) has a row per model with a latency; report.html renders the tables
+    and inlines the images it links, so it opens anywhere."""
+    profile = {"results": [{"runtime": "torch_fp32", "median_ms": 12.5}, {"runtime": "onnxruntime_fp32", "median_ms": 9.25}]}
+    results = [ModelResult("plain16", 2, {}, {"val": {"psnr": 30.123456, "ssim": 0.912346}}, profile),
+               ModelResult("unprofiled", 2, {}, {"val": {"psnr": 29.0, "ssim": 0.9}})]
+    assert models_table(results, "val").splitlines() == ["model,scale,set,psnr,ssim,fastest_ms,runtime",
+                                                         "plain16,2,val,30.1235,0.91235,9.2500,onnxruntime_fp32"]
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "pareto_x2.png").write_bytes(b"\x89PNG fake")
+    page = render_html("# Title\n\n| model | ms |\n|---|---|\n| plain16 | 9.3 |\n\n![Pareto](report/pareto_x2.png)\n"
+                       "![gone](report/missing.png)\n", tmp_path)
+    assert "<td>plain16</td>" in page and "<h1>Title</h1>" in page
+    assert 'src="data:image/png;base64,iVBORyBmYWtl"' in page and 'src="report/missing.png"' in page

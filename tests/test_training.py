@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import sys
@@ -138,6 +139,12 @@ def test_loss_goes_down_and_outputs_are_written(reference: tuple[Path, list[tupl
     assert metrics["val_set"] == "val" and metrics["val_images"] == 2
     assert 15 < metrics["val_psnr"] < 60
     assert metrics["steps_per_s"] > 0 and metrics["seconds"] > 0
+    with open(out / "train_log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [25, 50, 75, 100]
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx(losses)
+    assert float(rows[-1]["lr"]) == pytest.approx(CFG.min_lr) and float(rows[0]["lr"]) > float(rows[-1]["lr"])
+    assert [r["val_psnr"] for r in rows[:-1]] == ["", "", ""] and float(rows[-1]["val_psnr"]) == metrics["val_psnr"]
     ckpt = load_checkpoint(out / "last.ckpt")
     assert ckpt["step"] == 100
     model = load_trained(out / "model.pt")
@@ -183,6 +190,9 @@ def test_resume_after_sigkill_matches_uninterrupted(reference: tuple[Path, list]
     # the same file, byte for byte: where a run resumed is in train_metrics.json, not in the weights file
     assert file_sha256(out / "model.pt") == file_sha256(tmp_path / "straight" / "model.pt")
     assert json.loads((out / "train_metrics.json").read_text())["resumed_from_step"] == killed_at
+    # the training curve too: the rows the killed run wrote after its last checkpoint are dropped and written again
+    straight_log = (tmp_path / "straight" / "train_log.csv").read_text()
+    assert (out / "train_log.csv").read_text() == straight_log and straight_log.count("\n") == 1 + steps // cfg.log_every
     assert list(out.glob(".*tmp*")) == []
 
 
@@ -257,7 +267,9 @@ def test_a_loss_that_is_not_finite_stops_the_loop(tmp_path: Path) -> None:
                  on_metrics=lambda m, s: seen.append((s, m)), progress=False)
     assert [s for s, _ in seen] == [2] and seen[0][1]["loss_other"] == 0.5
     assert load_checkpoint(tmp_path / "last.ckpt")["step"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    # no weights nor metrics; the curve up to the last report stays to look at
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "train_log.csv"]
+    assert (tmp_path / "train_log.csv").read_text().splitlines()[1:] == [f"2,{seen[0][1]['train_loss']!r},0.5,{seen[0][1]['lr']!r},"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -300,3 +312,27 @@ def test_train_config_validation() -> None:
         config_of(TrainConfig, {"steps": 0}, "train_baseline")
     with pytest.raises(ConfigError, match=r"train_baseline\.channels_last: expected true or false"):
         config_of(TrainConfig, {"channels_last": "yes"}, "train_baseline")
+
+
+def test_the_training_history_rewinds_to_its_checkpoint(tmp_path: Path) -> None:
+    """Rows written after the last checkpoint are dropped on resume: the resumed run then writes the same file."""
+    from srnas.training.history import TrainHistory
+
+    straight = TrainHistory(("train_loss", "lr", "val_psnr"))
+    killed = TrainHistory(straight.columns)
+    for step in (5, 10, 15):
+        for history in (straight, killed):
+            history.record(step, {"train_loss": 1.0 / step, "lr": 1e-3, "steps_per_s": 9.0})
+    saved = killed.state()  # last.ckpt at step 15
+    killed.record(20, {"train_loss": 0.5, "lr": 1e-3})  # written to the CSV, then killed before the next checkpoint
+    resumed = TrainHistory(straight.columns)
+    resumed.restore(tmp_path / "last.ckpt", saved)
+    for history in (straight, resumed):
+        history.record(20, {"train_loss": 0.05, "lr": 1e-4})
+        history.record(20, {"val_psnr": 30.25})
+        history.write(tmp_path / f"{id(history)}.csv")
+    assert resumed.to_csv() == straight.to_csv()
+    assert straight.to_csv().splitlines() == ["step,train_loss,lr,val_psnr", "5,0.2,0.001,", "10,0.1,0.001,",
+                                              f"15,{1 / 15!r},0.001,", "20,0.05,0.0001,30.25"]
+    with pytest.raises(CheckpointError, match="last.ckpt: cannot restore the training history"):
+        resumed.restore(tmp_path / "last.ckpt", [{"train_loss": 1.0}])

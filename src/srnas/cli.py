@@ -53,9 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _FileOnly(logging.Filter):
+    """Keeps records marked ``file_only`` off the terminal: the error the terminal gets as one line (or as Python's
+    own traceback) goes to the log file with its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
 def _setup_logging(verbose: bool, log_file: Path | None) -> None:
     level = logging.DEBUG if verbose else logging.INFO
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.addFilter(_FileOnly())
+    handlers: list[logging.Handler] = [terminal]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
@@ -71,11 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.handler(args)
     except SrnasError as exc:
         print(f"srnas: error: {exc}", file=sys.stderr)
-        LOG.debug("details", exc_info=True)
+        LOG.exception("srnas: error: %s", exc, extra={"file_only": True})  # noqa: TRY401 (the one line, then details)
         return 2
     except KeyboardInterrupt:
         print("srnas: interrupted", file=sys.stderr)
+        LOG.exception("srnas: interrupted", extra={"file_only": True})
         return 130
+    except Exception:  # a bug: the log file gets the traceback, then Python as usual
+        LOG.critical("srnas %s failed", args.command, exc_info=True, extra={"file_only": True})
+        raise
     return int(result or 0)
 
 

@@ -195,7 +195,7 @@ class DataConfig:
     """
 
     source: str = "skimage"
-    root: str = ""
+    root: str = "data"
     train_set: str = "T91"
     eval_sets: tuple[str, ...] = ()
     scales: tuple[int, ...] = (2,)

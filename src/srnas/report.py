@@ -1,7 +1,8 @@
 """The pipeline report: per-scale tables, a PSNR-versus-latency Pareto plot and a visual comparison.
 
 Inputs are the stage outputs under ``results/`` (evaluate, profile_model, train_baseline, prepare_data);
-outputs are ``results/report.md``, ``results/report/*.png`` and one metrics JSON for ``dvc metrics``.
+outputs are ``results/report.md``, ``results/report/*.png``, the headline metrics for ``dvc metrics`` and
+``dvc exp show`` (``results/metrics.json``) and every model's PSNR and latency for ``dvc plots`` (``results/models.csv``).
 """
 
 from __future__ import annotations
@@ -369,13 +370,106 @@ def render_markdown(results: list[ModelResult], figures: dict[str, str] | None =
     return "\n".join(lines)
 
 
-def metrics_summary(results: list[ModelResult]) -> dict[str, dict[str, float]]:
-    """``{"<model>_x<scale>": {metric: value}}``: what ``dvc metrics show`` reads."""
-    summary = {}
-    for r in results:
-        metrics = dict(r.metrics) | {f"latency_ms_{rt}": ms for rt, ms in r.latencies.items()}
-        summary[f"{r.model}_x{r.scale}"] = dict(sorted(metrics.items()))
+def _set_figures(r: ModelResult) -> dict[str, float]:
+    """``psnr_<set>`` and ``ssim_<set>`` for every evaluation set of ``r`` (set names lower-cased)."""
+    figures = {}
+    for name, values in r.sets.items():
+        figures[f"psnr_{name.lower()}"] = float(values["psnr"])
+        figures[f"ssim_{name.lower()}"] = float(values["ssim"])
+    return figures
+
+
+def best_baseline_in_budget(verdict: dict[str, Any], results: list[ModelResult],
+                            final: ModelResult) -> tuple[ModelResult, float] | None:
+    """The best trained baseline that ``check_budget`` (``verdict``) measured within the budget, at the final model's
+    scale, and its measured latency: best PSNR on the final model's first evaluation set, the faster one on a tie;
+    None when no trained baseline fits."""
+    by_model = {r.model: r for r in results if r.scale == final.scale}
+    first_set = next(iter(final.sets), None)
+    fitting = [(by_model[b["model"]], float(b["verdict_ms"])) for b in verdict.get("baselines", [])
+               if b["within_budget"] and b["model"] in by_model and by_model[b["model"]].training.get("steps")
+               and first_set in by_model[b["model"]].sets]
+    return max(fitting, key=lambda pair: (pair[0].sets[first_set]["psnr"], -pair[1])) if fitting else None
+
+
+def headline_metrics(results_dir: Path, results: list[ModelResult]) -> dict[str, Any]:
+    """``results/metrics.json``, the few figures ``dvc exp show`` and ``dvc metrics diff`` compare between experiments:
+    the final model's PSNR / SSIM per set and its latency as check_budget measured it (``verdict_ms``, with the
+    ``headroom_ms`` left in the budget), and the same for the best trained baseline that check_budget found within the
+    budget (best PSNR on the first set; ``model`` names it). Without the final model's verdict (a report of the
+    baselines alone), the best baseline by PSNR, with its fastest runtime's median latency (``fastest_ms``)."""
+    verdict_path = results_dir / "check_budget.json"
+    final = next((r for r in results if r.model == FINAL_MODEL), None)
+    if final is None or not verdict_path.is_file():
+        scored = [r for r in results if r.model != FINAL_MODEL and r.sets and r.fastest]
+        if not scored:
+            return {}
+        best = max(scored, key=lambda r: next(iter(r.sets.values()))["psnr"])
+        return {"best_baseline": {"model": best.model, "scale": best.scale, **_set_figures(best),
+                                  "fastest_ms": best.fastest[1]}}
+    verdict = _read_json(verdict_path)
+    budget = float(verdict["budget_ms"])
+    summary: dict[str, Any] = {
+        "budget_ms": budget,
+        "final": {"scale": final.scale, **_set_figures(final), "verdict_ms": float(verdict["verdict_ms"]),
+                  "headroom_ms": budget - float(verdict["verdict_ms"])},
+    }
+    best = best_baseline_in_budget(verdict, results, final)
+    if best is not None:
+        model, ms = best
+        summary["best_baseline"] = {"model": model.model, **_set_figures(model), "verdict_ms": ms, "headroom_ms": budget - ms}
     return summary
+
+
+def per_model_metrics(results: list[ModelResult]) -> dict[str, float]:
+    """Every model's metrics and latencies under one key each, ``<model>_x<scale>.<metric>`` (``latency_ms_<runtime>``
+    for the latencies): the report's MLflow run keeps every model's value, not only the last one logged."""
+    return {f"{r.model}_x{r.scale}.{key}": float(value) for r in results
+            for key, value in sorted((dict(r.metrics) | {f"latency_ms_{rt}": ms for rt, ms in r.latencies.items()}).items())}
+
+
+MODELS_TABLE_FIELDS = ("model", "scale", "set", "psnr", "ssim", "fastest_ms", "runtime")
+
+
+def models_table(results: list[ModelResult], set_name: str) -> str:
+    """``results/models.csv``: PSNR and SSIM on ``set_name`` against the median latency of each model's fastest runtime
+    (profile_model), one row per model and scale with a latency: ``dvc plots`` draws PSNR versus latency from it."""
+    lines = [",".join(MODELS_TABLE_FIELDS)]
+    for r in results:
+        if set_name not in r.sets or r.fastest is None:
+            continue
+        runtime, ms = r.fastest
+        row = (r.model, str(r.scale), set_name, f"{r.sets[set_name]['psnr']:.4f}", f"{r.sets[set_name]['ssim']:.5f}",
+               f"{ms:.4f}", runtime)
+        lines.append(",".join(row))
+    return "\n".join(lines) + "\n"
+
+
+def render_html(markdown: str, base_dir: Path, title: str = "srnas report") -> str:
+    """``markdown`` (the report) as one self-contained HTML page: tables rendered, every image it links (relative to
+    ``base_dir``) inlined as a data URI, so the page opens anywhere (the Snakemake report, a mail, an artifact store)."""
+    import base64
+    import html
+    import mimetypes
+    import re
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+
+    def inline(match: re.Match[str]) -> str:
+        path = base_dir / html.unescape(match.group(2))
+        mime = mimetypes.guess_type(path.name)[0]
+        if not path.is_file() or mime is None:
+            return match.group(0)
+        return f'{match.group(1)}data:{mime};base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
+
+    body = re.sub(r'(<img src=")([^"]+)"', inline, body)
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .5em}"
+             "img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -478,14 +572,10 @@ def headline(results_dir: Path, results: list[ModelResult]) -> tuple[dict[str, A
         verdict = _read_json(verdict_path)
         params |= {"target": verdict["target"], "budget_ms": verdict["budget_ms"]}
         metrics["latency_ms"] = float(verdict["verdict_ms"])
-        by_model = {r.model: r for r in results if r.scale == final.scale}
-        first = next(iter(final.sets), None)
-        fitting = [(by_model[b["model"]], float(b["verdict_ms"])) for b in verdict.get("baselines", [])
-                   if b["within_budget"] and b["model"] in by_model and by_model[b["model"]].training.get("steps")
-                   and first in by_model[b["model"]].sets]
-        if fitting:
-            best, best_ms = max(fitting, key=lambda pair: pair[0].sets[first]["psnr"])
-            params["best_baseline"] = best.model
-            metrics |= {f"baseline_{key}": float(value) for key, value in best.metrics.items()}
+        best = best_baseline_in_budget(verdict, results, final)
+        if best is not None:
+            model, best_ms = best
+            params["best_baseline"] = model.model
+            metrics |= {f"baseline_{key}": float(value) for key, value in model.metrics.items()}
             metrics["baseline_latency_ms"] = best_ms
     return {key: value for key, value in params.items() if value is not None}, metrics

@@ -31,6 +31,7 @@ rule train_baseline:
     output:
         model="results/train_baseline/{model}_x{scale}/model.pt",
         metrics="results/train_baseline/{model}_x{scale}/train_metrics.json",
+        curve="results/train_baseline/{model}_x{scale}/train_log.csv",
     params:
         config=config_json("train"),
         out=subpath(output.model, parent=True),

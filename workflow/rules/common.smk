@@ -87,6 +87,13 @@ def final_name():
     return f"final_x{config['supernet']['scale']}"
 
 
+def raw_images():
+    """Every file under ``data.root`` (the raw images): adding, removing or changing one reruns prepare_data. DVC's dep
+    is the folder itself (dvc.yaml: ``${data.root}``); a missing folder gives no input (the stage then names it)."""
+    root = Path(config["data"]["root"])
+    return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
 def stage_code(command):
     """The package source files the stage's subcommand runs (its transitive imports), so a code change reruns it;
     dvc.yaml lists the same code (tests/test_stage_code.py)."""

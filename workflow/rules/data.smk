@@ -1,5 +1,6 @@
 rule prepare_data:
     input:
+        raw=raw_images(),
         code=stage_code("prepare_data"),
     output:
         directory("results/prepare_data"),

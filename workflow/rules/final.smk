@@ -42,6 +42,7 @@ rule finetune:
     output:
         model="results/finetune/model.pt",
         metrics="results/finetune/train_metrics.json",
+        curve="results/finetune/train_log.csv",
     params:
         config=config_json("finetune"),
         out=subpath(output.model, parent=True),
@@ -127,6 +128,7 @@ rule check_budget:
         checkpoint="results/finetune/model.pt",
         baselines=per_model("results/train_baseline/{model}_x{scale}/model.pt"),
         trainings=per_model("results/train_baseline/{model}_x{scale}/train_metrics.json"),  # DVC's dep is the folder
+        curves=per_model("results/train_baseline/{model}_x{scale}/train_log.csv"),  # DVC's dep is the folder
         tables="results/profile_device",
         code=stage_code("search"),
     output:

@@ -3,6 +3,7 @@ rule report:
         data="results/prepare_data",
         checkpoints=per_model("results/train_baseline/{model}_x{scale}/model.pt"),
         trainings=per_model("results/train_baseline/{model}_x{scale}/train_metrics.json"),
+        curves=per_model("results/train_baseline/{model}_x{scale}/train_log.csv"),  # DVC's dep is the folder
         evaluations=per_model("results/evaluate/{model}_x{scale}.json"),
         latencies=per_model("results/profile_model/{model}_x{scale}.json"),
         supernet="results/train_supernet/train_metrics.json",
@@ -17,8 +18,10 @@ rule report:
         code=stage_code("report"),
     output:
         report="results/report.md",
-        figures=directory("results/report"),
-        metrics="results/metrics.json",
+        figures=report(directory("results/report"), patterns=["{name}.png", "{name}.html"], caption="../report/report.rst",
+                       category="Report", labels={"file": "{name}"}),
+        metrics=report("results/metrics.json", caption="../report/metrics.rst", category="Metrics"),
+        models=report("results/models.csv", caption="../report/models.rst", category="Metrics"),
     params:
         config=config_json("data"),
     log:
@@ -29,4 +32,5 @@ rule report:
         "../envs/srnas.yaml"
     shell:
         "srnas report --results results --out {output.report:q} --figures {output.figures:q} --metrics {output.metrics:q}"
+        " --models {output.models:q}"
         " --config-json {params.config:q} --log {log:q}"

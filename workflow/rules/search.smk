@@ -12,7 +12,7 @@ rule search_arch:
         arch="results/search_arch/arch.json",
         trials="results/search_arch/trials.csv",
         front="results/search_arch/pareto.csv",
-        plot="results/search_arch/pareto.png",
+        plot=report("results/search_arch/pareto.png", caption="../report/search_pareto.rst", category="Search"),
         metrics="results/search_arch/search_metrics.json",
     params:
         config=config_json("search_arch", "budget", "search_ratio.importance", "latency.targets", "latency.protocol",

@@ -8,6 +8,7 @@ rule train_supernet:
     output:
         supernet="results/train_supernet/supernet.pt",
         metrics="results/train_supernet/train_metrics.json",
+        curve="results/train_supernet/train_log.csv",
     params:
         config=config_json("supernet"),
         out=subpath(output.supernet, parent=True),

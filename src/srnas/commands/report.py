@@ -29,7 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("results/report.md"), help="report file (default: %(default)s)")
     parser.add_argument("--figures", type=Path, default=Path("results/report"), help="figure folder (default: %(default)s)")
-    parser.add_argument("--metrics", type=Path, default=Path("results/metrics.json"), help="metrics summary (default: %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=Path("results/metrics.json"),
+                        help="headline metrics: the final model and the best baseline in budget (default: %(default)s)")
+    parser.add_argument("--models", type=Path, default=Path("results/models.csv"),
+                        help="every model's PSNR and latency, for dvc plots (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
@@ -93,9 +96,12 @@ def run(args: argparse.Namespace) -> int:
         collect_results,
         final_section,
         headline,
+        headline_metrics,
         latency_model_section,
-        metrics_summary,
+        models_table,
+        per_model_metrics,
         plot_pareto,
+        render_html,
         render_markdown,
         search_section,
         supernet_section,
@@ -122,10 +128,10 @@ def run(args: argparse.Namespace) -> int:
         sections += final_section(args.results, results)
         markdown = render_markdown(results, figures, sections)
         atomic.write_text(args.out, markdown)
-        summary = metrics_summary(results)
-        atomic.write_json(args.metrics, summary)
-        # One key per model and metric ("<model>_x<scale>.<metric>"), so MLflow keeps every model's value.
-        stage.log_metrics({f"{name}.{key}": value for name, values in summary.items() for key, value in values.items()})
+        atomic.write_text(args.figures / "report.html", render_html(markdown, args.out.parent))
+        atomic.write_json(args.metrics, headline_metrics(args.results, results))
+        atomic.write_text(args.models, models_table(results, set_name))
+        stage.log_metrics(per_model_metrics(results))
         pipeline = stage.pipeline()
         params, metrics = headline(args.results, results)
         pipeline.log_params(params)

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from srnas.models import create_model, model_info
     from srnas.models.fitted import baseline_choices, is_baseline, resolve_fitted
     from srnas.training import train
+    from srnas.training.history import HISTORY_FILE, TrainHistory
 
     settings = settings_from_args(args)
     network = resolve_fitted(args.model, args.fitted)  # the registry name (plain_fit / ecbsr_fit: the budget's pick)
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         if not info.has_weights:
             save_trained(args.out / "model.pt", create_model(network, args.scale), network, args.scale, {})
             atomic.write_json(args.out / "train_metrics.json", {"steps": 0, "trained": False})
+            TrainHistory(("train_loss", "lr", "val_psnr")).write(args.out / HISTORY_FILE)  # no curve: the header only
             LOG.info("%s has no weights: recorded the architecture in %s", args.model, args.out / "model.pt")
             return 0
         result = train(

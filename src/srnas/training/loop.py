@@ -8,6 +8,7 @@ Outputs in ``out_dir``:
   final figures that depend only on the training (no wall clock, nothing about how the run was resumed: see
   :data:`RUN_FIGURES`), so the same training writes the same bytes.
 - ``train_metrics.json``: final loss, steps, seconds, steps/s, validation PSNR.
+- ``train_log.csv``: the training curve, one row per reported step (:mod:`srnas.training.history`).
 
 Exact resume: the weights at step ``k`` depend only on the config, the data and the seed. Model
 initialisation uses ``seed``; the patches of step ``k`` come from a generator seeded by ``(seed, k)``
@@ -63,6 +64,7 @@ from srnas.inference import torch_upscaler
 from srnas.metrics import calculate_psnr
 from srnas.models import check_scale, count_params, create_model, model_info
 from srnas.runtimes.availability import bf16_supported
+from srnas.training.history import HISTORY_FILE, TrainHistory
 from srnas.training.patches import ImagePairs, PatchSampler, load_pairs, step_generator
 
 __all__ = [
@@ -321,8 +323,9 @@ def _restore_windows(path: Path, saved: Any, windows: dict[str, deque[float]]) -
         raise CheckpointError(f"{path}: cannot restore the loss history: {exc}") from None
 
 
-def _resume(path: Path, step_fn: StepFunction, spec: LoopSpec, windows: dict[str, deque[float]], steps: int) -> tuple[int, float]:
-    """Restore ``path`` into ``step_fn`` and ``windows`` when it was written for ``spec.identity``; return (step, seconds
+def _resume(path: Path, step_fn: StepFunction, spec: LoopSpec, windows: dict[str, deque[float]], history: TrainHistory,
+            steps: int) -> tuple[int, float]:
+    """Restore ``path`` into ``step_fn``, ``windows`` and ``history`` when it was written for ``spec.identity``; return (step, seconds
     trained so far), ``(0, 0.0)`` for a checkpoint of another run. CheckpointError when it cannot be read or restored."""
     ckpt = load_checkpoint(path, TRAINING_STATE)
     if ckpt["identity"] != spec.identity:
@@ -331,13 +334,14 @@ def _resume(path: Path, step_fn: StepFunction, spec: LoopSpec, windows: dict[str
         return 0, 0.0
     start_step, elapsed = restore_training_state(path, ckpt, step_fn.model, step_fn.optimizer, step_fn.scheduler)
     _restore_windows(path, ckpt["losses"], windows)
+    history.restore(path, ckpt.get("history"))
     if step_fn.is_main:
         logger.info("resuming %s from %s at step %d/%d", spec.label, path, start_step, steps)
     return start_step, elapsed
 
 
 def _save_checkpoint(path: Path, identity: dict[str, Any], step_fn: StepFunction, step: int,
-                     windows: dict[str, deque[float]], elapsed: float) -> None:
+                     windows: dict[str, deque[float]], history: TrainHistory, elapsed: float) -> None:
     """Write ``last.ckpt`` atomically: everything :func:`_resume` needs to continue after ``step`` steps."""
     save_checkpoint(path, {
         "identity": identity,
@@ -347,6 +351,7 @@ def _save_checkpoint(path: Path, identity: dict[str, Any], step_fn: StepFunction
         "scheduler": step_fn.scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state()},
         "losses": {name: list(window) for name, window in windows.items()},
+        "history": history.state(),
         "elapsed_s": elapsed,
     })
 
@@ -371,25 +376,29 @@ def run_loop(
     resume: bool = True,
     progress: bool | None = None,
 ) -> LoopResult:
-    """Run ``step_fn`` for ``cfg.steps`` steps and write ``out_dir/{last.ckpt, <spec.model_file>, train_metrics.json}``.
+    """Run ``step_fn`` for ``cfg.steps`` steps and write ``out_dir/{last.ckpt, <spec.model_file>, train_metrics.json,
+    train_log.csv}``.
 
     The one training loop. It resumes ``last.ckpt`` when ``resume`` and the identity allow (see :class:`LoopSpec`),
     raises TrainingDiverged when a loss is not finite, reports every ``cfg.log_every`` steps (and at the last) the
     mean of each loss over those steps with ``lr`` and ``steps_per_s``, validates every ``cfg.val_every`` steps
     (0: only at the end), writes ``last.ckpt`` every ``cfg.checkpoint_every`` steps (0: only at the end) and finally
-    the weights and ``train_metrics.json``. ``on_metrics(metrics, step)`` receives the figures; ``progress``: tqdm bar
+    the weights and ``train_metrics.json``; ``train_log.csv`` (:mod:`srnas.training.history`) is rewritten at every
+    report and validation. ``on_metrics(metrics, step)`` receives the figures; ``progress``: tqdm bar
     (None: only on a terminal). Only the main process logs, reports and writes; every process waits for it to finish.
     """
     is_main = step_fn.is_main
     ckpt_path = out_dir / CHECKPOINT_FILE
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT_FILE, spec.model_file, METRICS_FILE):  # a killed run's temporaries; finished files stay
+        for name in (CHECKPOINT_FILE, spec.model_file, METRICS_FILE, HISTORY_FILE):  # a killed run's temporaries; finished files stay
             remove_stale_temporaries(out_dir / name)
     windows: dict[str, deque[float]] = {name: deque(maxlen=cfg.log_every) for name in spec.losses}
+    history = TrainHistory((*spec.losses, "lr", *spec.validation))
+    history_path = out_dir / HISTORY_FILE
     start_step, elapsed_before = 0, 0.0
     if resume and ckpt_path.exists():
-        start_step, elapsed_before = _resume(ckpt_path, step_fn, spec, windows, cfg.steps)
+        start_step, elapsed_before = _resume(ckpt_path, step_fn, spec, windows, history, cfg.steps)
 
     def emit(metrics: dict[str, float], step: int) -> None:
         if on_metrics is not None and is_main and metrics:
@@ -424,10 +433,16 @@ def run_loop(
                 if is_main and not show_bar:
                     logger.info("step %d/%d %s, lr %.2e, %.2f steps/s", step, cfg.steps, _pairs_text(current, ".5f"), lr, rate)
                 emit({**current, "lr": lr, "steps_per_s": rate}, step)
+                history.record(step, {**current, "lr": lr})
             if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps and is_main:
-                emit(step_fn.validate(), step)
+                validated = step_fn.validate()
+                emit(validated, step)
+                history.record(step, validated)
+            if is_main and history.has(step):
+                history.write(history_path)
             if is_main and (step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-                _save_checkpoint(ckpt_path, spec.identity, step_fn, step, windows, elapsed_before + time.perf_counter() - t0)
+                _save_checkpoint(ckpt_path, spec.identity, step_fn, step, windows, history,
+                                 elapsed_before + time.perf_counter() - t0)
     finally:
         bar.close()
     run_seconds = time.perf_counter() - t0
@@ -455,6 +470,8 @@ def run_loop(
         step_fn.save_model(model_path, {k: v for k, v in metrics.items()
                                         if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k not in RUN_FIGURES})
         write_json(metrics_path, metrics)
+        history.record(cfg.steps, validation)
+        history.write(history_path)
         emit({**final, "train_seconds": seconds, "steps_per_s": steps_per_s, **validation}, cfg.steps)
         logger.info("trained %s: %s; %s; %.1f s", spec.label, _pairs_text(final, ".5f"),
                     _pairs_text(validation, ".3f") or "no validation", seconds)
