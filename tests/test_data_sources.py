@@ -135,7 +135,7 @@ def test_same_stem_in_different_sets_is_fine(tmp_path: Path) -> None:
         ({"scales": [5]}, "data.scales"),
         ({"scales": [2, 2]}, "data.scales"),
         ({"val_images": 0}, "data.val_images"),
-        ({"source": "folder"}, "data.root"),
+        ({"source": "folder", "root": ""}, "data.root"),
         ({"train_set": "../x"}, "data.train_set"),
         ({"eval_sets": ["train"]}, "data.eval_sets"),
         ({"eval_sets": ["Set5", "Set5"]}, "data.eval_sets"),

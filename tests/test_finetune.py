@@ -118,7 +118,7 @@ def test_finetuning_learns_and_writes_a_loadable_pruned_network(reference: tuple
     payload = torch.load(result.model_path, weights_only=True)
     assert payload["metrics"]["pruned"] == start.pruned.name and payload["config"]["distill"] == 0.5
     assert load_checkpoint(result.checkpoint_path)["step"] == 40
-    assert sorted(p.name for p in result.model_path.parent.iterdir()) == ["last.ckpt", "model.pt", "train_metrics.json"]
+    assert sorted(p.name for p in result.model_path.parent.iterdir()) == ["last.ckpt", "model.pt", "train_log.csv", "train_metrics.json"]
 
 
 def test_distill_zero_builds_no_teacher(inputs: tuple[Path, Path], data_dir: Path, tmp_path: Path,
@@ -234,7 +234,7 @@ def test_finetune_command(inputs: tuple[Path, Path], data_dir: Path, tmp_path: P
     assert args.handler(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["steps"] == 4 and printed["model_path"] == str(out / "model.pt") and printed["distill"] == 0.5
-    assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "model.pt", "train_metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "model.pt", "train_log.csv", "train_metrics.json"]
     assert load_network(out / "model.pt").pruned == load_network(inputs[0]).pruned
     args.no_resume, args.json = True, False
     assert command.run(args) == 0

@@ -154,7 +154,8 @@ def test_smoke_pipeline_in_mlflow(smoke_project: Path) -> None:
     from mlflow import MlflowClient
 
     project = smoke_project
-    metrics = json.loads((project / "results" / "metrics.json").read_text())
+    metrics = {model: json.loads((project / "results" / "evaluate" / f"{model}.json").read_text())["metrics"]
+               for model in ("final_x2", "bicubic_x2", "plain16_x2")}
     verdict = json.loads((project / "results" / "check_budget.json").read_text())
     c = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = c.get_experiment_by_name("srnas-smoke").experiment_id

@@ -458,6 +458,6 @@ def test_train_supernet_command(data_dir: Path, tmp_path: Path,
     assert command.run(_args(params, data_dir=data_dir, out=out, json=True)) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["steps"] == 4 and printed["supernet_path"] == str(out / "supernet.pt")
-    assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "supernet.pt", "train_metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "supernet.pt", "train_log.csv", "train_metrics.json"]
     assert json.loads((out / "train_metrics.json").read_text())["steps"] == 4
     assert load_supernet(out / "supernet.pt").space == SearchSpace(TINY_SPACE)

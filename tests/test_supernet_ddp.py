@@ -78,4 +78,4 @@ def test_two_cpu_processes_keep_identical_replicas_and_learn(tmp_path: Path) -> 
     saved = torch.load(out / "supernet.pt", weights_only=True)["state_dict"]
     for key in saved:
         assert torch.equal(saved[key], ranks[0][key].float().contiguous())
-    assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "supernet.pt", "train_metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "supernet.pt", "train_log.csv", "train_metrics.json"]
