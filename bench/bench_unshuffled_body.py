@@ -13,7 +13,7 @@ The network (:class:`UnshuffledBody`): ``PixelUnshuffle(f)``, conv3x3 (``3 f^2``
 ``PixelShuffle(s f)`` (a channel gather of the unshuffled input), then ``PixelShuffle(s f)``. Inputs whose sides are
 not multiples of ``f`` are edge-padded and the output cropped.
 
-    .venv/bin/python bench/bench_unshuffled_body.py --data-dir ../bx2/results/prepare_data --width 64 --depth 6 \
+    .venv/bin/python bench/bench_unshuffled_body.py --data-dir results/prepare_data --width 64 --depth 6 \
         --compare plain_m2c32 --work /tmp/unshuffled
 
 Measured (2-core Xeon with AMX, x2, T91, 22000 steps, batch 32, LR patch 24, bf16; Set5 / Set14 / B100 in bf16):
