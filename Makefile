@@ -9,7 +9,7 @@ export MALLOC_TRIM_THRESHOLD_ := 1073741824
 export PATH := $(BIN):$(PATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup run test lint smoke benchmark checkout clean
+.PHONY: setup run test lint smoke benchmark checkout plots-offline clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test: setup  ## the test suite
 checkout: setup  ## restore DVC-tracked outputs, then tell Snakemake they are current (DVC does not keep mtimes)
 	$(BIN)/dvc checkout
 	$(BIN)/snakemake --touch --cores 1
+
+plots-offline: setup  ## `dvc plots` pages that render without internet: Vega's JS inlined into a template (.dvc/config.local)
+	npm ci --no-audit --no-fund
+	$(BIN)/srnas plots-template
 
 lint: setup
 	$(BIN)/snakemake --lint

@@ -35,6 +35,7 @@ COMMANDS = (
     "upscale",
     "models",
     "config_cmd",
+    "plots",
 )
 
 
