@@ -36,6 +36,7 @@ COMMANDS = (
     "models",
     "config_cmd",
     "plots",
+    "device",
 )
 
 

@@ -356,6 +356,8 @@ class ProfileConfig:
     ``runtimes`` empty means every runtime available on this machine (see ``srnas.profiling``).
     ``input_size`` is the LR (height, width); empty means the size whose output is 720p for the scale
     (x2: 360x640, x3: 240x427, x4: 180x320). ``threads`` 0 means every CPU this process may use.
+    ``device`` empty: models are profiled on this machine; ``http://HOST:PORT``: on the device agent listening there
+    (``srnas device serve``; every runtime it offers, or ``runtimes``; threads 0 there means all of its CPUs).
     """
 
     runtimes: tuple[str, ...] = ()
@@ -363,6 +365,7 @@ class ProfileConfig:
     warmup: int = 3
     runs: int = 20
     input_size: tuple[int, ...] = ()
+    device: str = ""
 
     def __post_init__(self) -> None:
         for runtime in self.runtimes:
@@ -373,6 +376,8 @@ class ProfileConfig:
         _check(self.runs >= 1, "runs", f"must be at least 1, got {self.runs}")
         _check(len(self.input_size) in (0, 2), "input_size", f"expected [] or [height, width], got {list(self.input_size)}")
         _check(all(s >= 1 for s in self.input_size), "input_size", f"sides must be positive, got {list(self.input_size)}")
+        _check(self.device == "" or self.device.startswith(("http://", "https://")), "device",
+               f"expected empty (this machine) or a device agent's http://HOST:PORT, got {self.device!r}")
 
 
 # ------------------------------------------------------------------------------- supernet (stage 1)
@@ -481,7 +486,8 @@ class TargetConfig:
     """One item of ``latency.targets``: a device and the runtime a model is deployed with there.
 
     ``name`` names the output folder (``results/profile_device/<name>``) and metrics (``latency_ms_<name>``);
-    ``device`` is a label for humans; ``runtime`` one of ``torch_fp32``, ``torch_bf16``, ``onnxruntime_fp32``, or
+    ``device`` is a label for this machine (e.g. ``this-cpu``), or ``http://HOST:PORT``: the device agent listening
+    there measures the target (``srnas device serve``; token in ``$SRNAS_DEVICE_TOKEN``); ``runtime`` one of ``torch_fp32``, ``torch_bf16``, ``onnxruntime_fp32``, or
     ``auto`` (the fastest of them this machine runs, measured once per machine and cached; ``precision: auto``);
     ``precision`` ``fp32`` / ``bf16`` / ``int8`` (int8 = ONNX Runtime static QDQ); ``threads`` 0 means every CPU
     this process may use; ``input_size`` the LR [height, width], empty for the size whose output is 1280x720.

@@ -12,6 +12,7 @@ Training form vs deployed form: a registered model that trains in another form t
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,11 @@ from srnas.errors import SrnasError
 from srnas.models import create_model, deployed_form, is_known_model
 from srnas.models.fitted import is_fitted, stands_for
 
-__all__ = ["load_trained"]
+__all__ = ["load_trained", "rebuild_registered", "registered_model", "registered_origin"]
+
+# A registered model load_trained returned -> (its registry name, scale): how a device agent rebuilds the same network
+# (srnas.latency.wire sends that and the weights, never the module itself).
+_ORIGINS: weakref.WeakKeyDictionary[nn.Module, tuple[str, int]] = weakref.WeakKeyDictionary()
 
 
 def _check_identity(path: Path, payload: dict[str, Any], model_name: str | None, scale: int | None) -> None:
@@ -67,4 +72,30 @@ def load_trained(model_pt_path: str | os.PathLike[str], model_name: str | None =
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit model {payload['model_name']!r} x{payload['scale']}: {exc}") from None
-    return deployed_form(model).eval()
+    deployed = deployed_form(model).eval()
+    _ORIGINS[deployed] = (str(payload["model_name"]), int(payload["scale"]))
+    return deployed
+
+
+def registered_origin(model: nn.Module) -> tuple[str, int] | None:
+    """``(registry name, scale)`` of a registered model :func:`load_trained` returned (its deployed form), else None."""
+    return _ORIGINS.get(model)
+
+
+def registered_model(model_name: str, scale: int) -> nn.Module:
+    """Registered model ``model_name`` freshly initialised, in its deployed form and eval mode (for timing it: latency
+    does not depend on the weights), its origin kept like :func:`load_trained`'s."""
+    model = deployed_form(create_model(model_name, int(scale))).eval()
+    _ORIGINS[model] = (model_name, int(scale))
+    return model
+
+
+def rebuild_registered(model_name: str, scale: int, state_dict: dict[str, Any]) -> nn.Module:
+    """Registered model ``model_name`` in its deployed form with ``state_dict`` (the deployed form's weights), in eval
+    mode: what :func:`load_trained` returned where the weights came from. CheckpointError when they do not fit."""
+    try:
+        model = registered_model(model_name, scale)
+        model.load_state_dict(state_dict, strict=True)
+    except (SrnasError, RuntimeError) as exc:
+        raise CheckpointError(f"model {model_name!r} x{scale}: {exc}") from None
+    return model

@@ -79,6 +79,16 @@ class LatencyResult:
         :data:`~srnas.runtimes.timing.QUIET_LIMIT` cores): the figure is likely inflated, the report flags it."""
         return self.busy_cores > QUIET_LIMIT
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyResult:
+        """What :meth:`to_dict` wrote (a device agent's reply); ValueError naming what is missing."""
+        try:
+            return cls(str(data["runtime"]), float(data["median_ms"]), float(data["p90_ms"]), float(data["mean_ms"]),
+                       int(data["runs"]), tuple(int(v) for v in data["input_shape"]), dict(data["fingerprint"]),
+                       float(data.get("minor_faults_per_run", math.nan)), float(data.get("busy_cores", 0.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"latency result: missing or malformed {exc}") from None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every field plus ``fingerprint_id``."""
         return {

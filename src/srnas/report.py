@@ -179,6 +179,12 @@ def _chosen_name(stage: str, payload: dict[str, Any]) -> str:
     return str(payload.get("chosen", {}).get("name", "?")) if stage == "search_arch" else str(payload.get("name", "?"))
 
 
+def _device_note(verdict: dict[str, Any]) -> str:
+    """`` (device http://...)`` when a device agent measured the verdict, else nothing."""
+    device = str(verdict.get("device", ""))
+    return f" (device {device})" if device.startswith(("http://", "https://")) else ""
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:+.1f}%"
 
@@ -249,7 +255,7 @@ def final_section(results_dir: Path, results: list[ModelResult]) -> list[str]:
              f"| network | `{ratio['name']}` |",
              f"| per-conv keep ratios | {', '.join(f'{k}={v:.2f}' for k, v in ratio.get('keeps', {}).items()) or 'none pruned'}"
              + (" (stage 3 skipped: search_arch.prune_keep)" if ratio.get("skipped") else "") + " |",
-             f"| measured on `{verdict['target']}` | **{verdict['verdict_ms']:.1f} ms**{BUSY_MARK if verdict.get('busy') else ''} "
+             f"| measured on `{verdict['target']}`{_device_note(verdict)} | **{verdict['verdict_ms']:.1f} ms**{BUSY_MARK if verdict.get('busy') else ''} "
              f"{_VERDICT_BASES.get(verdict['verdict_basis'], '')}"
              f"(budget {budget:g} ms, predicted {verdict['predicted_ms']:.1f} ms; wall clock {verdict['wall_clock_ms']:.1f} ms) |",
              f"| speedup over the unpruned parent | {ratio['predicted_speedup']:.2f}x predicted"
@@ -287,7 +293,7 @@ def budget_comparison_section(results_dir: Path, results: list[ModelResult], fin
         return []
     sets = list(final.sets)
     lines = [f"### Against the baselines at the same measured latency (x{final.scale})", "",
-             f"Every row timed on `{verdict['target']}` with the same protocol as the final model "
+             f"Every row timed on `{verdict['target']}`{_device_note(verdict)} with the same protocol as the final model "
              f"({_VERDICT_BASES.get(verdict['verdict_basis'], '').strip() or verdict['verdict_basis']}) and held against "
              f"the whole {budget:g} ms budget; PSNR / SSIM in the precision each is deployed in.", "",
              "| model | network | measured ms | in budget | training steps | "
@@ -334,7 +340,9 @@ def render_markdown(results: list[ModelResult], figures: dict[str, str] | None =
         sizes = sorted({tuple(r.profile["input_hw"]) for r in rows if "input_hw" in r.profile})
         if sizes:
             shown = ", ".join(f"{h}x{w} in, {h * scale}x{w * scale} out" for h, w in sizes)
-            lines += [f"Latency and GMAC per frame of {shown}.", ""]
+            devices = sorted({str(r.profile["device"]) for r in rows if r.profile.get("device")})
+            where = f" Latency measured on {', '.join(devices)}." if devices else ""
+            lines += [f"Latency and GMAC per frame of {shown}.{where}", ""]
         header = ["model", "params", "GMAC/frame", "train steps (s)"] + [f"{rt} ms" for rt in runtimes] + [f"{name} PSNR / SSIM" for name in set_names]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))

@@ -1,12 +1,21 @@
-"""``srnas profile``: latency of a model on every runtime this machine has (stage profile_model)."""
+"""``srnas profile``: latency of a model on every runtime this machine -- or the device agent of ``profile.device`` --
+has (stages profile_model, profile_final)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from srnas.commands.common import add_settings_arguments, print_json, settings_from_args
+from srnas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from srnas.config import ProfileConfig
+    from srnas.profiling import LatencyResult
 
 LOG = logging.getLogger("srnas.profile")
 
@@ -19,7 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "1x3xHxW input (default: the LR size whose output is 1280x720). Runtimes: PyTorch fp32, PyTorch bf16 "
         "(CPUs with native bf16), ONNX Runtime fp32, ExecuTorch/XNNPACK if installed, CUDA if present. Each result "
         "carries the target fingerprint (CPU, flags, threads, library versions). Latency does not depend on the "
-        "weights, so --checkpoint is optional.",
+        "weights, so --checkpoint is optional. With profile.device set to a device agent's http://HOST:PORT the "
+        "model is profiled there, on the runtimes it offers (token in $SRNAS_DEVICE_TOKEN).",
     )
     add_settings_arguments(parser)
     parser.add_argument("--model", required=True, help="model name")
@@ -44,8 +54,15 @@ def run(args: argparse.Namespace) -> int:
     threads = resolve_threads(cfg.threads)
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
     params = {"model": args.model, "scale": args.scale, "profile": cfg.__dict__, "input_hw": list(input_hw), "threads": threads}
+    if cfg.device:
+        tags["srnas.device"] = cfg.device
     with tracking.stage_run(settings.tracking, "profile_model", params, tags) as stage:
-        results = profile_all(model, args.onnx, input_hw, threads, warmup=cfg.warmup, runs=cfg.runs, runtimes=cfg.runtimes or None)
+        if cfg.device:
+            results = _profile_on_device(cfg, model, input_hw, args.scale)
+            threads = cfg.threads  # 0: all of the device's CPUs (each result's fingerprint says how many)
+        else:
+            results = profile_all(model, args.onnx, input_hw, threads, warmup=cfg.warmup, runs=cfg.runs,
+                                  runtimes=cfg.runtimes or None)
         metrics = {f"latency_ms_{r.runtime}": r.median_ms for r in results}
         metrics |= {f"latency_p90_ms_{r.runtime}": r.p90_ms for r in results}
         payload = {
@@ -54,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             "input_hw": list(input_hw),
             "output_hw": [input_hw[0] * args.scale, input_hw[1] * args.scale],
             "threads": threads,
+            "device": cfg.device or "this machine",
             "params": count_params(model),
             "gmacs": gmacs(model, *input_hw),
             "metrics": metrics,
@@ -71,3 +89,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(payload)
     return 0
+
+
+def _profile_on_device(cfg: ProfileConfig, model: nn.Module, input_hw: tuple[int, int], scale: int) -> list[LatencyResult]:
+    """Every runtime the device agent at ``cfg.device`` offers (or ``cfg.runtimes``), profiled there."""
+    from srnas.latency.measure import device_runtimes, profile_on_device
+
+    offered = device_runtimes(cfg.device)
+    missing = [rt for rt in cfg.runtimes if rt not in offered]
+    if missing:
+        raise ConfigError(f"profile.runtimes: {', '.join(missing)} not offered by the device {cfg.device} "
+                          f"(it offers {', '.join(offered)})")
+    results = []
+    for runtime in cfg.runtimes or offered:
+        result = profile_on_device(cfg.device, model, runtime, input_hw, scale=scale, threads=cfg.threads,
+                                   warmup=cfg.warmup, runs=cfg.runs)
+        LOG.info("%s on %s: median %.2f ms, p90 %.2f ms", runtime, cfg.device, result.median_ms, result.p90_ms)
+        results.append(result)
+    return results

@@ -21,6 +21,9 @@ Each timing follows one of the protocols of :mod:`srnas.runtimes.timing`: absolu
 after ``warmup``) or paired (rounds of the item between rounds of the reference layer, the median ratio times the
 reference's latency), with the glibc malloc fix of :mod:`srnas.runtimes.allocator` in effect and the target's thread
 count pinned.
+
+A target whose device is an agent's URL is measured there: every public function here sends its request
+(:mod:`srnas.latency.wire`) to the agent (:mod:`srnas.runtimes.remote`), which runs the same function on its machine.
 """
 
 from __future__ import annotations
@@ -43,14 +46,16 @@ from srnas.arch.network import build_network
 from srnas.arch.pruned import IMAGE_CHANNELS, PrunedSubnet
 from srnas.arch.space import SubnetConfig
 from srnas.export import export_onnx
+from srnas.latency import wire
 from srnas.latency.layers import LayerKey
 from srnas.latency.targets import Target
 from srnas.onnx_graph import layer_nodes, quantize_int8, write_layer_graph
-from srnas.profiling import profile_module
+from srnas.profiling import LatencyResult, profile_module
 from srnas.runtimes.allocator import prepare_allocator
 from srnas.runtimes.availability import RuntimeUnavailableError, runtime_available
 from srnas.runtimes.calls import runtime_call
 from srnas.runtimes.ort import ort_session, read_ort_profile
+from srnas.runtimes.remote import agent_client
 from srnas.runtimes.timing import (
     call_times,
     gc_paused,
@@ -62,11 +67,12 @@ from srnas.runtimes.timing import (
     pinned_threads,
     quiet,
     quiet_or_disturbed,
+    record_samples,
     warm,
 )
 
-__all__ = ["REFERENCE_LAYER", "LayerModule", "NetworkTiming", "compare_layers", "compare_networks", "measure_layer",
-           "measure_network", "measure_reference", "sparsify_", "scheme_precision", "scheme_sparsity", "target_available",
+__all__ = ["REFERENCE_LAYER", "LayerModule", "NetworkTiming", "compare_layers", "compare_networks", "device_runtimes",
+           "measure_layer", "measure_network", "measure_reference", "profile_on_device", "sparsify_", "scheme_precision", "scheme_sparsity", "target_available",
            "time_network"]
 
 log = logging.getLogger(__name__)
@@ -90,7 +96,35 @@ def scheme_sparsity(scheme: str) -> float:
 
 
 def target_available(target: Target) -> bool:
+    """Whether ``target``'s runtime runs where the target is (this machine, or its device agent's)."""
+    if target.remote:
+        return target.runtime in agent_client(target.device).info().get("runtimes", {})
     return runtime_available(target.runtime)
+
+
+def device_runtimes(device: str) -> list[str]:
+    """The runtimes the device agent at ``device`` (its URL) offers."""
+    return list(agent_client(device).info().get("runtimes", {}))
+
+
+def profile_on_device(device: str, model: nn.Module, runtime: str, input_hw: tuple[int, int], *, scale: int, threads: int,
+                      warmup: int, runs: int) -> LatencyResult:
+    """:func:`srnas.profiling.profile_module` of ``model`` (a searched network or a registered model read from its
+    model.pt) on ``runtime`` of the device agent at ``device`` (its URL; ``threads`` 0: all of the device's CPUs)."""
+    reply = agent_client(device).call("profile", {"network": wire.network_to_wire(model), "runtime": runtime,
+                                                  "input_hw": list(input_hw), "scale": scale, "threads": threads,
+                                                  "warmup": warmup, "runs": runs})
+    log.debug("%s on %s: %s (spread %.1f%% over %d calls)", runtime, device, reply.value.get("median_ms"),
+              100 * reply.spread, reply.samples)
+    return LatencyResult.from_dict(reply.value)
+
+
+def _on_device(target: Target, kind: str, **request: Any) -> Any:
+    """The figure of one measurement of ``kind`` by ``target``'s device agent (the same function, run there)."""
+    reply = agent_client(target.device).call(kind, {"target": wire.target_to_wire(target), **request})
+    log.debug("%s: %s measured by %s: %s (spread %.1f%% over %d samples)", target.name, kind, target.device, reply.value,
+              100 * reply.spread, reply.samples)
+    return reply.value
 
 
 def sparsify_(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
@@ -277,7 +311,9 @@ def _timed_profiled(target: Target, layer: LayerKey, graph: Path, *, warmup: int
             with gc_paused(collect=False):
                 if reference is None or reference_ms is None:
                     call_times(profiled, runs)
-                    return float(statistics.median(profiled.layer_ms(skip=warmup)))
+                    per_run = profiled.layer_ms(skip=warmup)
+                    record_samples(per_run)
+                    return float(statistics.median(per_run))
                 _, refs = paired_rounds(lambda: call_times(profiled, runs), lambda: lowest_ms(reference, 0, runs), rounds)
             per_run = profiled.layer_ms(skip=warmup)
             return paired_value([min(per_run[i * runs:(i + 1) * runs]) for i in range(rounds)], refs, reference_ms)
@@ -288,13 +324,17 @@ def _timed_profiled(target: Target, layer: LayerKey, graph: Path, *, warmup: int
 def measure_reference(target: Target, *, warmup: int, runs: int, rounds: int) -> float:
     """Milliseconds of the reference call alone (:data:`REFERENCE_LAYER`): its lowest call over ``rounds`` rounds
     of ``runs`` calls, i.e. the target's speed when undisturbed; the unit of every paired measurement."""
+    if target.remote:
+        return float(_on_device(target, "reference", warmup=warmup, runs=runs, rounds=rounds))
     _check_target(target)
     prepare_allocator()
     with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
         reference = _reference_call(target, stack)
         warm(warmup, reference)
         with gc_paused():
-            return min(quiet(lambda: lowest_ms(reference, 0, runs), "reference") for _ in range(rounds))
+            lowest = [quiet(lambda: lowest_ms(reference, 0, runs), "reference") for _ in range(rounds)]
+    record_samples(lowest)
+    return min(lowest)
 
 
 def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int, rounds: int = 1,
@@ -309,6 +349,9 @@ def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int, ro
     inside ONNX Runtime a layer's cost depends on its neighbours (NCHWc blocks, reorders where a kernel reads
     NCHW, Conv+Add fusion), so the graph reproduces them and the profile keeps the nodes the layer owns.
     """
+    if target.remote:
+        return float(_on_device(target, "layer", layer=wire.layer_to_wire(layer), warmup=warmup, runs=runs, rounds=rounds,
+                                reference_ms=reference_ms))
     _check_target(target)
     prepare_allocator()
     precision = scheme_precision(target, layer.scheme)
@@ -346,6 +389,9 @@ def compare_layers(target: Target, base: LayerKey, other: LayerKey, *, warmup: i
     cannot show it: a layer with half its weights zero -- the same work -- measured 0.70x to 1.36x the dense one in
     five processes, each steady over its 5 rounds, with a busy loop on one of the two cores. Fresh sessions per round
     turn the placement into round-to-round spread, which the decision reads (:func:`srnas.latency.schemes.decide`)."""
+    if target.remote:
+        return _floats(_on_device(target, "compare_layers", base=wire.layer_to_wire(base), other=wire.layer_to_wire(other),
+                                  warmup=warmup, runs=runs, rounds=rounds))
     _check_target(target)
     prepare_allocator()
     with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
@@ -379,6 +425,11 @@ def compare_layers(target: Target, base: LayerKey, other: LayerKey, *, warmup: i
         return [_undisturbed(one_round, f"{other.id} vs {base.id}") for _ in range(rounds)]
 
 
+def _floats(values: Any) -> list[float]:
+    """A list of figures from JSON (NaN travels as null: a disturbed round)."""
+    return [math.nan if v is None else float(v) for v in values]
+
+
 def _undisturbed(one_round: Callable[[], float], what: str) -> float:
     """A comparison round under the quiet guard; NaN when the machine never became quiet for it: a disturbed round
     is no evidence, and a decision leaves it out (:func:`srnas.latency.schemes.decide`: too few rounds left decide
@@ -401,6 +452,9 @@ def compare_networks(target: Target, net: PrunedSubnet | SubnetConfig, *, base_p
     """:func:`compare_layers` for a whole network run in ``precision`` against the same network in ``base_precision``,
     both as :func:`time_network` runs them (a torch target in torch, ONNX Runtime on the exported -- and for int8
     quantized -- file)."""
+    if target.remote:
+        return _floats(_on_device(target, "compare_networks", network=wire.network_to_wire(net),
+                                  base_precision=base_precision, precision=precision, warmup=warmup, runs=runs, rounds=rounds))
     _check_target(target)
     prepare_allocator()
     model = build_network(net, target.scale)
@@ -484,6 +538,11 @@ def time_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module, *
     target runs it as ``torch_bf16`` does). ``reference_ms`` given: the paired protocol (``rounds`` rounds of ``runs``
     calls, see :func:`measure_layer`); otherwise the median of ``runs`` calls after ``warmup``.
     """
+    if target.remote:
+        value = _on_device(target, "network", network=wire.network_to_wire(net), warmup=warmup, runs=runs,
+                           precision=precision, sparsity=sparsity, rounds=rounds, reference_ms=reference_ms)
+        normalised = value.get("normalised_ms")
+        return NetworkTiming(float(value["wall_clock_ms"]), None if normalised is None else float(normalised))
     _check_target(target)
     model = net if isinstance(net, nn.Module) else build_network(net, target.scale)
     sparsify_(model, sparsity)

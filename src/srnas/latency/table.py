@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 __all__ = ["CACHE_FORMAT", "TABLE_FORMAT", "LatencyCache", "LatencyTable", "TableError", "build_table", "protocol_key"]
 
 CACHE_FORMAT = "srnas-latency-cache/1"
+PENDING = "pending_layers"  # cache section: passes measured by a table build that has not finished
+PENDING_SAVE_S = 2.0  # a build saves what it measured at least this often (and when it fails)
 TABLE_FORMAT = "srnas-latency-table/1"
 
 
@@ -252,15 +254,37 @@ def build_table(
     fingerprint = target.fingerprint()
     if cache is None or cache.fingerprint != fingerprint:
         cache = LatencyCache(cache_dir, fingerprint)
-    section = cache.section("layers", protocol_key(target, warmup, runs, rounds, reference_ms, passes))
+    protocol = protocol_key(target, warmup, runs, rounds, reference_ms, passes)
+    section = cache.section("layers", protocol)
     wanted = sorted(set(layers))
     missing = [layer for layer in wanted if layer.id not in section]
-    log.info("%s: %d layers, %d cached under fingerprint %s, %d to measure", target.name, len(wanted),
-             len(wanted) - len(missing), cache.fingerprint_id, len(missing))
-    best = sweep(missing, lambda layer, **paired: measure(target, layer, warmup=warmup, runs=runs, **paired),
-                 rounds=rounds, passes=passes, reference_ms=reference_ms,
-                 progress=None if progress is None else lambda done, total, *_: progress(done, total))
+    # Passes measured by a build that stopped (killed, a device agent unreachable): kept, so a rerun resumes there.
+    pending: dict[str, list[float]] = cache.data.setdefault(PENDING, {}).setdefault(protocol, {})
+    prior = {layer: pending[layer.id] for layer in missing if layer.id in pending}
+    log.info("%s: %d layers, %d cached under fingerprint %s, %d to measure%s", target.name, len(wanted),
+             len(wanted) - len(missing), cache.fingerprint_id, len(missing),
+             f" ({len(prior)} partly measured before)" if prior else "")
+    saved = time.monotonic()
+
+    def measured(done: int, total: int, layer: LayerKey, ms: float) -> None:
+        nonlocal saved
+        pending.setdefault(layer.id, []).append(ms)
+        if time.monotonic() - saved > PENDING_SAVE_S:
+            cache.save()
+            saved = time.monotonic()
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        best = sweep(missing, lambda layer, **paired: measure(target, layer, warmup=warmup, runs=runs, **paired),
+                     rounds=rounds, passes=passes, reference_ms=reference_ms, progress=measured, prior=prior)
+    except BaseException:
+        if any(pending.values()):
+            cache.save()  # what was measured survives the failure: a rerun resumes
+        raise
     section.update({layer.id: ms for layer, ms in best.items()})
+    for layer in missing:
+        pending.pop(layer.id, None)
     if missing:
         cache.save()
     entries = {layer: section[layer.id] for layer in wanted}

@@ -6,11 +6,16 @@ the LR size whose output is 1280x720 at the search space's scale, and ``runtime:
 machine really has (:mod:`srnas.latency.auto`: measured once per machine, cached in ``latency.cache_dir``). Its fingerprint
 (:func:`srnas.fingerprint.target_fingerprint`: CPU model and flags, runtime, precision, threads, library
 versions) keys the latency table: a table is only reused under the same fingerprint.
+
+A target whose ``device`` is a URL (``http://HOST:PORT``) lives on another machine, measured by the device agent
+listening there (``srnas device serve``, :mod:`srnas.agent`): threads, input size and ``runtime: auto`` are resolved
+*there*, its fingerprint is the agent's machine's, and every measurement goes through :mod:`srnas.runtimes.remote`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ from srnas.errors import ConfigError
 from srnas.fingerprint import fingerprint_id, target_fingerprint
 from srnas.latency.auto import RuntimeChoice, choose_runtime
 from srnas.profiling import lr_size_for_720p, resolve_threads
+from srnas.runtimes.remote import agent_client, is_device_url
 
 __all__ = ["ResolvedTarget", "Target", "budget_target_name", "resolve_target", "resolve_targets", "select_targets"]
 
@@ -39,8 +45,16 @@ class Target:
     input_hw: tuple[int, int]
     scale: int
 
+    @property
+    def remote(self) -> bool:
+        """Whether a device agent measures this target (``device`` is its URL)."""
+        return is_device_url(self.device)
+
     def fingerprint(self) -> dict[str, Any]:
-        """:func:`srnas.fingerprint.target_fingerprint` of this runtime, precision and thread count."""
+        """:func:`srnas.fingerprint.target_fingerprint` of this runtime, precision and thread count, on the machine
+        that runs the target (a device agent's, asked once per process, for a remote target)."""
+        if self.remote:
+            return dict(_device_fingerprint(self.device, self.runtime, self.precision, self.threads))
         return target_fingerprint(self.runtime, self.precision, self.threads)
 
     def fingerprint_id(self) -> str:
@@ -65,11 +79,36 @@ class ResolvedTarget:
     choice: RuntimeChoice | None
 
 
+@functools.cache
+def _device_fingerprint(url: str, runtime: str, precision: str, threads: int) -> dict[str, Any]:
+    reply = agent_client(url).call("fingerprint", {"runtime": runtime, "precision": precision, "threads": threads})
+    if not isinstance(reply.value, dict):
+        raise ConfigError(f"device {url}: the agent's fingerprint is not a JSON object")
+    return reply.value
+
+
+def _resolve_on_device(cfg: TargetConfig, input_hw: tuple[int, int], scale: int) -> ResolvedTarget:
+    """:func:`resolve_target` by the device agent at ``cfg.device``: threads and ``auto`` are the device's own."""
+    reply = agent_client(cfg.device).call("resolve", {"runtime": cfg.runtime, "precision": cfg.precision,
+                                                      "threads": cfg.threads, "input_hw": list(input_hw), "scale": scale})
+    value = reply.value
+    try:
+        target = Target(cfg.name, cfg.device, str(value["runtime"]), str(value["precision"]), int(value["threads"]),
+                        input_hw, scale)
+        choice = RuntimeChoice.from_dict(value["choice"]) if value.get("choice") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"device {cfg.device}: malformed resolve reply ({exc})") from None
+    return ResolvedTarget(target, choice)
+
+
 def resolve_target(cfg: TargetConfig, scale: int, cache_dir: str) -> ResolvedTarget:
     """``cfg`` with threads, input size and (for ``runtime: auto``) runtime and precision made concrete for this
-    machine and ``scale``; ``cache_dir`` keeps the auto choice (``latency.cache_dir``)."""
+    machine -- or the device agent's, for a URL device -- and ``scale``; ``cache_dir`` keeps the auto choice
+    (``latency.cache_dir``; the agent keeps its own)."""
     hw = tuple(cfg.input_size) if cfg.input_size else lr_size_for_720p(scale)
     input_hw = (int(hw[0]), int(hw[1]))
+    if is_device_url(cfg.device):
+        return _resolve_on_device(cfg, input_hw, scale)
     threads = resolve_threads(cfg.threads)
     choice = choose_runtime(threads, input_hw, scale, cache_dir) if cfg.runtime == AUTO_RUNTIME else None
     runtime, precision = (choice.runtime, choice.precision) if choice else (cfg.runtime, cfg.precision)

@@ -27,13 +27,15 @@ measurement compared with its predictions (validation, the searches' verdicts) u
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gc
 import logging
+import math
 import os
 import resource
 import statistics
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -42,9 +44,9 @@ from srnas.config import LATENCY_PROTOCOLS
 from srnas.runtimes.allocator import minor_faults
 
 __all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "QUIET_ATTEMPTS", "QUIET_LIMIT", "QUIET_MIN_WINDOW_S", "QUIET_WAIT_S",
-           "call_times", "disturbances", "gc_paused", "lowest_ms", "median_ms", "others_busy", "paired_ms", "paired_ratios",
-           "paired_rounds", "paired_value", "pinned_threads", "quiet", "quiet_or_disturbed", "quiet_stats", "sweep",
-           "time_calls", "warm"]
+           "call_times", "coefficient_of_variation", "disturbances", "gc_paused", "lowest_ms", "median_ms", "others_busy",
+           "paired_ms", "paired_ratios", "paired_rounds", "paired_value", "pinned_threads", "quiet", "quiet_or_disturbed",
+           "quiet_stats", "record_samples", "recorded_samples", "spread", "sweep", "time_calls", "warm"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,52 @@ PROTOCOLS = LATENCY_PROTOCOLS
 Item = TypeVar("Item", bound=Hashable)
 Round = TypeVar("Round")
 Value = TypeVar("Value")
+
+
+# ------------------------------------------------------------------------------------------ spread
+
+_SAMPLES: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("srnas_timing_samples", default=None)
+
+
+@contextlib.contextmanager
+def recorded_samples() -> Iterator[list[float]]:
+    """Collect, while inside, the samples behind every figure measured: the calls of an absolute measurement, the
+    per-round values of a paired one (milliseconds at the reference speed). :func:`spread` of them is how steady the
+    measurement was (the device agent reports it with every figure)."""
+    samples: list[float] = []
+    token = _SAMPLES.set(samples)
+    try:
+        yield samples
+    finally:
+        _SAMPLES.reset(token)
+
+
+def record_samples(values: Sequence[float]) -> None:
+    """Add ``values`` to the samples :func:`recorded_samples` collects (nothing when none is collecting)."""
+    samples = _SAMPLES.get()
+    if samples is not None:
+        samples.extend(float(v) for v in values)
+
+
+def spread(samples: Sequence[float]) -> float:
+    """How much ``samples`` vary, robustly: 1.4826 x the median absolute deviation over the median (the coefficient
+    of variation for normally distributed samples; a rare outlier, which the median figure ignores, barely moves it).
+    NaN left out; 0 for fewer than 2 samples."""
+    kept = [float(v) for v in samples if not math.isnan(v)]
+    if len(kept) < 2:
+        return 0.0
+    middle = statistics.median(kept)
+    deviation = statistics.median(abs(v - middle) for v in kept)
+    return float(1.4826 * deviation / middle) if middle > 0 else float("inf")
+
+
+def coefficient_of_variation(samples: Sequence[float]) -> float:
+    """Standard deviation over mean of ``samples`` (NaN left out; 0 for fewer than 2)."""
+    kept = [float(v) for v in samples if not math.isnan(v)]
+    if len(kept) < 2:
+        return 0.0
+    mean = statistics.fmean(kept)
+    return float(statistics.stdev(kept) / mean) if mean > 0 else float("inf")
 
 
 # ------------------------------------------------------------------------------------------ calls
@@ -92,6 +140,7 @@ def time_calls(call: Callable[[], Any], warmup: int, runs: int) -> tuple[list[fl
         faults_before = minor_faults()
         times = call_times(call, runs)
         faults = (minor_faults() - faults_before) / runs
+    record_samples(times)
     return times, faults
 
 
@@ -252,7 +301,9 @@ def paired_value(items: Sequence[float], refs: Sequence[float], reference_ms: fl
     """``reference_ms`` times the median over rounds of ``items[i] / mean(refs[i], refs[i + 1])``."""
     if not reference_ms > 0:
         raise ValueError(f"reference latency must be positive, got {reference_ms}")
-    return reference_ms * statistics.median(paired_ratios(items, refs))
+    ratios = paired_ratios(items, refs)
+    record_samples([reference_ms * r for r in ratios])
+    return reference_ms * statistics.median(ratios)
 
 
 def paired_ms(item_round: Callable[[], float], reference_round: Callable[[], float], rounds: int, reference_ms: float) -> float:
@@ -266,7 +317,8 @@ def paired_ms(item_round: Callable[[], float], reference_round: Callable[[], flo
 
 def sweep(items: Sequence[Item], measure: Callable[..., float], *, rounds: int, passes: int = 1,
           reference_ms: float | None = None,
-          progress: Callable[[int, int, Item, float], None] | None = None) -> dict[Item, float]:
+          progress: Callable[[int, int, Item, float], None] | None = None,
+          prior: Mapping[Item, Sequence[float]] | None = None) -> dict[Item, float]:
     """Milliseconds of each distinct item, measured over passes that sweep the whole list in alternating order.
 
     Absolute (``reference_ms`` None): ``rounds`` passes of ``measure(item)``, which times one round; the lowest value
@@ -274,16 +326,21 @@ def sweep(items: Sequence[Item], measure: Callable[..., float], *, rounds: int, 
     itself, bracketed by the reference; the median per item: a burst on the host lasting seconds moves one pass of
     an item, rarely the others, and the reference does not always cancel it (interference hits some kernels harder
     than others). ``progress(done, total, item, ms)`` after each measurement.
+
+    ``prior``: what an interrupted sweep of the same items already measured (per item, its passes in order, as
+    ``progress`` reported them); those passes are not measured again, so a rerun resumes where the sweep stopped.
     """
     todo = list(dict.fromkeys(items))
     paired = {} if reference_ms is None else {"rounds": rounds, "reference_ms": reference_ms}
     count = passes if paired else rounds
     if count < 1:
         raise ValueError(f"need at least one pass, got {count}")
-    values: dict[Item, list[float]] = {item: [] for item in todo}
-    done = 0
+    values: dict[Item, list[float]] = {item: [float(v) for v in (prior or {}).get(item, ())][:count] for item in todo}
+    done = sum(len(v) for v in values.values())
     for r in range(count):
         for item in (todo if r % 2 == 0 else todo[::-1]):
+            if len(values[item]) > r:
+                continue
             ms = float(measure(item, **paired))
             values[item].append(ms)
             done += 1

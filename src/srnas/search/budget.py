@@ -62,6 +62,7 @@ class BudgetVerdict:
     fingerprint_id: str
     table_protocol: dict[str, Any]
     measurement: dict[str, int]
+    device: str = "this-cpu"  # the target's device: this machine's label, or the URL of the agent that measured
 
     @property
     def basis(self) -> str:
@@ -79,7 +80,7 @@ class BudgetVerdict:
 
     def to_dict(self) -> dict[str, Any]:
         """``check_budget.json``."""
-        return {"network": self.network, "target": self.target, "budget_ms": self.budget_ms,
+        return {"network": self.network, "target": self.target, "device": self.device, "budget_ms": self.budget_ms,
                 "verdict_ms": self.verdict_ms, "verdict_basis": self.basis,
                 WALL_CLOCK: self.timing.wall_clock_ms, NORMALISED: self.timing.normalised_ms,
                 "predicted_ms": self.predicted_ms, "within_budget": self.within_budget,
@@ -158,4 +159,4 @@ def check_budget(model_path: str | os.PathLike[str], table_dir: str | os.PathLik
     timing = verdict_timing(latency, max(budget.verify_runs, 1))
     measured = time_model(target, model, timing, table.reference_ms, time_network if measure is None else measure)
     return BudgetVerdict(model.pruned.name, target.name, budget.latency_ms, measured, predictor.predict(model.pruned),
-                         here, table.protocol(), timing)
+                         here, table.protocol(), timing, target.device)

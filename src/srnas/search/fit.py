@@ -26,10 +26,9 @@ from srnas import atomic
 from srnas.config import BudgetConfig, LatencyConfig
 from srnas.latency.measure import time_network
 from srnas.latency.targets import Target
-from srnas.loading import load_trained
+from srnas.loading import load_trained, registered_model
 from srnas.models import gmacs
 from srnas.models.fitted import CHOICE_FILE, CHOICE_FORMAT, FIT_FAMILIES, FIT_SUFFIX, family_name
-from srnas.models.plain import PlainNet
 from srnas.search.budget import MeasureModel, measurable_predictor, time_model
 from srnas.search.run import verdict_timing
 
@@ -75,7 +74,7 @@ def fit_grid(target: Target, budget_ms: float, widths: Sequence[int], max_blocks
     points: list[GridPoint] = []
     for width in widths:
         for blocks in range(1, max_blocks + 1):
-            net = PlainNet(target.scale, width=width, depth=blocks + 2).eval()
+            net = registered_model(family_name("plain", blocks, width), target.scale)  # PlainNet, depth blocks + 2
             timed = time_model(target, net, timing, reference_ms, measure)
             point = GridPoint(width, blocks, gmacs(net, *target.input_hw), timed.verdict_ms, timed.wall_clock_ms,
                               timed.verdict_ms <= budget_ms)
