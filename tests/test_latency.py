@@ -200,6 +200,34 @@ def test_rounds_keep_the_lowest_median(tmp_path) -> None:
     assert all(table.entries[layer] == pytest.approx(fake_layer_ms(None, layer, warmup=1, runs=1)) for layer in layers)
 
 
+def test_a_failed_table_build_resumes_where_it_stopped_and_ends_like_an_uninterrupted_one(tmp_path) -> None:
+    """A build that fails mid-sweep (a device agent gone, an interrupt) keeps the passes it measured; the rerun
+    measures only the rest, in the same sweep order, and its table equals an uninterrupted build's."""
+    layers = enumerate_layers(TINY_SPACE, 2, 8)[:6]
+
+    def timer(calls: list[LayerKey], fail_at: int | None = None, offset: int = 0):
+        def measure(target, layer, *, warmup, runs):
+            if fail_at is not None and len(calls) == fail_at:
+                raise KeyboardInterrupt
+            calls.append(layer)
+            drift = 1.0 + 0.1 * (offset + len(calls))  # a host that slows down call after call
+            return drift * fake_layer_ms(target, layer, warmup=warmup, runs=runs)
+        return measure
+
+    whole: list[LayerKey] = []
+    reference = build_table(_target(), layers, granularity=8, warmup=1, runs=1, rounds=3, cache_dir=tmp_path / "a",
+                            measure=timer(whole))
+    first: list[LayerKey] = []
+    with pytest.raises(KeyboardInterrupt):
+        build_table(_target(), layers, granularity=8, warmup=1, runs=1, rounds=3, cache_dir=tmp_path / "b",
+                    measure=timer(first, fail_at=8))
+    rest: list[LayerKey] = []
+    resumed = build_table(_target(), layers, granularity=8, warmup=1, runs=1, rounds=3, cache_dir=tmp_path / "b",
+                          measure=timer(rest, offset=len(first)))
+    assert len(first) == 8 and first + rest == whole
+    assert resumed.entries == reference.entries and resumed.measured == len(layers)
+
+
 def test_paired_timing_cancels_a_drifting_host() -> None:
     """A host slowing down steadily (the item's raw time triples over the measurement) and one spike: the paired
     result stays the item's time at the reference's speed."""

@@ -117,4 +117,5 @@ def serve(cfg: AgentConfig, token: str, host: str, port: int) -> None:
     prepare_workdir(cfg)
     app = create_app(cfg, token)
     log.info("srnas device agent on http://%s:%d, working folder %s; one measurement at a time", host, port, cfg.workdir)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # log_config None: uvicorn's dictConfig would close the handlers of srnas's log (--log file included)
+    uvicorn.run(app, host=host, port=port, log_config=None, log_level="warning", access_log=False)
