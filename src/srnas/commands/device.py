@@ -35,8 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--workdir", type=Path, default=Path("srnas-agent"), help="working folder (default: %(default)s)")
     serve.add_argument("--token-env", default="SRNAS_DEVICE_TOKEN", help="environment variable with the token "
                        "(default: %(default)s)")
-    serve.add_argument("--max-spread", type=float, default=0.25, help="largest coefficient of variation of a figure's "
-                       "samples the agent reports; above it the request is refused (default: %(default)s)")
+    serve.add_argument("--max-spread", type=float, default=0.25, help="largest spread of a figure's samples the agent "
+                       "reports (robust coefficient of variation, over 3 samples or more); above it the request is "
+                       "refused (default: %(default)s)")
     serve.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body (default: %(default)s)")
     serve.add_argument("--wait-s", type=float, default=600.0, help="how long a request waits while another measurement "
                        "runs before it is refused as busy (default: %(default)s)")
