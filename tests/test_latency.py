@@ -30,7 +30,7 @@ from srnas.latency.table import LatencyTable, TableError, build_table
 from srnas.latency.targets import Target, resolve_target
 from srnas.latency.validate import sample_networks, spearman, validate_predictor
 from srnas.runtimes.availability import bf16_supported
-from srnas.runtimes.timing import paired_ms
+from srnas.runtimes.timing import busy_ticks, paired_ms
 from srnas.settings import plain
 
 TINY_SPACE = SearchSpace(SearchSpaceConfig(num_cells=3, widths=(8, 16), expansions=(2,)))
@@ -639,6 +639,23 @@ def test_target_config_validation() -> None:
                                                                           "precision": "fp32", "input_size": []}]},
                      "params.yaml:latency")
     assert math.isclose(LatencyConfig().min_speedup, 1.05)
+
+
+def test_the_quiet_guard_counts_only_the_cores_a_pinned_process_may_use() -> None:
+    """A neighbour busy on cpu0 disturbs a process that may run there, not one pinned to cpu1 (a device agent under
+    ``taskset`` next to a training): the guard reads the busy time of the process's own CPUs from /proc/stat."""
+    before = ("cpu  100 0 50 1000 10 0 0 0 0 0\n"
+              "cpu0 60 0 30 450 5 0 0 0 0 0\n"
+              "cpu1 40 0 20 550 5 0 0 0 0 0\n"
+              "intr 12345\n")
+    after = ("cpu  210 0 50 1010 10 0 0 0 0 0\n"   # cpu0 ran 100 ticks of someone else's loop, cpu1 10 of ours
+             "cpu0 160 0 30 450 5 0 0 0 0 0\n"
+             "cpu1 50 0 20 560 5 0 0 0 0 0\n")
+    assert busy_ticks(before, None) == 150 and busy_ticks(after, None) == 260  # every CPU: the total line
+    assert busy_ticks(after, {0, 1}) - busy_ticks(before, {0, 1}) == 110      # unpinned: sees the neighbour
+    assert busy_ticks(after, {1}) - busy_ticks(before, {1}) == 10             # pinned to cpu1: only its own core
+    assert busy_ticks(after, {0}) - busy_ticks(before, {0}) == 100
+    assert busy_ticks("intr 1\n", {0}) is None
 
 
 def test_a_busy_machine_leaves_disturbed_rounds_out_and_stops_waiting(monkeypatch) -> None:

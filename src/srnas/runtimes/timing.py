@@ -44,7 +44,7 @@ from srnas.config import LATENCY_PROTOCOLS
 from srnas.runtimes.allocator import minor_faults
 
 __all__ = ["ABSOLUTE", "PAIRED", "PROTOCOLS", "QUIET_ATTEMPTS", "QUIET_LIMIT", "QUIET_MIN_WINDOW_S", "QUIET_WAIT_S",
-           "call_times", "coefficient_of_variation", "disturbances", "gc_paused", "lowest_ms", "median_ms", "others_busy",
+           "busy_ticks", "call_times", "coefficient_of_variation", "disturbances", "gc_paused", "lowest_ms", "median_ms", "others_busy",
            "paired_ms", "paired_ratios", "paired_rounds", "paired_value", "pinned_threads", "quiet", "quiet_or_disturbed",
            "quiet_stats", "record_samples", "recorded_samples", "spread", "sweep", "time_calls", "warm"]
 
@@ -193,18 +193,35 @@ quiet_stats = {"measurements": 0, "retries": 0, "disturbed": 0}
 _machine_busy = False  # the last measurement used up its attempts (see quiet_or_disturbed)
 
 
+def busy_ticks(proc_stat: str, cpus: set[int] | None) -> int | None:
+    """Clock ticks the CPUs ``cpus`` (None: all) have been busy since boot, from the text of ``/proc/stat`` (all but
+    idle and iowait); None when the text has no CPU lines."""
+    lines = [line.split() for line in proc_stat.splitlines() if line.startswith("cpu")]
+    if not lines or lines[0][0] != "cpu":
+        return None
+    per_cpu = [fields for fields in lines[1:] if cpus is not None and fields[0][3:].isdigit() and int(fields[0][3:]) in cpus]
+    chosen = per_cpu if per_cpu and len(per_cpu) < len(lines) - 1 else lines[:1]  # every CPU: the total line
+    busy = 0
+    for fields in chosen:
+        values = [int(v) for v in fields[1:]]
+        busy += sum(values[:8]) - values[3] - (values[4] if len(values) > 4 else 0)
+    return busy
+
+
 def _system_busy_s() -> float | None:
-    """CPU seconds every CPU of the system has been busy since boot (None where /proc/stat is unavailable)."""
+    """CPU seconds the CPUs this process may run on (its affinity: every CPU unless pinned, e.g. by ``taskset``) have
+    been busy since boot (None where /proc/stat is unavailable). A process pinned to its own cores -- a device agent
+    next to a training -- is disturbed by what runs on those cores, not by work on the others."""
+    try:
+        cpus: set[int] | None = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = None
     try:
         with open("/proc/stat", encoding="ascii") as handle:
-            fields = handle.readline().split()
+            ticks = busy_ticks(handle.read(), cpus)
     except OSError:
         return None
-    if not fields or fields[0] != "cpu":
-        return None
-    values = [int(v) for v in fields[1:]]
-    busy = sum(values[:8]) - values[3] - (values[4] if len(values) > 4 else 0)  # all but idle and iowait
-    return busy / os.sysconf("SC_CLK_TCK")
+    return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _own_cpu_s() -> float:
