@@ -103,3 +103,21 @@ def killed_writer_prefix(name: str) -> str:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return f".{name}.{child.pid}-{atomic._host_tag()}."
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on this machine (:class:`services.PostgresCluster`) for the session; its
+    ``database(name)`` gives a fresh database's URL. Skips when PostgreSQL is not installed, unless
+    SRNAS_REQUIRE_SERVICES=1 (CI), when that fails the test."""
+    from services import PostgresCluster, postgres_bin, service_missing
+
+    bindir = postgres_bin()
+    if bindir is None:
+        service_missing("PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin")
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

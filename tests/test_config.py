@@ -113,7 +113,7 @@ def test_an_unknown_key_in_an_overlay_is_one_line_naming_the_overlay(tmp_path: P
         assert captured.out == ""
         assert captured.err.splitlines() == [(f"srnas: error: {overlay}:search_arch.trails: unknown key; known: "
                                               "strategy, mode, trials, n_workers, seed, prune_keep, val_set, val_crops, crop_size, "
-                                              "recovery_steps, recovery_per_width, plain_seeds")]
+                                              "recovery_steps, recovery_per_width, plain_seeds, storage")]
     # a list replaces the one it overlays: its items must be complete
     partial = tmp_path / "target.yaml"
     partial.write_text("latency: {targets: [{name: t, runtime: torch_fp32, precision: fp32}]}", encoding="utf-8")
@@ -227,3 +227,21 @@ def test_config_json_reads_the_tracking_section_from_the_environment(monkeypatch
     monkeypatch.setenv(TRACKING_ENV, "[")
     with pytest.raises(ConfigError, match=rf"^{TRACKING_ENV}: not valid JSON"):
         load_settings(config_json="{}")
+
+
+def test_config_json_reads_the_search_storage_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snakemake passes ``search_arch.storage`` in SRNAS_SEARCH_STORAGE, outside the rules' params (where the study
+    lives changes no result): a rule's --config-json names the other search_arch keys, the URL comes from there."""
+    from srnas.settings import STORAGE_ENV
+
+    url = "postgresql://srnas@db.lab/srnas"
+    passed = json.dumps({"search_arch": {"trials": 7}})
+    assert load_settings(config_json=passed).search_arch.storage == ""
+    monkeypatch.setenv(STORAGE_ENV, url)
+    settings = load_settings(config_json=passed)
+    assert (settings.search_arch.storage, settings.search_arch.trials) == (url, 7)
+    assert load_settings(config_json="{}").search_arch.storage == url
+    assert load_settings(config_json=json.dumps({"search_arch": {"storage": ""}})).search_arch.storage == ""  # wins
+    monkeypatch.setenv(STORAGE_ENV, "db.lab/srnas")
+    with pytest.raises(ConfigError, match=r"^--config-json:search_arch.storage: expected empty"):
+        load_settings(config_json=passed)

@@ -133,3 +133,21 @@ def test_rules_pass_what_their_dvc_stage_lists_as_params() -> None:
     for name, stage in stages.items():
         assert rules[name] - {"data"} == set(stage.get("params", [])) - {"data"}, name
     assert rules["check_budget"] >= {"budget"} and not any(k.startswith("search_arch") for k in rules["check_budget"])
+
+
+def test_the_searches_rerun_for_every_search_arch_key_but_where_the_study_lives() -> None:
+    """Both runners rerun the two searches for every ``search_arch`` key (listed one by one, so a new key must be
+    added) except ``storage``: where the trials are stored changes no result (Snakemake hands it to the job in the
+    environment, DVC's stage reads it from params.yaml)."""
+    import dataclasses
+
+    import yaml
+
+    from srnas.config import SearchArchConfig
+
+    wanted = {f"search_arch.{f.name}" for f in dataclasses.fields(SearchArchConfig)} - {"search_arch.storage"}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    rules = _rule_config_keys()
+    for name in ("search_arch", "search_ratio"):
+        for keys in (set(stages[name]["params"]), rules[name]):
+            assert {k for k in keys if k.startswith("search_arch")} == wanted, name

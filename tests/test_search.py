@@ -407,10 +407,10 @@ def test_a_killed_search_resumes_where_it_stopped(inputs, tmp_path) -> None:
 
 
 def _in_evaluation(study_path: Path, done: int) -> bool:
-    """At least ``done`` trials completed and one running that is evaluating its candidate (its process recorded)."""
+    """At least ``done`` trials completed and one running that is evaluating its candidate (its parameters drawn)."""
     trials = _trials(study_path)
     return (_states(trials)["COMPLETE"] >= done
-            and any(t.state == optuna.trial.TrialState.RUNNING and "pid" in t.user_attrs for t in trials))
+            and any(t.state == optuna.trial.TrialState.RUNNING and t.params for t in trials))
 
 
 @pytest.mark.slow
@@ -478,11 +478,15 @@ def test_only_trials_of_dead_processes_are_failed_on_resume(tmp_path) -> None:
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    study = studies.open_study(tmp_path / "study.db", "s", _cfg(), 0)
+    url = studies.storage_url("", tmp_path / "study.db")
+    study = studies.open_study(url, "s", _cfg(), 0)
     host = socket.gethostname()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ask() outside optimize() with a heartbeat storage warns
-        trials = [study.ask() for _ in range(4)]
+        trials = [study.ask() for _ in range(3)]
+        # a trial whose process has not recorded itself: the search's sampler does as soon as the trial exists
+        trials.append(optuna.load_study(study_name="s", storage=url, sampler=optuna.samplers.RandomSampler()).ask())
+    assert [t.user_attrs.get("pid") for t in study.get_trials(deepcopy=False)] == [os.getpid()] * 3 + [None]
     attrs = [{"host": host, "pid": dead.pid}, {"host": host, "pid": os.getpid()}, {"host": "elsewhere", "pid": dead.pid}, {}]
     for trial, values in zip(trials, attrs):
         for key, value in values.items():

@@ -12,6 +12,7 @@ silent default. The defaults below exist for library callers and tests; they equ
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -655,6 +656,19 @@ SEARCH_MODES = ("single", "pareto")
 PRUNING_CRITERIA = ("l1", "l2", "leading")
 
 
+# A database URL in SQLAlchemy's form: dialect[+driver]://[user[:password]@][host][:port]/[database][?options]; no
+# whitespace (what the driver then makes of it, a server that is not there, is the storage's error to report).
+DATABASE_URL = re.compile(r"[a-z][a-z0-9]*(\+[a-z0-9_]+)?://\S*")
+# The password of a URL (``//user:password@``), what :func:`redact_url` masks.
+_URL_PASSWORD = re.compile(r"(//[^/:@\s]*:)([^@\s]*)(@)")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked (``postgresql://user:***@host/db``): how a storage URL is logged, shown in an
+    error or recorded; a URL without a password is unchanged."""
+    return _URL_PASSWORD.sub(r"\1***\3", url)
+
+
 @dataclass(frozen=True)
 class SearchArchConfig:
     """The ``search_arch`` section: compiler-aware architecture and pruning-scheme search (stage 2).
@@ -678,6 +692,12 @@ class SearchArchConfig:
     ``plain_seeds`` true: a fresh study's first trials are the space's plain networks (each width, 1 to ``num_cells``
     conv cells, dense), the family the hand-designed baselines come from, so the search always sees them (a sampler
     led by inherited PSNR otherwise rarely visits the wide ones).
+
+    ``storage``: where the study lives. Empty: the SQLite file ``study.db`` in the stage's output folder. A database
+    URL (SQLAlchemy's form, what Optuna's RDB storage takes: ``postgresql://user@host/db``, ``sqlite:///path``):
+    workers on several hosts (``srnas search-arch --worker K``, a SLURM array) share one study there. Where the
+    trials are stored changes no result, so it is passed outside the stage's params (``srnas.settings.STORAGE_ENV``) and a
+    change reruns nothing; a password in it is masked wherever it is shown (:func:`redact_url`).
     """
 
     strategy: str = "tpe"
@@ -692,8 +712,12 @@ class SearchArchConfig:
     recovery_steps: int = 0
     recovery_per_width: int = 4
     plain_seeds: bool = False
+    storage: str = ""
 
     def __post_init__(self) -> None:
+        _check(not self.storage or DATABASE_URL.fullmatch(self.storage) is not None, "storage",
+               f"expected empty (the SQLite file in the stage's output folder) or a database URL like "
+               f"postgresql://user@host/db or sqlite:///path, got {redact_url(self.storage)!r}")
         _check(self.strategy in SEARCH_STRATEGIES, "strategy", f"unknown strategy {self.strategy!r}; choose from {', '.join(SEARCH_STRATEGIES)}")
         _check(self.mode in SEARCH_MODES, "mode", f"unknown mode {self.mode!r}; choose from {', '.join(SEARCH_MODES)}")
         _check(self.trials >= 1, "trials", f"must be at least 1, got {self.trials}")

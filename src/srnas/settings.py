@@ -7,9 +7,10 @@ it), an overlay (``config/smoke.yaml``, ``--overlay``) may only change keys that
 naming the overlay file and the key's dotted path), and the dataclasses' defaults equal ``params.yaml`` (a test holds
 them so). ``--config-json`` is what a Snakemake rule passes: the keys its DVC stage lists as params, picked from a
 config Snakemake validated whole against the generated schema (every key required, no unknown key); the keys a rule
-does not pass are not read by its stage, and stand at ``params.yaml``'s values. The ``tracking`` section is the one
-exception: Snakemake passes it in the environment (:data:`TRACKING_ENV`, JSON), outside every rule's params, so where
-MLflow writes never invalidates a stage; with ``--config-json`` and no ``tracking`` in it, it is read from there.
+does not pass are not read by its stage, and stand at ``params.yaml``'s values. Where things are stored is the
+exception: Snakemake passes the ``tracking`` section (:data:`TRACKING_ENV`, JSON) and ``search_arch.storage``
+(:data:`STORAGE_ENV`, the URL) in the environment, outside every rule's params, so where MLflow writes or where the
+search's study lives never invalidates a stage; with ``--config-json`` and no such key in it, it is read from there.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from srnas.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
 TRACKING_ENV = "SRNAS_TRACKING_JSON"  # the tracking section, as JSON, for --config-json (Snakemake sets it)
+STORAGE_ENV = "SRNAS_SEARCH_STORAGE"  # search_arch.storage, for --config-json (Snakemake sets it)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,10 @@ def raw_config(params: Path | None = None, overlays: tuple[Path, ...] = (), conf
         if tracking and "tracking" not in passed:
             passed["tracking"] = _from_json(tracking, TRACKING_ENV)
             check_overlay({"tracking": passed["tracking"]}, TRACKING_ENV)
+        storage = os.environ.get(STORAGE_ENV, "").strip()
+        section = passed.get("search_arch", {})
+        if storage and isinstance(section, Mapping) and "storage" not in section:
+            passed["search_arch"] = {**section, "storage": storage}
         return deep_merge(default_mapping(), passed), "--config-json"
     path = params or DEFAULT_PARAMS
     merged = read_yaml_mapping(path)

@@ -11,7 +11,7 @@ from srnas.config import SUPPORTED_SCALES
 from srnas.errors import ConfigError
 from srnas.models.registry import MODEL_NAME_PATTERN
 from srnas.preflight import check_mapping, load_checked
-from srnas.settings import TRACKING_ENV
+from srnas.settings import STORAGE_ENV, TRACKING_ENV
 from srnas.stage_code import stage_code_files
 
 
@@ -39,9 +39,11 @@ wildcard_constraints:
     scale="|".join(str(scale) for scale in SUPPORTED_SCALES),
 
 
-# Where MLflow writes (the `tracking` section) reaches every job through the environment, not a rule's params, so
-# changing tracking.uri or the experiment reruns nothing: the CLI reads it from TRACKING_ENV with --config-json.
+# Where MLflow writes (the `tracking` section) and where stage 2's study lives (search_arch.storage) reach every job
+# through the environment, not a rule's params, so changing them reruns nothing: the CLI reads them from TRACKING_ENV
+# and STORAGE_ENV with --config-json. No rule passes search_arch.storage, so a URL's password is on no command line.
 os.environ[TRACKING_ENV] = json.dumps(config["tracking"], sort_keys=True)
+os.environ[STORAGE_ENV] = config["search_arch"]["storage"]
 
 
 ALWAYS_PASSED = ("data",)
@@ -50,11 +52,12 @@ ALWAYS_PASSED = ("data",)
 def config_json(*keys):
     """The merged config (params.yaml plus --configfile/--config overrides) for the CLI: ``data`` and ``keys``
     (sections, or dotted keys like ``supernet.space``) only, all with none named (``tracking`` goes through
-    TRACKING_ENV). A rule reruns when what it
+    TRACKING_ENV, ``search_arch.storage`` through STORAGE_ENV). A rule reruns when what it
     is passed changes, so it names what its DVC stage lists as params. A key missing from the config is an error
     naming it (never skipped: the stage would run with another value than the config's)."""
-    if not keys:
-        return json.dumps(config, sort_keys=True, separators=(",", ":"))
+    if not keys:  # the whole config, but the storage URL (in STORAGE_ENV): a command line is no place for a password
+        whole = {**config, "search_arch": {**config["search_arch"], "storage": ""}}
+        return json.dumps(whole, sort_keys=True, separators=(",", ":"))
     picked = {}
     for key in ALWAYS_PASSED + keys:
         *parents, leaf = key.split(".")

@@ -17,7 +17,11 @@ rule search_ratio:
         trials="results/search_ratio/trials.csv",
         metrics="results/search_ratio/ratio_metrics.json",
     params:
-        config=config_json("search_ratio", "search_arch", "budget", "latency.targets", "latency.protocol",
+        config=config_json("search_ratio",
+                           "search_arch.strategy", "search_arch.mode", "search_arch.trials", "search_arch.n_workers", "search_arch.seed",
+                           "search_arch.prune_keep", "search_arch.val_set", "search_arch.val_crops", "search_arch.crop_size",
+                           "search_arch.recovery_steps", "search_arch.recovery_per_width", "search_arch.plain_seeds",
+                           "budget", "latency.targets", "latency.protocol",
                            "latency.net_warmup", "latency.net_runs", "latency.net_rounds", "latency.net_passes",
                            "finetune.lr", "finetune.min_lr", "finetune.weight_decay", "finetune.batch_size", "finetune.lr_patch_size",
                            "finetune.seed", "finetune.bf16", "finetune.channels_last", "finetune.augment"),

@@ -15,7 +15,10 @@ rule search_arch:
         plot=report("results/search_arch/pareto.png", caption="../report/search_pareto.rst", category="Search"),
         metrics="results/search_arch/search_metrics.json",
     params:
-        config=config_json("search_arch", "budget", "search_ratio.importance", "latency.targets", "latency.protocol",
+        config=config_json("search_arch.strategy", "search_arch.mode", "search_arch.trials", "search_arch.n_workers", "search_arch.seed",
+                           "search_arch.prune_keep", "search_arch.val_set", "search_arch.val_crops", "search_arch.crop_size",
+                           "search_arch.recovery_steps", "search_arch.recovery_per_width", "search_arch.plain_seeds",
+                           "budget", "search_ratio.importance", "latency.targets", "latency.protocol",
                            "latency.net_warmup", "latency.net_runs", "latency.net_rounds", "latency.net_passes",
                            "finetune.lr", "finetune.min_lr", "finetune.weight_decay", "finetune.batch_size", "finetune.lr_patch_size",
                            "finetune.seed", "finetune.bf16", "finetune.channels_last", "finetune.augment"),

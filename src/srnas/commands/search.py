@@ -45,8 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "budget.target (mode pareto: the PSNR/latency front). Then the loop closes on the target: up to "
         "budget.verify_candidates of the best admitted candidates are measured, best PSNR first, and the first whose "
         "measured latency fits the whole budget.latency_ms is chosen (budget.verify_runs 0: the best predicted within "
-        "budget.latency_ms). The Optuna study persists in OUT/study.db: a "
-        "killed search resumes, search_arch.n_workers processes share it. Each trial becomes a nested MLflow run. "
+        "budget.latency_ms). The Optuna study persists in OUT/study.db, or in the database search_arch.storage names "
+        "(postgresql://user@host/db): a killed search resumes, search_arch.n_workers processes share it, and worker "
+        "jobs (--worker K, on this or other hosts) add trials to it. Each trial becomes a nested MLflow run. "
         "Writes OUT/arch.json (chosen architecture, predicted and measured latency, how it was chosen, every candidate "
         "measured), trials.csv, pareto.csv, pareto.png and search_metrics.json.",
     )
@@ -54,6 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_inputs(parser)
     parser.add_argument("--out", type=Path, default=Path("results/search_arch"), help="output folder (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--worker", type=int, metavar="K",
+                        help="run as worker job K (1 or more; a SLURM array task, a process on another host): add trials "
+                        "to the study, with a seed of its own, until it holds search_arch.trials completed ones, then exit "
+                        "without choosing or writing outputs (the command without --worker does, from every worker's "
+                        "trials). Same inputs and configuration as that command; share the study through "
+                        "search_arch.storage (a database every host reaches) or, on one machine, OUT/study.db")
     parser.set_defaults(handler=run)
     add_ratio_parser(subparsers)
     add_budget_parser(subparsers)
@@ -61,13 +68,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from srnas import tracking
-    from srnas.search.run import search_arch
+    from srnas.config import redact_url
+    from srnas.search.run import join_search, search_arch
 
     settings = settings_from_args(args)
     cfg, budget, importance = settings.search_arch, settings.budget, settings.search_ratio.importance
     target, inputs = _inputs(args, settings)
-    params = {"search_arch": dataclasses.asdict(cfg), "budget": dataclasses.asdict(budget) | {"target": target},
-              "importance": importance}
+    if args.worker is not None:  # a worker job: trials only; the plain command tracks and writes them all
+        ran = join_search(inputs, cfg, budget, args.out, importance=importance, worker=args.worker)
+        print(f"worker {args.worker}: {ran} trial(s) completed; the study has its {cfg.trials} trials")
+        return 0
+    params = {"search_arch": dataclasses.asdict(cfg) | {"storage": redact_url(cfg.storage)},
+              "budget": dataclasses.asdict(budget) | {"target": target}, "importance": importance}
     with tracking.stage_run(settings.tracking, "search_arch", params, {"srnas.target": target}) as stage:
         result = search_arch(inputs, cfg, budget, args.out, importance=importance, latency=settings.latency,
                              finetune=settings.finetune)

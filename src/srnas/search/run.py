@@ -10,7 +10,12 @@ Outputs in ``out_dir``:
 ``pareto.csv`` / ``.png`` the PSNR / latency front over all trials
 ``search_metrics.json`` the figures, the latency model's error on the measured candidates among them (a DVC metric)
 ``study.db``            the persisted Optuna study (kept between runs: resume and sharing; not an output), named
-                        ``search_arch-x<scale>-<target>-<budget>ms-<digest>``
+                        ``search_arch-x<scale>-<target>-<budget>ms-<digest>``; with ``search_arch.storage`` set, the
+                        study lives in that database instead
+
+Worker jobs (:func:`join_search`, ``srnas search-arch --worker K``) add trials to the same study from other processes
+or hosts and write nothing: the plain command, run before, beside or after them, writes the outputs from every
+worker's trials.
 
 The choice closes the loop on the target (:mod:`srnas.search.verify`): trials are admitted by *predicted* latency
 within the slack-widened budget, then the best of them are measured, best PSNR first, and the first whose measured
@@ -35,7 +40,13 @@ import torch
 from srnas import atomic
 from srnas.arch.pruned import PrunedSubnet
 from srnas.arch.space import SearchSpace
-from srnas.config import BudgetConfig, FinetuneConfig, LatencyConfig, SearchArchConfig
+from srnas.config import (
+    BudgetConfig,
+    FinetuneConfig,
+    LatencyConfig,
+    SearchArchConfig,
+    redact_url,
+)
 from srnas.digests import file_sha256
 from srnas.errors import ConfigError, DataError
 from srnas.latency.measure import target_available
@@ -55,8 +66,8 @@ from srnas.training.patches import load_pairs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchError", "SearchInputs", "SearchResult", "TrialEvaluator", "measure_on_target", "network_measurer", "search_arch",
-           "searchable_schemes"]
+__all__ = ["SearchError", "SearchInputs", "SearchResult", "TrialEvaluator", "join_search", "measure_on_target", "network_measurer",
+           "search_arch", "searchable_schemes"]
 
 STUDY_FILE = "study.db"
 # A verdict (the chosen network's latency, a pruning speedup, the final budget check) takes at least this many
@@ -149,7 +160,7 @@ class _Job:
     cfg: SearchArchConfig
     budget: BudgetConfig
     importance: str
-    study_path: Path
+    storage: str  # the study's storage URL
     study_name: str
     threads: int
 
@@ -197,10 +208,81 @@ def _worker(job: _Job, index: int, ready: Any) -> None:
     torch.set_num_threads(job.threads)
     studies.quiet_optuna()
     evaluator = TrialEvaluator(job.inputs, job.cfg, job.importance)
-    study = studies.open_study(job.study_path, job.study_name, job.cfg, job.cfg.seed)
+    study = studies.open_study(job.storage, job.study_name, job.cfg, job.cfg.seed)
     ready.set()
     studies.run_trials(study, job.cfg, job.budget.admit_ms, evaluator.space, evaluator.schemes, evaluator,
                        worker=f"{index}:{os.getpid()}", stop=lambda: os.getppid() != parent)
+
+
+def _prepare(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfig,
+             importance: str) -> tuple[TrialEvaluator, str]:
+    """The evaluator of this process and the study's name; the inputs and the budget checked."""
+    for path in (inputs.supernet, inputs.table_dir):
+        if not path.exists():
+            raise DataError(f"{path}: not found (run train-supernet and profile-device first)")
+    studies.quiet_optuna()
+    evaluator = TrialEvaluator(inputs, cfg, importance)
+    target = evaluator.predictor.table.target
+    fastest, fastest_ms = evaluator.fastest()
+    if fastest_ms > budget.admit_ms:
+        raise ConfigError(f"budget.latency_ms: {budget.latency_ms:g} ms ({budget.admit_ms:g} ms with the slack) is below the fastest "
+                          f"subnet of the space on {target.name} ({fastest.name}: {fastest_ms:.1f} ms predicted); raise the "
+                          "budget or shrink the space")
+    # what makes trials comparable: not how many there are, nor how the candidates are measured afterwards, nor where
+    # the trials are stored
+    after = ("trials", "n_workers", "recovery_steps", "recovery_per_width", "storage")  # the choice after the trials
+    identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in after},
+                "budget": {"target": budget.target, "latency_ms": budget.latency_ms, "slack": budget.slack},
+                "importance": importance,
+                "supernet": file_sha256(inputs.supernet), "table": file_sha256(inputs.table_dir / "table.json")}
+    return evaluator, studies.study_name("search_arch", target.scale, target.name, budget.latency_ms, identity)
+
+
+def _open_study(cfg: SearchArchConfig, out_dir: Path, name: str, seed: int, evaluator: TrialEvaluator) -> tuple[Any, str]:
+    """(study, its storage URL): stage 2's study opened (``search_arch.storage``, else ``out_dir``'s SQLite file) with
+    ``seed``, the trials dead processes left running failed, a fresh study's plain seeds enqueued."""
+    storage = studies.storage_url(cfg.storage, out_dir / STUDY_FILE)
+    study = studies.open_study(storage, name, cfg, seed)
+    studies.fail_dead_trials(study)  # before any trial starts: the samplers must not count them as running
+    if cfg.plain_seeds and not study.get_trials(deepcopy=False):
+        seeds = studies.plain_seeds(evaluator.space)
+        for params in seeds:  # a fresh study only: a resumed one holds them already (another worker's, too)
+            study.enqueue_trial(params, skip_if_exists=True)
+        log.info("search_arch: the %d plain networks of the space (each width, 1 to %d conv cells, dense) enqueued as "
+                 "the first trials", len(seeds), evaluator.space.num_cells)
+    done = studies.completed(study)
+    if done:
+        log.info("resuming study %s in %s: %d of %d trials already completed", name, _where(cfg, out_dir), done, cfg.trials)
+    elif cfg.storage:
+        log.info("study %s in %s", name, _where(cfg, out_dir))
+    return study, storage
+
+
+def _where(cfg: SearchArchConfig, out_dir: Path) -> str:
+    """Where the study lives, for a log line: the SQLite file, or the database URL with its password masked."""
+    return redact_url(cfg.storage) if cfg.storage else str(out_dir / STUDY_FILE)
+
+
+def join_search(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfig, out_dir: str | os.PathLike[str], *,
+                importance: str, worker: int) -> int:
+    """Worker job ``worker`` (1 or more) of the search of ``cfg``: one more process adding trials to the study the
+    plain search uses (``search_arch.storage``: a database every host reaches; else ``out_dir``'s SQLite file, for
+    processes of one machine) until it holds ``cfg.trials`` completed trials, then it returns how many it completed.
+    Seeded apart from the other jobs (:func:`srnas.search.study.worker_seed`); needs the same inputs and
+    configuration as the plain command (the study's name is their digest). Writes no output: the plain command does,
+    from every worker's trials. Runs in this process only (``n_workers`` is the plain command's)."""
+    if worker < 1:
+        raise ConfigError(f"--worker: must be 1 or more (0 is the plain command), got {worker}")
+    out_dir = Path(out_dir)
+    evaluator, name = _prepare(inputs, cfg, budget, importance)
+    log.info("search_arch worker %d joins study %s in %s: until %d trials are completed", worker, name,
+             _where(cfg, out_dir), cfg.trials)
+    study, _ = _open_study(cfg, out_dir, name, studies.worker_seed(cfg.seed, worker), evaluator)
+    ran = studies.run_trials(study, cfg, budget.admit_ms, evaluator.space, evaluator.schemes, evaluator,
+                             worker=f"{worker}:{os.getpid()}")
+    log.info("search_arch worker %d: %d trial(s) completed here; the study holds %d of %d", worker, ran,
+             studies.completed(study), cfg.trials)
+    return ran
 
 
 def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfig, out_dir: str | os.PathLike[str], *,
@@ -218,44 +300,16 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    for path in (inputs.supernet, inputs.table_dir):
-        if not path.exists():
-            raise DataError(f"{path}: not found (run train-supernet and profile-device first)")
-    studies.quiet_optuna()
-    evaluator = TrialEvaluator(inputs, cfg, importance)
+    evaluator, name = _prepare(inputs, cfg, budget, importance)
     target = evaluator.predictor.table.target
-    fastest, fastest_ms = evaluator.fastest()
-    if fastest_ms > budget.admit_ms:
-        raise ConfigError(f"budget.latency_ms: {budget.latency_ms:g} ms ({budget.admit_ms:g} ms with the slack) is below the fastest "
-                          f"subnet of the space on {target.name} ({fastest.name}: {fastest_ms:.1f} ms predicted); raise the "
-                          "budget or shrink the space")
     log.info("search_arch on %s: predicted latency admitted up to %.1f ms (budget %.1f ms plus a %.0f%% slack), then up to "
              "%d candidates measured; %s, %s mode, %d trials, %d worker(s); schemes searched: %s", target.name,
              budget.admit_ms, budget.latency_ms, 100 * budget.slack, budget.verify_candidates, cfg.strategy, cfg.mode,
              cfg.trials, cfg.n_workers, ", ".join([DENSE, *evaluator.schemes]))
-
-    # what makes trials comparable: not how many there are, nor how the candidates are measured afterwards
-    after = ("trials", "n_workers", "recovery_steps", "recovery_per_width")  # the choice after the trials
-    identity = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in after},
-                "budget": {"target": budget.target, "latency_ms": budget.latency_ms, "slack": budget.slack},
-                "importance": importance,
-                "supernet": file_sha256(inputs.supernet), "table": file_sha256(inputs.table_dir / "table.json")}
-    name = studies.study_name("search_arch", target.scale, target.name, budget.latency_ms, identity)
-    study_path = out_dir / STUDY_FILE
-    study = studies.open_study(study_path, name, cfg, cfg.seed)
-    studies.fail_dead_trials(study)  # before any trial starts: the samplers must not count them as running
-    if cfg.plain_seeds and not study.get_trials(deepcopy=False):
-        seeds = studies.plain_seeds(evaluator.space)
-        for params in seeds:  # a fresh study only: a resumed one holds them already
-            study.enqueue_trial(params)
-        log.info("search_arch: the %d plain networks of the space (each width, 1 to %d conv cells, dense) enqueued as "
-                 "the first trials", len(seeds), evaluator.space.num_cells)
-    done = studies.completed(study)
-    if done:
-        log.info("resuming study %s in %s: %d of %d trials already completed", name, study_path, done, cfg.trials)
+    study, storage = _open_study(cfg, out_dir, name, cfg.seed, evaluator)
 
     threads = max(1, torch.get_num_threads() // cfg.n_workers)
-    job = _Job(inputs, cfg, budget, importance, study_path, name, threads)
+    job = _Job(inputs, cfg, budget, importance, storage, name, threads)
     ctx = multiprocessing.get_context("spawn")
     ready = [ctx.Event() for _ in range(1, cfg.n_workers)]
     others = [ctx.Process(target=_worker, args=(job, i, ready[i - 1]), name=f"search_arch-worker-{i}")
@@ -264,7 +318,7 @@ def search_arch(inputs: SearchInputs, cfg: SearchArchConfig, budget: BudgetConfi
         p.start()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    bar = tqdm(total=cfg.trials, initial=min(done, cfg.trials), desc="search_arch", unit="trial",
+    bar = tqdm(total=cfg.trials, initial=min(studies.completed(study), cfg.trials), desc="search_arch", unit="trial",
                disable=(not _is_tty()) if progress is None else not progress)
 
     def seen(record: TrialRecord) -> None:
@@ -391,7 +445,8 @@ def _write_outputs(result: SearchResult, cfg: SearchArchConfig, budget: BudgetCo
         "format": "srnas-search-arch/1", "target": target, "budget_ms": budget.latency_ms,
         "admit_ms": budget.admit_ms, "slack": budget.slack, "verify_candidates": budget.verify_candidates,
         "strategy": cfg.strategy, "mode": cfg.mode, "prune_keep": cfg.prune_keep, "importance": importance,
-        "trials": len(result.records), "study": {"file": STUDY_FILE, "name": result.study},
+        "trials": len(result.records),
+        "study": {"storage": redact_url(cfg.storage), "name": result.study} if cfg.storage else {"file": STUDY_FILE, "name": result.study},
         "chosen": point(chosen) | {"measured_ms": result.measured_ms, "latency_error": result.latency_error},
         **result.selection.to_dict(),
     }

@@ -1,7 +1,8 @@
 """The Optuna side of stage 2 (the one module that imports optuna): samplers, the persisted study, trials.
 
-The study lives in an SQLite file (Optuna's RDB storage) under the stage's output folder, named after what
-makes its trials comparable (:func:`study_name`), so
+The study lives in Optuna's RDB storage -- by default an SQLite file under the stage's output folder, or the database
+``search_arch.storage`` names (:func:`storage_url`: PostgreSQL for workers on several hosts) -- named after what makes
+its trials comparable (:func:`study_name`), so
 
 - a killed search resumes where it stopped: completed trials stay in the file, a trial that was running when
   its process died is marked failed when the search resumes (:func:`fail_dead_trials`: its process, recorded in
@@ -10,8 +11,11 @@ makes its trials comparable (:func:`study_name`), so
 - a resumed search continues the sequence an uninterrupted one would have sampled: the sampler is made afresh for
   every trial, seeded from the seed and the trials finished before it (:class:`TrialSeededSampler`), so a
   restarted process neither replays the first trials' proposals nor depends on what a killed trial had drawn;
-- several processes share one study (``n_workers``): each asks the storage for its next trial, the samplers see
-  every process's results (TPE with the constant liar for trials still running);
+- several processes share one study (``n_workers``, or worker jobs on other hosts: ``srnas search-arch --worker K``,
+  seeded apart by :func:`worker_seed`): each asks the storage for its next trial, the samplers see every process's
+  results, and each process runs trials until the study holds ``trials`` completed ones -- exactly that many: a
+  process does not start a trial the study no longer needs, and waits while the last ones run elsewhere, taking over
+  one whose process died (:func:`run_trials`);
 - a changed budget, strategy, supernet or latency table gets a new study in the same file, and going back
   finds the old one; the name reads as what it is (``search_arch-x2-cpu_auto-33ms-<digest>``) and the digest keeps a
   changed configuration from resuming an old study.
@@ -47,16 +51,19 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from srnas.arch.space import CellConfig, SearchSpace, SubnetConfig
 from srnas.atomic import process_alive
-from srnas.config import SearchArchConfig
+from srnas.config import SearchArchConfig, redact_url
+from srnas.errors import ConfigError
 from srnas.search.candidate import DENSE, ArchCandidate
 
 __all__ = ["LABEL_PREFIX", "METRIC_NAMES", "TrialRecord", "TrialSeededSampler", "block_label", "block_levels", "completed",
            "completed_trials", "fail_dead_trials", "label_architecture", "make_sampler", "open_study", "plain_seeds",
-           "quiet_optuna", "run_trials", "search_keeps", "study_name", "suggest_candidate", "trial_seed"]
+           "quiet_optuna", "run_trials", "search_keeps", "storage_url", "study_name", "suggest_candidate", "trial_seed",
+           "worker_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,9 @@ ARCH_ATTR, LATENCY_ATTR, PSNR_ATTR = "arch", "latency_ms", "psnr"
 # Which process runs a trial (recorded when it starts): what tells a trial left running by a dead process.
 HOST_ATTR, PID_ATTR = "host", "pid"
 HEARTBEAT_S, GRACE_S = 5, 20
+POLL_S = 0.5  # how often a process that waits for the study's last trials (run elsewhere) looks again
+SURPLUS_ATTR = "surplus"  # a trial started when the study needed no more (two processes took the last one at once)
+OPEN_ATTEMPTS = 3  # processes that create a fresh database's tables at once may collide: the loser tries again
 CONSTRAINT = "latency_over_budget_ms"
 # The objectives' names (Optuna's metric names: what a dashboard shows instead of "Objective 0"), by search mode.
 METRIC_NAMES = {"single": ["psnr_db"], "pareto": ["psnr_db", "predicted_ms"]}
@@ -112,6 +122,15 @@ def _strategy_sampler(strategy: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
 
+def worker_seed(seed: int, worker: int) -> int:
+    """The seed of worker job ``worker`` (``srnas search-arch --worker K``): ``seed`` itself for 0 (the plain command
+    and its ``n_workers`` processes), else mixed from both (NumPy's SeedSequence), so that jobs started alike draw
+    apart."""
+    if worker == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, worker]).generate_state(1)[0])
+
+
 def trial_seed(seed: int, finished: int, running: int) -> int:
     """The seed of a trial's sampler: from the study's ``seed``, the trials ``finished`` (completed) when it starts and
     the trials of other processes ``running`` then (0 with one process), mixed (NumPy's SeedSequence)."""
@@ -135,6 +154,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._sampler = _strategy_sampler(strategy, seed)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        _claim(study, trial)
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         finished = sum(t.state == TrialState.COMPLETE for t in trials)
         running = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
@@ -159,26 +179,61 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         """Nothing to do: every trial's sampler is seeded from the study (Optuna calls this for parallel jobs)."""
 
 
+def _claim(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Record which process runs ``trial`` (host, pid) and its first heartbeat, as soon as the trial exists: before
+    its parameters are sampled (seconds, for GP), so that a process killed while sampling leaves a trial another
+    process can tell as dead (:func:`fail_dead_trials`; the heartbeat, from another host)."""
+    storage = study._storage  # Optuna's sampler hooks get the study; its storage is where a trial's attributes go
+    storage.set_trial_user_attr(trial._trial_id, HOST_ATTR, socket.gethostname())
+    storage.set_trial_user_attr(trial._trial_id, PID_ATTR, os.getpid())
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
+        storage.record_heartbeat(trial._trial_id)
+
+
 def make_sampler(strategy: str, seed: int) -> optuna.samplers.BaseSampler:
     """The sampler of ``strategy`` -- TPE or GP (both model the trials' latency constraint), or random sampling --
     seeded per trial (:class:`TrialSeededSampler`)."""
     return TrialSeededSampler(strategy, seed)
 
 
-def open_study(path: Path, name: str, cfg: SearchArchConfig, seed: int) -> optuna.Study:
-    """Stage 2's study ``name`` in the SQLite file ``path`` (created when missing), with a heartbeat for crashed
-    trials and its objectives named."""
-    return _open(path, name, METRIC_NAMES[cfg.mode], make_sampler(cfg.strategy, seed))
+def storage_url(storage: str, local: Path) -> str:
+    """Where a study lives: the database URL ``storage`` (``search_arch.storage``), or, when it is empty, the SQLite
+    file ``local``."""
+    return storage or f"sqlite:///{local.resolve()}"
 
 
-def _open(path: Path, name: str, metrics: Sequence[str], sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """The study ``name`` in ``path``, one direction per metric: ``psnr*`` maximized, latencies minimized."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def open_study(url: str, name: str, cfg: SearchArchConfig, seed: int) -> optuna.Study:
+    """Stage 2's study ``name`` in the storage at ``url`` (:func:`storage_url`; created when missing), with a heartbeat
+    for crashed trials and its objectives named."""
+    return _open(url, name, METRIC_NAMES[cfg.mode], make_sampler(cfg.strategy, seed))
+
+
+def _open(url: str, name: str, metrics: Sequence[str], sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """The study ``name`` at ``url``, one direction per metric: ``psnr*`` maximized, latencies minimized. A database
+    that cannot be opened (no server there, a refused login, no driver) is a one-line ConfigError naming
+    ``search_arch.storage`` and the URL, its password masked."""
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            return _open_once(url, name, metrics, sampler)
+        except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            if attempt < OPEN_ATTEMPTS and _collided(exc):
+                time.sleep(0.2 + float(np.random.default_rng().random()))
+                continue
+            raise ConfigError(f"search_arch.storage: cannot open the study at {redact_url(url)}: "
+                              f"{_first_line(exc, url)}") from None
+    raise AssertionError("not reached")
+
+
+def _open_once(url: str, name: str, metrics: Sequence[str], sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    sqlite = url.startswith("sqlite:")
+    if sqlite and url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 5; it is what resume relies on
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.RDBStorage(
-            f"sqlite:///{path.resolve()}",
-            engine_kwargs={"connect_args": {"timeout": 120}},
+            url,
+            # SQLite: wait for the file's lock; a server: check a pooled connection before use (a restarted server)
+            engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else {"pool_pre_ping": True},
             heartbeat_interval=HEARTBEAT_S,
             grace_period=GRACE_S,
         )
@@ -190,6 +245,25 @@ def _open(path: Path, name: str, metrics: Sequence[str], sampler: optuna.sampler
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(metrics))
     return study
+
+
+def _collided(exc: BaseException) -> bool:
+    """Whether opening failed because another process created the same tables, study or name at the same moment
+    (a unique key taken, a table that exists): worth another try, unlike a refused connection."""
+    cause = exc if isinstance(exc, sqlalchemy.exc.SQLAlchemyError) else exc.__cause__
+    return isinstance(cause, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError))
+
+
+def _first_line(exc: BaseException, url: str) -> str:
+    """What went wrong, on one line, without the password of ``url`` (a driver may repeat what it was given)."""
+    cause = exc.__cause__ if isinstance(exc, ImportError) and exc.__cause__ is not None else exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    text = lines[0] if lines else type(cause).__name__
+    redacted = redact_url(url)
+    if redacted != url:  # mask the password wherever it appears, not only inside the URL
+        password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+        text = text.replace(url, redacted).replace(password, "***") if password else text
+    return text
 
 
 def suggest_candidate(trial: optuna.Trial, space: SearchSpace, schemes: Sequence[str], keep: float) -> ArchCandidate:
@@ -268,9 +342,10 @@ def _dead(trial: FrozenTrial, host: str, now: datetime) -> bool:
 
 def fail_dead_trials(study: optuna.Study, now: datetime | None = None) -> list[int]:
     """Mark FAILED every RUNNING trial whose process is dead (see :func:`_dead`); return their numbers. Called when a
-    search (re)starts, before its first trial: a trial a killed process left RUNNING would otherwise stay so (the
-    heartbeat only fails it once its grace period is over, maybe never if the search finishes first), counted as
-    running by the samplers. ``now``: the time trials' ages are taken at (default: now)."""
+    search (re)starts, before its first trial, and before each trial after (:func:`run_trials`): a trial a killed
+    process left RUNNING would otherwise stay so (the heartbeat only fails it once its grace period is over, maybe
+    never if the search finishes first), counted as running by the samplers and by the processes waiting for the
+    study's last trials. ``now``: the time trials' ages are taken at (default: now)."""
     host, now = socket.gethostname(), now or datetime.now()
     failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _dead(t, host, now)]
     for number in failed:
@@ -281,20 +356,69 @@ def fail_dead_trials(study: optuna.Study, now: datetime | None = None) -> list[i
     return failed
 
 
+class SurplusTrial(Exception):
+    """A trial the study no longer needs: processes had started the last ones it needed before this one (two took the
+    last at the same moment). Marked failed, without parameters, so no sampler sees it; never a count."""
+
+
+class _QuietSurplus(logging.Filter):
+    """Keeps Optuna's warnings about a :class:`SurplusTrial` (``Trial N failed ...``, with a traceback) out of the log:
+    it is no failure. ``numbers``: the surplus trials."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"Trial {n} failed ") for n in self.numbers)
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    """(completed, running) trials of the study, every process's."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    done = sum(t.state == TrialState.COMPLETE for t in trials)
+    return done, len(trials) - done
+
+
+def _surplus(study: optuna.Study, number: int, wanted: int) -> bool:
+    """Whether trial ``number`` is beyond the ``wanted`` trials: at least that many trials numbered before it are
+    completed or running. Numbers are given out one at a time under the storage's lock, so every earlier trial is
+    there to count, and exactly one of two processes that took the last trial at once finds its trial surplus."""
+    earlier = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    return sum(t.number < number for t in earlier) >= wanted
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Optuna's heartbeat check: a RUNNING trial whose process (on any host) stopped beating is failed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def run_trials(study: optuna.Study, cfg: SearchArchConfig, budget_ms: float, space: SearchSpace, schemes: Sequence[str],
                evaluate: Callable[[ArchCandidate], tuple[float, float]], *, worker: str,
-               on_trial: Callable[[TrialRecord], None] | None = None, stop: Callable[[], bool] | None = None) -> None:
-    """Run trials until the study holds ``cfg.trials`` completed ones (counting every process's); a trial is
-    feasible (admitted) when its predicted latency is at most ``budget_ms`` (the budget plus its slack: the candidates
-    are then measured, :mod:`srnas.search.verify`). ``stop()`` true after a trial ends this process's trials (a worker
-    whose parent died)."""
+               on_trial: Callable[[TrialRecord], None] | None = None, stop: Callable[[], bool] | None = None) -> int:
+    """Run trials until the study holds ``cfg.trials`` completed ones, counting every process's on every host; a trial
+    is feasible (admitted) when its predicted latency is at most ``budget_ms`` (the budget plus its slack: the
+    candidates are then measured, :mod:`srnas.search.verify`). Returns how many trials this process completed.
 
-    host = socket.gethostname()
+    Exactly ``cfg.trials``: no trial starts while the completed and running ones already make the count; while the last
+    trials run elsewhere this process waits (:data:`POLL_S`), and a trial whose process died -- of this host (its pid is
+    gone: :func:`fail_dead_trials`) or of another (its heartbeat stopped) -- is failed and run again here; a trial two
+    processes started at once beyond the count is failed unrun (:class:`SurplusTrial`). ``stop()`` true ends this
+    process's trials between two trials (a worker whose parent died).
+    """
+
+    ran = 0
+    quiet = _QuietSurplus()
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        if _surplus(study, trial.number, cfg.trials):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            quiet.numbers.add(trial.number)
+            raise SurplusTrial(f"trial {trial.number}: the study has its {cfg.trials} trials completed or running")
         start = time.perf_counter()
-        trial.set_user_attr(HOST_ATTR, host)
-        trial.set_user_attr(PID_ATTR, os.getpid())
         candidate = suggest_candidate(trial, space, schemes, cfg.prune_keep)
         psnr, latency_ms = evaluate(candidate)
         trial.set_user_attr(ARCH_ATTR, candidate.to_dict())
@@ -307,17 +431,38 @@ def run_trials(study: optuna.Study, cfg: SearchArchConfig, budget_ms: float, spa
         return psnr if cfg.mode == "single" else (psnr, latency_ms)
 
     def report(study: optuna.Study, trial: FrozenTrial) -> None:
-        if on_trial is not None and trial.state == TrialState.COMPLETE:
-            on_trial(_record(trial, budget_ms))
-        if stop is not None and stop():
-            study.stop()
+        nonlocal ran
+        if trial.state == TrialState.COMPLETE:
+            ran += 1
+            if on_trial is not None:
+                on_trial(_record(trial, budget_ms))
+        elif trial.user_attrs.get(SURPLUS_ATTR):
+            log.info("trial %d was not needed (another process took the study's last trial at the same moment): "
+                     "marked failed, unrun", trial.number)
 
-    remaining = cfg.trials - completed(study)
-    if remaining <= 0:
-        return
-    callbacks = [optuna.study.MaxTrialsCallback(cfg.trials, states=(TrialState.COMPLETE,)), report]
-    # n_trials bounds this process; the callback stops it once all processes together have completed enough.
-    study.optimize(objective, n_trials=remaining, callbacks=callbacks, gc_after_trial=False, show_progress_bar=False)
+    optimize_log = logging.getLogger("optuna.study._optimize")  # where Optuna reports a failed trial
+    optimize_log.addFilter(quiet)
+    try:
+        waiting = False
+        while stop is None or not stop():
+            fail_dead_trials(study)
+            done, running = _counts(study)
+            if done >= cfg.trials:
+                break
+            if done + running >= cfg.trials:  # the last trials run elsewhere: wait for them, or take over a dead one's
+                if not waiting:
+                    log.info("%d of %d trials completed, the other %d running in other processes: waiting for them",
+                             done, cfg.trials, running)
+                waiting = True
+                time.sleep(POLL_S)
+                _fail_stale(study)
+                continue
+            waiting = False
+            study.optimize(objective, n_trials=1, callbacks=[report], catch=(SurplusTrial,), gc_after_trial=False,
+                           show_progress_bar=False)
+    finally:
+        optimize_log.removeFilter(quiet)
+    return ran
 
 
 def _record(trial: FrozenTrial, budget_ms: float) -> TrialRecord:
@@ -353,15 +498,12 @@ def search_keeps(path: Path, name: str, names: Sequence[str], start: Mapping[str
     and the sampler, seeded per trial, continues the sequence. ``on_trial`` is called for each trial run here.
     Returns ``(number, keeps, psnr, latency_ms)`` per completed trial, by trial number.
     """
-    study = _open(path, name, ["psnr_db"], make_sampler(strategy, seed))
+    study = _open(storage_url("", path), name, ["psnr_db"], make_sampler(strategy, seed))
     fail_dead_trials(study)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(dict(start))
-    host = socket.gethostname()
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr(HOST_ATTR, host)
-        trial.set_user_attr(PID_ATTR, os.getpid())
         keeps = {name: trial.suggest_float(name, low, 1.0, step=step) for name in names}
         psnr, latency_ms = evaluate(keeps)
         trial.set_user_attr(LATENCY_ATTR, latency_ms)
