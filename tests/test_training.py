@@ -256,6 +256,9 @@ class _FailingStep:
     def barrier(self) -> None:
         pass
 
+    def share(self, value: object) -> object:
+        return value
+
 
 def test_a_loss_that_is_not_finite_stops_the_loop(tmp_path: Path) -> None:
     model = torch.nn.Linear(2, 2)

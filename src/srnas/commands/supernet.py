@@ -29,7 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "figures to OUT/train_metrics.json.\n\n"
         "Distributed: the same command under torchrun trains with DDP (gloo on CPU, NCCL on GPU), e.g.\n"
         "  torchrun --standalone --nproc_per_node 2 --no-python srnas train-supernet --out results/train_supernet\n"
-        "supernet.train.batch_size is the global batch, split over the processes; only rank 0 writes.",
+        "supernet.train.batch_size is the global batch, split over the processes; only rank 0 writes. On several machines, "
+        "the same command on each:\n"
+        "  torchrun --nnodes 2 --nproc-per-node N --rdzv-backend c10d --rdzv-endpoint HOST:29400 --rdzv-id srnas \\\n"
+        "      -m srnas.cli train-supernet --out results/train_supernet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_arguments(parser)

@@ -35,6 +35,12 @@ once), gives each process ``batch_size / N`` patches from its own patch generato
 show progress and write files. Replicas start from the same seed and DDP broadcasts rank 0's weights, so
 they stay identical. ``batch_size`` is the global batch: the effective batch does not change with N.
 
+Several machines: ``torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d ...`` on each; ranks are global
+(``RANK``, patches and writing) and ``LOCAL_RANK`` picks the GPU. Only rank 0 reads ``last.ckpt`` and sends it to
+the others (:meth:`DistContext.share`), so nodes without a copy of ``out_dir`` (no shared disk) resume with it. The
+weights depend on the world size, not on how the processes are spread over machines (``tests/test_supernet_ddp.py``
+holds two one-process nodes equal to one two-process node, bit for bit).
+
 The step loop (checkpoints, exact resume, loss windows, logging, validation, final metrics, which process writes) is
 the one every training runs on, :func:`srnas.training.loop.run_loop`; this module supplies its step function,
 :class:`SandwichStep`.
@@ -51,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import warnings
@@ -163,6 +170,30 @@ class DistContext:
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every process (``value`` itself in one process).
+
+        ``value`` is plain data (tensors, numbers, strings, lists, dicts, None): it travels as ``torch.save`` bytes and
+        is read back with ``weights_only=True``, so nothing but plain data is ever unpickled.
+        """
+        if not self.distributed:
+            return value
+        data = b""
+        if self.is_main:
+            buffer = io.BytesIO()
+            torch.save(value, buffer)
+            data = buffer.getvalue()
+        size = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
+        torch.distributed.broadcast(size, src=0)
+        if self.is_main:
+            payload = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device)
+        else:
+            payload = torch.empty(int(size.item()), dtype=torch.uint8, device=self.device)
+        torch.distributed.broadcast(payload, src=0)
+        if self.is_main:
+            return value
+        return torch.load(io.BytesIO(payload.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -326,6 +357,9 @@ class SandwichStep:
 
     def barrier(self) -> None:
         self.dist.barrier()
+
+    def share(self, value: Any) -> Any:
+        return self.dist.share(value)
 
 
 # ------------------------------------------------------------------------------------------ driver

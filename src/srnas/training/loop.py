@@ -246,7 +246,8 @@ class StepFunction(Protocol):
     process. ``validate()`` scores the current weights (called on the main process only); a figure it cannot compute
     is left out. ``save_model(path, metrics)`` writes the final weights atomically, with the scalar final metrics.
     ``is_main``: this process logs, reports and writes files (the only process but under ``torchrun``);
-    ``barrier()`` returns once every process has reached it.
+    ``barrier()`` returns once every process has reached it; ``share(value)`` returns the main process's ``value`` (plain
+    data) on every process.
     """
 
     @property
@@ -268,6 +269,8 @@ class StepFunction(Protocol):
     def save_model(self, path: Path, metrics: dict[str, Any]) -> None: ...
 
     def barrier(self) -> None: ...
+
+    def share(self, value: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -323,11 +326,28 @@ def _restore_windows(path: Path, saved: Any, windows: dict[str, deque[float]]) -
         raise CheckpointError(f"{path}: cannot restore the loss history: {exc}") from None
 
 
-def _resume(path: Path, step_fn: StepFunction, spec: LoopSpec, windows: dict[str, deque[float]], history: TrainHistory,
-            steps: int) -> tuple[int, float]:
-    """Restore ``path`` into ``step_fn``, ``windows`` and ``history`` when it was written for ``spec.identity``; return (step, seconds
-    trained so far), ``(0, 0.0)`` for a checkpoint of another run. CheckpointError when it cannot be read or restored."""
-    ckpt = load_checkpoint(path, TRAINING_STATE)
+def _main_checkpoint(path: Path, step_fn: StepFunction) -> dict[str, Any] | None:
+    """The main process's ``path`` (None when it has none), on every process: under ``torchrun`` on several machines the
+    others may have no copy of it, or an older one. CheckpointError on every process when it cannot be read."""
+    found: dict[str, Any] = {}
+    failure: CheckpointError | None = None
+    if step_fn.is_main and path.exists():
+        try:
+            found = {"checkpoint": load_checkpoint(path, TRAINING_STATE)}
+        except CheckpointError as exc:
+            failure, found = exc, {"error": str(exc)}
+    found = step_fn.share(found)
+    if failure is not None:
+        raise failure
+    if "error" in found:
+        raise CheckpointError(found["error"])
+    return found.get("checkpoint")
+
+
+def _resume(path: Path, ckpt: dict[str, Any], step_fn: StepFunction, spec: LoopSpec, windows: dict[str, deque[float]],
+            history: TrainHistory, steps: int) -> tuple[int, float]:
+    """Restore ``ckpt`` (read from ``path``) into ``step_fn``, ``windows`` and ``history`` when it was written for ``spec.identity``;
+    return (step, seconds trained so far), ``(0, 0.0)`` for a checkpoint of another run. CheckpointError when it cannot be restored."""
     if ckpt["identity"] != spec.identity:
         if step_fn.is_main:
             logger.warning("%s: written for %s; starting from scratch", path, spec.mismatch)
@@ -397,8 +417,9 @@ def run_loop(
     history = TrainHistory((*spec.losses, "lr", *spec.validation))
     history_path = out_dir / HISTORY_FILE
     start_step, elapsed_before = 0, 0.0
-    if resume and ckpt_path.exists():
-        start_step, elapsed_before = _resume(ckpt_path, step_fn, spec, windows, history, cfg.steps)
+    ckpt = _main_checkpoint(ckpt_path, step_fn) if resume else None
+    if ckpt is not None:
+        start_step, elapsed_before = _resume(ckpt_path, ckpt, step_fn, spec, windows, history, cfg.steps)
 
     def emit(metrics: dict[str, float], step: int) -> None:
         if on_metrics is not None and is_main and metrics:
@@ -520,6 +541,10 @@ class SupervisedStep:
 
     def barrier(self) -> None:
         """One process: nothing to wait for."""
+
+    def share(self, value: Any) -> Any:
+        """One process: ``value`` is already everywhere."""
+        return value
 
 
 def run_training(
