@@ -108,6 +108,20 @@ def test_every_dvc_output_is_cached_or_git_tracked() -> None:
     assert proc.stdout.split() == [], f"cache: false, yet git-ignored (neither pushed nor committed): {proc.stdout}"
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="DVC needs git")
+def test_dvc_hashes_no_resume_checkpoint_and_no_snakemake_timestamp() -> None:
+    """A directory's DVC hash leaves out what is not its content (.dvcignore): a training's resume checkpoint (never
+    pushed, so a fresh clone would see ``results/train_baseline``, a dependency, changed) and the file that
+    ``snakemake --touch`` (``make checkout``) leaves in a directory output (``results/report`` would change)."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        for rel in ("results/train_baseline/plain16_x2/last.ckpt", "results/report/.snakemake_timestamp",
+                    "results/prepare_data/.snakemake_timestamp"):
+            assert repo.dvcignore.is_ignored_file(str(ROOT / rel)), rel
+        assert not repo.dvcignore.is_ignored_file(str(ROOT / "results/train_baseline/plain16_x2/model.pt"))
+
+
 def test_every_dvc_param_is_in_params_yaml() -> None:
     """`dvc repro` fails on a stage whose params key is missing from params.yaml (a dataclass default is not enough)."""
     import yaml
