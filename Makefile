@@ -33,7 +33,7 @@ test: setup  ## the test suite
 
 checkout: setup  ## restore DVC-tracked outputs, then tell Snakemake they are current (DVC does not keep mtimes)
 	$(BIN)/dvc checkout
-	$(BIN)/snakemake --touch --cores 1
+	$(BIN)/snakemake --touch --cores 1 --no-hooks  # no hooks: touching outputs opens no MLflow pipeline run
 
 plots-offline: setup  ## `dvc plots` pages that render without internet: Vega's JS inlined into a template (.dvc/config.local)
 	npm ci --no-audit --no-fund

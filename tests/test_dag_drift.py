@@ -33,7 +33,7 @@ def _snakemake_jobs() -> dict[frozenset[str], tuple[str, frozenset[str]]]:
         fields = dict(re.findall(r"^    (input|output): (.*)$", block, flags=re.MULTILINE))
         if rule == "all":
             continue
-        split = lambda text: frozenset(p.strip() for p in text.split(",") if p.strip())  # noqa: E731
+        split = lambda text: frozenset(p.strip() for p in text.split(",") if p.strip())
         jobs[split(fields["output"])] = (rule, split(fields.get("input", "")))
     assert jobs, proc.stdout
     return jobs
@@ -67,7 +67,7 @@ def _dvc_stages() -> dict[frozenset[str], tuple[str, frozenset[str]]]:
 
     with Repo(str(ROOT)) as repo:
         stages = list(repo.index.stages)
-        rel = lambda p: os.path.relpath(str(p.fs_path), ROOT)  # noqa: E731
+        rel = lambda p: os.path.relpath(str(p.fs_path), ROOT)
         all_outs = {rel(out) for stage in stages for out in stage.outs}
         result = {}
         for stage in stages:
@@ -90,6 +90,36 @@ def test_snakemake_and_dvc_describe_the_same_dag() -> None:
         stage, deps = dvc[outs]
         assert rule == stage, f"{sorted(outs)}: snakemake rule {rule!r} vs dvc stage {stage!r}"
         assert inputs == deps, f"{stage}: deps differ\nsnakemake only {sorted(inputs - deps)}\ndvc only {sorted(deps - inputs)}"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="DVC needs git")
+def test_every_dvc_output_is_cached_or_git_tracked() -> None:
+    """``dvc push`` carries DVC's cache and git the files it tracks: an output that is neither (``cache: false`` and
+    git-ignored) would be missing from a fresh clone after ``dvc pull``, and its stage would rerun there."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        uncached = sorted({os.path.relpath(str(out.fs_path), ROOT) for stage in repo.index.stages for out in stage.outs
+                           if not out.use_cache})
+    assert "results/metrics.json" in uncached  # git-tracked, so that `dvc exp run` commits it with each experiment
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.stdout.split() == [], f"cache: false, yet git-ignored (neither pushed nor committed): {proc.stdout}"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="DVC needs git")
+def test_dvc_hashes_no_resume_checkpoint_and_no_snakemake_timestamp() -> None:
+    """A directory's DVC hash leaves out what is not its content (.dvcignore): a training's resume checkpoint (never
+    pushed, so a fresh clone would see ``results/train_baseline``, a dependency, changed) and the file that
+    ``snakemake --touch`` (``make checkout``) leaves in a directory output (``results/report`` would change)."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        for rel in ("results/train_baseline/plain16_x2/last.ckpt", "results/report/.snakemake_timestamp",
+                    "results/prepare_data/.snakemake_timestamp"):
+            assert repo.dvcignore.is_ignored_file(str(ROOT / rel)), rel
+        assert not repo.dvcignore.is_ignored_file(str(ROOT / "results/train_baseline/plain16_x2/model.pt"))
 
 
 def test_every_dvc_param_is_in_params_yaml() -> None:

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "params.yaml", "config", "src", ".dvcignore", ".gitignore",
-                 "data")
+                 "data", "Makefile")
 SMOKE = ("--cores", "2", "--configfile", "config/smoke.yaml")
 # The Snakemake smoke runs hide native bf16: a CPU without it (most laptops, ARM servers, Apple silicon) (see below).
 HIDDEN_BF16 = {"SRNAS_HIDE_BF16": "1"}
@@ -514,8 +514,16 @@ def test_smoke_pipeline_killed_and_resumed_ends_like_an_uninterrupted_run(smoke_
             "report.md", "metrics.json", "evaluate/final_x2.json"} <= set(compared)
 
 
-def test_dvc_exp_run_selects_the_smoke_profile(tmp_path: Path) -> None:
-    project = _copy_project(tmp_path)
+@dataclass(frozen=True)
+class DvcProject:
+    path: Path
+    first: str  # the name of the experiment that ran the smoke DAG
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
+    """A git + DVC project in which ``dvc exp run`` ran the smoke DAG once, shared by the DVC tests of this module."""
+    project = _copy_project(tmp_path_factory.mktemp("dvc"))
     for cmd in (
         ["git", "init", "-q"],
         ["git", "config", "user.email", "ci@example.invalid"],
@@ -527,7 +535,11 @@ def test_dvc_exp_run_selects_the_smoke_profile(tmp_path: Path) -> None:
     ):
         _run(cmd, project)
     overrides = _run([str(BIN / "srnas"), "config", "dvc-args", "config/smoke.yaml"], project).stdout.split()
-    first = _experiment(_run([str(BIN / "dvc"), "exp", "run", *overrides], project))
+    return DvcProject(project, _experiment(_run([str(BIN / "dvc"), "exp", "run", *overrides], project)))
+
+
+def test_dvc_exp_run_selects_the_smoke_profile(dvc_project: DvcProject) -> None:
+    project, first = dvc_project.path, dvc_project.first
     assert (project / "results" / "report.md").exists()
     assert (project / "dvc.lock").exists()
     assert "srnas-smoke" in (project / "params.yaml").read_text()
@@ -561,6 +573,47 @@ def test_dvc_exp_run_selects_the_smoke_profile(tmp_path: Path) -> None:
     for title in titles:
         assert f'"text": "{title}' in page, title
     assert page.count(f'"{first}"') >= len(titles) and page.count(f'"{second}"') >= len(titles), "both experiments' data"
+
+
+# The commands of README's "A DVC remote", which the test below runs (its remote a local folder, not an SSH server).
+REMOTE_COMMANDS = ("dvc remote add -d store",
+                   "git add .dvc/config dvc.lock params.yaml results/metrics.json results/models.csv",
+                   "dvc push", "dvc pull && make checkout", "dvc status", "snakemake -n")
+# What a fresh clone gets back from the remote: prepared data, checkpoints, the latency table, and the stage outputs
+# neither git nor DVC kept before they were cached (stage JSONs, the report).
+RESTORED = ("prepare_data/manifest.json", "train_supernet/supernet.pt", "profile_device/cpu_auto/table.json",
+            "finetune/model.pt", "train_baseline/plain16_x2/model.pt", "check_budget.json", "report.md")
+
+
+def test_dvc_push_then_pull_into_a_fresh_clone_leaves_nothing_to_rerun(dvc_project: DvcProject, tmp_path: Path) -> None:
+    """``dvc push`` after a run to a remote (a local folder here, an SSH server on a cluster), then in a fresh clone
+    ``dvc pull && make checkout``: every output is back, byte for byte, and neither ``dvc status`` nor ``snakemake -n``
+    has anything to do. ``make checkout`` touches the outputs without Snakemake's hooks (no MLflow run is opened)."""
+    section = re.search(r"^### A DVC remote$(.*?)^##", (ROOT / "README.md").read_text(), re.MULTILINE | re.DOTALL)
+    assert section, "README.md: no '### A DVC remote' section"
+    for command in REMOTE_COMMANDS:
+        assert command in section.group(1), f"README's 'A DVC remote' does not show {command!r}"
+    project, dvc, store = dvc_project.path, str(BIN / "dvc"), tmp_path / "srnas-store"
+    for cmd in (
+        [dvc, "remote", "add", "-d", "store", str(store)],
+        ["git", "add", ".dvc/config", "dvc.lock", "params.yaml", "results/metrics.json", "results/models.csv"],
+        ["git", "commit", "-q", "-m", "the smoke run and its DVC remote"],
+        [dvc, "push"],
+    ):
+        _run(cmd, project)
+
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "results" / "prepare_data").exists(), "git carries none of the outputs"
+    _run([dvc, "pull"], clone)
+    # `make checkout`, with this test's environment instead of a new one in the clone (-o: no `make setup`)
+    _run(["make", "-o", ".venv/.srnas-installed", f"BIN={BIN}", "checkout"], clone)
+    for rel in RESTORED:
+        assert (clone / "results" / rel).read_bytes() == (project / "results" / rel).read_bytes(), rel
+    assert json.loads(_run([dvc, "status", "--json"], clone).stdout) == {}
+    dry = _run([str(BIN / "snakemake"), "-n"], clone)
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+    assert not (clone / "mlflow.db").exists() and not (clone / ".srnas").exists(), "make checkout opened an MLflow run"
 
 
 def _experiment(proc: subprocess.CompletedProcess[str]) -> str:
