@@ -51,15 +51,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = settings.profile
     model = load_trained(args.checkpoint, args.model, args.scale) if args.checkpoint else deployed_form(create_model(args.model, args.scale)).eval()
     input_hw = tuple(cfg.input_size) if cfg.input_size else lr_size_for_720p(args.scale)
-    threads = resolve_threads(cfg.threads)
+    threads = cfg.threads if cfg.device else resolve_threads(cfg.threads)  # 0 on a device: all of its CPUs
     tags = {"srnas.model": args.model, "srnas.scale": str(args.scale), "srnas.data": settings.data.source}
     params = {"model": args.model, "scale": args.scale, "profile": cfg.__dict__, "input_hw": list(input_hw), "threads": threads}
     if cfg.device:
         tags["srnas.device"] = cfg.device
     with tracking.stage_run(settings.tracking, "profile_model", params, tags) as stage:
         if cfg.device:
-            results = _profile_on_device(cfg, model, input_hw, args.scale)
-            threads = cfg.threads  # 0: all of the device's CPUs (each result's fingerprint says how many)
+            results = _profile_on_device(cfg, model, input_hw, args.scale)  # each fingerprint says how many threads
         else:
             results = profile_all(model, args.onnx, input_hw, threads, warmup=cfg.warmup, runs=cfg.runs,
                                   runtimes=cfg.runtimes or None)

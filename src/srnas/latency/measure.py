@@ -72,8 +72,8 @@ from srnas.runtimes.timing import (
 )
 
 __all__ = ["REFERENCE_LAYER", "LayerModule", "NetworkTiming", "compare_layers", "compare_networks", "device_runtimes",
-           "measure_layer", "measure_network", "measure_reference", "profile_on_device", "sparsify_", "scheme_precision", "scheme_sparsity", "target_available",
-           "time_network"]
+           "measure_layer", "measure_network", "measure_reference", "profile_on_device", "sparsify_", "scheme_precision",
+           "scheme_sparsity", "target_available", "time_network"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def scheme_sparsity(scheme: str) -> float:
 def target_available(target: Target) -> bool:
     """Whether ``target``'s runtime runs where the target is (this machine, or its device agent's)."""
     if target.remote:
-        return target.runtime in agent_client(target.device).info().get("runtimes", {})
+        return target.runtime in device_runtimes(target.device)
     return runtime_available(target.runtime)
 
 
@@ -107,24 +107,26 @@ def device_runtimes(device: str) -> list[str]:
     return list(agent_client(device).info().get("runtimes", {}))
 
 
+def _ask(device: str, what: str, kind: str, request: dict[str, Any]) -> Any:
+    """The figure of one request of ``kind`` to the device agent at ``device`` (the same function, run there)."""
+    reply = agent_client(device).call(kind, request)
+    log.debug("%s: %s measured by %s: %s (spread %.1f%% over %d samples)", what, kind, device, reply.value,
+              100 * reply.spread, reply.samples)
+    return reply.value
+
+
 def profile_on_device(device: str, model: nn.Module, runtime: str, input_hw: tuple[int, int], *, scale: int, threads: int,
                       warmup: int, runs: int) -> LatencyResult:
     """:func:`srnas.profiling.profile_module` of ``model`` (a searched network or a registered model read from its
     model.pt) on ``runtime`` of the device agent at ``device`` (its URL; ``threads`` 0: all of the device's CPUs)."""
-    reply = agent_client(device).call("profile", {"network": wire.network_to_wire(model), "runtime": runtime,
-                                                  "input_hw": list(input_hw), "scale": scale, "threads": threads,
-                                                  "warmup": warmup, "runs": runs})
-    log.debug("%s on %s: %s (spread %.1f%% over %d calls)", runtime, device, reply.value.get("median_ms"),
-              100 * reply.spread, reply.samples)
-    return LatencyResult.from_dict(reply.value)
+    return LatencyResult.from_dict(_ask(device, runtime, "profile", {
+        "network": wire.network_to_wire(model), "runtime": runtime, "input_hw": list(input_hw), "scale": scale,
+        "threads": threads, "warmup": warmup, "runs": runs}))
 
 
 def _on_device(target: Target, kind: str, **request: Any) -> Any:
-    """The figure of one measurement of ``kind`` by ``target``'s device agent (the same function, run there)."""
-    reply = agent_client(target.device).call(kind, {"target": wire.target_to_wire(target), **request})
-    log.debug("%s: %s measured by %s: %s (spread %.1f%% over %d samples)", target.name, kind, target.device, reply.value,
-              100 * reply.spread, reply.samples)
-    return reply.value
+    """The figure of one measurement of ``kind`` by ``target``'s device agent."""
+    return _ask(target.device, target.name, kind, {"target": wire.target_to_wire(target), **request})
 
 
 def sparsify_(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
