@@ -121,3 +121,37 @@ def postgres():
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted Snakemake run of the smoke DAG on this machine (tests/test_pipeline.py's ``SMOKE`` command,
+    without native bf16), shared by the tests that read it or compare another run with it (test_pipeline.py,
+    test_slurm.py)."""
+    from test_pipeline import BIN, HIDDEN_BF16, SMOKE, _copy_project, _run
+
+    project = _copy_project(tmp_path_factory.mktemp("smoke"))
+    _run([str(BIN / "snakemake"), *SMOKE], project, HIDDEN_BF16)
+    return project
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A throwaway one-node SLURM cluster on this machine (:class:`services.SlurmCluster`) for the session. Skips
+    when SLURM or MUNGE is not installed or this process is not root, unless SRNAS_REQUIRE_SERVICES=1 (CI), when that
+    fails the test."""
+    import os
+
+    from services import SlurmCluster, service_missing, slurm_missing
+
+    missing = slurm_missing()
+    if missing:
+        service_missing(f"SLURM / MUNGE programs not found: {', '.join(missing)}")
+    if os.geteuid() != 0:
+        service_missing("a one-node SLURM cluster needs root (slurmd starts jobs as their user)", "run the test as root")
+    cluster = SlurmCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
