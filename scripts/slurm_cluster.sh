@@ -124,7 +124,8 @@ EOF
     alive slurmctld || die "slurmctld exited: $(tail -n 5 "$dir/log/slurmctld.log" 2>/dev/null)"
     sleep 0.2
   done
-  [ "$state" = idle ] || die "node $host is '${state:-unknown}' after 60 s, not idle: $(tail -n 5 "$dir/log/slurmd.log" 2>/dev/null)"
+  [ "$state" = idle ] ||
+    die "node $host is '${state:-unknown}' after 60 s, not idle: $(tail -n 5 "$dir/log/slurmd.log" 2>/dev/null)"
   echo "slurm_cluster: node $host idle ($cpus CPUs, $((mem_mb - margin)) MB), SLURM_CONF=$conf"
 }
 

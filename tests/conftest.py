@@ -148,7 +148,7 @@ def slurm_cluster():
     if missing:
         service_missing(f"SLURM / MUNGE programs not found: {', '.join(missing)}")
     if os.geteuid() != 0:
-        service_missing("a one-node SLURM cluster needs root (slurmd starts jobs as their user)", "run the test as root")
+        service_missing("a one-node SLURM cluster needs root (slurmd starts jobs as their user)", "run as root")
     cluster = SlurmCluster()
     try:
         cluster.start()

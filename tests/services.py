@@ -118,7 +118,8 @@ class SlurmCluster:
         done = subprocess.run(["bash", str(SLURM_SCRIPT), action, str(self.root)], check=False, capture_output=True,
                               text=True, timeout=120)
         if done.returncode != 0:
-            raise RuntimeError(f"slurm_cluster.sh {action} failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
+            raise RuntimeError(f"slurm_cluster.sh {action} failed ({done.returncode}): "
+                               f"{(done.stderr or done.stdout)[-2000:]}")
 
     def start(self) -> None:
         self._script("start")

@@ -130,8 +130,8 @@ def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the
     local_jobs = sorted(p for p in (smoke_project / "benchmarks").rglob("*.tsv"))  # one per job of the local run
     assert set(rules.values()) == _workflow_rules() and len(rules) == len(local_jobs), Counter(rules.values())
     for job_id, rule in rules.items():
-        slurm_log = Path(submitted[job_id])
-        assert f"localrule {rule}:" in slurm_log.read_text(errors="replace"), f"job {job_id} ({slurm_log}) ran no {rule}"
+        slurm_log = Path(submitted[job_id]).read_text(errors="replace")
+        assert f"localrule {rule}:" in slurm_log, f"SLURM job {job_id} ran no {rule}: {submitted[job_id]}"
 
     whole = _whole_node_rules()
     for job_id, job in jobs.items():
@@ -145,7 +145,8 @@ def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the
                     f"({alone['start']}..{alone['end']})")
 
     runs = _stage_runs(project, SMOKE_TRACKING)
-    assert Counter(run["stage"] for run in runs) == Counter(run["stage"] for run in _stage_runs(smoke_project, SMOKE_TRACKING))
+    local_runs = _stage_runs(smoke_project, SMOKE_TRACKING)
+    assert Counter(run["stage"] for run in runs) == Counter(run["stage"] for run in local_runs)
     parents = {run["pipeline_run_id"] for run in runs}
     assert len(parents) == 1 and None not in parents, "every SLURM job's stage run joins the one pipeline run"
 
