@@ -39,12 +39,20 @@ alive() { local pid; pid=$(pid_of "$1") && kill -0 "$pid" 2>/dev/null; }
 
 client() { SLURM_CONF="$conf" "$@"; }
 
-stop_daemon() {  # SIGTERM the daemon of pid file $1, then SIGKILL after 15 s
-  local name=$1 pid i
-  pid=$(pid_of "$name") || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
+stop_daemons() {  # SIGTERM the daemons of pid files $@ together (each takes about 2 s), SIGKILL what is left after 15 s
+  local name pid pids=() i left
+  for name in "$@"; do
+    if pid=$(pid_of "$name") && kill -TERM "$pid" 2>/dev/null; then pids+=("$pid"); fi
+  done
+  for i in $(seq 150); do
+    left=0
+    for pid in "${pids[@]}"; do
+      if kill -0 "$pid" 2>/dev/null; then left=1; fi
+    done
+    [ "$left" -eq 1 ] || return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
 
 start() {
@@ -134,9 +142,7 @@ stop() {  # whatever of the three daemons runs (a start that failed half-way is 
   if [ -f "$conf" ] && alive slurmctld; then
     client scancel --quiet --user "$(id -un)" 2>/dev/null || true
   fi
-  stop_daemon slurmd
-  stop_daemon slurmctld
-  stop_daemon munged
+  stop_daemons slurmd slurmctld munged
 }
 
 case $action in
