@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -100,12 +101,26 @@ class PostgresCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_mlflow_server() -> tuple[list[str], dict[str, str]]:
+    """README's "An MLflow tracking server" commands for the server host: the ``mlflow server`` command line, and the
+    variables its ``export`` line sets."""
+    section = README.read_text(encoding="utf-8").split("### An MLflow tracking server", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    lines = [shlex.split(line, comments=True) for line in block.splitlines()]
+    (command,) = [words for words in lines if words[:2] == ["mlflow", "server"]]
+    (exported,) = [words for words in lines if words[:1] == ["export"]]
+    return command, dict(word.split("=", 1) for word in exported[1:])
+
+
 class MlflowServer:
-    """``mlflow server`` (this venv's MLflow) on a free port of 127.0.0.1, as README's "An MLflow tracking server"
-    runs it: runs and registered models in the PostgreSQL database ``backend`` (its URL; the password goes to the
-    server in PGPASSWORD, not on its command line), artifacts served by the server (``--serve-artifacts``: clients
-    upload through it, ``mlflow-artifacts:/``) from a folder of its own, one worker and no job runner (MLflow's
-    GenAI job queue, 8 processes srnas never uses). Its own process group, so :meth:`stop` ends all of it."""
+    """``mlflow server`` (this venv's MLflow) on a free port of 127.0.0.1, started with README's command: runs and
+    registered models in the PostgreSQL database ``backend`` (its URL; the password goes to the server in PGPASSWORD,
+    not on its command line), artifacts served by the server (clients upload through it, ``mlflow-artifacts:/``) from
+    a folder of its own, MLflow's job runner off. README's placeholders become this machine's values, and one worker
+    serves (MLflow's default is 4). Its own process group, so :meth:`stop` ends all of it."""
 
     def __init__(self, backend: str) -> None:
         parts = urlsplit(backend)
@@ -124,11 +139,25 @@ class MlflowServer:
         ``experiment`` (one per test: the server is shared by the session)."""
         return {"tracking": {"uri": self.uri, "experiment": experiment, "enabled": True}}
 
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """README's command and environment with this server's database, folder, address and port."""
+        readme, exported = readme_mlflow_server()
+        values = {"--backend-store-uri": self.backend, "--artifacts-destination": str(self.artifacts),
+                  "--host": "127.0.0.1", "--port": str(self.port),
+                  "--allowed-hosts": "127.0.0.1:*,localhost:*"}  # README's MLHOST is 127.0.0.1, on any port (a relay's)
+        cmd = [sys.executable, "-m", "mlflow", "server"]
+        words = iter(readme[2:])
+        for word in words:
+            cmd.append(word)
+            if word in values:
+                next(words)
+                cmd.append(values.pop(word))
+        assert not values, f"README's mlflow server command has no {', '.join(values)}"
+        return [*cmd, "--workers", "1"], {**exported, "PGPASSWORD": self.password}
+
     def start(self, timeout_s: float = 120) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend,
-               "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        env = {**os.environ, "PGPASSWORD": self.password, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        cmd, exported = self.command()
+        env = {**os.environ, **exported}
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
             env.pop(name, None)
         with self.log.open("wb") as log:  # the server keeps its own handle

@@ -5,7 +5,9 @@ This is the only module that imports mlflow, and it does so lazily (importing ml
 
 Stages are separate processes (Snakemake jobs, ``dvc repro`` stages), so the parent run is found
 through a small state file, :data:`STATE_FILE` (relative to the working directory), keyed by
-tracking URI and experiment:
+tracking URI (its password masked) and experiment. Processes on other hosts share it through the project folder
+(SLURM jobs of a shared project folder; its ``flock`` serialises them); processes with no folder in common are given
+the parent's id in ``SRNAS_PIPELINE_RUN_ID`` instead:
 
 - :func:`start_pipeline` creates the parent run and records it; :func:`end_pipeline` terminates
   it and forgets it (Snakemake's onstart / onsuccess / onerror hooks, DVC's ``report`` stage).
@@ -21,8 +23,18 @@ tracking URI and experiment:
 Where runs go: ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME``, when set, take precedence over
 ``tracking.uri`` and ``tracking.experiment`` (:func:`effective`), as they do for every MLflow tool. With a server
 (``http(s)://``, ``databricks``), a new experiment's artifacts go where the server says: ``tracking.artifact_location``
-is used for local stores only, unless it is itself a URI (``s3://...``). The tracking settings never invalidate a
-stage (Snakemake passes them outside each rule's params, DVC lists them in no stage's params).
+is used for local stores only, unless it is itself a URI (``s3://...``); an ``mlflow server --serve-artifacts`` gives
+``mlflow-artifacts:/<experiment id>``, so clients upload through it and need no access to its storage. The tracking
+settings never invalidate a stage (Snakemake passes them outside each rule's params, DVC lists them in no stage's
+params).
+
+A server that does not answer fails the stage, never silently drops its record (the report registers the final model
+from the export stage's logged model, ``srnas compare`` reads the runs): the first request of a stage (before any work)
+is retried briefly (:data:`PROBE_RETRIES`: a few seconds), every later one for about 30 s (:data:`HTTP_RETRIES`, a
+server restart), where MLflow's own defaults would wait minutes; then :class:`TrackingUnreachable`, one line naming
+the URI, and the interrupted run is left RUNNING (asking the server to end it would only wait again). A password in
+the URI (``http://user:password@host``, HTTP basic auth) shows as ``***`` in every message, log line and the state
+file; MLflow's own printing of each run's page to stdout is turned off (each stage logs its run's page instead).
 
 Metric keys follow one scheme (:func:`metric_key`, docs/tracking.md): ``<quantity>_<subject>`` -- ``psnr_val``
 (PSNR on the validation set while training), ``psnr_proxy`` (a search's proxy PSNR), ``psnr_<set>_x<scale>`` and
