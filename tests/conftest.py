@@ -121,3 +121,19 @@ def postgres():
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres):
+    """An MLflow tracking server for the session (:class:`services.MlflowServer`): runs and registered models in a
+    database of the ``postgres`` cluster, artifacts uploaded through the server. Point a project at it with
+    ``mlflow_server.tracking("<experiment>")`` as a configuration overlay (``{"tracking": {"uri": ..., ...}}``), one
+    experiment per test. Skips (fails under SRNAS_REQUIRE_SERVICES=1) when PostgreSQL is not installed."""
+    from services import MlflowServer
+
+    server = MlflowServer(postgres.database("mlflow"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

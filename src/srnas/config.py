@@ -237,8 +237,10 @@ class TrackingConfig:
     """The ``tracking`` section: where MLflow writes. The default is a local SQLite file, no server.
 
     ``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_NAME`` in the environment take precedence over ``uri`` /
-    ``experiment``; ``artifact_location`` applies to local stores only (a server decides where artifacts go) unless it
-    is a URI; ``registered_model`` is the model registry name of the final model ("": ``srnas-<experiment>-x<scale>``).
+    ``experiment``; ``uri`` may be an MLflow server (``http://host:5000``; README "An MLflow tracking server");
+    ``artifact_location`` applies to local stores only (a server decides where artifacts go: ``mlflow-artifacts:/``,
+    uploaded through it) unless it is a URI; ``registered_model`` is the model registry name of the final model ("":
+    ``srnas-<experiment>-x<scale>``).
     """
 
     uri: str = "sqlite:///mlflow.db"
