@@ -125,12 +125,16 @@ def test_fingerprint_changes_with_the_measurement_protocol(monkeypatch) -> None:
     assert fingerprint_id(target_fingerprint("onnxruntime_fp32", "fp32", 2)) != fingerprint_id(before)
 
 
-def test_fingerprint_lists_executorch_only_when_installed(monkeypatch) -> None:
+def test_fingerprint_lists_executorch_only_when_installed_and_only_for_its_runtime(monkeypatch) -> None:
     real = fp_mod._package_version
-    monkeypatch.setattr(fp_mod, "_package_version", lambda name: "1.5.1" if name == "executorch" else real(name))
-    assert target_fingerprint("executorch_xnnpack", "fp32", 1)["executorch"] == "1.5.1"
     monkeypatch.setattr(fp_mod, "_package_version", lambda name: None if name == "executorch" else real(name))
-    assert "executorch" not in target_fingerprint("torch_fp32", "fp32", 1)
+    without = {rt: target_fingerprint(rt, "fp32", 1) for rt in ("torch_fp32", "onnxruntime_fp32", "auto")}
+    monkeypatch.setattr(fp_mod, "_package_version", lambda name: "1.5.1" if name == "executorch" else real(name))
+    assert target_fingerprint("executorch_xnnpack_fp32", "fp32", 1)["executorch"] == "1.5.1"
+    # installing executorch leaves the other runtimes' fingerprints (and so their latency tables) as they were
+    assert {rt: target_fingerprint(rt, "fp32", 1) for rt in without} == without
+    monkeypatch.setattr(fp_mod, "_package_version", lambda name: None if name == "executorch" else real(name))
+    assert "executorch" not in target_fingerprint("executorch_xnnpack_fp32", "fp32", 1)
 
 
 def test_malloc_env() -> None:

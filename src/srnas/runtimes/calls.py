@@ -93,12 +93,12 @@ def runtime_call(model: torch.nn.Module | str | os.PathLike[str], runtime: str, 
     """One inference of ``model`` on ``runtime`` for the input ``x``, as a call.
 
     ``model``: a module for the torch runtimes, the exported file for ``onnxruntime_fp32`` (``.onnx``) and
-    ``executorch_xnnpack`` (``.pte``). Call it with ``threads`` torch threads set and under
+    ``executorch_xnnpack_fp32`` (``.pte``). Call it with ``threads`` torch threads set and under
     ``torch.inference_mode()``, as :func:`srnas.profiling.profile_module` does.
     """
     if runtime == "onnxruntime_fp32":
         return _onnxruntime_call(_as_path(model, runtime), x, threads)
-    if runtime == "executorch_xnnpack":
+    if runtime == "executorch_xnnpack_fp32":
         return _executorch_call(_as_path(model, runtime), x, threads)
     return _torch_call(model, runtime, x)
 
