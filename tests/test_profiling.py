@@ -194,3 +194,10 @@ def test_mallopt_stops_per_call_page_faults() -> None:
     plain, fixed = map(int, out.stdout.split())
     assert plain > 10_000  # 64 MB / 4 KiB pages = 16384 faults every round
     assert fixed < 100
+
+
+def test_an_unknown_runtime_name_is_refused_not_run_on_another() -> None:
+    from srnas.runtimes.calls import runtime_call
+
+    with pytest.raises(ValueError, match="unknown runtime 'executorch_xnnpack'; choose from .*executorch_xnnpack_fp32"):
+        runtime_call(_net(), "executorch_xnnpack", torch.rand(1, 3, *HW), 1)  # the name before issue 18
