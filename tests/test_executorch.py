@@ -38,7 +38,7 @@ MAX_HW = (64, 64)  # small programs: the bound only sizes the memory plan
 OUTSIDE = {"aten.expand_copy.default": 1, "aten.unsqueeze_copy.default": 1, "aten.view_copy.default": 3}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _executorch() -> None:
     if not executorch_available():
         service_missing("executorch (the mobile extra: pip install -c constraints.txt '.[mobile]')", "make setup")
@@ -54,7 +54,7 @@ def _pairs(n: int = 2, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(_executorch: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``srnas export`` of a plain16 x2 checkpoint with ``export.executorch: true``: its output folder."""
     root = tmp_path_factory.mktemp("et-export")
     torch.manual_seed(0)
