@@ -2,7 +2,8 @@
 
 A test that needs a service skips, saying what is missing, when its binaries are not installed (a developer's
 machine); CI installs them (``scripts/ci_services.sh``) and sets ``SRNAS_REQUIRE_SERVICES=1``, under which a missing
-service fails the test instead.
+service fails the test instead. The same holds for an optional package CI installs (ExecuTorch, the ``mobile`` extra
+that ``make setup`` installs).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ REQUIRE_ENV = "SRNAS_REQUIRE_SERVICES"
 POSTGRES_PASSWORD = "pw-s3cret-9f2"  # the test role's: no log line or error may show it
 
 
-def service_missing(what: str) -> None:
-    """Skip the test because ``what`` is missing, or fail it when CI requires the services (:data:`REQUIRE_ENV`)."""
-    message = f"{what} (scripts/ci_services.sh installs it)"
+def service_missing(what: str, installer: str = "scripts/ci_services.sh") -> None:
+    """Skip the test because ``what`` is missing, or fail it when CI requires the services (:data:`REQUIRE_ENV`);
+    ``installer`` is what installs it."""
+    message = f"{what} ({installer} installs it)"
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{REQUIRE_ENV}=1 but {message}", pytrace=False)
     pytest.skip(message)

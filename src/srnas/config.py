@@ -326,7 +326,7 @@ class TrainConfig:
         return dataclasses.replace(self, steps=self.steps_by_model.get(model, self.steps), steps_by_model={})
 
 
-PROFILE_RUNTIMES = ("torch_fp32", "torch_bf16", "onnxruntime_fp32", "executorch_xnnpack", "torch_cuda")
+PROFILE_RUNTIMES = ("torch_fp32", "torch_bf16", "onnxruntime_fp32", "executorch_xnnpack_fp32", "torch_cuda")
 
 
 @dataclass(frozen=True)
