@@ -137,3 +137,26 @@ def mlflow_server(postgres):
         yield server
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------------------- two workers
+# `make test` runs the suite on pytest-xdist workers (`-n auto --maxprocesses 2 --dist loadgroup`): each work unit is
+# an ``xdist_group``. A test without one gets its file's, so a module-scoped fixture is built on one worker only; the
+# pipeline runs are groups of their own (PIPELINE_GROUPS, marked in their modules: the tests that read one run, across
+# files, stay with it) and are handed out first, so the longest units start at once (`--no-loadscope-reorder` keeps
+# this order).
+PIPELINE_GROUPS = ("smoke-dag", "dvc-dag")
+
+
+def _group(item: pytest.Item) -> str | None:
+    mark = item.get_closest_marker("xdist_group")
+    return None if mark is None else str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which appends each item's group to its id
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _group(item) is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    order = {name: rank for rank, name in enumerate(PIPELINE_GROUPS)}
+    items.sort(key=lambda item: order.get(_group(item) or "", len(order)))  # stable: the files' order otherwise
