@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,mobile]"  # mobile: ExecuTorch (.pte, XNNPACK)
 	@touch $(STAMP)
 
 run: setup  ## the main job: the whole pipeline on the embedded default data
@@ -28,8 +28,8 @@ smoke: setup  ## the pipeline on the tiny smoke profile
 benchmark: setup  ## the benchmark profile (T91 train; Set5, Set14, B100 eval); DATA_ROOT=../shared/data
 	$(BIN)/snakemake --cores all --configfile config/benchmark.yaml --config "data={root: $(or $(DATA_ROOT),../shared/data)}"
 
-test: setup  ## the test suite
-	$(BIN)/python -m pytest
+test: setup  ## the test suite, on two pytest-xdist workers (tests/conftest.py groups what shares a fixture)
+	$(BIN)/python -m pytest -n auto --maxprocesses 2 --dist loadgroup --no-loadscope-reorder
 
 checkout: setup  ## restore DVC-tracked outputs, then tell Snakemake they are current (DVC does not keep mtimes)
 	$(BIN)/dvc checkout

@@ -6,8 +6,9 @@ set -euo pipefail
 
 missing=()
 
-# PostgreSQL: the shared search study (tests/test_shared_study.py starts a throwaway cluster from these binaries;
-# the tests' fixture finds them under /usr/lib/postgresql/<major>/bin, so no system cluster needs to run)
+# PostgreSQL: the shared search study and the MLflow tracking server's store (tests/test_shared_study.py and
+# tests/test_tracking_server.py start a throwaway cluster from these binaries; the tests' fixture finds them under
+# /usr/lib/postgresql/<major>/bin, so no system cluster needs to run; the server itself is the venv's mlflow)
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   missing+=(postgresql)
 fi

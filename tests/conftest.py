@@ -124,10 +124,26 @@ def postgres():
 
 
 @pytest.fixture(scope="session")
+def mlflow_server(postgres):
+    """An MLflow tracking server for the session (:class:`services.MlflowServer`): runs and registered models in a
+    database of the ``postgres`` cluster, artifacts uploaded through the server. Point a project at it with
+    ``mlflow_server.tracking("<experiment>")`` as a configuration overlay (``{"tracking": {"uri": ..., ...}}``), one
+    experiment per test. Skips (fails under SRNAS_REQUIRE_SERVICES=1) when PostgreSQL is not installed."""
+    from services import MlflowServer
+
+    server = MlflowServer(postgres.database("mlflow"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uninterrupted Snakemake run of the smoke DAG on this machine (tests/test_pipeline.py's ``SMOKE`` command,
-    without native bf16), shared by the tests that read it or compare another run with it (test_pipeline.py,
-    test_slurm.py)."""
+    without native bf16), shared by the tests that read it or compare another run with it: test_pipeline.py and
+    test_slurm.py, whose tests that use it are in the "smoke-dag" group (one worker builds it)."""
     from test_pipeline import BIN, HIDDEN_BF16, SMOKE, _copy_project, _run
 
     project = _copy_project(tmp_path_factory.mktemp("smoke"))
@@ -148,10 +164,32 @@ def slurm_cluster():
     if missing:
         service_missing(f"SLURM / MUNGE programs not found: {', '.join(missing)}")
     if os.geteuid() != 0:
-        service_missing("a one-node SLURM cluster needs root (slurmd starts jobs as their user)", "run as root")
+        service_missing("root: a one-node SLURM cluster's slurmd starts every job as its user", how="run as root")
     cluster = SlurmCluster()
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+
+# ----------------------------------------------------------------------------------------- two workers
+# `make test` runs the suite on pytest-xdist workers (`-n auto --maxprocesses 2 --dist loadgroup`): each work unit is
+# an ``xdist_group``. A test without one gets its file's, so a module-scoped fixture is built on one worker only; the
+# pipeline runs are groups of their own (PIPELINE_GROUPS, marked in their modules: the tests that read one run, across
+# files, stay with it) and are handed out first, so the longest units start at once (`--no-loadscope-reorder` keeps
+# this order).
+PIPELINE_GROUPS = ("smoke-dag", "dvc-dag")
+
+
+def _group(item: pytest.Item) -> str | None:
+    mark = item.get_closest_marker("xdist_group")
+    return None if mark is None else str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which appends each item's group to its id
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _group(item) is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    order = {name: rank for rank, name in enumerate(PIPELINE_GROUPS)}
+    items.sort(key=lambda item: order.get(_group(item) or "", len(order)))  # stable: the files' order otherwise

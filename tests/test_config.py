@@ -150,6 +150,8 @@ def test_snakemake_config_json_fails_on_a_missing_key() -> None:
     config_json, WorkflowError = _snakemake_config_json(config)
     picked = json.loads(config_json("budget", "latency.targets"))
     assert set(picked) == {"data", "budget", "latency"} and set(picked["latency"]) == {"targets"}
+    whole = json.loads(config_json())  # the pipeline hooks': where things are stored comes in the environment
+    assert "tracking" not in whole and whole["search_arch"]["storage"] == "" and set(whole) == set(config) - {"tracking"}
     del config["search_ratio"]["importance"]
     with pytest.raises(WorkflowError, match=r"no key search_ratio.importance \(a rule passes search_ratio.importance\)"):
         config_json("budget", "search_ratio.importance")

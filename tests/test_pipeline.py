@@ -31,6 +31,9 @@ SMOKE = ("--cores", "2", "--configfile", "config/smoke.yaml")
 HIDDEN_BF16 = {"SRNAS_HIDE_BF16": "1"}
 
 pytestmark = pytest.mark.slow
+# The two pipeline runs' groups (tests/conftest.py): the tests that read a run share a worker with it.
+SMOKE_DAG = pytest.mark.xdist_group("smoke-dag")
+DVC_DAG = pytest.mark.xdist_group("dvc-dag")
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -67,6 +70,7 @@ def _stage_runs(project: Path) -> list[dict]:
         os.chdir(cwd)
 
 
+@SMOKE_DAG
 def test_snakemake_smoke_pipeline_without_native_bf16(smoke_project: Path) -> None:
     """The whole DAG as on a CPU without native bf16 (most laptops, ARM servers, Apple silicon): SRNAS_HIDE_BF16 hides
     it, and the default target's ``runtime: auto`` resolves to a runtime this machine then runs. (The DVC test below
@@ -139,6 +143,7 @@ def test_snakemake_smoke_pipeline_without_native_bf16(smoke_project: Path) -> No
         assert item in page, item
 
 
+@SMOKE_DAG
 def test_smoke_pipeline_in_mlflow(smoke_project: Path) -> None:
     """What an MLflow user looks at after the smoke run: the pipeline run's summary and report, per-model metric keys,
     every exported model logged in both flavours, the final model registered with its tags, the prepared data as a
@@ -488,6 +493,7 @@ def _assert_same_results(reference: Path, resumed: Path) -> list[str]:
     return sorted(names)
 
 
+@SMOKE_DAG
 def test_smoke_pipeline_killed_and_resumed_ends_like_an_uninterrupted_run(smoke_project: Path, tmp_path: Path) -> None:
     """SIGKILL of the whole Snakemake process group at KILLS seeded moments in different stages (FAULT_SEED; set
     SRNAS_TEST_FAULT_SEED to draw others), each followed by ``snakemake --unlock`` and the same command again; the outputs
@@ -530,6 +536,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
     return DvcProject(project, _experiment(_run([str(BIN / "dvc"), "exp", "run", *overrides], project)))
 
 
+@DVC_DAG
 def test_dvc_exp_run_selects_the_smoke_profile(dvc_project: DvcProject) -> None:
     project, first = dvc_project.path, dvc_project.first
     assert (project / "results" / "report.md").exists()
@@ -577,6 +584,7 @@ RESTORED = ("prepare_data/manifest.json", "train_supernet/supernet.pt", "profile
             "finetune/model.pt", "train_baseline/plain16_x2/model.pt", "check_budget.json", "report.md")
 
 
+@DVC_DAG
 def test_dvc_push_then_pull_into_a_fresh_clone_leaves_nothing_to_rerun(dvc_project: DvcProject, tmp_path: Path) -> None:
     """``dvc push`` after a run to a remote (a local folder here, an SSH server on a cluster), then in a fresh clone
     ``dvc pull && make checkout``: every output is back, byte for byte, and neither ``dvc status`` nor ``snakemake -n``

@@ -125,12 +125,16 @@ def test_fingerprint_changes_with_the_measurement_protocol(monkeypatch) -> None:
     assert fingerprint_id(target_fingerprint("onnxruntime_fp32", "fp32", 2)) != fingerprint_id(before)
 
 
-def test_fingerprint_lists_executorch_only_when_installed(monkeypatch) -> None:
+def test_fingerprint_lists_executorch_only_when_installed_and_only_for_its_runtime(monkeypatch) -> None:
     real = fp_mod._package_version
-    monkeypatch.setattr(fp_mod, "_package_version", lambda name: "1.5.1" if name == "executorch" else real(name))
-    assert target_fingerprint("executorch_xnnpack", "fp32", 1)["executorch"] == "1.5.1"
     monkeypatch.setattr(fp_mod, "_package_version", lambda name: None if name == "executorch" else real(name))
-    assert "executorch" not in target_fingerprint("torch_fp32", "fp32", 1)
+    without = {rt: target_fingerprint(rt, "fp32", 1) for rt in ("torch_fp32", "onnxruntime_fp32", "auto")}
+    monkeypatch.setattr(fp_mod, "_package_version", lambda name: "1.5.1" if name == "executorch" else real(name))
+    assert target_fingerprint("executorch_xnnpack_fp32", "fp32", 1)["executorch"] == "1.5.1"
+    # installing executorch leaves the other runtimes' fingerprints (and so their latency tables) as they were
+    assert {rt: target_fingerprint(rt, "fp32", 1) for rt in without} == without
+    monkeypatch.setattr(fp_mod, "_package_version", lambda name: None if name == "executorch" else real(name))
+    assert "executorch" not in target_fingerprint("executorch_xnnpack_fp32", "fp32", 1)
 
 
 def test_malloc_env() -> None:
@@ -190,3 +194,10 @@ def test_mallopt_stops_per_call_page_faults() -> None:
     plain, fixed = map(int, out.stdout.split())
     assert plain > 10_000  # 64 MB / 4 KiB pages = 16384 faults every round
     assert fixed < 100
+
+
+def test_an_unknown_runtime_name_is_refused_not_run_on_another() -> None:
+    from srnas.runtimes.calls import runtime_call
+
+    with pytest.raises(ValueError, match="unknown runtime 'executorch_xnnpack'; choose from .*executorch_xnnpack_fp32"):
+        runtime_call(_net(), "executorch_xnnpack", torch.rand(1, 3, *HW), 1)  # the name before issue 18

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from services import service_missing
-from test_pipeline import BIN, HIDDEN_BF16, ROOT, SMOKE, _assert_same_results, _copy_project, _env
+from test_pipeline import BIN, HIDDEN_BF16, ROOT, SMOKE, SMOKE_DAG, _assert_same_results, _copy_project, _env
 
 DEFAULT_PROFILE = ROOT / "profiles" / "default" / "config.yaml"
 SLURM_PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
@@ -106,6 +106,7 @@ def _stage_runs(project: Path, tracking: dict[str, str]) -> list[dict]:
 
 
 @pytest.mark.slow
+@SMOKE_DAG  # beside the local run it compares with (smoke_project), on the same pytest-xdist worker
 def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the_local_run(
         smoke_project: Path, slurm_cluster, tmp_path: Path) -> None:
     """``snakemake --workflow-profile profiles/slurm`` on a one-node SLURM cluster of this machine: every job of the
@@ -115,7 +116,7 @@ def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the
     the killed-and-resumed run (test_pipeline.py). Both runs share the latency cache, as there: the measured layer
     table is the one measured input that may change a search."""
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        service_missing("snakemake-executor-plugin-slurm not installed", 'pip install -c constraints.txt -e ".[slurm]"')
+        service_missing("snakemake-executor-plugin-slurm", "`make setup` (the dev extras) or `pip install -e .[slurm]`")
     project = _copy_project(tmp_path)
     shutil.copytree(smoke_project / ".srnas" / "latency", project / ".srnas" / "latency")
 

@@ -237,8 +237,10 @@ class TrackingConfig:
     """The ``tracking`` section: where MLflow writes. The default is a local SQLite file, no server.
 
     ``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_NAME`` in the environment take precedence over ``uri`` /
-    ``experiment``; ``artifact_location`` applies to local stores only (a server decides where artifacts go) unless it
-    is a URI; ``registered_model`` is the model registry name of the final model ("": ``srnas-<experiment>-x<scale>``).
+    ``experiment``; ``uri`` may be an MLflow server (``http://host:5000``; README "An MLflow tracking server");
+    ``artifact_location`` applies to local stores only (a server decides where artifacts go: ``mlflow-artifacts:/``,
+    uploaded through it) unless it is a URI; ``registered_model`` is the model registry name of the final model ("":
+    ``srnas-<experiment>-x<scale>``).
     """
 
     uri: str = "sqlite:///mlflow.db"
@@ -324,7 +326,7 @@ class TrainConfig:
         return dataclasses.replace(self, steps=self.steps_by_model.get(model, self.steps), steps_by_model={})
 
 
-PROFILE_RUNTIMES = ("torch_fp32", "torch_bf16", "onnxruntime_fp32", "executorch_xnnpack", "torch_cuda")
+PROFILE_RUNTIMES = ("torch_fp32", "torch_bf16", "onnxruntime_fp32", "executorch_xnnpack_fp32", "torch_cuda")
 
 
 @dataclass(frozen=True)

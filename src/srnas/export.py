@@ -29,6 +29,16 @@ converting to 8 bits).
 When the dynamo exporter raises (an operator without an ONNX translation, untraceable Python
 control flow, onnxscript missing) we fall back to ``dynamo=False`` with ``dynamic_axes`` and log
 why. The exporter used is stored in the model's metadata (``srnas.exporter``).
+
+ExecuTorch
+----------
+:func:`export_pte` lowers with ``torch.export`` (batch 1, height and width dynamic up to ``max_hw``) and
+``to_edge_transform_and_lower`` with the XNNPACK partitioner, and says which operators the delegate took
+(:class:`Delegation`). With dynamic sizes XNNPACK leaves out the reshapes of PixelShuffle (``view_copy``) and of the
+residual's ``repeat_interleave`` (``unsqueeze_copy``, ``expand_copy``, ``view_copy``), which splits a network that
+ends in PixelShuffle into several delegate calls run by ExecuTorch's portable kernels in between (docs/pipeline.md,
+"ExecuTorch", has the measured cost). ``torch.export`` of the bicubic baseline's dynamic-size resize leaves symbolic
+``trunc`` / ``sym_float`` that the edge dialect refuses: it has no ``.pte``.
 """
 
 from __future__ import annotations
@@ -37,9 +47,12 @@ import contextlib
 import copy
 import logging
 import math
+import operator
 import os
+import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +67,7 @@ from srnas.errors import DataError, SrnasError
 from srnas.inference import to_tensor, to_uint8
 from srnas.metrics import calculate_psnr
 from srnas.runtimes.calls import INPUT_NAME, OUTPUT_NAME
-from srnas.runtimes.executorch import executorch_method, require_executorch
+from srnas.runtimes.executorch import executorch_method, require_executorch, set_executorch_threads
 from srnas.runtimes.ort import ort_session
 
 log = logging.getLogger(__name__)
@@ -256,8 +269,140 @@ def onnx_exporter(path: str | os.PathLike[str]) -> str | None:
     return onnx_metadata(path).get("srnas.exporter")
 
 
-# LR (height, width) of the probe input :func:`onnx_upscaler` runs once to check a model scales its input
+# ------------------------------------------------------------------------------------ ExecuTorch
+
+_DELEGATE_CALL = "executorch_call_delegate"
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """Which operators of a lowered ExecuTorch program the XNNPACK delegate runs, and which fall out of it.
+
+    ``delegated``: operator -> count inside the delegate's ``subgraphs`` (one ``executorch_call_delegate`` each);
+    ``portable``: tensor operators left between them to ExecuTorch's portable CPU kernels; ``shape``: integer
+    arithmetic on the dynamic height and width (``sym_size.int``, ``mul``), no tensor work. Names are the edge
+    dialect's (``aten.convolution.default``); the delegate calls and the ``getitem`` that unpack their outputs are
+    not counted.
+    """
+
+    subgraphs: int
+    delegated: Mapping[str, int]
+    portable: Mapping[str, int]
+    shape: Mapping[str, int]
+
+    @property
+    def fully_delegated(self) -> bool:
+        return self.subgraphs == 1 and not self.portable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": "XnnpackBackend", "subgraphs": self.subgraphs,
+                "delegated_ops": sum(self.delegated.values()), "non_delegated_ops": sum(self.portable.values()),
+                "shape_ops": sum(self.shape.values()), "delegated": dict(self.delegated),
+                "non_delegated": dict(self.portable), "shape": dict(self.shape)}
+
+    def describe(self) -> str:
+        outside = ", ".join(f"{op} x{n}" for op, n in self.portable.items()) or "none"
+        return (f"{sum(self.delegated.values())} op(s) in {self.subgraphs} XNNPACK subgraph(s); "
+                f"{sum(self.portable.values())} outside the delegate: {outside}")
+
+
+def _op_name(target: Any) -> str:
+    return str(getattr(target, "__name__", target))
+
+
+def _counted(nodes: Any) -> Counter[str]:
+    return Counter(_op_name(n.target) for n in nodes if n.op == "call_function" and n.target is not operator.getitem)
+
+
+def delegation(graph_module: torch.fx.GraphModule) -> Delegation:
+    """What the delegate took from a lowered edge program (``to_edge_transform_and_lower(...).exported_program()
+    .graph_module``): :class:`Delegation`. Each lowered module keeps the graph it replaced (``original_module``)."""
+    delegated: Counter[str] = Counter()
+    portable: Counter[str] = Counter()
+    shape: Counter[str] = Counter()
+    subgraphs = 0
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue
+        if _op_name(node.target) == _DELEGATE_CALL:
+            subgraphs += 1
+            lowered = getattr(graph_module, node.args[0].target)
+            delegated += _counted(lowered.original_module.graph.nodes)
+        elif isinstance(node.meta.get("val"), torch.Tensor):
+            portable[_op_name(node.target)] += 1
+        else:
+            shape[_op_name(node.target)] += 1
+    return Delegation(subgraphs, dict(sorted(delegated.items())), dict(sorted(portable.items())), dict(sorted(shape.items())))
+
+
+@dataclass(frozen=True)
+class PteExport:
+    """A written ``.pte`` and what the XNNPACK delegate took of it."""
+
+    path: Path
+    delegation: Delegation
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``Type: message`` on one line; for a bare ``assert`` (no message), where it failed."""
+    text = _one_line(exc)
+    if not text and exc.__traceback__ is not None:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        text = f"raised in {frame.name} ({Path(frame.filename).parent.name}/{Path(frame.filename).name}:{frame.lineno})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def export_pte(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    sample_hw: tuple[int, int] = (64, 64),
+    max_hw: tuple[int, int] = PTE_MAX_HW,
+) -> PteExport:
+    """Export ``model`` to an ExecuTorch program with the XNNPACK delegate (``.pte``), atomically; its path and
+    :class:`Delegation` (which operators the delegate runs, which fall out of it).
+
+    The input is ``1 x 3 x height x width`` float32 RGB in [0, 1] (the ONNX convention, batch 1), height and width
+    dynamic from 2 up to ``max_hw`` (ExecuTorch plans memory for the upper bound, which the program's metadata
+    keeps). Raises :class:`ExecuTorchUnavailableError` when executorch cannot be imported and :class:`ExportError`
+    naming the file when lowering fails. What an export killed mid-write left beside ``path`` is removed first (by
+    :func:`srnas.atomic.atomic_path`).
+    """
+    path = Path(path)
+    require_executorch(str(path))
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    sample_hw = _check_hw(sample_hw, "sample_hw")
+    max_hw = _check_hw(max_hw, "max_hw")
+    sample = torch.rand(1, 3, *sample_hw, generator=torch.Generator().manual_seed(0))
+    height = torch.export.Dim("height", min=2, max=max_hw[0])
+    width = torch.export.Dim("width", min=2, max=max_hw[1])
+    cpu_model = model if _model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
+    with _eval_mode(cpu_model):
+        try:
+            with _quiet_exporter():
+                exported = torch.export.export(cpu_model, (sample,), dynamic_shapes=({2: height, 3: width},))
+                edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+                delegated = delegation(edge.exported_program().graph_module)
+                program = edge.to_executorch()
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"{path}: ExecuTorch export failed: {_exception_text(exc)}") from exc
+    with atomic_path(path, suffix=".pte") as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(program.buffer)
+            handle.flush()
+            os.fsync(handle.fileno())
+    log.info("%s: exported ExecuTorch program (XNNPACK delegate, LR up to %dx%d): %s", path, *max_hw, delegated.describe())
+    return PteExport(path, delegated)
+
+
+# --------------------------------------------------------------------------- running exported files
+
+# LR (height, width) of the probe input the upscalers run once to check a model scales its input
 _PROBE_HW = (16, 24)  # multiples of 8 for models that downsample inside, unequal
+
+Run = Callable[[torch.Tensor], np.ndarray]  # a 1x3xHxW float tensor in [0, 1] -> the model's output as an array
 
 
 def _probe_hw(dims: Sequence[Any]) -> tuple[int, int]:
@@ -265,6 +410,39 @@ def _probe_hw(dims: Sequence[Any]) -> tuple[int, int]:
     hw = list(dims)[2:4] if len(dims) == 4 else [None, None]
     h, w = (d if isinstance(d, int) and d > 0 else probe for d, probe in zip(hw, _PROBE_HW, strict=True))
     return h, w
+
+
+def _ort_run(session: Any) -> Run:
+    """An ONNX Runtime session (:func:`srnas.runtimes.ort.ort_session`) as a :data:`Run`."""
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+    return run
+
+
+def _pte_method(path: Path, threads: int | None = None) -> Any:
+    if threads is not None:
+        set_executorch_threads(threads)
+    return executorch_method(path)
+
+
+def _pte_run(method: Any) -> Run:
+    """A loaded ``.pte`` method (:func:`srnas.runtimes.executorch.executorch_method`) as a :data:`Run`."""
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        return method.execute([x.contiguous()])[0].float().numpy()
+
+    return run
+
+
+def _pte_max_hw(path: Path, method: Any) -> tuple[int, int]:
+    """The largest LR (height, width) a ``.pte`` takes (export_pte's ``max_hw``, from its input's metadata)."""
+    sizes = tuple(method.metadata.input_tensor_meta(0).sizes())
+    if method.metadata.num_inputs() != 1 or len(sizes) != 4 or sizes[:2] != (1, 3):
+        raise ExportError(f"{path}: expected one 1x3xHxW input (as `srnas export` writes it), found "
+                          f"{method.metadata.num_inputs()} input(s), the first {'x'.join(map(str, sizes))}")
+    return int(sizes[2]), int(sizes[3])
 
 
 def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None, scale: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
@@ -286,16 +464,48 @@ def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None, scal
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
         raise ExportError(f"{path}: expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r} (as `srnas export` "
                           f"writes them), found inputs {names[0]} and outputs {names[1]}")
+    return _checked_upscaler(path, "ONNX Runtime", _ort_run(session), _probe_hw(inputs[0].shape), None, scale)
 
-    def run(lr: np.ndarray) -> np.ndarray:
+
+def pte_upscaler(path: str | os.PathLike[str], threads: int | None = None, scale: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`onnx_upscaler` for an ExecuTorch ``.pte`` (:func:`export_pte`), on ``threads`` XNNPACK threads (its
+    default when None). An image larger than the program's ``max_hw`` is refused (ExportError) before it runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ExecuTorch program")
+    require_executorch(str(path))
+    try:
+        method = _pte_method(path, threads)
+    except Exception as exc:  # noqa: BLE001 - the pybindings raise RuntimeError with a status code
+        raise ExportError(f"{path}: ExecuTorch cannot load it ({_one_line(exc)})") from None
+    max_hw = _pte_max_hw(path, method)
+    probe = (min(_PROBE_HW[0], max_hw[0]), min(_PROBE_HW[1], max_hw[1]))
+    return _checked_upscaler(path, "ExecuTorch", _pte_run(method), probe, max_hw, scale)
+
+
+def exported_upscaler(path: str | os.PathLike[str], threads: int | None = None, scale: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`pte_upscaler` for a ``.pte``, :func:`onnx_upscaler` for anything else."""
+    upscaler = pte_upscaler if Path(path).suffix == ".pte" else onnx_upscaler
+    return upscaler(path, threads, scale)
+
+
+def _checked_upscaler(path: Path, runtime: str, run: Run, probe_hw: tuple[int, int], max_hw: tuple[int, int] | None,
+                      scale: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """``run`` as an ``LR uint8 -> SR uint8`` function, its scale found on a ``probe_hw`` input and checked on every
+    image (:func:`onnx_upscaler`); an image beyond ``max_hw`` is refused."""
+
+    def run_image(lr: np.ndarray) -> np.ndarray:
+        if max_hw is not None and (lr.shape[0] > max_hw[0] or lr.shape[1] > max_hw[1]):
+            raise ExportError(f"{path}: a {lr.shape[0]}x{lr.shape[1]} image is larger than the {max_hw[0]}x{max_hw[1]} "
+                              "the program was exported for")
         try:
-            return session.run([OUTPUT_NAME], {INPUT_NAME: to_tensor(lr).numpy()})[0]
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ExportError(f"{path}: ONNX Runtime cannot run it on a {lr.shape[0]}x{lr.shape[1]} RGB image "
+            return run(to_tensor(lr))
+        except Exception as exc:  # noqa: BLE001 - the runtimes raise their own exception types
+            raise ExportError(f"{path}: {runtime} cannot run it on a {lr.shape[0]}x{lr.shape[1]} RGB image "
                               f"({_one_line(exc)})") from None
 
-    h, w = _probe_hw(inputs[0].shape)
-    probe = run(np.zeros((h, w, 3), dtype=np.uint8))
+    h, w = probe_hw
+    probe = run_image(np.zeros((h, w, 3), dtype=np.uint8))
     found = probe.shape[2] // h if probe.ndim == 4 and probe.shape[2] % h == 0 else 0
     wanted = (scale,) if scale is not None else SUPPORTED_SCALES
     if found not in wanted or probe.shape != (1, 3, found * h, found * w):
@@ -303,7 +513,7 @@ def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None, scal
                           f"gives a {'x'.join(map(str, probe.shape))} output")
 
     def upscale(lr: np.ndarray) -> np.ndarray:
-        sr = run(lr)
+        sr = run_image(lr)
         if sr.shape != (1, 3, found * lr.shape[0], found * lr.shape[1]):
             raise ExportError(f"{path}: a {lr.shape[0]}x{lr.shape[1]} image gives a {'x'.join(map(str, sr.shape))} "
                               f"output, not x{found} of it")
@@ -315,49 +525,6 @@ def onnx_upscaler(path: str | os.PathLike[str], threads: int | None = None, scal
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-# ------------------------------------------------------------------------------------ ExecuTorch
-
-
-def export_pte(
-    model: torch.nn.Module,
-    path: str | os.PathLike[str],
-    *,
-    sample_hw: tuple[int, int] = (64, 64),
-    max_hw: tuple[int, int] = PTE_MAX_HW,
-) -> Path:
-    """Export ``model`` to an ExecuTorch program with the XNNPACK delegate (``.pte``), atomically.
-
-    Height and width are dynamic from 2 up to ``max_hw`` (ExecuTorch plans memory for the upper
-    bound). Raises :class:`ExecuTorchUnavailableError` when executorch cannot be imported. What an export killed
-    mid-write left beside ``path`` is removed first (by :func:`srnas.atomic.atomic_path`).
-    """
-    path = Path(path)
-    require_executorch(str(path))
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    sample_hw = _check_hw(sample_hw, "sample_hw")
-    max_hw = _check_hw(max_hw, "max_hw")
-    sample = torch.rand(1, 3, *sample_hw, generator=torch.Generator().manual_seed(0))
-    height = torch.export.Dim("height", min=2, max=max_hw[0])
-    width = torch.export.Dim("width", min=2, max=max_hw[1])
-    cpu_model = model if _model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
-    with _eval_mode(cpu_model):
-        try:
-            with _quiet_exporter():
-                exported = torch.export.export(cpu_model, (sample,), dynamic_shapes=({2: height, 3: width},))
-                program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
-        except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"{path}: ExecuTorch export failed: {type(exc).__name__}: {exc}") from exc
-    with atomic_path(path, suffix=".pte") as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(program.buffer)
-            handle.flush()
-            os.fsync(handle.fileno())
-    log.info("%s: exported ExecuTorch program (XNNPACK delegate, LR up to %dx%d)", path, *max_hw)
-    return path
 
 
 # ---------------------------------------------------------------------------------------- parity
@@ -516,6 +683,30 @@ def _checked(make_report: Any, path: Path, runtime: str) -> ParityReport:
     return report
 
 
+def _check_artifact(
+    model: torch.nn.Module,
+    path: Path,
+    what: str,
+    runtime: str,
+    open_run: Callable[[], tuple[Run, tuple[int, int] | None]],
+    val_images: Sequence[Any],
+    scale: int,
+    atol: float,
+    psnr_tol: float,
+) -> ParityReport:
+    """The parity check of an exported file, whatever runs it: ``open_run`` loads it (a :data:`Run` and the largest
+    LR it takes, None for any), :func:`_parity` compares, :func:`_checked` deletes a file that fails."""
+    if not path.is_file():
+        raise ParityError(f"{path}: no such {what}")
+
+    def make_report() -> ParityReport:
+        pairs = _split_pairs(val_images)
+        run, max_hw = open_run()
+        return _parity(model, path, runtime, run, pairs, scale, atol, psnr_tol, max_hw)
+
+    return _checked(make_report, path, runtime)
+
+
 def check_parity(
     model: torch.nn.Module,
     onnx_path: str | os.PathLike[str],
@@ -536,19 +727,8 @@ def check_parity(
     stage has passed it.
     """
     path = Path(onnx_path)
-    if not path.is_file():
-        raise ParityError(f"{path}: no such ONNX file")
-
-    def make_report() -> ParityReport:
-        pairs = _split_pairs(val_images)
-        session = ort_session(path)
-
-        def run(x: torch.Tensor) -> np.ndarray:
-            return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
-
-        return _parity(model, path, "onnxruntime", run, pairs, scale, atol, psnr_tol, None)
-
-    return _checked(make_report, path, "onnxruntime")
+    return _check_artifact(model, path, "ONNX file", "onnxruntime", lambda: (_ort_run(ort_session(path)), None),
+                           val_images, scale, atol, psnr_tol)
 
 
 def check_pte_parity(
@@ -559,24 +739,20 @@ def check_pte_parity(
     *,
     atol: float = 1e-4,
     psnr_tol: float = 0.01,
-    max_hw: tuple[int, int] = PTE_MAX_HW,
+    max_hw: tuple[int, int] | None = None,
 ) -> ParityReport:
-    """:func:`check_parity` for an ExecuTorch ``.pte``, run by the ExecuTorch Python runtime.
+    """:func:`check_parity` for an ExecuTorch ``.pte``, run by the ExecuTorch Python runtime (the same comparison,
+    the same limits).
 
-    Images larger than ``max_hw`` (the bound the program was exported with) are centre-cropped.
+    Images larger than ``max_hw`` (default: the bound the program was exported with, from its metadata) are
+    centre-cropped.
     """
     path = Path(pte_path)
-    if not path.is_file():
-        raise ParityError(f"{path}: no such ExecuTorch program")
-    require_executorch(str(path))
+    if path.is_file():
+        require_executorch(str(path))
 
-    def make_report() -> ParityReport:
-        pairs = _split_pairs(val_images)
+    def open_run() -> tuple[Run, tuple[int, int] | None]:
         method = executorch_method(path)
+        return _pte_run(method), max_hw or _pte_max_hw(path, method)
 
-        def run(x: torch.Tensor) -> np.ndarray:
-            return method.execute([x.contiguous()])[0].float().numpy()
-
-        return _parity(model, path, "executorch", run, pairs, scale, atol, psnr_tol, max_hw)
-
-    return _checked(make_report, path, "executorch")
+    return _check_artifact(model, path, "ExecuTorch program", "executorch", open_run, val_images, scale, atol, psnr_tol)

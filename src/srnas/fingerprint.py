@@ -29,8 +29,10 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # measured the old way is measured again. 2: ONNX Runtime workers sleep when idle (srnas.runtimes.ort.SESSION_CONFIG).
 MEASUREMENT_PROTOCOL = 2
 
-# Distributions whose version changes a measured latency. executorch appears only when installed.
+# Distributions whose version changes a measured latency. executorch appears only when installed, and only in the
+# fingerprint of an ExecuTorch runtime (:data:`RUNTIME_ONLY_PACKAGES`): installing it leaves every other table valid.
 PACKAGES = ("torch", "onnxruntime", "onnx", "executorch")
+RUNTIME_ONLY_PACKAGES = {"executorch": "executorch_"}  # package -> the prefix of the runtimes it runs
 
 
 def _package_version(name: str) -> str | None:
@@ -110,8 +112,8 @@ def target_fingerprint(runtime: str, precision: str, threads: int) -> dict[str, 
 
     Keys: measurement_protocol (:data:`MEASUREMENT_PROTOCOL`), runtime, precision, threads, cpu_model,
     cpu_flags ({flag: bool}), logical_cpus, usable_cpus, machine, os, os_release, libc, python and one key per
-    installed package of :data:`PACKAGES` (torch, onnxruntime, onnx, executorch), plus cuda_device / cuda for
-    ``torch_cuda``.
+    installed package of :data:`PACKAGES` (torch, onnxruntime, onnx; executorch for the ExecuTorch runtimes only),
+    plus cuda_device / cuda for ``torch_cuda``.
     """
     libc_name, libc_version = platform.libc_ver()
     fp: dict[str, Any] = {
@@ -128,7 +130,8 @@ def target_fingerprint(runtime: str, precision: str, threads: int) -> dict[str, 
         "os_release": platform.release(),
         "libc": f"{libc_name} {libc_version}".strip() or "unknown",
     }
-    fp.update(package_versions())
+    fp.update({name: version for name, version in package_versions().items()
+               if not (name in RUNTIME_ONLY_PACKAGES and not runtime.startswith(RUNTIME_ONLY_PACKAGES[name]))})
     if runtime == "torch_cuda":
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():

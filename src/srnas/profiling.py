@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from srnas.export import export_onnx, export_pte
+from srnas.export import ExportError, export_onnx, export_pte
 from srnas.fingerprint import fingerprint_id, target_fingerprint, usable_cpus
 from srnas.runtimes.allocator import FAULTS_PER_RUN_WARNING, prepare_allocator
 from srnas.runtimes.availability import (
@@ -110,7 +110,7 @@ def _exported_artifact(model: torch.nn.Module | str | os.PathLike[str], runtime:
                        artifact: str | os.PathLike[str] | None, stack: contextlib.ExitStack) -> Any:
     """What ``runtime`` runs: the module itself (torch runtimes), else ``artifact``, the path ``model`` names, or
     ``model`` exported to a temporary file that lives in ``stack``."""
-    if runtime not in ("onnxruntime_fp32", "executorch_xnnpack"):
+    if runtime not in ("onnxruntime_fp32", "executorch_xnnpack_fp32"):
         return model
     if artifact is not None:
         return Path(artifact)
@@ -120,7 +120,7 @@ def _exported_artifact(model: torch.nn.Module | str | os.PathLike[str], runtime:
     if runtime == "onnxruntime_fp32":
         return export_onnx(model, tmpdir / "model.onnx", sample_hw=(32, 32))
     max_hw = (max(x.shape[2], 64), max(x.shape[3], 64))
-    return export_pte(model, tmpdir / "model.pte", sample_hw=(32, 32), max_hw=max_hw)
+    return export_pte(model, tmpdir / "model.pte", sample_hw=(32, 32), max_hw=max_hw).path
 
 
 def profile_module(
@@ -136,7 +136,7 @@ def profile_module(
 ) -> LatencyResult:
     """Latency of ``model`` on ``runtime`` for a ``1 x 3 x H x W`` input, ``threads`` threads.
 
-    ``model`` is a ``torch.nn.Module``; for ``onnxruntime_fp32`` / ``executorch_xnnpack`` it may
+    ``model`` is a ``torch.nn.Module``; for ``onnxruntime_fp32`` / ``executorch_xnnpack_fp32`` it may
     instead be the path of the exported file, or pass ``onnx_path`` / ``pte_path`` (otherwise the
     module is exported to a temporary file first). No timing is asserted: this only measures.
     Raises :class:`RuntimeUnavailableError` when the runtime cannot run here.
@@ -195,13 +195,22 @@ def profile_all(
     """:func:`profile_module` on every available runtime (or on ``runtimes``, each of which must be available).
 
     ``onnx_path`` / ``pte_path``: the artifacts to time on ONNX Runtime / ExecuTorch (the ones the
-    export stage checked); when None the model is exported to a temporary file first.
+    export stage checked); when None the model is exported to a temporary file first. Without ``runtimes``, a
+    runtime the model cannot be exported to is left out with a warning (the bicubic baseline has no ``.pte``:
+    :mod:`srnas.export`); a runtime asked for by name fails instead.
     """
     threads = resolve_threads(threads)
     chosen = list(runtimes) if runtimes else available_runtimes()
     results = []
     for runtime in chosen:
-        result = profile_module(model, runtime, input_hw, threads=threads, warmup=warmup, runs=runs, onnx_path=onnx_path, pte_path=pte_path)
+        try:
+            result = profile_module(model, runtime, input_hw, threads=threads, warmup=warmup, runs=runs,
+                                    onnx_path=onnx_path, pte_path=pte_path)
+        except ExportError as exc:
+            if runtimes:
+                raise
+            log.warning("%s: left out, the model cannot be exported for it: %s", runtime, exc)
+            continue
         log.info("%s %dx%d: median %.2f ms, p90 %.2f ms", runtime, input_hw[0], input_hw[1], result.median_ms, result.p90_ms)
         results.append(result)
     return results

@@ -5,7 +5,9 @@ This is the only module that imports mlflow, and it does so lazily (importing ml
 
 Stages are separate processes (Snakemake jobs, ``dvc repro`` stages), so the parent run is found
 through a small state file, :data:`STATE_FILE` (relative to the working directory), keyed by
-tracking URI and experiment:
+tracking URI (its password masked) and experiment. Processes on other hosts share it through the project folder
+(SLURM jobs of a shared project folder; its ``flock`` serialises them); processes with no folder in common are given
+the parent's id in ``SRNAS_PIPELINE_RUN_ID`` instead:
 
 - :func:`start_pipeline` creates the parent run and records it; :func:`end_pipeline` terminates
   it and forgets it (Snakemake's onstart / onsuccess / onerror hooks, DVC's ``report`` stage).
@@ -21,8 +23,18 @@ tracking URI and experiment:
 Where runs go: ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME``, when set, take precedence over
 ``tracking.uri`` and ``tracking.experiment`` (:func:`effective`), as they do for every MLflow tool. With a server
 (``http(s)://``, ``databricks``), a new experiment's artifacts go where the server says: ``tracking.artifact_location``
-is used for local stores only, unless it is itself a URI (``s3://...``). The tracking settings never invalidate a
-stage (Snakemake passes them outside each rule's params, DVC lists them in no stage's params).
+is used for local stores only, unless it is itself a URI (``s3://...``); an ``mlflow server --serve-artifacts`` gives
+``mlflow-artifacts:/<experiment id>``, so clients upload through it and need no access to its storage. The tracking
+settings never invalidate a stage (Snakemake passes them outside each rule's params, DVC lists them in no stage's
+params).
+
+A server that does not answer fails the stage, never silently drops its record (the report registers the final model
+from the export stage's logged model, ``srnas compare`` reads the runs): the first request of a stage (before any work)
+is retried briefly (:data:`PROBE_RETRIES`: a few seconds), every later one for about 30 s (:data:`HTTP_RETRIES`, a
+server restart), where MLflow's own defaults would wait minutes; then :class:`TrackingUnreachable`, one line naming
+the URI, and the interrupted run is left RUNNING (asking the server to end it would only wait again). A password in
+the URI (``http://user:password@host``, HTTP basic auth) shows as ``***`` in every message, log line and the state
+file; MLflow's own printing of each run's page to stdout is turned off (each stage logs its run's page instead).
 
 Metric keys follow one scheme (:func:`metric_key`, docs/tracking.md): ``<quantity>_<subject>`` -- ``psnr_val``
 (PSNR on the validation set while training), ``psnr_proxy`` (a search's proxy PSNR), ``psnr_<set>_x<scale>`` and
@@ -41,6 +53,7 @@ import functools
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import time
@@ -49,7 +62,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from srnas.atomic import write_json
-from srnas.config import TrackingConfig
+from srnas.config import TrackingConfig, redact_url
 from srnas.digests import file_sha256
 from srnas.errors import SrnasError
 
@@ -62,6 +75,7 @@ __all__ = [
     "STATE_FILE",
     "StageRun",
     "TrackingError",
+    "TrackingUnreachable",
     "current_pipeline",
     "effective",
     "end_pipeline",
@@ -98,6 +112,22 @@ END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 URI_ENV, EXPERIMENT_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"
 SERVER_SCHEMES = ("http://", "https://", "databricks")
+HTTP_SCHEMES = ("http://", "https://")
+
+# How long a stage waits for an MLflow server that does not answer. MLflow's HTTP client retries a failed request (no
+# connection, a timeout, HTTP 429/5xx) with exponential back-off; its defaults (7 retries, 120 s per attempt) keep a
+# stage waiting about 4 minutes when the server is down and over 16 when it accepts connections and never answers.
+# srnas sets these instead, each only where the environment does not set it (a value set there wins):
+# - HTTP_RETRIES, for every request: 5 attempts 0, 4, 8 and 16 s apart (+ up to 1 s of jitter each), so a server
+#   restart is ridden out and a lost server fails the stage after ~30 s (~2 min if no attempt gets an answer in 20 s);
+# - PROBE_RETRIES, for a stage's first request (before it does any work): 3 attempts, 0 and 2 s apart, 10 s each, so
+#   a stage pointed at a server that is not there fails in seconds (~30 s if nothing answers at all).
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+PROBE_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow prints each ended run's page (the server's URL, a password in it included) to stdout: srnas logs it instead.
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 MODEL_DIGEST_TAG = "srnas.sha256"  # a logged model's tag: the SHA-256 of the exported ONNX file it was logged with
 FLAVOR_TAG = "srnas.flavor"  # "pytorch" | "onnx"
 
@@ -114,6 +144,11 @@ METRIC_ALIASES = {
 
 class TrackingError(SrnasError):
     """The tracking store or the recorded pipeline run cannot be used. The message names it."""
+
+
+class TrackingUnreachable(TrackingError):
+    """The MLflow server did not answer (after the bounded retries of :data:`HTTP_RETRIES`). The run it interrupted is
+    left RUNNING: recording its failure would only wait on the server again."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,15 +246,87 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # a scheme of two characters at least (C: is a drive)
+
+
 def _artifact_uri(uri: str, location: str) -> str | None:
-    """The artifact location a new experiment gets: none for a server (it decides) unless ``location`` is a URI."""
+    """The artifact location a new experiment gets: none for a server (it decides: ``mlflow-artifacts:/<id>`` when it
+    serves artifacts, uploaded through it) unless ``location`` is a URI (``s3://...``, ``mlflow-artifacts:/...``)."""
     if not location:
         return None
-    if "://" in location or location.startswith("file:"):
+    if _URI_SCHEME.match(location):
         return location
     if uri.startswith(SERVER_SCHEMES):
         return None
     return Path(location).expanduser().resolve().as_uri()
+
+
+def _uri_source() -> str:
+    """Where the tracking URI came from, for messages: the environment variable when it is set, else the key."""
+    return URI_ENV if os.environ.get(URI_ENV, "").strip() else "tracking.uri"
+
+
+def _scrub(text: str, uri: str) -> str:
+    """``text`` on one line with the password of ``uri`` (``http://user:password@host``) masked wherever it shows."""
+    from urllib.parse import quote, unquote, urlsplit
+
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        password = None
+    if password:
+        for form in {password, unquote(password), quote(unquote(password), safe="")}:
+            text = text.replace(form, "***")
+    return " ".join(redact_url(text).split())
+
+
+def _transport_failure(exc: BaseException) -> BaseException | None:
+    """The connection-level failure under ``exc`` (MLflow wraps its HTTP client's: requests / urllib3 exceptions,
+    socket errors), or None when ``exc`` is no such failure (a refused request, a bug, a local file)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if type(link).__module__.partition(".")[0] in ("requests", "urllib3") or isinstance(link, (ConnectionError, TimeoutError)):
+            return link
+        link = link.__cause__ or link.__context__
+    return None
+
+
+def _failure_reason(failure: BaseException) -> str:
+    """A few words for a transport failure: ``Connection refused``, ``no answer within 20 s``, ``HTTP 503``, ..."""
+    text = str(failure)
+    errno = re.findall(r"\[Errno -?\d+\] ([^'\"()\[\]]+)", text)
+    if errno:
+        return errno[-1].strip().rstrip(".")
+    status = re.search(r"too many (\d{3}) error responses", text)
+    if status:
+        return f"HTTP {status.group(1)}"
+    if "timed out" in text.lower() or "timeout" in type(failure).__name__.lower():
+        timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "").strip()
+        return f"no answer within {timeout} s" if timeout else "no answer"
+    return text[:200]
+
+
+@contextlib.contextmanager
+def _answering(uri: str) -> Iterator[None]:
+    """The block's requests to the server at ``uri``: a transport failure (after MLflow's retries) becomes one
+    :class:`TrackingUnreachable` line naming the URI, its password masked; any other error passes unchanged."""
+    start = time.monotonic()
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as exc:
+        failure = _transport_failure(exc) if uri.startswith(HTTP_SCHEMES) else None
+        if failure is None:
+            raise
+        waited = time.monotonic() - start
+        reason = _scrub(_failure_reason(failure), uri)
+        raise TrackingUnreachable(
+            f"{_uri_source()} {redact_url(uri)}: the MLflow server does not answer ({reason}; gave up after {waited:.0f} s); "
+            f"start it or point {_uri_source()} at a running one, or set tracking.enabled: false"
+        ) from None  # MLflow's message holds the URL, password included: no traceback shows it
 
 
 def effective(cfg: TrackingConfig) -> TrackingConfig:
@@ -248,7 +355,7 @@ def registered_model_name(cfg: TrackingConfig, scale: int) -> str:
 
 
 def _state_key(cfg: TrackingConfig) -> str:
-    return f"{_resolve_uri(cfg.uri)} {cfg.experiment}"
+    return f"{redact_url(_resolve_uri(cfg.uri))} {cfg.experiment}"  # a password in the URI is written nowhere
 
 
 def _read_state() -> dict[str, Any]:
@@ -271,7 +378,7 @@ def _recorded_run_id(cfg: TrackingConfig) -> str | None:
 
 def _record(cfg: TrackingConfig, run_id: str) -> None:
     state = _read_state()
-    state[_state_key(cfg)] = {"run_id": run_id, "tracking_uri": _resolve_uri(cfg.uri), "experiment": cfg.experiment}
+    state[_state_key(cfg)] = {"run_id": run_id, "tracking_uri": redact_url(_resolve_uri(cfg.uri)), "experiment": cfg.experiment}
     write_json(STATE_FILE, state)
 
 
@@ -310,25 +417,77 @@ def _locked() -> Iterator[None]:
 # mlflow access
 
 
+class _QuietServerRetries(logging.Filter):
+    """Drops urllib3's "Retrying ..." warnings for requests to an MLflow server (paths under ``/api/<v>/mlflow``):
+    while MLflow retries, a stage says nothing; when it gives up, one line says so (:func:`_answering`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        url = record.args[-1] if isinstance(record.args, tuple) and record.args else ""
+        return not (str(record.msg).startswith("Retrying") and isinstance(url, str) and "/mlflow" in url)
+
+
 def _quiet_mlflow() -> None:
     for name in ("mlflow", "alembic", "sqlalchemy", "huey"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    pool = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _QuietServerRetries) for f in pool.filters):
+        pool.addFilter(_QuietServerRetries())
+
+
+_HTTP_SET: set[str] = set()  # the HTTP_RETRIES variables this process set (not the user's)
+
+
+def _srnas_sets(name: str) -> bool:
+    """Whether srnas decides the MLflow HTTP variable ``name``: the environment does not set it, or srnas did."""
+    value = os.environ.get(name, "").strip()
+    return not value or (name in _HTTP_SET and value == HTTP_RETRIES[name])
+
+
+def _bound_http_waits() -> None:
+    """:data:`HTTP_RETRIES` for each variable the environment does not set."""
+    for name, value in HTTP_RETRIES.items():
+        if _srnas_sets(name):
+            os.environ[name] = value
+            _HTTP_SET.add(name)
+
+
+@contextlib.contextmanager
+def _probing() -> Iterator[None]:
+    """:data:`PROBE_RETRIES` for the block (each variable srnas decides), then :data:`HTTP_RETRIES` again."""
+    mine = [name for name in PROBE_RETRIES if _srnas_sets(name)]
+    for name in mine:
+        os.environ[name] = PROBE_RETRIES[name]
+    try:
+        yield
+    finally:
+        for name in mine:
+            os.environ[name] = HTTP_RETRIES[name]
 
 
 def _client(cfg: TrackingConfig) -> MlflowClient:
+    """A client of ``cfg``'s store, opened now. A server is asked once (:func:`_probing`: it fails in seconds when
+    none answers); every later request waits at most :data:`HTTP_RETRIES`."""
     uri = _resolve_uri(cfg.uri)
     db_path = _sqlite_path(uri)
     if db_path is not None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # pipelines run offline; respect an explicit choice
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)  # pipelines run offline; respect an explicit choice
+    server = uri.startswith(HTTP_SCHEMES)
+    if server:
+        _bound_http_waits()
     from mlflow import MlflowClient
 
     _quiet_mlflow()
     try:
-        client = MlflowClient(tracking_uri=uri)
-        client.get_experiment_by_name(cfg.experiment)  # opens (or creates) the store now, under the caller's lock
+        with (_probing() if server else contextlib.nullcontext()), _answering(uri):
+            client = MlflowClient(tracking_uri=uri)
+            client.get_experiment_by_name(cfg.experiment)  # opens (or creates) the store now, under the caller's lock
+    except TrackingError:
+        raise
     except Exception as exc:
-        raise TrackingError(f"tracking.uri {cfg.uri!r}: cannot open the MLflow tracking store ({exc})") from exc
+        message = f"{_uri_source()} {redact_url(cfg.uri)!r}: cannot open the MLflow tracking store ({_scrub(str(exc), uri)})"
+        raise TrackingError(message) from (None if server else exc)  # MLflow's message may hold a password
     finally:
         _quiet_mlflow()  # the store's first use may have configured more loggers
     return client
@@ -347,7 +506,7 @@ def _experiment_id(client: MlflowClient, cfg: TrackingConfig) -> str:
                 raise
     if experiment.lifecycle_stage != "active":
         raise TrackingError(
-            f"tracking.experiment {cfg.experiment!r} is deleted in {cfg.uri}; restore it "
+            f"tracking.experiment {cfg.experiment!r} is deleted in {redact_url(cfg.uri)}; restore it "
             f"(mlflow experiments restore) or choose another name"
         )
     return experiment.experiment_id
@@ -359,7 +518,9 @@ def _run_status(client: MlflowClient, run_id: str) -> str | None:
 
     try:
         run = client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        if _transport_failure(exc) is not None:
+            raise  # the server did not answer: that says nothing of the run
         return None
     if run.info.lifecycle_stage != "active":
         return None
@@ -490,6 +651,18 @@ def _failure_status(exc: BaseException) -> str | None:
 # Public API
 
 
+def _remote(method: Any) -> Any:
+    """A :class:`StageRun` method that talks to the store: a server that stops answering is one
+    :class:`TrackingUnreachable` line (:func:`_answering`)."""
+
+    @functools.wraps(method)
+    def talking(self: StageRun, *args: Any, **kwargs: Any) -> Any:
+        with _answering(self._client.tracking_uri if self._client is not None else ""):
+            return method(self, *args, **kwargs)
+
+    return talking
+
+
 class StageRun:
     """One MLflow run (a stage or a search candidate). Methods log straight to the tracking store."""
 
@@ -507,6 +680,7 @@ class StageRun:
             raise TrackingError(f"MLflow run {self._run_id} has no pipeline run")
         return StageRun(self._client, parent, self._experiment_id, {KIND_TAG: "pipeline"})
 
+    @_remote
     def log_dataset(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, Any] | None = None) -> None:
         """Log a dataset as an input of this run (MLflow's Datasets panel): its ``name``, ``digest`` (at most 36
         characters are kept), ``source`` (a path or URL) and ``context`` ("training", "evaluation", ...)."""
@@ -519,6 +693,7 @@ class StageRun:
                           profile=json.dumps(dict(profile)) if profile else None)
         self._client.log_inputs(self._run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
 
+    @_remote
     def log_models(self, name: str, module: Any, onnx_file: str | os.PathLike[str], example: Any,
                    tags: Mapping[str, Any] | None = None) -> dict[str, str]:
         """Log ``module`` (a torch ``nn.Module``) as an MLflow PyTorch model and ``onnx_file`` as an ONNX model, both
@@ -553,6 +728,7 @@ class StageRun:
                 uris[flavor] = info.model_uri
         return uris
 
+    @_remote
     def register_model(self, name: str, onnx_file: str | os.PathLike[str], tags: Mapping[str, Any]) -> str:
         """Register the ONNX model logged from ``onnx_file`` (found by its SHA-256 among this experiment's logged
         models) as a new version of the registered model ``name`` (created when missing), with ``tags`` on the version
@@ -588,6 +764,7 @@ class StageRun:
         """The MLflow run id ("" when tracking is disabled)."""
         return self._run_id
 
+    @_remote
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log float metrics (numpy/torch scalars converted; None skipped; NaN/inf logged as MLflow stores them), under
         their names in the one scheme (:func:`metric_key`)."""
@@ -599,6 +776,7 @@ class StageRun:
         for chunk in _chunks(entries, _MAX_METRICS_PER_BATCH):
             self._client.log_batch(self._run_id, metrics=chunk)
 
+    @_remote
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params: nested mappings/dataclasses flattened to dotted keys, lists as JSON, values truncated."""
         from mlflow.entities import Param
@@ -608,6 +786,7 @@ class StageRun:
         for chunk in _chunks(entries, _MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self._run_id, params=chunk)
 
+    @_remote
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
@@ -616,6 +795,7 @@ class StageRun:
         for chunk in _chunks(entries, _MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self._run_id, tags=chunk)
 
+    @_remote
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Copy a file (or a whole folder) into the run's artifacts, under ``artifact_path`` if given."""
         assert self._client is not None
@@ -643,7 +823,8 @@ class StageRun:
             CANDIDATE_TAG: name,
             **_tag_values(tags),
         }
-        run = self._client.create_run(self._experiment_id, tags=run_tags, run_name=name)
+        with _answering(self._client.tracking_uri):
+            run = self._client.create_run(self._experiment_id, tags=run_tags, run_name=name)
         child = StageRun(self._client, run.info.run_id, self._experiment_id, run_tags)
         with _run_scope(self._client, child.run_id):
             if params:
@@ -728,22 +909,29 @@ _DISABLED = _DisabledRun()
 
 @contextlib.contextmanager
 def _run_scope(client: MlflowClient, run_id: str, on_failure: Any = None) -> Iterator[None]:
-    """End ``run_id`` FINISHED, or FAILED/KILLED when the block raises (then call ``on_failure`` and re-raise)."""
+    """End ``run_id`` FINISHED, or FAILED/KILLED when the block raises (then call ``on_failure`` and re-raise); when
+    the server stopped answering (:class:`TrackingUnreachable`) the run is left as it is: asking again would only wait."""
+    uri = client.tracking_uri
     try:
         yield
+    except TrackingUnreachable:
+        raise
     except BaseException as exc:
         status = _failure_status(exc)
         if status is None:
-            _terminate(client, run_id, "FINISHED")
+            with _answering(uri):
+                _terminate(client, run_id, "FINISHED")
             raise
         try:
-            _terminate(client, run_id, status)
-            if on_failure is not None:
-                on_failure()
+            with _answering(uri):
+                _terminate(client, run_id, status)
+                if on_failure is not None:
+                    on_failure()
         except Exception as tracking_exc:  # never hide the stage's own error behind a tracking one
-            _log.warning("could not record the failure of MLflow run %s: %s", run_id, tracking_exc)
+            _log.warning("could not record the failure of MLflow run %s: %s", run_id, _scrub(str(tracking_exc), uri))
         raise
-    _terminate(client, run_id, "FINISHED")
+    with _answering(uri):
+        _terminate(client, run_id, "FINISHED")
 
 
 def start_pipeline(cfg: TrackingConfig, name: str, tags: Mapping[str, Any] | None = None) -> str:
@@ -756,7 +944,7 @@ def start_pipeline(cfg: TrackingConfig, name: str, tags: Mapping[str, Any] | Non
     cfg = effective(cfg)
     if not cfg.enabled:
         return ""
-    with _locked():
+    with _locked(), _answering(_resolve_uri(cfg.uri)):
         client = _client(cfg)
         env_parent = _env_parent(client)
         if env_parent is not None:
@@ -783,7 +971,7 @@ def end_pipeline(cfg: TrackingConfig, status: str = "FINISHED") -> str | None:
         return None
     if not os.environ.get(PIPELINE_RUN_ENV, "").strip() and _recorded_run_id(cfg) is None:
         return None
-    with _locked():
+    with _locked(), _answering(_resolve_uri(cfg.uri)):
         client = _client(cfg)
         run_id = _env_parent(client) or _recorded_run_id(cfg)
         if run_id is None:
@@ -821,7 +1009,7 @@ def stage_run(
     if not cfg.enabled:
         yield _DISABLED
         return
-    with _locked():
+    with _locked(), _answering(_resolve_uri(cfg.uri)):
         client = _client(cfg)
         experiment_id = _experiment_id(client, cfg)
         parent_id = _env_parent(client) or _live_recorded_parent(client, cfg)
@@ -833,6 +1021,9 @@ def stage_run(
         model = user_tags.get("srnas.model")
         run = client.create_run(experiment_id, tags=run_tags, run_name=f"{stage}:{model}" if model else stage)
     current = StageRun(client, run.info.run_id, experiment_id, run_tags)
+    if client.tracking_uri.startswith(HTTP_SCHEMES):
+        _log.info("MLflow run %s: %s/#/experiments/%s/runs/%s", run.info.run_name,
+                  redact_url(client.tracking_uri).rstrip("/"), experiment_id, current.run_id)
     with _run_scope(client, current.run_id, on_failure=lambda: _fail_pipeline(cfg, client, parent_id)):
         if params:
             current.log_params(params)
@@ -857,48 +1048,49 @@ def query_runs(cfg: TrackingConfig, experiments: list[str] | None = None) -> lis
         return []
     from mlflow.entities import ViewType
 
-    client = _client(cfg)
-    if experiments is None:
-        found = client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
-    else:
-        found = []
-        for name in experiments:
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None or experiment.lifecycle_stage != "active":
-                known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
-                raise TrackingError(f"experiment {name!r} not found in {cfg.uri}; known: {', '.join(known) or 'none'}")
-            found.append(experiment)
-    if not found:
-        return []
-    names = {e.experiment_id: e.name for e in found}
-    rows: list[dict[str, Any]] = []
-    page_token = None
-    while True:
-        page = client.search_runs(
-            list(names),
-            filter_string=f"tags.`{KIND_TAG}` = 'stage' and attributes.status = 'FINISHED'",
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            order_by=["attributes.start_time ASC"],
-            page_token=page_token,
-        )
-        for run in page:
-            tags = run.data.tags
-            rows.append(
-                {
-                    "run_id": run.info.run_id,
-                    "run_name": run.info.run_name,
-                    "experiment": names[run.info.experiment_id],
-                    "stage": tags.get(STAGE_TAG, ""),
-                    "pipeline_run_id": tags.get(PARENT_TAG),
-                    "start_time": run.info.start_time,
-                    "end_time": run.info.end_time,
-                    "tags": {key: value for key, value in tags.items() if key.startswith("srnas.")},
-                    "params": dict(run.data.params),
-                    "metrics": {key: float(value) for key, value in run.data.metrics.items()},
-                }
+    with _answering(_resolve_uri(cfg.uri)):
+        client = _client(cfg)
+        if experiments is None:
+            found = client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+        else:
+            found = []
+            for name in experiments:
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None or experiment.lifecycle_stage != "active":
+                    known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
+                    raise TrackingError(f"experiment {name!r} not found in {redact_url(cfg.uri)}; known: {', '.join(known) or 'none'}")
+                found.append(experiment)
+        if not found:
+            return []
+        names = {e.experiment_id: e.name for e in found}
+        rows: list[dict[str, Any]] = []
+        page_token = None
+        while True:
+            page = client.search_runs(
+                list(names),
+                filter_string=f"tags.`{KIND_TAG}` = 'stage' and attributes.status = 'FINISHED'",
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=1000,
+                order_by=["attributes.start_time ASC"],
+                page_token=page_token,
             )
-        page_token = page.token
-        if not page_token:
-            break
+            for run in page:
+                tags = run.data.tags
+                rows.append(
+                    {
+                        "run_id": run.info.run_id,
+                        "run_name": run.info.run_name,
+                        "experiment": names[run.info.experiment_id],
+                        "stage": tags.get(STAGE_TAG, ""),
+                        "pipeline_run_id": tags.get(PARENT_TAG),
+                        "start_time": run.info.start_time,
+                        "end_time": run.info.end_time,
+                        "tags": {key: value for key, value in tags.items() if key.startswith("srnas.")},
+                        "params": dict(run.data.params),
+                        "metrics": {key: float(value) for key, value in run.data.metrics.items()},
+                    }
+                )
+            page_token = page.token
+            if not page_token:
+                break
     return rows

@@ -55,8 +55,10 @@ def config_json(*keys):
     TRACKING_ENV, ``search_arch.storage`` through STORAGE_ENV). A rule reruns when what it
     is passed changes, so it names what its DVC stage lists as params. A key missing from the config is an error
     naming it (never skipped: the stage would run with another value than the config's)."""
-    if not keys:  # the whole config, but the storage URL (in STORAGE_ENV): a command line is no place for a password
+    if not keys:  # the whole config, but the storage URL (in STORAGE_ENV) and tracking (in TRACKING_ENV; its uri may
+        # hold a password too): a command line is no place for a password
         whole = {**config, "search_arch": {**config["search_arch"], "storage": ""}}
+        whole.pop("tracking", None)
         return json.dumps(whole, sort_keys=True, separators=(",", ":"))
     picked = {}
     for key in ALWAYS_PASSED + keys:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from srnas.commands.common import add_settings_arguments, settings_from_args
 
@@ -17,7 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="export a trained model to ONNX (and .pte) with parity checks (stage export)",
         description="Export OUT/model.onnx (dynamic batch, height and width; its metadata says the scale, input range, "
         "colour order and layout) and check it against PyTorch: max abs difference at most export.atol and PSNR on the validation set within export.psnr_tol dB, or the export fails and no "
-        "file is left. With export.executorch: true, OUT/model.pte (XNNPACK) too, checked the same way.",
+        "file is left. With export.executorch: true, OUT/model.pte (XNNPACK; LR up to 720x1280) too, checked the same way; "
+        "parity.json then also says which operators the XNNPACK delegate runs and which fall out of it "
+        "(executorch_delegation).",
     )
     add_settings_arguments(parser)
     parser.add_argument("--model", required=True, help="model name (for tags and messages)")
@@ -46,10 +49,15 @@ def run(args: argparse.Namespace) -> int:
         onnx_path = export_onnx(model, args.out / "model.onnx", opset=cfg.opset, sample_hw=tuple(cfg.sample_size),
                                 name=f"{args.model}_x{args.scale}")
         reports = {"onnxruntime": check_parity(model, onnx_path, pairs, args.scale, atol=cfg.atol, psnr_tol=cfg.psnr_tol)}
+        summary: dict[str, Any] = {"model": args.model, "scale": args.scale, "val_set": val_set}
         if cfg.executorch:
-            pte_path = export_pte(model, args.out / "model.pte", sample_hw=tuple(cfg.sample_size))
-            reports["executorch"] = check_pte_parity(model, pte_path, pairs, args.scale, atol=cfg.atol, psnr_tol=cfg.psnr_tol)
-        summary = {"model": args.model, "scale": args.scale, "val_set": val_set, **{k: r.to_dict() for k, r in reports.items()}}
+            pte = export_pte(model, args.out / "model.pte", sample_hw=tuple(cfg.sample_size))
+            reports["executorch"] = check_pte_parity(model, pte.path, pairs, args.scale, atol=cfg.atol, psnr_tol=cfg.psnr_tol)
+            summary["executorch_delegation"] = pte.delegation.to_dict()
+            LOG.info("executorch delegation: %s", pte.delegation.describe())
+            stage.log_metrics({"executorch_delegate_subgraphs": pte.delegation.subgraphs,
+                               "executorch_non_delegated_ops": sum(pte.delegation.portable.values())})
+        summary |= {k: r.to_dict() for k, r in reports.items()}
         atomic.write_json(args.out / "parity.json", summary)
         for runtime, report in reports.items():
             LOG.info("%s parity: %s", runtime, report.describe())

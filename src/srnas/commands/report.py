@@ -70,7 +70,8 @@ def _log_report(run: Any, report: Path, markdown: str) -> None:
 
 def _register_final(stage: Any, settings: Any, results_dir: Path, params: dict[str, Any], metrics: dict[str, float]) -> None:
     """Register the final model's logged ONNX model (``tracking.registered_model``) with its target, budget, measured
-    latency, scale and PSNR as version tags; a registry failure is a warning, never a failed report."""
+    latency, scale and PSNR as version tags; a registry failure is a warning, never a failed report (a server that
+    stopped answering fails the stage, as everywhere)."""
     from srnas import tracking
     from srnas.report import FINAL_MODEL
 
@@ -83,6 +84,8 @@ def _register_final(stage: Any, settings: Any, results_dir: Path, params: dict[s
     name = tracking.registered_model_name(settings.tracking, int(scale))
     try:
         version = stage.register_model(name, onnx_file, tags)
+    except tracking.TrackingUnreachable:
+        raise  # the server is gone: the stage cannot end its run either
     except tracking.TrackingError as exc:
         LOG.warning("final model not registered: %s", exc)
         return

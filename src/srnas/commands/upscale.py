@@ -9,47 +9,49 @@ import time
 from pathlib import Path
 
 LOG = logging.getLogger("srnas.upscale")
+MODEL_SUFFIXES = (".onnx", ".pte")  # exported files --model takes as they are (anything else: a result name)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "upscale",
         help="upscale images or folders with an exported model",
-        description="Upscale every image given (files, or folders of images) with an exported ONNX model and write "
-        "OUT/<name>.png. MODEL is a .onnx file or a pipeline result name such as plain32_x2 "
-        "(results/export/plain32_x2/model.onnx). An unreadable file is reported and skipped; the exit status is 1 "
+        description="Upscale every image given (files, or folders of images) with an exported model and write "
+        "OUT/<name>.png. MODEL is a .onnx file (run by ONNX Runtime), a .pte file (ExecuTorch with XNNPACK, as "
+        "`srnas export` writes it with export.executorch: true; LR images up to the size it was exported for, "
+        "720x1280) or a pipeline result name such as plain32_x2 (results/export/plain32_x2/model.onnx). An unreadable file is reported and skipped; the exit status is 1 "
         "when any file failed. --fail-fast stops at the first one. Before anything is written, the batch is refused "
         "(exit status 2) when OUT is an input folder, when two inputs would write the same OUT/<name>.png (a.png and "
         "a.jpg, or x/a.png and y/a.png), when an output would replace an input, or when an output already exists "
         "and --overwrite is not given; a model whose output is not 2, 3 or 4 times its input is refused too.",
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
-    parser.add_argument("--model", required=True, help="model.onnx path or result name (e.g. plain32_x2)")
+    parser.add_argument("--model", required=True, help="model.onnx or model.pte path, or result name (e.g. plain32_x2)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder for result names (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime / ExecuTorch threads (default: all cores)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable image")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs already in OUT (never an input)")
     parser.set_defaults(handler=run)
 
 
 def _result_scale(model: str) -> int | None:
-    """The scale a result name promises (``plain32_x2`` -> 2); None for a .onnx path."""
+    """The scale a result name promises (``plain32_x2`` -> 2); None for a .onnx / .pte path."""
     match = re.search(r"_x([234])$", model)
-    return int(match.group(1)) if match and Path(model).suffix != ".onnx" else None
+    return int(match.group(1)) if match and Path(model).suffix not in MODEL_SUFFIXES else None
 
 
 def resolve_model(model: str, results: Path) -> Path:
     from srnas.errors import ConfigError
 
     path = Path(model)
-    if path.suffix == ".onnx":
+    if path.suffix in MODEL_SUFFIXES:
         if not path.is_file():
             raise ConfigError(f"--model: {path} does not exist")
         return path
     candidate = results / "export" / model / "model.onnx"
     if not candidate.is_file():
-        raise ConfigError(f"--model: {model!r} is neither a .onnx file nor an exported result ({candidate} not found)")
+        raise ConfigError(f"--model: {model!r} is neither a .onnx / .pte file nor an exported result ({candidate} not found)")
     return candidate
 
 
@@ -78,14 +80,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from srnas.errors import ImageError
-    from srnas.export import onnx_upscaler
+    from srnas.export import exported_upscaler
     from srnas.images import read_rgb, write_png
     from srnas.outputs import plan_outputs
 
     model = resolve_model(args.model, args.results)
     files, folders = collect_inputs(args.inputs)
     plan = plan_outputs(files, args.out, ".png", input_dirs=folders, overwrite=args.overwrite)
-    upscale = onnx_upscaler(model, args.threads, _result_scale(args.model))
+    upscale = exported_upscaler(model, args.threads, _result_scale(args.model))
     failed: list[str] = []
     done, seconds = 0, 0.0
     with tqdm(plan, desc="upscale", unit="img", disable=None) as bar:

@@ -6,7 +6,7 @@ Runtimes (:data:`RUNTIMES`, the names ``params.yaml`` uses):
 - ``torch_bf16``: eager PyTorch, bf16 autocast and channels-last; only on CPUs with native bf16
   (``avx512_bf16`` or AMX), where it is a real deployment option rather than an emulation.
 - ``onnxruntime_fp32``: ONNX Runtime CPUExecutionProvider, all graph optimisations.
-- ``executorch_xnnpack``: ExecuTorch with the XNNPACK delegate, when executorch is installed.
+- ``executorch_xnnpack_fp32``: ExecuTorch with the XNNPACK delegate, when executorch is installed.
 - ``torch_cuda``: eager PyTorch fp32 on the GPU, when CUDA is available.
 
 ``SRNAS_HIDE_BF16=1`` in the environment hides native bf16 (:func:`srnas.fingerprint.bf16_hidden`), so a machine
@@ -31,7 +31,7 @@ RUNTIME_PRECISION = {
     "torch_fp32": "fp32",
     "torch_bf16": "bf16",
     "onnxruntime_fp32": "fp32",
-    "executorch_xnnpack": "fp32",
+    "executorch_xnnpack_fp32": "fp32",
     "torch_cuda": "fp32",
 }
 
@@ -60,7 +60,7 @@ def runtime_available(runtime: str) -> bool:
         return bf16_supported()
     if runtime == "onnxruntime_fp32":
         return onnxruntime_available()
-    if runtime == "executorch_xnnpack":
+    if runtime == "executorch_xnnpack_fp32":
         return executorch_available()
     return torch.cuda.is_available()
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from srnas.config import PROFILE_RUNTIMES
 from srnas.runtimes.executorch import executorch_method, set_executorch_threads
 from srnas.runtimes.ort import ort_session
 
@@ -93,12 +94,14 @@ def runtime_call(model: torch.nn.Module | str | os.PathLike[str], runtime: str, 
     """One inference of ``model`` on ``runtime`` for the input ``x``, as a call.
 
     ``model``: a module for the torch runtimes, the exported file for ``onnxruntime_fp32`` (``.onnx``) and
-    ``executorch_xnnpack`` (``.pte``). Call it with ``threads`` torch threads set and under
+    ``executorch_xnnpack_fp32`` (``.pte``). Call it with ``threads`` torch threads set and under
     ``torch.inference_mode()``, as :func:`srnas.profiling.profile_module` does.
     """
+    if runtime not in PROFILE_RUNTIMES:  # e.g. a name from before a rename: never fall through to another runtime
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(PROFILE_RUNTIMES)}")
     if runtime == "onnxruntime_fp32":
         return _onnxruntime_call(_as_path(model, runtime), x, threads)
-    if runtime == "executorch_xnnpack":
+    if runtime == "executorch_xnnpack_fp32":
         return _executorch_call(_as_path(model, runtime), x, threads)
     return _torch_call(model, runtime, x)
 
