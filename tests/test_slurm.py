@@ -76,14 +76,15 @@ def test_the_slurm_profile_keeps_the_default_profile_and_gives_training_and_timi
     assert re.search(r"^snakemake-executor-plugin-slurm-jobstep==\S+$", pins, re.MULTILINE)
 
 
-def run_on_slurm(project: Path, cluster, tracking: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_on_slurm(project: Path, cluster, overlay: dict | None = None) -> subprocess.CompletedProcess[str]:
     """The smoke DAG of ``project`` through profiles/slurm on ``cluster`` (a :class:`services.SlurmCluster`), with the
-    smoke run's threads and without native bf16, as README's command plus :data:`TEST_CLUSTER_OPTIONS`. ``tracking``:
-    a ``tracking`` section (uri, experiment) that replaces the smoke profile's, for an MLflow server."""
+    smoke run's threads and without native bf16, as README's command plus :data:`TEST_CLUSTER_OPTIONS`. ``overlay``:
+    a configuration overlay on top of config/smoke.yaml, e.g. ``mlflow_server.tracking("srnas-slurm")`` to send the
+    runs to an MLflow server (tests/conftest.py) instead of the project's SQLite file."""
     configfiles = ["config/smoke.yaml"]
-    if tracking is not None:
-        (project / "tracking.yaml").write_text(yaml.safe_dump({"tracking": tracking}), encoding="utf-8")
-        configfiles.append("tracking.yaml")
+    if overlay is not None:
+        (project / "overlay.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
+        configfiles.append("overlay.yaml")
     cmd = [str(BIN / "snakemake"), "--workflow-profile", "profiles/slurm", "--configfile", *configfiles,
            "--max-threads", SMOKE_CORES, *TEST_CLUSTER_OPTIONS]
     proc = subprocess.run(cmd, cwd=project, env=cluster.env(_env(HIDDEN_BF16)), capture_output=True, text=True,
