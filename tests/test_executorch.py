@@ -209,7 +209,7 @@ def test_an_xnnpack_table_lowers_each_layer_once_and_its_programs_compute_the_la
     reference_ms = measure.measure_reference(target, warmup=0, runs=1, rounds=1)
     table = build_table(target, layers, granularity=8, warmup=0, runs=1, rounds=2, passes=2, reference_ms=reference_ms,
                         cache_dir=tmp_path)
-    assert table.reference_ms == reference_ms > 0 and table.fingerprint["executorch"] == "1.5.1"
+    assert table.reference_ms == reference_ms > 0 and table.fingerprint["executorch"] == "1.5.1" and "torchao" in table.fingerprint
     assert set(table.entries) == set(layers) and all(math.isfinite(ms) and ms > 0 for ms in table.entries.values())
     # each layer measured in two passes, each round bracketed by the reference: one lowering each all the same
     assert len(counted_lowerings) == 4 and all(pte.delegation.subgraphs >= 1 for pte in counted_lowerings)
