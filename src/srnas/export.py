@@ -39,6 +39,11 @@ residual's ``repeat_interleave`` (``unsqueeze_copy``, ``expand_copy``, ``view_co
 ends in PixelShuffle into several delegate calls run by ExecuTorch's portable kernels in between (docs/pipeline.md,
 "ExecuTorch", has the measured cost). ``torch.export`` of the bicubic baseline's dynamic-size resize leaves symbolic
 ``trunc`` / ``sym_float`` that the edge dialect refuses: it has no ``.pte``.
+
+:func:`lower_pte` is that lowering for any module of 4-D inputs, in the layout they are given (the latency table's
+layer programs, :mod:`srnas.latency.measure`); given calibration inputs, both quantize to int8 first by PT2E with
+ExecuTorch's XNNPACK quantizer (torchao's ``prepare_pt2e`` / ``convert_pt2e``: int8 weights per output channel,
+static int8 activations), which makes this module torchao's one importer too.
 """
 
 from __future__ import annotations
