@@ -43,13 +43,17 @@ def test_default_params_load() -> None:
     assert settings.tracking.uri.startswith("sqlite:///")
 
 
-@pytest.mark.parametrize("profile", ["smoke", "benchmark"])
+@pytest.mark.parametrize("profile", ["smoke", "benchmark", "xnnpack"])
 def test_profiles_overlay_params(profile: str) -> None:
     settings = load_settings(ROOT / "params.yaml", (ROOT / "config" / f"{profile}.yaml",))
     assert settings.tracking.experiment == f"srnas-{profile}"
     if profile == "benchmark":
         assert settings.data.source == "folder"
         assert settings.data.eval_set_names == ("Set5", "Set14", "B100")
+    if profile == "xnnpack":  # the ExecuTorch latency targets replace the default one: fp32 and int8, one thread, 720p
+        assert [(t.name, t.runtime, t.precision, t.threads, t.input_size) for t in settings.latency.targets] == [
+            ("cpu_xnnpack_fp32", "executorch_xnnpack_fp32", "fp32", 1, ()),
+            ("cpu_xnnpack_int8", "executorch_xnnpack_fp32", "int8", 1, ())]
 
 
 @pytest.mark.parametrize(
@@ -185,7 +189,7 @@ def test_schema_accepts_profiles_and_rejects_typos_and_missing_keys() -> None:
     schema = settings_schema()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     jsonschema.validate(params, schema)
-    for name in ("config/smoke.yaml", "config/benchmark.yaml"):  # what Snakemake validates: params.yaml + the overlay
+    for name in ("config/smoke.yaml", "config/benchmark.yaml", "config/xnnpack.yaml"):  # params.yaml + the overlay
         jsonschema.validate(deep_merge(params, yaml.safe_load((ROOT / name).read_text())), schema)
     with pytest.raises(jsonschema.ValidationError, match="scalez"):
         jsonschema.validate(deep_merge(params, {"data": {"scalez": [2]}}), schema)

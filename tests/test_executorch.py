@@ -11,6 +11,7 @@ constraints.txt): a new version that delegates more, or less, fails here and the
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from srnas.checkpoint import save_trained
 from srnas.cli import main
 from srnas.data.prepare import MANIFEST_NAME, MANIFEST_VERSION
 from srnas.export import ExportError, check_pte_parity, export_pte
+from srnas.export import lower_pte as export_lower_pte
 from srnas.inference import torch_upscaler
 from srnas.models import create_model, deployed_form
 from srnas.runtimes.executorch import executorch_available, executorch_threads
@@ -168,3 +170,83 @@ def test_upscale_with_a_pte(exported: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["upscale", str(tmp_path / "wide.png"), "--model", str(exported / "model.pte"), "--out", str(tmp_path / "o2")]) == 2
     assert "model.pte: a 8x1290 image is larger than the 720x1280 the program was exported for" in capsys.readouterr().err
     assert not (tmp_path / "o2" / "wide.png").exists()
+
+
+# ------------------------------------------------------------------------------ the latency target runtime
+
+HW = (12, 16)  # LR of the latency tests: small, the programs' memory plan is sized for at least 64x64
+
+
+@pytest.fixture()
+def counted_lowerings(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every layer program srnas.latency.measure lowers from now on (an empty program cache to start with)."""
+    from srnas.latency import measure
+    from srnas.runtimes import timing
+
+    # what runs is under test here, not the quiet guard: a busy test machine must not turn rounds into NaN (or wait)
+    monkeypatch.setattr(timing, "QUIET_LIMIT", math.inf)
+    monkeypatch.setattr(measure, "_PROGRAMS", {})
+    lowered: list = []
+
+    def lower(*args: object, **kwargs: object) -> object:
+        lowered.append(export_lower_pte(*args, **kwargs))
+        return lowered[-1]
+
+    monkeypatch.setattr(measure, "lower_pte", lower)
+    return lowered
+
+
+def test_an_xnnpack_table_lowers_each_layer_once_and_its_programs_compute_the_layers(
+        tmp_path: Path, counted_lowerings: list) -> None:
+    from srnas.latency import measure
+    from srnas.latency.layers import LayerKey
+    from srnas.latency.table import build_table
+    from srnas.latency.targets import Target
+    from srnas.runtimes.executorch import program_call
+
+    target = Target("xnn", "test-cpu", "executorch_xnnpack_fp32", "fp32", 1, HW, SCALE)
+    layers = [LayerKey("head", 3, 8), LayerKey("wdsr_conv", 8, 8), LayerKey("tail", 8, 12)]
+    reference_ms = measure.measure_reference(target, warmup=0, runs=1, rounds=1)
+    table = build_table(target, layers, granularity=8, warmup=0, runs=1, rounds=2, passes=2, reference_ms=reference_ms,
+                        cache_dir=tmp_path)
+    assert table.reference_ms == reference_ms > 0 and table.fingerprint["executorch"] == "1.5.1" and "torchao" in table.fingerprint
+    assert set(table.entries) == set(layers) and all(math.isfinite(ms) and ms > 0 for ms in table.entries.values())
+    # each layer measured in two passes, each round bracketed by the reference: one lowering each all the same
+    assert len(counted_lowerings) == 4 and all(pte.delegation.subgraphs >= 1 for pte in counted_lowerings)
+    # the programs compute the layer: inputs in the delegate's layout (channels-last in the body, NCHW at the tail)
+    for layer in layers[1:]:
+        path = measure._layer_program(layer, target, "fp32", 0.0)
+        inputs = measure._program_inputs(layer, HW, seed=5)
+        torch.manual_seed(0)
+        module = measure._LayerProgram(measure.LayerModule(layer, SCALE).eval())
+        with torch.inference_mode():
+            (out,) = program_call(path, inputs, 1)()
+            assert float((out - module(*inputs)).abs().max()) <= 1e-4, layer.id
+    assert len(counted_lowerings) == 4
+
+
+def test_xnnpack_int8_layers_and_networks_are_quantized_and_timed(counted_lowerings: list,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from srnas.latency import measure
+    from srnas.latency.layers import LayerKey
+    from srnas.latency.targets import Target
+
+    target = Target("xnn8", "test-cpu", "executorch_xnnpack_fp32", "int8", 1, HW, SCALE)
+    assert measure.measure_layer(target, LayerKey("conv", 8, 16), warmup=0, runs=1) > 0
+    (int8_conv,) = counted_lowerings
+    assert any(op.startswith("quantized_decomposed.") for op in int8_conv.delegation.delegated), "int8 ops in the delegate"
+    assert "aten.convolution.default" in int8_conv.delegation.delegated and not int8_conv.delegation.portable
+    exports: list[bool] = []  # per exported network: quantized (calibrated) or not
+
+    def counted_export(*args: object, calibration: object = None, **kwargs: object) -> object:
+        exports.append(calibration is not None)
+        return export_pte(*args, calibration=calibration, **kwargs)
+
+    monkeypatch.setattr(measure, "export_pte", counted_export)
+    net = SubnetConfig.from_name("w8-c")
+    speedups = measure.compare_networks(target, net, base_precision="fp32", precision="int8", warmup=0, runs=1, rounds=2)
+    assert len(speedups) == 2 and all(math.isfinite(v) and v > 0 for v in speedups)
+    assert measure.time_network(target, net, warmup=0, runs=1).wall_clock_ms > 0  # the target's int8: exported before
+    assert exports == [False, True]
+    with pytest.raises(ValueError, match="executorch_xnnpack_fp32 runs fp32 or int8, not bf16"):
+        measure.time_network(target, net, warmup=0, runs=1, precision="bf16")

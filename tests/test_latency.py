@@ -503,6 +503,12 @@ def test_scheme_decisions(monkeypatch) -> None:
     ort = measure_schemes(_target("onnxruntime_fp32"), space, cfg, compare_layers=fake_compare_layers(padded_layer_ms),
                           compare_networks=fake_compare_networks)
     assert ort.get("int8").status == "accelerated" and ort.get("bf16") is None
+    assert ort.get("int8").note.startswith("static QDQ per network")
+    xnnpack = measure_schemes(_target("executorch_xnnpack_fp32"), space, cfg,
+                              compare_layers=fake_compare_layers(padded_layer_ms), compare_networks=fake_compare_networks)
+    assert xnnpack.get("int8").status == "accelerated" and xnnpack.get("bf16") is None
+    assert xnnpack.get("int8").note.startswith("PT2E static int8 (XNNPACK quantizer) per network")
+    assert [r.scheme for r in xnnpack.results] == [r.scheme for r in ort.results]  # the same schemes, measured the same way
 
 
 def test_median_interval_is_the_sign_test_interval() -> None:
@@ -630,6 +636,17 @@ def test_target_config_validation() -> None:
     assert resolve_target(TargetConfig("x", "d", "torch_fp32", "fp32", 0, ()), 2, cfg.cache_dir).target.input_hw == (360, 640)
     with pytest.raises(ConfigError, match="latency.targets\\[0\\].precision"):
         config_of(LatencyConfig, {"targets": [target(precision="bf16")]}, "params.yaml:latency")
+    # ExecuTorch with the XNNPACK delegate: fp32 or int8 (PT2E), named like its profiling runtime
+    xnnpack = config_of(LatencyConfig, {"targets": [target(name=f"x{p}", runtime="executorch_xnnpack_fp32", precision=p)
+                                                    for p in ("fp32", "int8")]}, "params.yaml:latency")
+    assert [(t.runtime, t.precision) for t in xnnpack.targets] == [("executorch_xnnpack_fp32", "fp32"),
+                                                                   ("executorch_xnnpack_fp32", "int8")]
+    for precision in ("bf16", "auto"):
+        with pytest.raises(ConfigError, match=r"latency.targets\[0\].precision: executorch_xnnpack_fp32 runs fp32 or int8"):
+            config_of(LatencyConfig, {"targets": [target(runtime="executorch_xnnpack_fp32", precision=precision)]},
+                      "params.yaml:latency")
+    with pytest.raises(ConfigError, match="runtime: unknown runtime 'executorch_xnnpack'"):
+        config_of(LatencyConfig, {"targets": [target(runtime="executorch_xnnpack")]}, "params.yaml:latency")
     with pytest.raises(ConfigError, match="duplicate target names"):
         config_of(LatencyConfig, {"targets": [target(), target()]}, "params.yaml:latency")
     with pytest.raises(ConfigError, match="runtime"):

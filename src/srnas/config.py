@@ -477,11 +477,12 @@ class SupernetConfig:
 
 # ``auto``: the fastest of the others that this machine really runs, measured (srnas.latency.auto).
 AUTO_RUNTIME = "auto"
-LATENCY_RUNTIMES = (AUTO_RUNTIME, "torch_fp32", "torch_bf16", "onnxruntime_fp32")
-# The precisions each latency runtime deploys: ONNX Runtime runs fp32 graphs or static int8 (QDQ) ones; ``auto``
-# takes the precision of the runtime it resolves to.
+LATENCY_RUNTIMES = (AUTO_RUNTIME, "torch_fp32", "torch_bf16", "onnxruntime_fp32", "executorch_xnnpack_fp32")
+# The precisions each latency runtime deploys: ONNX Runtime runs fp32 graphs or static int8 (QDQ) ones, ExecuTorch
+# (XNNPACK delegate) fp32 programs or int8 ones (PT2E, XNNPACK quantizer): a runtime is named as `srnas profile` names
+# it, by the precision it runs a model it is given in; ``auto`` takes the precision of the runtime it resolves to.
 LATENCY_PRECISIONS = {AUTO_RUNTIME: (AUTO_RUNTIME,), "torch_fp32": ("fp32",), "torch_bf16": ("bf16",),
-                      "onnxruntime_fp32": ("fp32", "int8")}
+                      "onnxruntime_fp32": ("fp32", "int8"), "executorch_xnnpack_fp32": ("fp32", "int8")}
 
 
 @dataclass(frozen=True)
@@ -490,9 +491,11 @@ class TargetConfig:
 
     ``name`` names the output folder (``results/profile_device/<name>``) and metrics (``latency_ms_<name>``);
     ``device`` is a label for this machine (e.g. ``this-cpu``), or ``http://HOST:PORT``: the device agent listening
-    there measures the target (``srnas device serve``; token in ``$SRNAS_DEVICE_TOKEN``); ``runtime`` one of ``torch_fp32``, ``torch_bf16``, ``onnxruntime_fp32``, or
-    ``auto`` (the fastest of them this machine runs, measured once per machine and cached; ``precision: auto``);
-    ``precision`` ``fp32`` / ``bf16`` / ``int8`` (int8 = ONNX Runtime static QDQ); ``threads`` 0 means every CPU
+    there measures the target (``srnas device serve``; token in ``$SRNAS_DEVICE_TOKEN``); ``runtime`` one of ``torch_fp32``, ``torch_bf16``, ``onnxruntime_fp32``,
+    ``executorch_xnnpack_fp32`` (ExecuTorch with the XNNPACK delegate; the ``mobile`` extra), or ``auto`` (the
+    fastest of the first three this machine runs, measured once per machine and cached; ``precision: auto``);
+    ``precision`` ``fp32`` / ``bf16`` / ``int8`` (int8: ONNX Runtime static QDQ, or ExecuTorch PT2E quantization with
+    the XNNPACK quantizer; see ``LATENCY_PRECISIONS``); ``threads`` 0 means every CPU
     this process may use; ``input_size`` the LR [height, width], empty for the size whose output is 1280x720.
     """
 

@@ -39,6 +39,11 @@ residual's ``repeat_interleave`` (``unsqueeze_copy``, ``expand_copy``, ``view_co
 ends in PixelShuffle into several delegate calls run by ExecuTorch's portable kernels in between (docs/pipeline.md,
 "ExecuTorch", has the measured cost). ``torch.export`` of the bicubic baseline's dynamic-size resize leaves symbolic
 ``trunc`` / ``sym_float`` that the edge dialect refuses: it has no ``.pte``.
+
+:func:`lower_pte` is that lowering for any module of 4-D inputs, in the layout they are given (the latency table's
+layer programs, :mod:`srnas.latency.measure`); given calibration inputs, both quantize to int8 first by PT2E with
+ExecuTorch's XNNPACK quantizer (torchao's ``prepare_pt2e`` / ``convert_pt2e``: int8 weights per output channel,
+static int8 activations), which makes this module torchao's one importer too.
 """
 
 from __future__ import annotations
@@ -358,31 +363,63 @@ def export_pte(
     *,
     sample_hw: tuple[int, int] = (64, 64),
     max_hw: tuple[int, int] = PTE_MAX_HW,
+    calibration: Sequence[torch.Tensor] | None = None,
 ) -> PteExport:
     """Export ``model`` to an ExecuTorch program with the XNNPACK delegate (``.pte``), atomically; its path and
     :class:`Delegation` (which operators the delegate runs, which fall out of it).
 
     The input is ``1 x 3 x height x width`` float32 RGB in [0, 1] (the ONNX convention, batch 1), height and width
     dynamic from 2 up to ``max_hw`` (ExecuTorch plans memory for the upper bound, which the program's metadata
-    keeps). Raises :class:`ExecuTorchUnavailableError` when executorch cannot be imported and :class:`ExportError`
-    naming the file when lowering fails. What an export killed mid-write left beside ``path`` is removed first (by
-    :func:`srnas.atomic.atomic_path`).
+    keeps). ``calibration`` (``1 x 3 x h x w`` inputs, e.g. training patches) quantizes it to int8 first
+    (:func:`lower_pte`). Raises :class:`ExecuTorchUnavailableError` when executorch cannot be imported and
+    :class:`ExportError` naming the file when lowering fails. What an export killed mid-write left beside ``path`` is
+    removed first (by :func:`srnas.atomic.atomic_path`).
+    """
+    sample_hw = _check_hw(sample_hw, "sample_hw")
+    sample = torch.rand(1, 3, *sample_hw, generator=torch.Generator().manual_seed(0))
+    cpu_model = model if _model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
+    with _eval_mode(cpu_model):
+        exported = lower_pte(cpu_model, [sample], path, max_hw=max_hw,
+                             calibration=None if calibration is None else [[x] for x in calibration])
+    log.info("%s: exported ExecuTorch program (XNNPACK delegate%s, LR up to %dx%d): %s", exported.path,
+             ", int8" if calibration is not None else "", *max_hw, exported.delegation.describe())
+    return exported
+
+
+def lower_pte(
+    module: torch.nn.Module,
+    inputs: Sequence[torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    max_hw: tuple[int, int],
+    calibration: Sequence[Sequence[torch.Tensor]] | None = None,
+) -> PteExport:
+    """Lower ``module(*inputs)`` to an ExecuTorch program with the XNNPACK delegate, written to ``path`` atomically:
+    what :func:`export_pte` does for an SR network, for any module of 4-D inputs (the latency table's layers).
+
+    Every input keeps its memory format (a channels-last input is a channels-last input of the program: XNNPACK then
+    reads it without a transpose), the height and width of all of them dynamic from 2 up to ``max_hw``, one size
+    shared by every input. ``calibration`` given (a list of input tuples like ``inputs``): int8 first, by PT2E
+    quantization with the XNNPACK quantizer (int8 weights symmetric per output channel, static int8 activations
+    observed on those inputs), then lowered; the quantized operators are the delegate's. No parity check here (the
+    callers that need one run :func:`check_pte_parity`); ExportError naming ``path`` when lowering fails.
     """
     path = Path(path)
     require_executorch(str(path))
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    sample_hw = _check_hw(sample_hw, "sample_hw")
     max_hw = _check_hw(max_hw, "max_hw")
-    sample = torch.rand(1, 3, *sample_hw, generator=torch.Generator().manual_seed(0))
     height = torch.export.Dim("height", min=2, max=max_hw[0])
     width = torch.export.Dim("width", min=2, max=max_hw[1])
-    cpu_model = model if _model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
-    with _eval_mode(cpu_model):
+    dynamic = tuple({2: height, 3: width} for _ in inputs)
+    with torch.inference_mode(False):  # torch.export refuses inference tensors: plain copies of them
+        args = tuple(x.clone(memory_format=torch.preserve_format) for x in inputs)
         try:
             with _quiet_exporter():
-                exported = torch.export.export(cpu_model, (sample,), dynamic_shapes=({2: height, 3: width},))
+                if calibration is not None:
+                    module = _quantized_int8(module, args, dynamic, calibration)
+                exported = torch.export.export(module, args, dynamic_shapes=dynamic)
                 edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
                 delegated = delegation(edge.exported_program().graph_module)
                 program = edge.to_executorch()
@@ -393,8 +430,27 @@ def export_pte(
             handle.write(program.buffer)
             handle.flush()
             os.fsync(handle.fileno())
-    log.info("%s: exported ExecuTorch program (XNNPACK delegate, LR up to %dx%d): %s", path, *max_hw, delegated.describe())
     return PteExport(path, delegated)
+
+
+def _quantized_int8(module: torch.nn.Module, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, Any], ...],
+                    calibration: Sequence[Sequence[torch.Tensor]]) -> torch.nn.Module:
+    """``module`` quantized to int8 by PT2E with XNNPACK's quantizer, its activation ranges observed on
+    ``calibration`` (at least one input tuple)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calibration:
+        raise ValueError("int8 quantization needs at least one calibration input")
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    prepared = prepare_pt2e(torch.export.export(module, args, dynamic_shapes=dynamic).module(), quantizer)
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(*(x.clone() for x in batch))
+    return convert_pt2e(prepared)
 
 
 # --------------------------------------------------------------------------- running exported files

@@ -29,10 +29,12 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # measured the old way is measured again. 2: ONNX Runtime workers sleep when idle (srnas.runtimes.ort.SESSION_CONFIG).
 MEASUREMENT_PROTOCOL = 2
 
-# Distributions whose version changes a measured latency. executorch appears only when installed, and only in the
-# fingerprint of an ExecuTorch runtime (:data:`RUNTIME_ONLY_PACKAGES`): installing it leaves every other table valid.
-PACKAGES = ("torch", "onnxruntime", "onnx", "executorch")
-RUNTIME_ONLY_PACKAGES = {"executorch": "executorch_"}  # package -> the prefix of the runtimes it runs
+# Distributions whose version changes a measured latency. executorch (and torchao, whose PT2E quantization makes its
+# int8 programs) appear only when installed, and only in the fingerprint of an ExecuTorch runtime
+# (:data:`RUNTIME_ONLY_PACKAGES`): installing them leaves every other table valid.
+PACKAGES = ("torch", "onnxruntime", "onnx", "executorch", "torchao")
+# package -> the prefix of the runtimes it runs
+RUNTIME_ONLY_PACKAGES = {"executorch": "executorch_", "torchao": "executorch_"}
 
 
 def _package_version(name: str) -> str | None:
@@ -112,7 +114,8 @@ def target_fingerprint(runtime: str, precision: str, threads: int) -> dict[str, 
 
     Keys: measurement_protocol (:data:`MEASUREMENT_PROTOCOL`), runtime, precision, threads, cpu_model,
     cpu_flags ({flag: bool}), logical_cpus, usable_cpus, machine, os, os_release, libc, python and one key per
-    installed package of :data:`PACKAGES` (torch, onnxruntime, onnx; executorch for the ExecuTorch runtimes only),
+    installed package of :data:`PACKAGES` (torch, onnxruntime, onnx; executorch and torchao for the ExecuTorch
+    runtimes only),
     plus cuda_device / cuda for ``torch_cuda``.
     """
     libc_name, libc_version = platform.libc_ver()

@@ -37,7 +37,7 @@ from srnas.runtimes.availability import (
 from srnas.runtimes.calls import runtime_call
 from srnas.runtimes.timing import QUIET_LIMIT, others_busy, pinned_threads, time_calls
 
-__all__ = ["LatencyResult", "lr_size_for_720p", "profile_all", "profile_module", "resolve_threads"]
+__all__ = ["LatencyResult", "lr_size_for_720p", "profile_all", "profile_module", "pte_max_hw", "resolve_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ def lr_size_for_720p(scale: int) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------- measuring
+
+# The input size a module is traced at when it is exported for timing (height and width stay dynamic).
+EXPORT_SAMPLE_HW = (32, 32)
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,14 @@ def _exported_artifact(model: torch.nn.Module | str | os.PathLike[str], runtime:
         return Path(model)
     tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-profile-")))
     if runtime == "onnxruntime_fp32":
-        return export_onnx(model, tmpdir / "model.onnx", sample_hw=(32, 32))
-    max_hw = (max(x.shape[2], 64), max(x.shape[3], 64))
-    return export_pte(model, tmpdir / "model.pte", sample_hw=(32, 32), max_hw=max_hw).path
+        return export_onnx(model, tmpdir / "model.onnx", sample_hw=EXPORT_SAMPLE_HW)
+    return export_pte(model, tmpdir / "model.pte", sample_hw=EXPORT_SAMPLE_HW, max_hw=pte_max_hw(x.shape[2:])).path
+
+
+def pte_max_hw(input_hw: Sequence[int]) -> tuple[int, int]:
+    """The size bound of a ``.pte`` exported to time ``input_hw`` inputs (ExecuTorch plans memory for the bound;
+    at least :data:`EXPORT_SAMPLE_HW` times two, so the traced sample lies within it)."""
+    return max(int(input_hw[0]), 2 * EXPORT_SAMPLE_HW[0]), max(int(input_hw[1]), 2 * EXPORT_SAMPLE_HW[1])
 
 
 def profile_module(

@@ -31,6 +31,7 @@ from srnas.latency import measure, wire
 from srnas.latency.targets import resolve_target
 from srnas.profiling import profile_module, resolve_threads
 from srnas.runtimes.availability import runtime_available
+from srnas.runtimes.executorch import executorch_installed
 from srnas.runtimes.remote import PROTOCOL_VERSION
 from srnas.runtimes.timing import coefficient_of_variation, recorded_samples, spread
 
@@ -68,8 +69,15 @@ class SpreadTooHigh(SrnasError):
     """A measurement whose samples varied more than the agent reports."""
 
 
+def _offered(runtime: str) -> bool:
+    """Whether this machine offers ``runtime``. ExecuTorch: when it is installed -- importing it to be sure takes
+    seconds, which every agent start and its first ``/v1/info`` would wait for; a broken install fails the first
+    measurement on it instead, saying why (:class:`srnas.runtimes.executorch.ExecuTorchUnavailableError`)."""
+    return executorch_installed() if runtime.startswith("executorch_") else runtime_available(runtime)
+
+
 def _available_runtimes() -> dict[str, list[str]]:
-    return {rt: list(LATENCY_PRECISIONS[rt]) for rt in LATENCY_RUNTIMES if rt != AUTO_RUNTIME and runtime_available(rt)}
+    return {rt: list(LATENCY_PRECISIONS[rt]) for rt in LATENCY_RUNTIMES if rt != AUTO_RUNTIME and _offered(rt)}
 
 
 def agent_info(cfg: AgentConfig) -> dict[str, Any]:

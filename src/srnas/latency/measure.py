@@ -2,7 +2,8 @@
 
 The only module of :mod:`srnas.latency` that runs anything: sessions, calls and timing primitives come from
 :mod:`srnas.runtimes`, layer graphs and int8 QDQ rewrites from :mod:`srnas.onnx_graph` (the graph-surgery owner),
-whole networks are exported with :func:`srnas.export.export_onnx` and timed by
+ExecuTorch programs from :mod:`srnas.export` (the lowering owner), whole networks are exported with
+:func:`srnas.export.export_onnx` / :func:`srnas.export.export_pte` and timed by
 :func:`srnas.profiling.profile_module`, exactly like the ``profile_model`` stage does.
 
 Context matters more than the op: a layer is timed at the target's input size with its inputs already in
@@ -15,7 +16,19 @@ the layout and precision they have inside the network:
   runtime fuses Conv+ReLU and Conv+Add) after context nodes that produce its input in the layout it has inside a
   network, all graph optimisations on; the layer's time is the kernel time of the nodes it owns in ONNX Runtime's
   own profile (:class:`_ProfiledLayer`). Precision ``int8`` quantizes that graph statically to QDQ (uint8
-  activations, int8 per-channel weights) with ``onnxruntime.quantization``, as the whole network would be.
+  activations, int8 per-channel weights) with ``onnxruntime.quantization``, as the whole network would be;
+- ``executorch_xnnpack_fp32``: the layer *with* its activation / residual addition / PixelShuffle lowered to an
+  ExecuTorch program with the XNNPACK delegate (:func:`srnas.export.lower_pte`, height and width dynamic like a
+  network's ``.pte``), its inputs in the layout XNNPACK keeps inside a network (NHWC: channels-last tensors; the
+  image NCHW, as the network gets it; the tail NCHW, see :func:`_program_inputs`), timed call by call. Precision
+  ``int8`` quantizes the layer by PT2E with the XNNPACK quantizer first, as the whole network would be. What a
+  layer program pays and the network does not (copying its input in and its output out of the program, converting
+  to and from int8) grows with the channels handed over between layers: the overhead model fits it
+  (:mod:`srnas.latency.predictor`). Lowering costs 1-3 s, so each program is lowered once per process
+  (:func:`_layer_program`).
+
+How each runtime runs a layer, its reference and a network is one :class:`_Runner` (:data:`_RUNNERS`); the
+timing protocols are shared.
 
 Each timing follows one of the protocols of :mod:`srnas.runtimes.timing`: absolute (the median of ``runs`` calls
 after ``warmup``) or paired (rounds of the item between rounds of the reference layer, the median ratio times the
@@ -45,15 +58,16 @@ from torch import nn
 from srnas.arch.network import build_network
 from srnas.arch.pruned import IMAGE_CHANNELS, PrunedSubnet
 from srnas.arch.space import SubnetConfig
-from srnas.export import export_onnx
+from srnas.export import export_onnx, export_pte, lower_pte
 from srnas.latency import wire
 from srnas.latency.layers import LayerKey
 from srnas.latency.targets import Target
 from srnas.onnx_graph import layer_nodes, quantize_int8, write_layer_graph
-from srnas.profiling import LatencyResult, profile_module
+from srnas.profiling import EXPORT_SAMPLE_HW, LatencyResult, profile_module, pte_max_hw
 from srnas.runtimes.allocator import prepare_allocator
 from srnas.runtimes.availability import RuntimeUnavailableError, runtime_available
 from srnas.runtimes.calls import runtime_call
+from srnas.runtimes.executorch import program_call
 from srnas.runtimes.ort import ort_session, read_ort_profile
 from srnas.runtimes.remote import agent_client
 from srnas.runtimes.timing import (
@@ -79,7 +93,7 @@ log = logging.getLogger(__name__)
 
 _RELU_OPS = ("head", "conv", "expand")
 # The paired protocol's reference call: a mid-sized dense conv3x3 of the search space, in the target's precision
-# and runtime (fp32 on ONNX Runtime, whatever the scheme measured).
+# and runtime (fp32 on ONNX Runtime and ExecuTorch, whatever the scheme measured).
 REFERENCE_LAYER = LayerKey("conv", 16, 16)
 
 
@@ -262,6 +276,241 @@ class _ProfiledLayer:
         return [sum(us for n, us in r.node_us.items() if n in self.nodes) / 1000 for r in runs]
 
 
+# ---------------------------------------------------------------------------------- ExecuTorch
+
+
+class _LayerProgram(nn.Module):
+    """A :class:`LayerModule` with positional inputs, as lowered to an ExecuTorch program: ``x``, then the residual
+    (``wdsr_conv``) or the image (``tail``)."""
+
+    def __init__(self, layer: LayerModule) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        if self.layer.op == "wdsr_conv":
+            return self.layer(x, res=other)
+        return self.layer(x, img=other)
+
+
+def _program_inputs(layer: LayerKey, hw: tuple[int, int], seed: int = 0) -> list[torch.Tensor]:
+    """A layer program's inputs at ``hw``, in the layout they have inside a network's delegate: channels-last (XNNPACK
+    computes in NHWC and hands tensors on in it), except the image (the network's NCHW input) and the tail's input:
+    a channels-last tensor reshaped by PixelShuffle outside the delegate comes out permuted in executorch 1.5.1, and
+    in a network the tail's result leaves the delegate in NCHW anyway."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def tensor(channels: int, channels_last: bool) -> torch.Tensor:
+        x = torch.rand(1, channels, *hw, generator=generator)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    if layer.op == "head":
+        return [tensor(IMAGE_CHANNELS, False)]
+    if layer.op == "tail":
+        return [tensor(layer.cin, False), tensor(IMAGE_CHANNELS, False)]
+    inputs = [tensor(layer.cin, True)]
+    return inputs + [tensor(layer.cout, True)] if layer.op == "wdsr_conv" else inputs
+
+
+# The int8 calibration: a few random inputs at the traced size, as ONNX Runtime's int8 path calibrates
+# (srnas.onnx_graph.quantize_int8). The activation ranges they give set the quantization scales, which do not change
+# what the kernels cost.
+CALIBRATION_INPUTS = 4
+
+_PROGRAMS: dict[tuple[Any, ...], Path] = {}
+
+
+def _layer_program(layer: LayerKey, target: Target, precision: str, sparsity: float) -> Path:
+    """The layer's ExecuTorch program (int8: quantized first), lowered once per process: a table build, its scheme
+    comparisons and the reference meet the same layer again and again, and a lowering costs 1-3 s. No parity check:
+    the lowering is the one :func:`srnas.export.export_pte` uses, whose output is checked there."""
+    key = (layer.op, layer.cin, layer.cout, precision, sparsity, target.scale, pte_max_hw(target.input_hw))
+    if key in _PROGRAMS and _PROGRAMS[key].is_file():
+        return _PROGRAMS[key]
+    path = _scratch() / f"layer{len(_PROGRAMS)}.pte"
+    with torch.inference_mode(False):  # the callers time under inference mode; torch.export refuses its tensors
+        torch.manual_seed(0)
+        module = _LayerProgram(sparsify_(LayerModule(layer, target.scale).eval(), sparsity))
+        calibration = ([_program_inputs(layer, EXPORT_SAMPLE_HW, seed) for seed in range(1, CALIBRATION_INPUTS + 1)]
+                       if precision == "int8" else None)
+        _PROGRAMS[key] = lower_pte(module, _program_inputs(layer, EXPORT_SAMPLE_HW), path,
+                                   max_hw=pte_max_hw(target.input_hw), calibration=calibration).path
+    log.debug("%s (%s): lowered to %s", layer.id, precision, path)
+    return _PROGRAMS[key]
+
+
+def _xnnpack_layer_call(layer: LayerKey, target: Target, precision: str, sparsity: float) -> Callable[[], Any]:
+    return program_call(_layer_program(layer, target, precision, sparsity), _program_inputs(layer, target.input_hw),
+                        target.threads)
+
+
+# ----------------------------------------------------------------------------------- networks
+
+_EXPORTS: dict[tuple[Any, ...], Path] = {}
+_SCRATCH: tempfile.TemporaryDirectory[str] | None = None
+
+
+def _scratch() -> Path:
+    """This process's folder for exported networks and lowered layer programs (removed at exit)."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = tempfile.TemporaryDirectory(prefix="srnas-nets-")
+    return Path(_SCRATCH.name)
+
+
+def _exported(target: Target, model: nn.Module, net: Any, precision: str, sparsity: float,
+              export: Callable[[nn.Module, Path, str], Path]) -> Path:
+    """``export(model, folder, precision)``'s file; a (pruned) subnet is exported once per process, so measuring it
+    again (another round) does not pay the export again."""
+    key = ((target.runtime, net.name, precision, sparsity, target.input_hw)
+           if isinstance(net, (PrunedSubnet, SubnetConfig)) else None)
+    if key is not None and key in _EXPORTS and _EXPORTS[key].is_file():
+        return _EXPORTS[key]
+    path = export(model, Path(tempfile.mkdtemp(dir=_scratch())), precision)
+    if key is not None:
+        _EXPORTS[key] = path
+    return path
+
+
+def _onnx_file(model: nn.Module, folder: Path, precision: str) -> Path:
+    """``model`` exported with :func:`srnas.export.export_onnx`, quantized (static QDQ) for int8."""
+    path = export_onnx(model, folder / "net.onnx", sample_hw=EXPORT_SAMPLE_HW)
+    return quantize_int8(path, folder / "net.int8.onnx") if precision == "int8" else path
+
+
+def _calibration_images() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.rand(1, IMAGE_CHANNELS, *EXPORT_SAMPLE_HW, generator=generator) for _ in range(CALIBRATION_INPUTS)]
+
+
+# ------------------------------------------------------------------------------------ runners
+
+
+class _Runner:
+    """How this module runs one latency runtime: a layer as a call, the paired protocol's reference, a whole network.
+
+    Layers are timed on the wall clock (:func:`_timed`) and compared call against call (:func:`_compared_calls`)
+    unless a runner says otherwise (ONNX Runtime: its profiler, sessions of their own per round)."""
+
+    precisions: tuple[str, ...] = ("fp32",)
+    fresh_network_rounds = False  # every comparison round of two networks runs in sessions of its own
+
+    def checked(self, target: Target, precision: str) -> str:
+        """``precision``; ValueError when this runtime does not run it."""
+        if precision not in self.precisions:
+            raise ValueError(f"{target.runtime} runs {' or '.join(self.precisions)}, not {precision}")
+        return precision
+
+    def precision(self, target: Target, scheme: str) -> str:
+        """The precision a layer of ``scheme`` runs in on ``target`` (:meth:`checked`)."""
+        return self.checked(target, scheme_precision(target, scheme))
+
+    def layer_call(self, layer: LayerKey, target: Target, precision: str, sparsity: float,
+                   stack: contextlib.ExitStack) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def reference_call(self, target: Target, stack: contextlib.ExitStack) -> Callable[[], Any]:
+        """:data:`REFERENCE_LAYER` dense, fp32."""
+        return self.layer_call(REFERENCE_LAYER, target, "fp32", 0.0, stack)
+
+    def network(self, target: Target, model: nn.Module, net: Any, precision: str, sparsity: float) -> tuple[str, Any]:
+        """The profiling runtime that runs ``model`` in ``precision``, and what it runs (the module, or its file)."""
+        raise NotImplementedError
+
+    def time_layer(self, target: Target, layer: LayerKey, stack: contextlib.ExitStack, **timing: Any) -> float:
+        call = self.layer_call(layer, target, self.precision(target, layer.scheme), scheme_sparsity(layer.scheme), stack)
+        return _timed(target, layer.id, call, stack=stack, **timing)
+
+    def compare_layers(self, target: Target, base: LayerKey, other: LayerKey, stack: contextlib.ExitStack, *,
+                       warmup: int, runs: int, rounds: int) -> list[float]:
+        calls = [self.layer_call(layer, target, self.precision(target, layer.scheme), scheme_sparsity(layer.scheme), stack)
+                 for layer in (base, other)]
+        return _compared_calls(f"{other.id} vs {base.id}", calls[0], calls[1], warmup=warmup, runs=runs, rounds=rounds)
+
+
+class _Torch(_Runner):
+    """Eager PyTorch: fp32, or bf16 (autocast, channels-last); the reference in the target's precision."""
+
+    precisions = ("fp32", "bf16")
+
+    def layer_call(self, layer: LayerKey, target: Target, precision: str, sparsity: float,
+                   stack: contextlib.ExitStack) -> Callable[[], Any]:
+        return _torch_layer_call(layer, target, precision, sparsity)
+
+    def reference_call(self, target: Target, stack: contextlib.ExitStack) -> Callable[[], Any]:
+        return _torch_layer_call(REFERENCE_LAYER, target, target.precision, 0.0)
+
+    def network(self, target: Target, model: nn.Module, net: Any, precision: str, sparsity: float) -> tuple[str, Any]:
+        return ("torch_bf16" if precision == "bf16" else "torch_fp32"), model
+
+
+class _OnnxRuntime(_Runner):
+    """ONNX Runtime: fp32 or static QDQ int8 graphs; a layer's time from the profiler (:class:`_ProfiledLayer`)."""
+
+    precisions = ("fp32", "int8")
+    fresh_network_rounds = True  # see compare_layers
+
+    def layer_call(self, layer: LayerKey, target: Target, precision: str, sparsity: float,
+                   stack: contextlib.ExitStack) -> Callable[[], Any]:
+        return _ort_call(layer, target, precision, sparsity, stack)
+
+    def network(self, target: Target, model: nn.Module, net: Any, precision: str, sparsity: float) -> tuple[str, Any]:
+        return "onnxruntime_fp32", _exported(target, model, net, precision, sparsity, _onnx_file)
+
+    def time_layer(self, target: Target, layer: LayerKey, stack: contextlib.ExitStack, **timing: Any) -> float:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
+        graph = _ort_layer_graph(layer, target, self.precision(target, layer.scheme), scheme_sparsity(layer.scheme), folder)
+        return _timed_profiled(target, layer, graph, stack=stack, **timing)
+
+    def compare_layers(self, target: Target, base: LayerKey, other: LayerKey, stack: contextlib.ExitStack, *,
+                       warmup: int, runs: int, rounds: int) -> list[float]:
+        graphs = []
+        for layer in (base, other):
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
+            graphs.append(_ort_layer_graph(layer, target, self.precision(target, layer.scheme), scheme_sparsity(layer.scheme),
+                                           folder))
+        skip = max(warmup, 1)  # a fresh session's first run allocates
+
+        def one_round() -> float:
+            with contextlib.ExitStack() as sessions:
+                profiled = [_ProfiledLayer(layer, target, graph, sessions) for layer, graph in zip((base, other), graphs)]
+                warm(skip, *profiled)
+                with gc_paused(collect=False):
+                    paired_rounds(lambda: call_times(profiled[1], runs), lambda: call_times(profiled[0], runs), 1)
+                base_ms, other_ms = (p.layer_ms(skip=skip) for p in profiled)
+            return _speedups([min(base_ms[:runs]), min(base_ms[runs:])], [min(other_ms)])[0]
+
+        return [_undisturbed(one_round, f"{other.id} vs {base.id}") for _ in range(rounds)]
+
+
+class _ExecuTorch(_Runner):
+    """ExecuTorch with the XNNPACK delegate: fp32, or int8 by PT2E quantization; one thread pool per process."""
+
+    precisions = ("fp32", "int8")
+
+    def layer_call(self, layer: LayerKey, target: Target, precision: str, sparsity: float,
+                   stack: contextlib.ExitStack) -> Callable[[], Any]:
+        return _xnnpack_layer_call(layer, target, precision, sparsity)
+
+    def network(self, target: Target, model: nn.Module, net: Any, precision: str, sparsity: float) -> tuple[str, Any]:
+        def pte(module: nn.Module, folder: Path, precision: str) -> Path:
+            return export_pte(module, folder / "net.pte", sample_hw=EXPORT_SAMPLE_HW, max_hw=pte_max_hw(target.input_hw),
+                              calibration=_calibration_images() if precision == "int8" else None).path
+
+        return "executorch_xnnpack_fp32", _exported(target, model, net, precision, sparsity, pte)
+
+
+# The latency runtimes (srnas.config.LATENCY_RUNTIMES but auto, which a target resolves first): a runtime is added here.
+_RUNNERS: dict[str, _Runner] = {"torch_fp32": _Torch(), "torch_bf16": _Torch(), "onnxruntime_fp32": _OnnxRuntime(),
+                                "executorch_xnnpack_fp32": _ExecuTorch()}
+
+
+def _runner(target: Target) -> _Runner:
+    if target.runtime not in _RUNNERS:
+        raise ValueError(f"target {target.name}: {target.runtime!r} is not a latency runtime; choose from {', '.join(_RUNNERS)}")
+    return _RUNNERS[target.runtime]
+
+
 # --------------------------------------------------------------------------------------- timing
 
 def _check_target(target: Target) -> None:
@@ -270,10 +519,8 @@ def _check_target(target: Target) -> None:
 
 
 def _reference_call(target: Target, stack: contextlib.ExitStack) -> Callable[[], Any]:
-    """The paired protocol's reference: :data:`REFERENCE_LAYER` dense, in the target's precision and runtime."""
-    if target.runtime == "onnxruntime_fp32":
-        return _ort_call(REFERENCE_LAYER, target, "fp32", 0.0, stack)
-    return _torch_layer_call(REFERENCE_LAYER, target, target.precision, 0.0)
+    """The paired protocol's reference: :data:`REFERENCE_LAYER` dense, in the target's runtime (:meth:`_Runner.reference_call`)."""
+    return _runner(target).reference_call(target, stack)
 
 
 def _timed(target: Target, what: str, call: Callable[[], Any], *, warmup: int, runs: int, rounds: int,
@@ -350,25 +597,16 @@ def measure_layer(target: Target, layer: LayerKey, *, warmup: int, runs: int, ro
     layer's graph in its context, its nodes' kernel times from ONNX Runtime's profiler (:class:`_ProfiledLayer`):
     inside ONNX Runtime a layer's cost depends on its neighbours (NCHWc blocks, reorders where a kernel reads
     NCHW, Conv+Add fusion), so the graph reproduces them and the profile keeps the nodes the layer owns.
+    ExecuTorch: the layer's program (:func:`_layer_program`), one call per run, on inputs in the delegate's layout.
     """
     if target.remote:
         return float(_on_device(target, "layer", layer=wire.layer_to_wire(layer), warmup=warmup, runs=runs, rounds=rounds,
                                 reference_ms=reference_ms))
     _check_target(target)
     prepare_allocator()
-    precision = scheme_precision(target, layer.scheme)
-    sparsity = scheme_sparsity(layer.scheme)
     timing = {"warmup": warmup, "runs": runs, "rounds": rounds, "reference_ms": reference_ms}
     with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
-        if target.runtime != "onnxruntime_fp32":
-            if precision not in ("fp32", "bf16"):
-                raise ValueError(f"torch runs fp32 or bf16 layers, not {precision}")
-            return _timed(target, layer.id, _torch_layer_call(layer, target, precision, sparsity), stack=stack, **timing)
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"onnxruntime runs fp32 or int8 layers, not {precision}")
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
-        graph = _ort_layer_graph(layer, target, precision, sparsity, folder)
-        return _timed_profiled(target, layer, graph, stack=stack, **timing)
+        return _runner(target).time_layer(target, layer, stack, **timing)
 
 
 def _speedups(base_rounds: list[float], other_rounds: list[float]) -> list[float]:
@@ -385,9 +623,9 @@ def compare_layers(target: Target, base: LayerKey, other: LayerKey, *, warmup: i
     from round to round, which a decision reads from the spread (:func:`srnas.latency.schemes.decide`).
 
     Layers run as :func:`measure_layer` runs them (torch module; ONNX Runtime graph in context, kernel times from
-    its profiler). On ONNX Runtime every round runs in sessions of its own: a session's thread pool keeps, for its
-    lifetime, the cores the OS first gave its workers, and where one of those cores is busy (a neighbour's process)
-    one session of the pair runs steadily slower. Rounds sharing two sessions agree on that bias, so the interval
+    its profiler; ExecuTorch program). On ONNX Runtime every round runs in sessions of its own: a session's thread
+    pool keeps, for its lifetime, the cores the OS first gave its workers, and where one of those cores is busy (a
+    neighbour's process) one session of the pair runs steadily slower. Rounds sharing two sessions agree on that bias, so the interval
     cannot show it: a layer with half its weights zero -- the same work -- measured 0.70x to 1.36x the dense one in
     five processes, each steady over its 5 rounds, with a busy loop on one of the two cores. Fresh sessions per round
     turn the placement into round-to-round spread, which the decision reads (:func:`srnas.latency.schemes.decide`)."""
@@ -397,34 +635,7 @@ def compare_layers(target: Target, base: LayerKey, other: LayerKey, *, warmup: i
     _check_target(target)
     prepare_allocator()
     with contextlib.ExitStack() as stack, pinned_threads(target.threads), torch.inference_mode():
-        if target.runtime != "onnxruntime_fp32":
-            calls = []
-            for layer in (base, other):
-                precision = scheme_precision(target, layer.scheme)
-                if precision not in ("fp32", "bf16"):
-                    raise ValueError(f"torch runs fp32 or bf16 layers, not {precision}")
-                calls.append(_torch_layer_call(layer, target, precision, scheme_sparsity(layer.scheme)))
-            return _compared_calls(f"{other.id} vs {base.id}", calls[0], calls[1], warmup=warmup, runs=runs, rounds=rounds)
-        graphs = []
-        for layer in (base, other):
-            precision = scheme_precision(target, layer.scheme)
-            if precision not in ("fp32", "int8"):
-                raise ValueError(f"onnxruntime runs fp32 or int8 layers, not {precision}")
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srnas-layer-")))
-            graphs.append(_ort_layer_graph(layer, target, precision, scheme_sparsity(layer.scheme), folder))
-
-        skip = max(warmup, 1)  # a fresh session's first run allocates
-
-        def one_round() -> float:
-            with contextlib.ExitStack() as sessions:
-                profiled = [_ProfiledLayer(layer, target, graph, sessions) for layer, graph in zip((base, other), graphs)]
-                warm(skip, *profiled)
-                with gc_paused(collect=False):
-                    paired_rounds(lambda: call_times(profiled[1], runs), lambda: call_times(profiled[0], runs), 1)
-                base_ms, other_ms = (p.layer_ms(skip=skip) for p in profiled)
-            return _speedups([min(base_ms[:runs]), min(base_ms[runs:])], [min(other_ms)])[0]
-
-        return [_undisturbed(one_round, f"{other.id} vs {base.id}") for _ in range(rounds)]
+        return _runner(target).compare_layers(target, base, other, stack, warmup=warmup, runs=runs, rounds=rounds)
 
 
 def _floats(values: Any) -> list[float]:
@@ -452,50 +663,28 @@ def _compared_calls(what: str, base: Callable[[], Any], other: Callable[[], Any]
 def compare_networks(target: Target, net: PrunedSubnet | SubnetConfig, *, base_precision: str, precision: str, warmup: int,
                      runs: int, rounds: int) -> list[float]:
     """:func:`compare_layers` for a whole network run in ``precision`` against the same network in ``base_precision``,
-    both as :func:`time_network` runs them (a torch target in torch, ONNX Runtime on the exported -- and for int8
-    quantized -- file)."""
+    both as :func:`time_network` runs them (a torch target in torch, ONNX Runtime and ExecuTorch on the exported --
+    and for int8 quantized -- file)."""
     if target.remote:
         return _floats(_on_device(target, "compare_networks", network=wire.network_to_wire(net),
                                   base_precision=base_precision, precision=precision, warmup=warmup, runs=runs, rounds=rounds))
     _check_target(target)
     prepare_allocator()
+    runner = _runner(target)
     model = build_network(net, target.scale)
+    deployed = [runner.network(target, model, net, runner.checked(target, p), 0.0) for p in (base_precision, precision)]
     x = torch.rand(1, IMAGE_CHANNELS, *target.input_hw, generator=torch.Generator().manual_seed(0))
     what = f"{net.name} {precision} vs {base_precision}"
     with pinned_threads(target.threads), torch.inference_mode():
-        if target.runtime == "onnxruntime_fp32":
-            paths = [_exported(model, net, p, 0.0) for p in (base_precision, precision)]
+        if runner.fresh_network_rounds:  # sessions of their own every round (see compare_layers)
 
-            def one_round() -> float:  # sessions of its own (see compare_layers)
-                calls = [runtime_call(path, "onnxruntime_fp32", x, target.threads) for path in paths]
+            def one_round() -> float:
+                calls = [runtime_call(file, runtime, x, target.threads) for runtime, file in deployed]
                 return _compared_calls(what, calls[0], calls[1], warmup=max(warmup, 1), runs=runs, rounds=1)[0]
 
             return [one_round() for _ in range(rounds)]
-        calls = [runtime_call(model, "torch_bf16" if p == "bf16" else "torch_fp32", x, target.threads)
-                 for p in (base_precision, precision)]
+        calls = [runtime_call(model_or_file, runtime, x, target.threads) for runtime, model_or_file in deployed]
         return _compared_calls(what, calls[0], calls[1], warmup=warmup, runs=runs, rounds=rounds)
-
-
-_EXPORTS: dict[tuple[Any, ...], Path] = {}
-_EXPORT_DIR: tempfile.TemporaryDirectory[str] | None = None
-
-
-def _exported(model: nn.Module, net: Any, precision: str, sparsity: float) -> Path:
-    """``model`` exported with :func:`srnas.export.export_onnx` (and quantized for int8); a (pruned) subnet is
-    exported once per process, so measuring it again (another round) does not pay the export again."""
-    global _EXPORT_DIR
-    if _EXPORT_DIR is None:
-        _EXPORT_DIR = tempfile.TemporaryDirectory(prefix="srnas-nets-")
-    key = (net.name, precision, sparsity) if isinstance(net, (PrunedSubnet, SubnetConfig)) else None
-    if key is not None and key in _EXPORTS and _EXPORTS[key].is_file():
-        return _EXPORTS[key]
-    folder = Path(tempfile.mkdtemp(dir=_EXPORT_DIR.name))
-    path = export_onnx(model, folder / "net.onnx", sample_hw=(32, 32))
-    if precision == "int8":
-        path = quantize_int8(path, folder / "net.int8.onnx")
-    if key is not None:
-        _EXPORTS[key] = path
-    return path
 
 
 @dataclass(frozen=True)
@@ -534,9 +723,11 @@ def time_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module, *
     """One end-to-end timing of a whole network on ``target``, as deployed (:class:`NetworkTiming`).
 
     ``net``: a (pruned) subnet, built physically with :func:`srnas.arch.network.build_network` (fresh weights), or any
-    SR module, timed with its own weights (a trained model). Torch targets and ONNX Runtime fp32 run it like
-    :func:`srnas.profiling.profile_module` (ONNX: exported with :func:`srnas.export.export_onnx`); int8 exports,
-    quantizes (static QDQ) and times the quantized file. ``precision`` overrides the target's (``bf16`` on a torch
+    SR module, timed with its own weights (a trained model). Torch targets, ONNX Runtime and ExecuTorch fp32 run it
+    like :func:`srnas.profiling.profile_module` (exported with :func:`srnas.export.export_onnx` /
+    :func:`srnas.export.export_pte`); int8 on ONNX Runtime exports, quantizes (static QDQ) and times the quantized
+    file, on ExecuTorch quantizes (PT2E, XNNPACK quantizer, calibrated on random images like ONNX Runtime's) and
+    lowers. ``precision`` overrides the target's (``bf16`` on a torch
     target runs it as ``torch_bf16`` does). ``reference_ms`` given: the paired protocol (``rounds`` rounds of ``runs``
     calls, see :func:`measure_layer`); otherwise the median of ``runs`` calls after ``warmup``.
     """
@@ -548,12 +739,10 @@ def time_network(target: Target, net: PrunedSubnet | SubnetConfig | nn.Module, *
     _check_target(target)
     model = net if isinstance(net, nn.Module) else build_network(net, target.scale)
     sparsify_(model, sparsity)
-    precision = precision or target.precision
+    runner = _runner(target)
+    precision = runner.checked(target, precision or target.precision)
     name = getattr(net, "name", "network")
-    if target.runtime == "onnxruntime_fp32":
-        runtime, model = "onnxruntime_fp32", _exported(model, net, precision, sparsity)
-    else:
-        runtime = "torch_bf16" if precision == "bf16" else "torch_fp32"
+    runtime, model = runner.network(target, model, net, precision, sparsity)
     if reference_ms is None:
         return NetworkTiming(quiet(lambda: profile_module(model, runtime, target.input_hw, threads=target.threads,
                                                           warmup=warmup, runs=runs).median_ms, name))

@@ -19,9 +19,10 @@ accelerated on this target. Candidates:
     e.g. 24 for g=8) faster than rounding them up to the coarser grid (24 vs 32) -- otherwise the runtime
     pads them away (SIMD blocks) and finer pruning only costs accuracy.
 ``sparse50``, ``sparse90``
-    Unstructured pruning: that share of each conv's weights set to zero, stored dense (neither runtime has
-    sparse convolution kernels on this CPU class, which the measurement shows).
-``bf16`` (torch targets), ``int8`` (ONNX Runtime, static QDQ)
+    Unstructured pruning: that share of each conv's weights set to zero, stored dense (neither torch nor ONNX
+    Runtime has sparse convolution kernels on this CPU class, which the measurement shows; on ExecuTorch the
+    measurement decides too).
+``bf16`` (torch targets), ``int8`` (ONNX Runtime, static QDQ; ExecuTorch, PT2E with the XNNPACK quantizer)
     Reduced precision, per layer and per whole network (deployed per network: a latency measured in a
     precision is only ever paired with PSNR measured in that precision). Decided by the network speedup.
 ``sparse_2to4``
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 __all__ = ["WITHIN_NOISE", "Decision", "SchemeResult", "SchemeReport", "decide", "measure_schemes", "median_interval",
            "schemes_markdown"]
 
+# How each runtime that runs int8 quantizes a network (the int8 scheme's deployment).
+INT8_DEPLOYMENT = {"onnxruntime_fp32": "static QDQ", "executorch_xnnpack_fp32": "PT2E static int8 (XNNPACK quantizer)"}
 ACCELERATED = "accelerated"
 NOT_ACCELERATED = "not accelerated"
 UNAVAILABLE = "unavailable"
@@ -337,8 +340,8 @@ def _decide(target: Target, space: SearchSpace, cfg: LatencyConfig,
         return SchemeResult.decided(precision, "precision", decision, speedups,
                                     f"{deployed_as}; quality must be measured in {precision}")
 
-    if not target.runtime.startswith("torch"):
-        results.append(precision_scheme("int8", "static QDQ per network (an int8 target's table)"))
+    if target.runtime in INT8_DEPLOYMENT:
+        results.append(precision_scheme("int8", f"{INT8_DEPLOYMENT[target.runtime]} per network (an int8 target's table)"))
     else:
         if bf16_supported():
             results.append(precision_scheme("bf16", "per network (use the bf16 target's table)"))

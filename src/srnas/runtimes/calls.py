@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from srnas.config import PROFILE_RUNTIMES
-from srnas.runtimes.executorch import executorch_method, set_executorch_threads
+from srnas.runtimes.executorch import program_call
 from srnas.runtimes.ort import ort_session
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "runtime_call"]
@@ -78,17 +78,6 @@ def _onnxruntime_call(onnx_path: Path, x: torch.Tensor, threads: int) -> Callabl
     return call
 
 
-def _executorch_call(pte_path: Path, x: torch.Tensor, threads: int) -> Callable[[], Any]:
-    set_executorch_threads(threads)
-    method = executorch_method(pte_path)
-    inputs = [x.contiguous()]
-
-    def call() -> Any:
-        return method.execute(inputs)
-
-    return call
-
-
 def runtime_call(model: torch.nn.Module | str | os.PathLike[str], runtime: str, x: torch.Tensor,
                  threads: int) -> Callable[[], Any]:
     """One inference of ``model`` on ``runtime`` for the input ``x``, as a call.
@@ -102,7 +91,7 @@ def runtime_call(model: torch.nn.Module | str | os.PathLike[str], runtime: str, 
     if runtime == "onnxruntime_fp32":
         return _onnxruntime_call(_as_path(model, runtime), x, threads)
     if runtime == "executorch_xnnpack_fp32":
-        return _executorch_call(_as_path(model, runtime), x, threads)
+        return program_call(_as_path(model, runtime), [x.contiguous()], threads)
     return _torch_call(model, runtime, x)
 
 

@@ -15,7 +15,7 @@ import importlib.util
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ from srnas.errors import SrnasError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExecuTorchUnavailableError", "executorch_available", "executorch_method", "executorch_threads", "require_executorch",
-           "set_executorch_threads"]
+__all__ = ["ExecuTorchUnavailableError", "executorch_available", "executorch_installed", "executorch_method",
+           "executorch_threads", "program_call", "require_executorch", "set_executorch_threads"]
 
 
 class ExecuTorchUnavailableError(SrnasError):
@@ -50,9 +50,15 @@ def _quiet_import() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def executorch_installed() -> bool:
+    """Whether executorch is installed, without importing it (which takes seconds): :func:`executorch_available`
+    also checks that it imports."""
+    return importlib.util.find_spec("executorch") is not None
+
+
 @functools.lru_cache(maxsize=1)
 def _executorch_import_error() -> str | None:
-    if importlib.util.find_spec("executorch") is None:
+    if not executorch_installed():
         return "executorch is not installed (pip install -c constraints.txt '.[mobile]'; make setup installs it)"
     try:
         with _quiet_import():
@@ -88,6 +94,19 @@ def executorch_method(path: str | os.PathLike[str]) -> Any:
 
     program = Runtime.get().load_program(Path(path))
     return program.load_method("forward")
+
+
+def program_call(path: str | os.PathLike[str], inputs: Sequence[Any], threads: int) -> Callable[[], Any]:
+    """One run of a ``.pte``'s ``forward`` on ``inputs`` (tensors, in the memory format the program was lowered for)
+    on ``threads`` XNNPACK threads, as a call that the timers repeat."""
+    set_executorch_threads(threads)
+    method = executorch_method(path)
+    feeds = list(inputs)
+
+    def call() -> Any:
+        return method.execute(feeds)
+
+    return call
 
 
 def set_executorch_threads(threads: int) -> None:
