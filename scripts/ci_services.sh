@@ -13,6 +13,15 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   missing+=(postgresql)
 fi
 
+# SLURM and MUNGE: the pipeline through profiles/slurm (tests/test_slurm.py starts a one-node cluster from these
+# daemons and clients with scripts/slurm_cluster.sh; no system service needs to run)
+for tool in munged slurmctld slurmd sbatch squeue srun scontrol sinfo scancel; do
+  if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null; then
+    missing+=(slurm-wlm munge)
+    break
+  fi
+done
+
 if ((${#missing[@]})); then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then sudo=(sudo -n); fi

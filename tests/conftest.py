@@ -139,6 +139,39 @@ def mlflow_server(postgres):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted Snakemake run of the smoke DAG on this machine (tests/test_pipeline.py's ``SMOKE`` command,
+    without native bf16), shared by the tests that read it or compare another run with it: test_pipeline.py and
+    test_slurm.py, whose tests that use it are in the "smoke-dag" group (one worker builds it)."""
+    from test_pipeline import BIN, HIDDEN_BF16, SMOKE, _copy_project, _run
+
+    project = _copy_project(tmp_path_factory.mktemp("smoke"))
+    _run([str(BIN / "snakemake"), *SMOKE], project, HIDDEN_BF16)
+    return project
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A throwaway one-node SLURM cluster on this machine (:class:`services.SlurmCluster`) for the session. Skips
+    when SLURM or MUNGE is not installed or this process is not root, unless SRNAS_REQUIRE_SERVICES=1 (CI), when that
+    fails the test."""
+    import os
+
+    from services import SlurmCluster, service_missing, slurm_missing
+
+    missing = slurm_missing()
+    if missing:
+        service_missing(f"SLURM / MUNGE programs not found: {', '.join(missing)}")
+    if os.geteuid() != 0:
+        service_missing("root: a one-node SLURM cluster's slurmd starts every job as its user", how="run as root")
+    cluster = SlurmCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
 # ----------------------------------------------------------------------------------------- two workers
 # `make test` runs the suite on pytest-xdist workers (`-n auto --maxprocesses 2 --dist loadgroup`): each work unit is
 # an ``xdist_group``. A test without one gets its file's, so a module-scoped fixture is built on one worker only; the

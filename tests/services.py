@@ -1,4 +1,5 @@
-"""Real services for tests, started on this machine and thrown away: a PostgreSQL cluster, an MLflow tracking server.
+"""Real services for tests, started on this machine and thrown away: a PostgreSQL cluster, an MLflow tracking server,
+a one-node SLURM cluster.
 
 A test that needs a service skips, saying what is missing, when its binaries are not installed (a developer's
 machine); CI installs them (``scripts/ci_services.sh``) and sets ``SRNAS_REQUIRE_SERVICES=1``, under which a missing
@@ -29,10 +30,10 @@ REQUIRE_ENV = "SRNAS_REQUIRE_SERVICES"
 POSTGRES_PASSWORD = "pw-s3cret-9f2"  # the test role's: no log line or error may show it
 
 
-def service_missing(what: str, installer: str = "scripts/ci_services.sh") -> None:
+def service_missing(what: str, installer: str = "scripts/ci_services.sh", how: str | None = None) -> None:
     """Skip the test because ``what`` is missing, or fail it when CI requires the services (:data:`REQUIRE_ENV`);
-    ``installer`` is what installs it."""
-    message = f"{what} ({installer} installs it)"
+    ``installer`` is what installs it (``how``, when given, replaces that remark)."""
+    message = f"{what} ({how or f'{installer} installs it'})"
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{REQUIRE_ENV}=1 but {message}", pytrace=False)
     pytest.skip(message)
@@ -194,5 +195,61 @@ class MlflowServer:
             if self._proc is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._proc.pid, signal.SIGKILL)  # a worker the server left behind
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm_cluster.sh"
+SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "srun", "scontrol", "sinfo", "scancel")
+SLURM_JOB_FIELDS = {"id": "%i", "name": "%j", "comment": "%k", "state": "%T", "start": "%S", "end": "%e", "cpus": "%C",
+                    "oversubscribe": "%h", "nodes": "%N"}
+
+
+def slurm_missing() -> list[str]:
+    """The SLURM and MUNGE programs :data:`SLURM_SCRIPT` needs that are not installed (daemons live in sbin)."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    return [tool for tool in SLURM_TOOLS if shutil.which(tool, path=path) is None]
+
+
+class SlurmCluster:
+    """A throwaway one-node SLURM cluster (:data:`SLURM_SCRIPT`): this machine is its controller and its one node;
+    munge key, configuration, state and logs in a temporary folder. Needs root (slurmd starts jobs as their user).
+    :meth:`env` points a process's ``sbatch``, ``squeue``, ``srun`` ... at it."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="srnas-slurm-"))
+        self.conf = self.root / "slurm.conf"
+
+    def _script(self, action: str) -> None:
+        done = subprocess.run(["bash", str(SLURM_SCRIPT), action, str(self.root)], check=False, capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"slurm_cluster.sh {action} failed ({done.returncode}): "
+                               f"{(done.stderr or done.stdout)[-2000:]}")
+
+    def start(self) -> None:
+        self._script("start")
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """``base`` with this cluster's SLURM_CONF, and its client wrappers first on PATH (the executor plugin's job
+        step drops SLURM_CONF before it calls ``srun``: see :data:`SLURM_SCRIPT`)."""
+        return base | {"SLURM_CONF": str(self.conf), "PATH": f"{self.root / 'bin'}{os.pathsep}{base.get('PATH', '')}"}
+
+    def jobs(self) -> list[dict[str, str]]:
+        """Every job the controller knows, finished ones included (it keeps them an hour), oldest first: the fields of
+        :data:`SLURM_JOB_FIELDS` (start and end: ISO times to the second; oversubscribe ``NO``: an exclusive job)."""
+        fmt = "|".join(SLURM_JOB_FIELDS.values())
+        done = subprocess.run(["squeue", "--states=all", "--noheader", "--sort=i", f"--format={fmt}"], check=True,
+                              capture_output=True, text=True, timeout=60, env=self.env(dict(os.environ)))
+        return [dict(zip(SLURM_JOB_FIELDS, line.split("|"))) for line in done.stdout.splitlines() if line.strip()]
+
+    def log(self, daemon: str, lines: int = 20) -> str:
+        """The last ``lines`` of ``daemon``'s log (slurmctld, slurmd, munged), for an error message."""
+        path = self.root / "log" / f"{daemon}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        try:
+            self._script("stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

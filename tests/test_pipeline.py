@@ -70,14 +70,6 @@ def _stage_runs(project: Path) -> list[dict]:
         os.chdir(cwd)
 
 
-@pytest.fixture(scope="module")
-def smoke_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted Snakemake run of the smoke DAG, shared by the tests of this module that read it."""
-    project = _copy_project(tmp_path_factory.mktemp("smoke"))
-    _run([str(BIN / "snakemake"), *SMOKE], project, HIDDEN_BF16)
-    return project
-
-
 @SMOKE_DAG
 def test_snakemake_smoke_pipeline_without_native_bf16(smoke_project: Path) -> None:
     """The whole DAG as on a CPU without native bf16 (most laptops, ARM servers, Apple silicon): SRNAS_HIDE_BF16 hides

@@ -13,6 +13,7 @@ a test holds ``dvc.yaml`` to :func:`stage_code`.
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["module_imports", "stage_code", "stage_code_files", "stage_modules"]
@@ -28,16 +29,16 @@ def _module_path(src: Path, module: str) -> Path | None:
     return None
 
 
-def module_imports(src: Path, module: str) -> set[str]:
-    """The ``srnas`` modules ``module`` imports directly (anywhere in the file), as importable names."""
-    path = _module_path(src, module)
-    if path is None:
-        return set()
-    found: set[str] = set()
-    is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+@lru_cache(maxsize=None)
+def _import_statements(source: str, filename: str, module: str,
+                       is_package: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``(target, names)`` of every import in ``source`` (the text of ``module``'s file): ``import a.b`` gives
+    ``("a.b", ())``, ``from .x import y`` gives (``module``'s ``x``, ``("y",)``). Parsed once per distinct text: the
+    Snakefile asks for the stages one by one, and they share most of their modules."""
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
         if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
+            found += [(alias.name, ()) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = module.split(".")
@@ -45,9 +46,21 @@ def module_imports(src: Path, module: str) -> set[str]:
                 target = f"{base}.{node.module}" if node.module else base
             else:
                 target = node.module or ""
-            found.add(target)
-            # ``from srnas.latency import measure`` imports a submodule, not a name
-            found |= {f"{target}.{alias.name}" for alias in node.names if _module_path(src, f"{target}.{alias.name}")}
+            found.append((target, tuple(alias.name for alias in node.names)))
+    return tuple(found)
+
+
+def module_imports(src: Path, module: str) -> set[str]:
+    """The ``srnas`` modules ``module`` imports directly (anywhere in the file), as importable names."""
+    path = _module_path(src, module)
+    if path is None:
+        return set()
+    found: set[str] = set()
+    source = path.read_text(encoding="utf-8")
+    for target, names in _import_statements(source, str(path), module, path.name == "__init__.py"):
+        found.add(target)
+        # ``from srnas.latency import measure`` imports a submodule, not a name
+        found |= {f"{target}.{name}" for name in names if _module_path(src, f"{target}.{name}")}
     return {m for m in found if m.split(".")[0] == PACKAGE and _module_path(src, m) is not None}
 
 
