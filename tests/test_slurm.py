@@ -94,6 +94,30 @@ def run_on_slurm(project: Path, cluster, overlay: dict | None = None) -> subproc
     return proc
 
 
+SERVER_EXPERIMENT = "srnas-smoke-slurm"  # the session's MLflow server is shared: one experiment per test
+
+
+def _assert_pipeline_on_server(uri: str, parent_id: str, stages: dict[str, str]) -> None:
+    """Through the server's REST API (an MlflowClient on its http URI): the pipeline run FINISHED with the headline
+    metrics and the report as an artifact, every stage run its child, the searches' trial runs children of their
+    stage runs, the final model registered."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(SERVER_EXPERIMENT)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:"), experiment.artifact_location
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["srnas.kind"] == "pipeline"
+    assert parent.data.metrics["psnr_val_x2"] > 20.0 and parent.data.metrics["latency_ms"] > 0.0
+    assert "report.md" in {a.path for a in client.list_artifacts(parent_id)}
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert {run.info.run_id for run in children} == set(stages), "the stage runs, and only they, are the pipeline's"
+    search = {run_id for run_id, stage in stages.items() if stage in ("search_arch", "search_ratio")}
+    trials = [run for run in client.search_runs([experiment.experiment_id], "tags.`srnas.kind` = 'candidate'")]
+    assert trials and {run.data.tags["mlflow.parentRunId"] for run in trials} <= search, "trial runs under the searches"
+    assert client.search_model_versions(f"name = '{SERVER_EXPERIMENT}-x2'"), "the final model registered on the server"
+
+
 def _stage_runs(project: Path, tracking: dict[str, str]) -> list[dict]:
     from srnas import tracking as srnas_tracking
     from srnas.config import TrackingConfig
@@ -109,11 +133,12 @@ def _stage_runs(project: Path, tracking: dict[str, str]) -> list[dict]:
 @pytest.mark.slow
 @SMOKE_DAG  # beside the local run it compares with (smoke_project), on the same pytest-xdist worker
 def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the_local_run(
-        smoke_project: Path, slurm_cluster, tmp_path: Path) -> None:
+        smoke_project: Path, slurm_cluster, mlflow_server, tmp_path: Path) -> None:
     """``snakemake --workflow-profile profiles/slurm`` on a one-node SLURM cluster of this machine: every job of the
     DAG is a SLURM job that ran its rule (its SLURM log shows the rule executed there), the training and timing jobs
-    held the node alone (--exclusive, and no other job's run overlaps theirs), the stage runs join one MLflow pipeline
-    run, and every output equals the local run's (``smoke_project``) but for the fields that measure time, as for
+    held the node alone (--exclusive, and no other job's run overlaps theirs), the stage runs, sent to an MLflow server
+    on PostgreSQL (README "An MLflow tracking server"), join one pipeline run there with the search's trial runs under
+    their stages, and every output equals the local run's (``smoke_project``) but for the fields that measure time, as for
     the killed-and-resumed run (test_pipeline.py). Both runs share the latency cache, as there: the measured layer
     table is the one measured input that may change a search."""
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
@@ -121,7 +146,8 @@ def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the
     project = _copy_project(tmp_path)
     shutil.copytree(smoke_project / ".srnas" / "latency", project / ".srnas" / "latency")
 
-    proc = run_on_slurm(project, slurm_cluster)
+    server = mlflow_server.tracking(SERVER_EXPERIMENT)
+    proc = run_on_slurm(project, slurm_cluster, overlay=server)
 
     submitted = dict(SUBMITTED.findall(proc.stdout + proc.stderr))  # SLURM job id -> its SLURM log
     jobs = {job["id"]: job for job in slurm_cluster.jobs() if job["id"] in submitted}
@@ -146,11 +172,13 @@ def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the
                     f"{rules[other_id]} ({other['start']}..{other['end']}) ran beside {rules[job_id]} "
                     f"({alone['start']}..{alone['end']})")
 
-    runs = _stage_runs(project, SMOKE_TRACKING)
+    runs = _stage_runs(project, {"uri": mlflow_server.uri, "experiment": SERVER_EXPERIMENT})
     local_runs = _stage_runs(smoke_project, SMOKE_TRACKING)
     assert Counter(run["stage"] for run in runs) == Counter(run["stage"] for run in local_runs)
     parents = {run["pipeline_run_id"] for run in runs}
     assert len(parents) == 1 and None not in parents, "every SLURM job's stage run joins the one pipeline run"
+    assert not (project / "mlflow.db").exists() and not (project / "mlruns").exists(), "runs went to the server only"
+    _assert_pipeline_on_server(mlflow_server.uri, parents.pop(), {run["run_id"]: run["stage"] for run in runs})
 
     compared = _assert_same_results(smoke_project, project)
     assert {"search_arch/arch.json", "search_ratio/ratio.json", "finetune/model.pt", "train_supernet/supernet.pt",
