@@ -28,8 +28,8 @@ smoke: setup  ## the pipeline on the tiny smoke profile
 benchmark: setup  ## the benchmark profile (T91 train; Set5, Set14, B100 eval); DATA_ROOT=../shared/data
 	$(BIN)/snakemake --cores all --configfile config/benchmark.yaml --config "data={root: $(or $(DATA_ROOT),../shared/data)}"
 
-test: setup  ## the test suite, on two pytest-xdist workers (tests/conftest.py groups what shares a fixture)
-	$(BIN)/python -m pytest -n auto --maxprocesses 2 --dist loadgroup --no-loadscope-reorder
+test: setup  ## the test suite, on two pytest-xdist workers (tests/conftest.py: a file per worker at a time)
+	$(BIN)/python -m pytest -n auto --maxprocesses 2 --dist loadfile --no-loadscope-reorder
 
 checkout: setup  ## restore DVC-tracked outputs, then tell Snakemake they are current (DVC does not keep mtimes)
 	$(BIN)/dvc checkout

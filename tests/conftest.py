@@ -173,23 +173,15 @@ def slurm_cluster():
         cluster.stop()
 
 # ----------------------------------------------------------------------------------------- two workers
-# `make test` runs the suite on pytest-xdist workers (`-n auto --maxprocesses 2 --dist loadgroup`): each work unit is
-# an ``xdist_group``. A test without one gets its file's, so a module-scoped fixture is built on one worker only; the
-# pipeline runs are groups of their own (PIPELINE_GROUPS, marked in their modules: the tests that read one run, across
-# files, stay with it) and are handed out first, so the longest units start at once (`--no-loadscope-reorder` keeps
-# this order).
-PIPELINE_GROUPS = ("smoke-dag", "dvc-dag")
+# `make test` runs the suite on two pytest-xdist workers (`-n auto --maxprocesses 2 --dist loadfile`): a file is one
+# work unit, so its module-scoped fixtures are built once. The files that run the smoke DAG (PIPELINE_FILES) come
+# first, so the longest units start at once (`--no-loadscope-reorder` keeps this order). The session fixture
+# smoke_project is built on each worker that runs a file using it (test_pipeline.py, test_slurm.py): the two files
+# then run side by side instead of one after the other. (Not `--dist loadgroup`: pytest-xdist 3.8 cannot tag a test
+# with its group under pytest 9, whose node ids are no longer an attribute it can rewrite.)
+PIPELINE_FILES = ("test_slurm.py", "test_pipeline.py", "test_pipeline_dvc.py")
 
 
-def _group(item: pytest.Item) -> str | None:
-    mark = item.get_closest_marker("xdist_group")
-    return None if mark is None else str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which appends each item's group to its id
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if _group(item) is None:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
-    order = {name: rank for rank, name in enumerate(PIPELINE_GROUPS)}
-    items.sort(key=lambda item: order.get(_group(item) or "", len(order)))  # stable: the files' order otherwise
+    order = {name: rank for rank, name in enumerate(PIPELINE_FILES)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: the files' order otherwise

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from services import service_missing
-from test_pipeline import BIN, HIDDEN_BF16, ROOT, SMOKE, SMOKE_DAG, _assert_same_results, _copy_project, _env
+from test_pipeline import BIN, HIDDEN_BF16, ROOT, SMOKE, _assert_same_results, _copy_project, _env
 
 DEFAULT_PROFILE = ROOT / "profiles" / "default" / "config.yaml"
 SLURM_PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
@@ -131,7 +131,6 @@ def _stage_runs(project: Path, tracking: dict[str, str]) -> list[dict]:
 
 
 @pytest.mark.slow
-@SMOKE_DAG  # beside the local run it compares with (smoke_project), on the same pytest-xdist worker
 def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the_local_run(
         smoke_project: Path, slurm_cluster, mlflow_server, tmp_path: Path) -> None:
     """``snakemake --workflow-profile profiles/slurm`` on a one-node SLURM cluster of this machine: every job of the
