@@ -105,6 +105,15 @@ def killed_writer_prefix(name: str) -> str:
     return f".{name}.{child.pid}-{atomic._host_tag()}."
 
 
+def _running(service):
+    """Start ``service`` (a :mod:`services` class), hand it to the session's tests, stop it whatever happened."""
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL cluster on this machine (:class:`services.PostgresCluster`) for the session; its
@@ -116,11 +125,7 @@ def postgres():
     if bindir is None:
         service_missing("PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin")
     cluster = PostgresCluster(bindir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(cluster)
 
 
 @pytest.fixture(scope="session")
@@ -132,18 +137,14 @@ def mlflow_server(postgres):
     from services import MlflowServer
 
     server = MlflowServer(postgres.database("mlflow"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _running(server)
 
 
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uninterrupted Snakemake run of the smoke DAG on this machine (tests/test_pipeline.py's ``SMOKE`` command,
     without native bf16), shared by the tests that read it or compare another run with it: test_pipeline.py and
-    test_slurm.py, whose tests that use it are in the "smoke-dag" group (one worker builds it)."""
+    test_slurm.py (each pytest-xdist worker that runs one of them builds it: tests/conftest.py's end)."""
     from test_pipeline import BIN, HIDDEN_BF16, SMOKE, _copy_project, _run
 
     project = _copy_project(tmp_path_factory.mktemp("smoke"))
@@ -166,11 +167,7 @@ def slurm_cluster():
     if os.geteuid() != 0:
         service_missing("root: a one-node SLURM cluster's slurmd starts every job as its user", how="run as root")
     cluster = SlurmCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(cluster)
 
 # ----------------------------------------------------------------------------------------- two workers
 # `make test` runs the suite on two pytest-xdist workers (`-n auto --maxprocesses 2 --dist loadfile`): a file is one
