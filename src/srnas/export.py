@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from srnas import __version__
-from srnas.atomic import atomic_path
+from srnas.atomic import atomic_path, write_bytes
 from srnas.config import SUPPORTED_SCALES
 from srnas.errors import DataError, SrnasError
 from srnas.inference import to_tensor, to_uint8
@@ -425,11 +425,7 @@ def lower_pte(
                 program = edge.to_executorch()
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"{path}: ExecuTorch export failed: {_exception_text(exc)}") from exc
-    with atomic_path(path, suffix=".pte") as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(program.buffer)
-            handle.flush()
-            os.fsync(handle.fileno())
+    write_bytes(path, program.buffer)  # atomic: temporary sibling, fsync, rename
     return PteExport(path, delegated)
 
 
