@@ -147,6 +147,20 @@ def test_dvc_args_refuses_an_unknown_key(capsys: pytest.CaptureFixture[str]) -> 
     assert "-S ++train.steps_by_model.fsrcnn=40 -S ++data.root=/d" in capsys.readouterr().out
 
 
+
+def test_dvc_args_stacks_profiles_in_order_and_names_the_bad_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    xnnpack = SMOKE.parent / "smoke_xnnpack.yaml"
+    assert main(["config", "dvc-args", str(SMOKE), str(xnnpack)]) == 0
+    out = capsys.readouterr().out
+    assert "-S ++tracking.experiment=srnas-smoke" in out  # from the first profile
+    targets = [arg for arg in out.split(" -S ") if "latency.targets=" in arg]
+    assert len(targets) == 1 and "executorch_xnnpack_fp32" in targets[0] and "cpu_auto" not in targets[0], targets
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("latency:\n  warmpu: 1\n")
+    assert main(["config", "dvc-args", str(SMOKE), str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"srnas: error: {bad}:latency.warmpu: unknown key"), captured.err
+
 # ------------------------------------------------------------------ no configuration value runs as a shell command
 
 

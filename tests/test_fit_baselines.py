@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -103,3 +104,22 @@ def test_judge_models_holds_each_model_against_the_budget() -> None:
     verdicts = judge_models(models, TARGET, 10.0 * 0.01, TIMING, 1.0, measure=fake_measure([]))
     assert [v.model for v in verdicts] == ["small", "large"]
     assert [v.within_budget for v in verdicts] == [True, False]
+
+
+def test_judge_models_leaves_out_a_model_the_target_cannot_run(caplog: pytest.LogCaptureFixture) -> None:
+    """On an ExecuTorch target the bicubic baseline has no ``.pte`` (srnas.export): it gets no verdict, the others do."""
+    from srnas.export import ExportError
+    from srnas.models.plain import PlainNet
+
+    plain = PlainNet(2, 8, 3).eval()
+    measure = fake_measure([])
+
+    def no_pte(target: Any, model: Any, **kwargs: Any) -> Any:
+        if model is not plain:
+            raise ExportError("net.pte: ExecuTorch export failed: AssertionError")
+        return measure(target, model, **kwargs)
+
+    verdicts = judge_models({"bicubic": torch.nn.Upsample(scale_factor=2, mode="bicubic"), "plain": plain}, TARGET,
+                            1.0, TIMING, 1.0, measure=no_pte)
+    assert [v.model for v in verdicts] == ["plain"]
+    assert "bicubic: left out on" in caplog.text and "cannot be exported" in caplog.text

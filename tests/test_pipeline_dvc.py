@@ -1,5 +1,6 @@
-"""The smoke DAG through DVC's front door: ``dvc exp run`` with the smoke profile, a second experiment, the metrics
-and plots compared, and ``dvc push`` / ``dvc pull`` through a remote into a fresh clone (the Snakemake runs: test_pipeline.py)."""
+"""The smoke DAG through DVC's front door: ``dvc exp run`` with the smoke profile on an ExecuTorch (XNNPACK) target,
+a second experiment, the metrics and plots compared, and ``dvc push`` / ``dvc pull`` through a remote into a fresh
+clone (the Snakemake runs, on the default target: test_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from test_pipeline import BIN, ROOT, _copy_project, _run, _stage_runs
 
 pytestmark = pytest.mark.slow
 
+SMOKE_OVERLAYS = ("config/smoke.yaml", "config/smoke_xnnpack.yaml")
+XNNPACK_TARGET = "cpu_xnnpack"
+
 
 @dataclass(frozen=True)
 class DvcProject:
@@ -25,7 +29,8 @@ class DvcProject:
 
 @pytest.fixture(scope="module")
 def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
-    """A git + DVC project in which ``dvc exp run`` ran the smoke DAG once, shared by the DVC tests of this module."""
+    """A git + DVC project in which ``dvc exp run`` ran the smoke DAG once, shared by the DVC tests of this module; its
+    latency target is ExecuTorch with the XNNPACK delegate (config/smoke_xnnpack.yaml stacked on the smoke profile)."""
     project = _copy_project(tmp_path_factory.mktemp("dvc"))
     for cmd in (
         ["git", "init", "-q"],
@@ -37,7 +42,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
         ["git", "commit", "-q", "-m", "project"],
     ):
         _run(cmd, project)
-    overrides = _run([str(BIN / "srnas"), "config", "dvc-args", "config/smoke.yaml"], project).stdout.split()
+    overrides = _run([str(BIN / "srnas"), "config", "dvc-args", *SMOKE_OVERLAYS], project).stdout.split()
     return DvcProject(project, _experiment(_run([str(BIN / "dvc"), "exp", "run", *overrides], project)))
 
 
@@ -84,7 +89,7 @@ REMOTE_COMMANDS = ("dvc remote add -d store",
                    "dvc push", "dvc pull && make checkout", "dvc status", "snakemake -n")
 # What a fresh clone gets back from the remote: prepared data, checkpoints, the latency table, and the stage outputs
 # neither git nor DVC kept before they were cached (stage JSONs, the report).
-RESTORED = ("prepare_data/manifest.json", "train_supernet/supernet.pt", "profile_device/cpu_auto/table.json",
+RESTORED = ("prepare_data/manifest.json", "train_supernet/supernet.pt", f"profile_device/{XNNPACK_TARGET}/table.json",
             "finetune/model.pt", "train_baseline/plain16_x2/model.pt", "check_budget.json", "report.md")
 
 

@@ -14,7 +14,7 @@ from srnas.atomic import write_json
 from srnas.commands.common import add_settings_arguments
 from srnas.config import check_key_path
 from srnas.errors import ConfigError
-from srnas.settings import Settings, check_overlay, plain, read_yaml_mapping
+from srnas.settings import Settings, check_overlay, deep_merge, plain, read_yaml_mapping
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:-]+$")
 
@@ -40,9 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dvc_args = actions.add_parser(
         "dvc-args",
         help="print `-S ++key=value` arguments that select a profile with `dvc exp run`",
-        description="Example: dvc exp run $(srnas config dvc-args config/benchmark.yaml --set data.root=../shared/data)",
+        description="Example: dvc exp run $(srnas config dvc-args config/benchmark.yaml --set data.root=../shared/data). "
+        "Several profiles stack in order, as repeated --overlay options do: config/smoke.yaml config/smoke_xnnpack.yaml.",
     )
-    dvc_args.add_argument("overlay", type=Path, help="profile YAML, e.g. config/smoke.yaml")
+    dvc_args.add_argument("overlay", type=Path, nargs="+", help="profile YAML, e.g. config/smoke.yaml (several: merged in order)")
     dvc_args.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override (repeatable)")
     dvc_args.set_defaults(handler=run_dvc_args)
 
@@ -120,7 +121,10 @@ def dvc_overrides(overlay: Mapping[str, Any], extra: list[str]) -> list[str]:
 
 
 def run_dvc_args(args: argparse.Namespace) -> int:
-    overlay = read_yaml_mapping(args.overlay)
-    check_overlay(overlay, str(args.overlay))  # `-S ++key=value` would add a typo'd key to params.yaml silently
+    overlay: dict[str, Any] = {}
+    for path in args.overlay:
+        layer = read_yaml_mapping(path)
+        check_overlay(layer, str(path))  # `-S ++key=value` would add a typo'd key to params.yaml silently
+        overlay = deep_merge(overlay, layer)
     print(" ".join(dvc_overrides(overlay, args.set)))
     return 0

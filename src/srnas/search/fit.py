@@ -24,6 +24,7 @@ from typing import Any
 
 from srnas import atomic
 from srnas.config import BudgetConfig, LatencyConfig
+from srnas.export import ExportError
 from srnas.latency.measure import time_network
 from srnas.latency.targets import Target
 from srnas.loading import load_trained, registered_model
@@ -118,11 +119,16 @@ class ModelVerdict:
 def judge_models(models: dict[str, Any], target: Target, budget_ms: float, timing: dict[str, int],
                  reference_ms: float | None, *, measure: MeasureModel | None = None) -> list[ModelVerdict]:
     """Each of ``models`` (name -> trained nn.Module, deployed form) timed on ``target`` with the verdict protocol and
-    held against ``budget_ms``: the in-budget marks of the report."""
+    held against ``budget_ms``: the in-budget marks of the report. A model that cannot be exported to the target's
+    runtime (bicubic has no ``.pte``) is left out with a warning: it cannot be deployed there, so it has no verdict."""
     measure = time_network if measure is None else measure
     verdicts = []
     for name, model in models.items():
-        timed = time_model(target, model, timing, reference_ms, measure)
+        try:
+            timed = time_model(target, model, timing, reference_ms, measure)
+        except ExportError as exc:
+            log.warning("%s: left out on %s (%s), it cannot be exported for it: %s", name, target.name, target.runtime, exc)
+            continue
         verdicts.append(ModelVerdict(name, timed.verdict_ms, timed.wall_clock_ms, timed.verdict_ms <= budget_ms,
                                      timed.disturbed))
         log.info("%s on %s: %.2f ms (%s the %g ms budget)", name, target.name, timed.verdict_ms,
