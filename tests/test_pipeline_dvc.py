@@ -51,6 +51,16 @@ def test_dvc_exp_run_selects_the_smoke_profile(dvc_project: DvcProject) -> None:
     assert (project / "results" / "report.md").exists()
     assert (project / "dvc.lock").exists()
     assert "srnas-smoke" in (project / "params.yaml").read_text()
+    # every stage that prices or times a network worked on the ExecuTorch target
+    results = project / "results"
+    table = json.loads((results / "profile_device" / XNNPACK_TARGET / "table.json").read_text())
+    assert table["target"]["runtime"] == "executorch_xnnpack_fp32" and table["target"]["threads"] == 1
+    for rel in ("search_arch/arch.json", "search_ratio/ratio.json"):
+        assert XNNPACK_TARGET in (results / rel).read_text(), rel
+    verdict = json.loads((results / "check_budget.json").read_text())
+    assert verdict["target"] == XNNPACK_TARGET and verdict["within_budget"]
+    # the budget's verdicts cover the baselines XNNPACK can run; bicubic has no .pte (srnas.export), so it has none
+    assert sorted(b["model"] for b in verdict["baselines"]) == ["ecbsr_fit", "plain16"]
 
     again = _run([str(BIN / "dvc"), "repro"], project)
     assert "Running stage" not in again.stdout, again.stdout
