@@ -282,6 +282,7 @@ def final_section(results_dir: Path, results: list[ModelResult]) -> list[str]:
 # profile_model and evaluate outputs.
 DEPLOY_DIR = "deploy"
 _DEPLOYED_ORDER = ("onnxruntime_fp32", "onnxruntime_int8", "executorch_xnnpack_fp32", "executorch_xnnpack_int8")
+_RUNTIME_NAMES = {"onnxruntime_fp32": "ONNX Runtime", "executorch_xnnpack_fp32": "ExecuTorch/XNNPACK"}
 
 
 def _deployment_files(results_dir: Path, name: str) -> tuple[Path, Path, Path]:
@@ -322,7 +323,8 @@ def deployment_table(results_dir: Path, name: str) -> list[str]:
         (torch_label, "PyTorch (eager)", str(evaluation.get("precision", "fp32")), evaluation.get("sets", {}), None)]
     for label in sorted(deployed, key=lambda k: (_DEPLOYED_ORDER.index(k) if k in _DEPLOYED_ORDER else 99, k)):
         entry = deployed[label]
-        rows.append((label, f"{entry['runtime']} (`{Path(entry['file']).name}`)", entry["precision"], entry["sets"],
+        runtime = _RUNTIME_NAMES.get(entry["runtime"], entry["runtime"])
+        rows.append((label, f"{runtime} (`{Path(entry['file']).name}`)", entry["precision"], entry["sets"],
                      parity.get(label, {}).get("parity")))
     lines = [f"### `{name}` as deployed", "",
              "| runtime | precision | " + " | ".join(f"{n} PSNR / SSIM" for n in sets) + " | latency ms | parity |",
