@@ -178,9 +178,10 @@ def test_smoke_pipeline_in_mlflow(smoke_project: Path) -> None:
     for model in ("final_x2", "bicubic_x2", "plain16_x2"):
         assert report.data.metrics[f"{model}.psnr_val_x2"] == pytest.approx(metrics[model]["psnr_val_x2"])
 
-    for model in ("plain16", "final"):
+    # plain16 twice: by its export and by export_deployed (the baseline exported in every deployed form)
+    for model, flavours in (("plain16", ["onnx", "onnx", "pytorch", "pytorch"]), ("final", ["onnx", "pytorch"])):
         logged = c.search_logged_models([experiment], filter_string=f"tags.`srnas.model` = '{model}'")
-        assert sorted(m.tags["srnas.flavor"] for m in logged) == ["onnx", "pytorch"], model
+        assert sorted(m.tags["srnas.flavor"] for m in logged) == flavours, model
     (version,) = c.search_model_versions("name = 'srnas-smoke-x2'")
     assert {"target": verdict["target"], "scale": "2"}.items() <= version.tags.items()
     assert float(version.tags["latency_ms"]) == pytest.approx(verdict["verdict_ms"], abs=1e-3)

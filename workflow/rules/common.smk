@@ -114,7 +114,7 @@ def artifact_args(input):
     """``--artifact FILE`` for each deployed form among a job's inputs, every path quoted."""
     from shlex import quote
 
-    return " ".join(f"--artifact {quote(str(input[key]))}" for key in DEPLOYED_FILES)
+    return " ".join(f"--artifact {quote(str(getattr(input, key)))}" for key in DEPLOYED_FILES)
 
 
 def raw_images():

@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             onnx_path = args.out / "model.onnx"
             summary |= _deploy(args, settings, model, pairs, stage)
             atomic.write_json(args.out / "parity.json", summary)
+            for entry in summary["deployed"].values():  # the int8 files and the .pte: MLflow has no flavour for them
+                stage.log_artifact(args.out / entry["file"], "deployed")
             stage.log_artifact(args.out / "parity.json")
             _log_models(stage, args, model, onnx_path)
             return 0
