@@ -19,6 +19,7 @@ include: "workflow/rules/supernet.smk"
 include: "workflow/rules/latency.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/final.smk"
+include: "workflow/rules/deploy.smk"
 include: "workflow/rules/report.smk"
 
 

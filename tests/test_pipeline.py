@@ -97,6 +97,21 @@ def test_snakemake_smoke_pipeline_without_native_bf16(smoke_project: Path) -> No
     assert parity["onnxruntime"]["passed"] and parity["onnxruntime"]["max_abs_diff_random"] <= 1e-4
     profile = json.loads((project / "results" / "profile_model" / "plain16_x2.json").read_text())
     assert {r["runtime"] for r in profile["results"]} >= {"torch_fp32", "onnxruntime_fp32"}
+    # the final model and plain16 as deployed: four checked files each, scored and timed through each (the report's
+    # table per runtime x precision)
+    forms = {"onnxruntime_fp32", "onnxruntime_int8", "executorch_xnnpack_fp32", "executorch_xnnpack_int8"}
+    for parity_file, scores_file, latency_file in (
+            ("export/final_x2/parity.json", "evaluate/final_x2.json", "profile_model/final_x2.json"),
+            ("deploy/plain16_x2/parity.json", "deploy/plain16_x2/evaluate.json", "deploy/plain16_x2/profile.json")):
+        deployed = json.loads((project / "results" / parity_file).read_text())["deployed"]
+        assert set(deployed) == forms and all(d["parity"]["passed"] for d in deployed.values()), parity_file
+        assert deployed["onnxruntime_fp32"]["parity"]["bounded"] and not deployed["executorch_xnnpack_int8"]["parity"]["bounded"]
+        scores = json.loads((project / "results" / scores_file).read_text())
+        assert set(scores["deployed"]) == forms and all(d["sets"]["val"]["psnr"] > 20.0 for d in scores["deployed"].values())
+        assert scores["deployed"]["onnxruntime_fp32"]["sets"]["val"]["psnr"] == pytest.approx(scores["sets"]["val"]["psnr"], abs=0.01)
+        latencies = json.loads((project / "results" / latency_file).read_text())["results"]
+        assert {r["label"] for r in latencies} >= forms, latency_file
+    assert "## As deployed: runtime x precision" in report and "### `plain16_x2` as deployed" in report
     assert all("onnxruntime" in r["fingerprint"] for r in profile["results"])
     assert "## Supernet" in report and "## Latency model and pruning schemes" in report and "| filter_g16 |" in report
     supernet = json.loads((project / "results" / "train_supernet" / "train_metrics.json").read_text())
@@ -163,9 +178,10 @@ def test_smoke_pipeline_in_mlflow(smoke_project: Path) -> None:
     for model in ("final_x2", "bicubic_x2", "plain16_x2"):
         assert report.data.metrics[f"{model}.psnr_val_x2"] == pytest.approx(metrics[model]["psnr_val_x2"])
 
-    for model in ("plain16", "final"):
+    # plain16 twice: by its export and by export_deployed (the baseline exported in every deployed form)
+    for model, flavours in (("plain16", ["onnx", "onnx", "pytorch", "pytorch"]), ("final", ["onnx", "pytorch"])):
         logged = c.search_logged_models([experiment], filter_string=f"tags.`srnas.model` = '{model}'")
-        assert sorted(m.tags["srnas.flavor"] for m in logged) == ["onnx", "pytorch"], model
+        assert sorted(m.tags["srnas.flavor"] for m in logged) == flavours, model
     (version,) = c.search_model_versions("name = 'srnas-smoke-x2'")
     assert {"target": verdict["target"], "scale": "2"}.items() <= version.tags.items()
     assert float(version.tags["latency_ms"]) == pytest.approx(verdict["verdict_ms"], abs=1e-3)
@@ -392,7 +408,8 @@ TIMING_CSV_COLUMNS = {"seconds": "a trial's wall-clock seconds", "worker": "the 
                       "runtime": "models.csv: which runtime was fastest (the latencies decide)"}
 # report.md tables: columns and rows (by their first cell) that hold timings.
 TIMING_REPORT_COLUMNS = {"train steps (s)": "training seconds in brackets", "measured ms": "timed on the target",
-                         "prediction error": "against the measured latency"}
+                         "prediction error": "against the measured latency",
+                         "latency ms": "the deployment tables: each deployed file timed (profile_final, profile_deployed)"}
 TIMING_REPORT_COLUMN = re.compile(r"(torch|onnxruntime|executorch)_\w+ ms")  # profile_model's latency per runtime
 TIMING_REPORT_ROWS = {"seconds": "supernet training", "measured latency": "search_arch's chosen architecture timed",
                       "speedup over the unpruned parent": "holds the measured speedup",

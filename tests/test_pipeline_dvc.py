@@ -74,7 +74,7 @@ def test_dvc_exp_run_selects_the_smoke_profile(dvc_project: DvcProject) -> None:
     second_run = _run([str(BIN / "dvc"), "exp", "run", "-S", "profile.runs=4"], project)
     second = _experiment(second_run)
     ran = set(re.findall(r"Running stage '([^'@]+)", second_run.stdout))
-    assert ran == {"validate_config", "profile_model", "profile_final", "report"}, second_run.stdout
+    assert ran == {"validate_config", "profile_model", "profile_final", "profile_deployed", "report"}, second_run.stdout
     table = json.loads(_run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout)
     headline = {name: data for name, data in _experiment_metrics(table).items() if name in (first, second)}
     assert set(headline) == {first, second}, table

@@ -60,7 +60,7 @@ def test_the_slurm_profile_keeps_the_default_profile_and_gives_training_and_timi
     assert slurm["set-resources"].keys() == default["set-resources"].keys() == _workflow_rules()
     whole = _whole_node_rules()
     assert whole == {"train_baseline", "train_supernet", "profile_device", "fit_baselines", "search_arch",
-                     "search_ratio", "finetune", "profile_model", "profile_final", "check_budget"}
+                     "search_ratio", "finetune", "profile_model", "profile_final", "profile_deployed", "check_budget"}
     for rule, resources in slurm["set-resources"].items():
         assert resources.get("mem_mb") == default["set-resources"][rule]["mem_mb"], rule
         assert (resources.get("slurm_extra") == EXCLUSIVE) == (rule in whole), rule

@@ -23,7 +23,8 @@ STAGE_COMMANDS = {"prepare_data": "prepare_data", "fit_baselines": "fit", "train
                   "evaluate": "evaluate", "train_supernet": "supernet", "profile_device": "latency",
                   "search_arch": "search", "search_ratio": "search", "finetune": "finetune", "export_final": "export",
                   "profile_final": "profile", "evaluate_final": "evaluate", "check_budget": "search", "report": "report",
-                  "validate_config": "config_cmd"}
+                  "validate_config": "config_cmd", "export_deployed": "export", "profile_deployed": "profile",
+                  "evaluate_deployed": "evaluate"}
 DVC_ONLY_STAGES = {"validate_config"}  # Snakemake checks the configuration when it parses the workflow: no rule
 SUBCOMMAND_MODULES = {"prepare-data": "prepare_data", "fit-baselines": "fit", "train": "train", "export": "export", "profile": "profile",
                       "evaluate": "evaluate", "train-supernet": "supernet", "profile-device": "latency",

@@ -336,6 +336,8 @@ class ExportConfig:
     ``sample_size`` is the LR (height, width) used to trace the model; height and width stay dynamic.
     ``atol`` bounds the max abs difference of outputs in [0, 1]; ``psnr_tol`` the PSNR difference in dB.
     ``executorch`` also writes ``model.pte`` (XNNPACK delegate); it needs the ``mobile`` extra installed.
+    ``calibration_patches`` LR patches of ``calibration_size`` pixels, cut from the training set with
+    ``calibration_seed``, calibrate the int8 forms ``srnas export --deploy`` writes (the final model's).
     """
 
     opset: int = 17
@@ -343,6 +345,9 @@ class ExportConfig:
     atol: float = 1e-4
     psnr_tol: float = 0.01
     executorch: bool = False
+    calibration_patches: int = 32
+    calibration_size: int = 48
+    calibration_seed: int = 0
 
     def __post_init__(self) -> None:
         _check(13 <= self.opset <= 23, "opset", f"must be between 13 and 23, got {self.opset}")
@@ -350,6 +355,9 @@ class ExportConfig:
         _check(all(s >= 8 for s in self.sample_size), "sample_size", f"both sides must be at least 8, got {list(self.sample_size)}")
         _check(self.atol > 0, "atol", f"must be positive, got {self.atol}")
         _check(self.psnr_tol >= 0, "psnr_tol", f"must be 0 or positive, got {self.psnr_tol}")
+        _check(self.calibration_patches >= 1, "calibration_patches", f"must be at least 1, got {self.calibration_patches}")
+        _check(self.calibration_size >= 8, "calibration_size", f"must be at least 8, got {self.calibration_size}")
+        _check(self.calibration_seed >= 0, "calibration_seed", f"must be 0 or positive, got {self.calibration_seed}")
 
 
 @dataclass(frozen=True)

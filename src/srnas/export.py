@@ -72,6 +72,7 @@ from srnas.errors import DataError, SrnasError
 from srnas.inference import to_tensor, to_uint8
 from srnas.metrics import calculate_psnr
 from srnas.runtimes.calls import INPUT_NAME, OUTPUT_NAME
+from srnas.runtimes.availability import runtime_label
 from srnas.runtimes.executorch import executorch_method, require_executorch, set_executorch_threads
 from srnas.runtimes.ort import ort_session
 
@@ -95,6 +96,44 @@ class ExportError(SrnasError):
 
 class ParityError(SrnasError):
     """An exported artifact does not reproduce the PyTorch model. The artifact has been deleted."""
+
+
+@dataclass(frozen=True)
+class DeployedForm:
+    """One deployable form of a model: the runtime that runs it, its precision and its file name in an export folder.
+
+    ``label`` (:func:`srnas.runtimes.availability.runtime_label`) names its measurements everywhere: parity, scores,
+    latency, the report's rows."""
+
+    runtime: str
+    precision: str
+    filename: str
+
+    @property
+    def label(self) -> str:
+        return runtime_label(self.runtime, self.precision)
+
+
+# Every form `srnas export --deploy` writes, in the order it writes them (the int8 ONNX is quantized from the fp32 one).
+DEPLOYED_FORMS = (
+    DeployedForm("onnxruntime_fp32", "fp32", "model.onnx"),
+    DeployedForm("onnxruntime_fp32", "int8", "model.int8.onnx"),
+    DeployedForm("executorch_xnnpack_fp32", "fp32", "model.pte"),
+    DeployedForm("executorch_xnnpack_fp32", "int8", "model.int8.pte"),
+)
+
+
+def artifact_form(path: str | os.PathLike[str]) -> DeployedForm:
+    """The form of an exported file from its name (``model.onnx``, ``model.int8.onnx``, ``model.pte``,
+    ``model.int8.pte``, or any stem with those suffixes): what runs it and in which precision. ExportError naming the
+    file for any other suffix."""
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes]
+    runtime = {".onnx": "onnxruntime_fp32", ".pte": "executorch_xnnpack_fp32"}.get(suffixes[-1] if suffixes else "")
+    if runtime is None:
+        raise ExportError(f"{path}: not an exported model (expected a .onnx or .pte file)")
+    precision = "int8" if len(suffixes) >= 2 and suffixes[-2] == ".int8" else "fp32"
+    return DeployedForm(runtime, precision, path.name)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -589,6 +628,11 @@ class ParityReport:
     ``max_abs_diff_*`` compare float outputs in [0, 1]; ``psnr_*`` are means over the images that
     came with an HR reference (Y channel, ``scale`` pixels cropped); ``psnr_diff`` is the largest
     per-image PSNR difference in dB. NaN where no image (or no HR) was given.
+
+    ``precision``: the artifact's. An fp32 artifact passes within ``atol`` and ``psnr_tol``; a quantized (int8) one is
+    compared with the same fp32 PyTorch model but held to no tolerance: its difference is the cost of quantization,
+    recorded (``psnr_loss``: mean PSNR of PyTorch fp32 minus the artifact's), and it fails only when broken (an
+    output that is not finite; one of the wrong shape, or a file that does not run, raises before a report exists).
     """
 
     path: str
@@ -601,17 +645,35 @@ class ParityReport:
     images: int
     atol: float
     psnr_tol: float
+    precision: str = "fp32"
+
+    @property
+    def bounded(self) -> bool:
+        """Whether ``atol`` and ``psnr_tol`` apply (fp32); a quantized artifact's differences are only recorded."""
+        return self.precision == "fp32"
+
+    @property
+    def psnr_loss(self) -> float:
+        """Mean validation PSNR of the PyTorch fp32 model minus the artifact's, in dB (NaN without HR images)."""
+        return self.psnr_torch - self.psnr_runtime
 
     @property
     def passed(self) -> bool:
         worst = max(self.max_abs_diff_random, 0.0 if math.isnan(self.max_abs_diff_images) else self.max_abs_diff_images)
+        if not self.bounded:
+            return math.isfinite(worst)  # broken (NaN or infinite outputs) fails; a quality loss is recorded
         psnr_ok = math.isnan(self.psnr_diff) or self.psnr_diff <= self.psnr_tol
         return worst <= self.atol and psnr_ok
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "bounded": self.bounded, "psnr_loss": self.psnr_loss, "passed": self.passed}
 
     def describe(self) -> str:
+        if not self.bounded:
+            return (f"{self.precision} on {self.runtime}: max abs diff to PyTorch fp32 {self.max_abs_diff_random:.3g} on "
+                    f"random input and {self.max_abs_diff_images:.3g} on {self.images} image(s); PSNR torch fp32 "
+                    f"{self.psnr_torch:.4f} dB vs {self.psnr_runtime:.4f} dB, {self.psnr_loss:+.4f} dB lost "
+                    "(recorded, not bounded)")
         return (
             f"max abs diff {self.max_abs_diff_random:.3g} on random input and {self.max_abs_diff_images:.3g} on "
             f"{self.images} image(s) (limit {self.atol:g}); PSNR torch {self.psnr_torch:.4f} dB vs {self.runtime} "
@@ -667,6 +729,7 @@ def _parity(
     atol: float,
     psnr_tol: float,
     max_hw: tuple[int, int] | None,
+    precision: str = "fp32",
 ) -> ParityReport:
     generator = torch.Generator().manual_seed(0)
     device = _model_device(model)
@@ -713,6 +776,7 @@ def _parity(
         images=len(pairs),
         atol=atol,
         psnr_tol=psnr_tol,
+        precision=precision,
     )
 
 
@@ -745,6 +809,7 @@ def _check_artifact(
     scale: int,
     atol: float,
     psnr_tol: float,
+    precision: str = "fp32",
 ) -> ParityReport:
     """The parity check of an exported file, whatever runs it: ``open_run`` loads it (a :data:`Run` and the largest
     LR it takes, None for any), :func:`_parity` compares, :func:`_checked` deletes a file that fails."""
@@ -754,7 +819,7 @@ def _check_artifact(
     def make_report() -> ParityReport:
         pairs = _split_pairs(val_images)
         run, max_hw = open_run()
-        return _parity(model, path, runtime, run, pairs, scale, atol, psnr_tol, max_hw)
+        return _parity(model, path, runtime, run, pairs, scale, atol, psnr_tol, max_hw, precision)
 
     return _checked(make_report, path, runtime)
 
@@ -767,6 +832,7 @@ def check_parity(
     *,
     atol: float = 1e-4,
     psnr_tol: float = 0.01,
+    precision: str = "fp32",
 ) -> ParityReport:
     """Check an ONNX file against ``model`` on ONNX Runtime (CPU, all graph optimisations).
 
@@ -776,11 +842,12 @@ def check_parity(
     Fails when the max abs difference exceeds ``atol`` or any image's PSNR differs by more than
     ``psnr_tol`` dB: the file is deleted and :class:`ParityError` names it and the numbers. The
     file is also deleted when the check cannot run at all, so a file that exists after an export
-    stage has passed it.
+    stage has passed it. ``precision="int8"`` (a quantized file): the same comparison, recorded but not bounded
+    (:class:`ParityReport`); the file is deleted only when it is broken.
     """
     path = Path(onnx_path)
     return _check_artifact(model, path, "ONNX file", "onnxruntime", lambda: (_ort_run(ort_session(path)), None),
-                           val_images, scale, atol, psnr_tol)
+                           val_images, scale, atol, psnr_tol, precision)
 
 
 def check_pte_parity(
@@ -792,9 +859,10 @@ def check_pte_parity(
     atol: float = 1e-4,
     psnr_tol: float = 0.01,
     max_hw: tuple[int, int] | None = None,
+    precision: str = "fp32",
 ) -> ParityReport:
     """:func:`check_parity` for an ExecuTorch ``.pte``, run by the ExecuTorch Python runtime (the same comparison,
-    the same limits).
+    the same limits; ``precision="int8"``: recorded, not bounded).
 
     Images larger than ``max_hw`` (default: the bound the program was exported with, from its metadata) are
     centre-cropped.
@@ -807,4 +875,5 @@ def check_pte_parity(
         method = executorch_method(path)
         return _pte_run(method), max_hw or _pte_max_hw(path, method)
 
-    return _check_artifact(model, path, "ExecuTorch program", "executorch", open_run, val_images, scale, atol, psnr_tol)
+    return _check_artifact(model, path, "ExecuTorch program", "executorch", open_run, val_images, scale, atol, psnr_tol,
+                           precision)

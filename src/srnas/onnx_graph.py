@@ -9,6 +9,7 @@ once ONNX Runtime optimised it, run the layer (:func:`layer_nodes`), and rewrite
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,11 +192,31 @@ class _DropMessages(logging.Filter):
         return self.text not in record.getMessage()
 
 
-def quantize_int8(model_path: Path, out_path: Path) -> Path:
-    """Static int8 QDQ quantization (uint8 activations, int8 per-channel weights) with ``onnxruntime.quantization``."""
+class _GivenFeeds(_RandomFeeds):
+    """Calibration data for ``quantize_static``: the given arrays, one feed each, for the model's one input."""
+
+    def __init__(self, model_path: Path, arrays: Sequence[np.ndarray]) -> None:
+        import onnx
+
+        inputs = [value.name for value in onnx.load(str(model_path), load_external_data=False).graph.input]
+        if len(inputs) != 1:
+            raise ValueError(f"{model_path}: calibration arrays feed a model of one input, this one has {inputs}")
+        if not arrays:
+            raise ValueError(f"{model_path}: int8 calibration needs at least one input")
+        self._feeds = [{inputs[0]: np.ascontiguousarray(a, dtype=np.float32)} for a in arrays]
+        self._iter = iter(self._feeds)
+
+
+def quantize_int8(model_path: Path, out_path: Path, calibration: Sequence[np.ndarray] | None = None,
+                  metadata: Mapping[str, str] | None = None) -> Path:
+    """Static int8 QDQ quantization (uint8 activations, int8 per-channel weights) with ``onnxruntime.quantization``.
+
+    Activation ranges (MinMax) are observed on ``calibration`` (inputs of a one-input model, e.g. real LR patches as
+    ``1 x 3 x h x w`` float32 arrays), else on a few random 32x32 feeds (enough to time it, not to score it). The
+    source's metadata (``metadata_props``) is kept, ``metadata`` added on top."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    reader = _RandomFeeds(model_path)
+    reader = _RandomFeeds(model_path) if calibration is None else _GivenFeeds(model_path, calibration)
 
     class Reader(CalibrationDataReader):
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -212,4 +233,20 @@ def quantize_int8(model_path: Path, out_path: Path) -> Path:
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
     finally:
         root.removeFilter(quiet)
+    _stamp_metadata(model_path, out_path, metadata or {})
     return out_path
+
+
+def _stamp_metadata(source: Path, target: Path, extra: Mapping[str, str]) -> None:
+    """``target``'s metadata: ``source``'s, then ``extra``, sorted by key."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+    if not meta and not extra:
+        return
+    proto = onnx.load(str(target))
+    meta |= {p.key: p.value for p in proto.metadata_props} | dict(extra)
+    del proto.metadata_props[:]
+    for key, value in sorted(meta.items()):
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save_model(proto, str(target))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from srnas.export import ExportError, export_onnx, export_pte
+from srnas.export import ExportError, artifact_form, export_onnx, export_pte
 from srnas.fingerprint import fingerprint_id, target_fingerprint, usable_cpus
 from srnas.runtimes.allocator import FAULTS_PER_RUN_WARNING, prepare_allocator
 from srnas.runtimes.availability import (
@@ -33,6 +33,7 @@ from srnas.runtimes.availability import (
     RuntimeUnavailableError,
     available_runtimes,
     runtime_available,
+    runtime_label,
 )
 from srnas.runtimes.calls import runtime_call
 from srnas.runtimes.timing import QUIET_LIMIT, others_busy, pinned_threads, time_calls
@@ -71,6 +72,17 @@ class LatencyResult:
     fingerprint: dict[str, Any] = field(repr=False)
     minor_faults_per_run: float = math.nan
     busy_cores: float = 0.0  # cores other processes kept busy on average while the calls were timed
+    precision: str = ""  # what the runtime ran: "" is the runtime's own (RUNTIME_PRECISION), e.g. int8 for a QDQ file
+
+    def __post_init__(self) -> None:
+        if not self.precision:
+            object.__setattr__(self, "precision", RUNTIME_PRECISION.get(self.runtime, "fp32"))
+
+    @property
+    def label(self) -> str:
+        """Runtime and precision in one name (:func:`srnas.runtimes.availability.runtime_label`): ``onnxruntime_fp32``,
+        ``onnxruntime_int8``, ``executorch_xnnpack_int8``, ...; what metrics and the report call this figure."""
+        return runtime_label(self.runtime, self.precision)
 
     @property
     def fingerprint_id(self) -> str:
@@ -88,7 +100,8 @@ class LatencyResult:
         try:
             return cls(str(data["runtime"]), float(data["median_ms"]), float(data["p90_ms"]), float(data["mean_ms"]),
                        int(data["runs"]), tuple(int(v) for v in data["input_shape"]), dict(data["fingerprint"]),
-                       float(data.get("minor_faults_per_run", math.nan)), float(data.get("busy_cores", 0.0)))
+                       float(data.get("minor_faults_per_run", math.nan)), float(data.get("busy_cores", 0.0)),
+                       str(data.get("precision", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"latency result: missing or malformed {exc}") from None
 
@@ -96,6 +109,8 @@ class LatencyResult:
         """JSON-ready: every field plus ``fingerprint_id``."""
         return {
             "runtime": self.runtime,
+            "precision": self.precision,
+            "label": self.label,
             "median_ms": self.median_ms,
             "p90_ms": self.p90_ms,
             "mean_ms": self.mean_ms,
@@ -141,13 +156,15 @@ def profile_module(
     runs: int = 20,
     onnx_path: str | os.PathLike[str] | None = None,
     pte_path: str | os.PathLike[str] | None = None,
+    precision: str = "",
 ) -> LatencyResult:
     """Latency of ``model`` on ``runtime`` for a ``1 x 3 x H x W`` input, ``threads`` threads.
 
     ``model`` is a ``torch.nn.Module``; for ``onnxruntime_fp32`` / ``executorch_xnnpack_fp32`` it may
     instead be the path of the exported file, or pass ``onnx_path`` / ``pte_path`` (otherwise the
-    module is exported to a temporary file first). No timing is asserted: this only measures.
-    Raises :class:`RuntimeUnavailableError` when the runtime cannot run here.
+    module is exported to a temporary file first). ``precision``: what that file computes in, when not the runtime's
+    own (``int8`` for a quantized file): the result and its fingerprint say so. No timing is asserted: this only
+    measures. Raises :class:`RuntimeUnavailableError` when the runtime cannot run here.
     """
     if not runtime_available(runtime):
         raise RuntimeUnavailableError(f"runtime {runtime!r} is not available on this machine (available: {', '.join(available_runtimes())})")
@@ -178,9 +195,10 @@ def profile_module(
         mean_ms=float(statistics.fmean(times)),
         runs=runs,
         input_shape=shape,
-        fingerprint=target_fingerprint(runtime, RUNTIME_PRECISION[runtime], threads),
+        fingerprint=target_fingerprint(runtime, precision or RUNTIME_PRECISION[runtime], threads),
         minor_faults_per_run=float(faults),
         busy_cores=float(busy),
+        precision=precision,
     )
 
 
@@ -199,26 +217,35 @@ def profile_all(
     runs: int = 20,
     runtimes: Sequence[str] | None = None,
     pte_path: str | os.PathLike[str] | None = None,
+    artifacts: Sequence[str | os.PathLike[str]] = (),
 ) -> list[LatencyResult]:
     """:func:`profile_module` on every available runtime (or on ``runtimes``, each of which must be available).
 
     ``onnx_path`` / ``pte_path``: the artifacts to time on ONNX Runtime / ExecuTorch (the ones the
-    export stage checked); when None the model is exported to a temporary file first. Without ``runtimes``, a
+    export stage checked); when None the model is exported to a temporary file first. ``artifacts``: exported files
+    (:func:`srnas.export.artifact_form` tells their runtime and precision from the name: ``model.int8.pte`` is
+    ExecuTorch in int8): a runtime that runs files times every one of them for it, each result labelled with its
+    precision, instead of ``onnx_path`` / ``pte_path`` or a temporary export. Without ``runtimes``, a
     runtime the model cannot be exported to is left out with a warning (the bicubic baseline has no ``.pte``:
     :mod:`srnas.export`); a runtime asked for by name fails instead.
     """
     threads = resolve_threads(threads)
     chosen = list(runtimes) if runtimes else available_runtimes()
+    forms = [(Path(a), artifact_form(a)) for a in artifacts]
     results = []
     for runtime in chosen:
-        try:
-            result = profile_module(model, runtime, input_hw, threads=threads, warmup=warmup, runs=runs,
-                                    onnx_path=onnx_path, pte_path=pte_path)
-        except ExportError as exc:
-            if runtimes:
-                raise
-            log.warning("%s: left out, the model cannot be exported for it: %s", runtime, exc)
-            continue
-        log.info("%s %dx%d: median %.2f ms, p90 %.2f ms", runtime, input_hw[0], input_hw[1], result.median_ms, result.p90_ms)
-        results.append(result)
+        files = [(path, form.precision) for path, form in forms if form.runtime == runtime]
+        for file, precision in files or [(None, "")]:
+            try:
+                result = profile_module(model if file is None else file, runtime, input_hw, threads=threads,
+                                        warmup=warmup, runs=runs, onnx_path=onnx_path if file is None else None,
+                                        pte_path=pte_path if file is None else None, precision=precision)
+            except ExportError as exc:
+                if runtimes:
+                    raise
+                log.warning("%s: left out, the model cannot be exported for it: %s", runtime, exc)
+                continue
+            log.info("%s %dx%d: median %.2f ms, p90 %.2f ms", result.label, input_hw[0], input_hw[1], result.median_ms,
+                     result.p90_ms)
+            results.append(result)
     return results

@@ -42,13 +42,14 @@ class ModelResult:
 
     @property
     def latencies(self) -> dict[str, float]:
-        """Median ms per runtime."""
-        return {r["runtime"]: float(r["median_ms"]) for r in self.profile.get("results", [])}
+        """Median ms per runtime, in the runtime's own precision: the precision its PSNR is scored in (an int8 file's
+        latency, ``onnxruntime_int8``, is the deployment table's, beside the PSNR scored through that file)."""
+        return {r["runtime"]: float(r["median_ms"]) for r in self.profile.get("results", []) if _native(r)}
 
     @property
     def disturbed(self) -> set[str]:
         """The runtimes whose latency was measured on a busy machine (profile_model's ``disturbed`` flag)."""
-        return {r["runtime"] for r in self.profile.get("results", []) if r.get("disturbed")}
+        return {r["runtime"] for r in self.profile.get("results", []) if r.get("disturbed") and _native(r)}
 
     @property
     def fastest(self) -> tuple[str, float] | None:
@@ -57,6 +58,16 @@ class ModelResult:
             return None
         runtime = min(latencies, key=latencies.__getitem__)
         return runtime, latencies[runtime]
+
+
+def _native(result: dict[str, Any]) -> bool:
+    """Whether a profile result ran in its runtime's own precision (not a quantized file)."""
+    return _label(result) == result["runtime"]
+
+
+def _label(result: dict[str, Any]) -> str:
+    """A profile result's name: its ``label`` (runtime and precision), or the runtime of a result written before."""
+    return str(result.get("label") or result["runtime"])
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -264,6 +275,100 @@ def final_section(results_dir: Path, results: list[ModelResult]) -> list[str]:
     if verdict.get("busy"):
         lines += [BUSY_NOTE, ""]
     return lines + budget_comparison_section(results_dir, results, final, verdict)
+
+
+# The folder holding a baseline's deployed forms and what was measured through them (rules export_deployed,
+# profile_deployed, evaluate_deployed): parity.json, profile.json, evaluate.json. The final model's are its export,
+# profile_model and evaluate outputs.
+DEPLOY_DIR = "deploy"
+_DEPLOYED_ORDER = ("onnxruntime_fp32", "onnxruntime_int8", "executorch_xnnpack_fp32", "executorch_xnnpack_int8")
+_RUNTIME_NAMES = {"onnxruntime_fp32": "ONNX Runtime", "executorch_xnnpack_fp32": "ExecuTorch/XNNPACK"}
+
+
+def _deployment_files(results_dir: Path, name: str) -> tuple[Path, Path, Path]:
+    """(parity, evaluation, latency) of result ``name`` (``final_x2``, ``plain16_x2``) as deployed."""
+    if name.startswith(f"{FINAL_MODEL}_x"):
+        return (results_dir / "export" / name / "parity.json", results_dir / "evaluate" / f"{name}.json",
+                results_dir / "profile_model" / f"{name}.json")
+    folder = results_dir / DEPLOY_DIR / name
+    return folder / "parity.json", folder / "evaluate.json", folder / "profile.json"
+
+
+def _parity_cell(report: dict[str, Any] | None) -> str:
+    if not report:
+        return "-"
+    if report.get("bounded", True):
+        return (f"max abs diff {report['max_abs_diff_random']:.1e} ({'ok' if report.get('passed') else 'FAILED'}, "
+                f"limit {report['atol']:g})")
+    return f"runs; {-report['psnr_loss']:+.2f} dB vs fp32 on {report.get('images', '?')} val image(s)"
+
+
+def deployment_table(results_dir: Path, name: str) -> list[str]:
+    """Markdown lines for one model as deployed: one row per runtime x precision (PyTorch as scored by evaluate, then
+    every exported form), PSNR / SSIM per set through it, its measured latency, its parity; then what int8 costs in
+    PSNR against fp32 on the same runtime. None when the model has no deployed scores."""
+    parity_path, evaluation_path, latency_path = _deployment_files(results_dir, name)
+    if not evaluation_path.is_file():
+        return []
+    evaluation = _read_json(evaluation_path)
+    deployed = evaluation.get("deployed", {})
+    if not deployed:
+        return []
+    parity = _read_json(parity_path).get("deployed", {}) if parity_path.is_file() else {}
+    profile = _read_json(latency_path) if latency_path.is_file() else {}
+    latencies = {_label(r): (float(r["median_ms"]), bool(r.get("disturbed"))) for r in profile.get("results", [])}
+    sets = list(evaluation.get("sets", {}))
+    torch_label = f"torch_{evaluation.get('precision', 'fp32')}"
+    rows: list[tuple[str, str, str, dict[str, Any], dict[str, Any] | None]] = [
+        (torch_label, "PyTorch (eager)", str(evaluation.get("precision", "fp32")), evaluation.get("sets", {}), None)]
+    for label in sorted(deployed, key=lambda k: (_DEPLOYED_ORDER.index(k) if k in _DEPLOYED_ORDER else 99, k)):
+        entry = deployed[label]
+        runtime = _RUNTIME_NAMES.get(entry["runtime"], entry["runtime"])
+        rows.append((label, f"{runtime} (`{Path(entry['file']).name}`)", entry["precision"], entry["sets"],
+                     parity.get(label, {}).get("parity")))
+    lines = [f"### `{name}` as deployed", "",
+             "| runtime | precision | " + " | ".join(f"{n} PSNR / SSIM" for n in sets) + " | latency ms | parity |",
+             "|---" * (4 + len(sets)) + "|"]
+    busy = False
+    for label, runtime, precision, scores, report in rows:
+        ms, disturbed = latencies.get(label, (None, False))
+        busy |= disturbed
+        cells = [runtime, precision]
+        cells += [f"{scores[n]['psnr']:.2f} / {scores[n]['ssim']:.4f}" if n in scores else "-" for n in sets]
+        cells += [_fmt_ms(ms) + (BUSY_MARK if disturbed else ""), _parity_cell(report)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if busy:
+        lines += [BUSY_NOTE, ""]
+    costs = []
+    for fp32, int8, runtime in (("onnxruntime_fp32", "onnxruntime_int8", "ONNX Runtime"),
+                                ("executorch_xnnpack_fp32", "executorch_xnnpack_int8", "ExecuTorch/XNNPACK")):
+        if fp32 in deployed and int8 in deployed:
+            per_set = ", ".join(f"{n} {deployed[int8]['sets'][n]['psnr'] - deployed[fp32]['sets'][n]['psnr']:+.2f} dB"
+                                for n in sets if n in deployed[int8]["sets"] and n in deployed[fp32]["sets"])
+            speed = ""
+            if fp32 in latencies and int8 in latencies:
+                speed = f", {latencies[fp32][0] / latencies[int8][0]:.2f}x the fp32 speed"
+            costs.append(f"{runtime}: {per_set}{speed}")
+    if costs:
+        lines += [f"int8 against fp32, same network, same runtime: {'; '.join(costs)}.", ""]
+    return lines
+
+
+def deployment_section(results_dir: Path, results: list[ModelResult]) -> list[str]:
+    """The final model and the baseline exported like it (``results/deploy/``), each as deployed
+    (:func:`deployment_table`): PSNR and latency per runtime and precision side by side."""
+    names = [f"{r.model}_x{r.scale}" for r in results if r.model == FINAL_MODEL]
+    folder = results_dir / DEPLOY_DIR
+    names += sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    tables = [line for name in names for line in deployment_table(results_dir, name)]
+    if not tables:
+        return []
+    return ["## As deployed: runtime x precision", "",
+            "Each row scores the model through the file a runtime runs (PSNR / SSIM on every evaluation set, the same "
+            "protocol) and times that file (profile_model). The int8 files are calibrated on real training patches "
+            "(parity.json, `calibration`); an fp32 file must match PyTorch within the export tolerance, an int8 one "
+            "only records what it loses against fp32 on the validation set.", ""] + tables
 
 
 def _training_compute(results_dir: Path, r: ModelResult) -> str:

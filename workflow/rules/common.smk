@@ -92,6 +92,31 @@ def final_name():
     return f"final_x{config['supernet']['scale']}"
 
 
+# The baseline exported, timed and scored in every deployable form like the final model (rules export_deployed,
+# profile_deployed, evaluate_deployed): int8 against fp32 of the same network for a baseline too. A fixed name, not
+# the best baseline within the budget, which only check_budget knows: the DAG stays static (no checkpoint).
+DEPLOYED_BASELINE = "plain16"
+# The deployed forms (srnas.export.DEPLOYED_FORMS): rule keyword -> file name in the export folder.
+DEPLOYED_FILES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx", "pte": "model.pte", "pte_int8": "model.int8.pte"}
+
+
+def deployed_baseline_name():
+    """The deployed baseline's result name, at the final model's scale: ``plain16_x<supernet.scale>``."""
+    return f"{DEPLOYED_BASELINE}_x{config['supernet']['scale']}"
+
+
+def deployed_files(folder):
+    """Every deployed form's path in ``folder``, by keyword: a rule's outputs or inputs (``**deployed_files(...)``)."""
+    return {key: f"{folder}/{name}" for key, name in DEPLOYED_FILES.items()}
+
+
+def artifact_args(input):
+    """``--artifact FILE`` for each deployed form among a job's inputs, every path quoted."""
+    from shlex import quote
+
+    return " ".join(f"--artifact {quote(str(getattr(input, key)))}" for key in DEPLOYED_FILES)
+
+
 def raw_images():
     """Every file under ``data.root`` (the raw images): adding, removing or changing one reruns prepare_data. DVC's dep
     is the folder itself (dvc.yaml: ``${data.root}``); a missing folder gives no input (the stage then names it)."""

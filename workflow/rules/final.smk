@@ -61,17 +61,19 @@ rule finetune:
         " --config-json {params.config:q} --log {log:q}"
 
 
+# The final model is exported in every deployable form (srnas export --deploy: ONNX and .pte, fp32 and int8, the int8
+# ones calibrated on training patches), then timed and scored through each of those files.
 rule export_final:
     input:
         checkpoint="results/finetune/model.pt",
         data="results/prepare_data",
         code=stage_code("export"),
     output:
-        onnx=f"results/export/{final_name()}/model.onnx",
+        **deployed_files(f"results/export/{final_name()}"),
         parity=f"results/export/{final_name()}/parity.json",
     params:
         config=config_json("export"),
-        out=lambda wildcards, output: os.path.dirname(output.onnx),
+        out=lambda wildcards, output: os.path.dirname(output.parity),
         scale=config["supernet"]["scale"],
     log:
         "logs/export/final.log",
@@ -80,20 +82,21 @@ rule export_final:
     conda:
         "../envs/srnas.yaml"
     shell:
-        "srnas export --model final --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
+        "srnas export --model final --scale {params.scale:q} --checkpoint {input.checkpoint:q} --deploy"
         " --data-dir {input.data:q} --out {params.out:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule profile_final:
     input:
         checkpoint="results/finetune/model.pt",
-        onnx=f"results/export/{final_name()}/model.onnx",
+        **deployed_files(f"results/export/{final_name()}"),
         code=stage_code("profile"),
     output:
         latency=f"results/profile_model/{final_name()}.json",
     params:
         config=config_json("profile"),
         scale=config["supernet"]["scale"],
+        artifacts=lambda wildcards, input: artifact_args(input),
     log:
         "logs/profile_model/final.log",
     benchmark:
@@ -102,7 +105,7 @@ rule profile_final:
         "../envs/srnas.yaml"
     shell:
         "srnas profile --model final --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
-        " --onnx {input.onnx:q} --out {output.latency:q} --config-json {params.config:q} --log {log:q}"
+        " {params.artifacts} --out {output.latency:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule evaluate_final:
@@ -110,12 +113,14 @@ rule evaluate_final:
         data="results/prepare_data",
         checkpoint="results/finetune/model.pt",
         tables="results/profile_device",
+        **deployed_files(f"results/export/{final_name()}"),
         code=stage_code("evaluate"),
     output:
         metrics=f"results/evaluate/{final_name()}.json",
     params:
         config=config_json("data", "budget.target", "latency.targets"),
         scale=config["supernet"]["scale"],
+        artifacts=lambda wildcards, input: artifact_args(input),
     log:
         "logs/evaluate/final.log",
     benchmark:
@@ -124,7 +129,8 @@ rule evaluate_final:
         "../envs/srnas.yaml"
     shell:
         "srnas evaluate --model final --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
-        " --data-dir {input.data:q} --tables {input.tables:q} --out {output.metrics:q} --config-json {params.config:q} --log {log:q}"
+        " --data-dir {input.data:q} --tables {input.tables:q} {params.artifacts} --out {output.metrics:q}"
+        " --config-json {params.config:q} --log {log:q}"
 
 
 rule check_budget:

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tables", type=Path,
                         help="pipeline: profile_device output; a model at the budget target's scale is scored in that "
                         "target's precision (the precision its latency is measured in)")
+    parser.add_argument("--artifact", type=Path, action="append", default=[], metavar="FILE",
+                        help="pipeline: also score the model through this exported file (repeatable; model.onnx, "
+                        "model.int8.onnx on ONNX Runtime, model.pte, model.int8.pte on ExecuTorch): the JSON's "
+                        "`deployed` gives PSNR/SSIM per set for each, labelled with its runtime and precision")
     parser.add_argument("--out", type=Path, help="pipeline: write metrics JSON here")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(handler=run)
@@ -85,6 +90,30 @@ def deployed_precision(tables: Path, settings: Settings, scale: int) -> str:
     return target.precision
 
 
+def _score_artifacts(args: argparse.Namespace, settings: Settings, stage: Any) -> dict[str, dict]:
+    """PSNR/SSIM per evaluation set through each ``--artifact`` (the file run by its runtime, in its precision), by its
+    label (``onnxruntime_int8``, ...); each figure logged as ``<metric>_<label>``."""
+    from srnas.data.prepare import read_pairs
+    from srnas.evaluation import evaluate_pairs
+    from srnas.export import artifact_form, exported_upscaler
+
+    deployed: dict[str, dict] = {}
+    for path in args.artifact:
+        form = artifact_form(path)
+        upscale = exported_upscaler(path, scale=args.scale)
+        sets: dict[str, dict] = {}
+        for set_name in settings.data.eval_set_names:
+            result = evaluate_pairs(upscale, read_pairs(args.data_dir, set_name, args.scale), args.scale,
+                                    desc=f"{form.label} {set_name}")
+            sets[set_name] = {"psnr": result.psnr, "ssim": result.ssim, "images": result.images}
+            LOG.info("%s x%d %s through %s (%s): PSNR %.2f dB SSIM %.4f", args.model, args.scale, set_name, path,
+                     form.label, result.psnr, result.ssim)
+        deployed[form.label] = {"file": str(path), "runtime": form.runtime, "precision": form.precision, "sets": sets}
+        stage.log_metrics({f"{metric_name(kind, n, args.scale)}_{form.label}": v[kind]
+                           for n, v in sets.items() for kind in ("psnr", "ssim")})
+    return deployed
+
+
 def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
     from srnas.data.prepare import read_pairs
@@ -118,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
                      result.psnr, result.ssim, result.images)
         stage.log_metrics(metrics)
         payload = {"model": args.model, "scale": args.scale, "precision": precision, "metrics": metrics, "sets": per_set}
+        if args.artifact:
+            payload["deployed"] = _score_artifacts(args, settings, stage)
         if args.out is not None:
             atomic.write_json(args.out, payload)
     if args.json:

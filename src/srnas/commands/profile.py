@@ -36,6 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="default: %(default)s")
     parser.add_argument("--checkpoint", type=Path, help="trained model.pt (default: the untrained architecture)")
     parser.add_argument("--onnx", type=Path, help="the exported model.onnx to time on ONNX Runtime (default: export to a temp file)")
+    parser.add_argument("--artifact", type=Path, action="append", default=[], metavar="FILE",
+                        help="an exported file to time (repeatable): model.onnx / model.int8.onnx on ONNX Runtime, "
+                        "model.pte / model.int8.pte on ExecuTorch, each result labelled with its runtime and precision "
+                        "(onnxruntime_int8, ...); replaces --onnx and the temporary export for that runtime")
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     parser.add_argument("--json", action="store_true", help="print the results JSON on stdout")
     parser.set_defaults(handler=run)
@@ -58,12 +62,15 @@ def run(args: argparse.Namespace) -> int:
         tags["srnas.device"] = cfg.device
     with tracking.stage_run(settings.tracking, "profile_model", params, tags) as stage:
         if cfg.device:
+            if args.artifact:
+                LOG.warning("--artifact: profiled on the device %s, which exports the module itself (fp32): the "
+                            "exported files are not timed there", cfg.device)
             results = _profile_on_device(cfg, model, input_hw, args.scale)  # each fingerprint says how many threads
         else:
             results = profile_all(model, args.onnx, input_hw, threads, warmup=cfg.warmup, runs=cfg.runs,
-                                  runtimes=cfg.runtimes or None)
-        metrics = {f"latency_ms_{r.runtime}": r.median_ms for r in results}
-        metrics |= {f"latency_p90_ms_{r.runtime}": r.p90_ms for r in results}
+                                  runtimes=cfg.runtimes or None, artifacts=args.artifact)
+        metrics = {f"latency_ms_{r.label}": r.median_ms for r in results}
+        metrics |= {f"latency_p90_ms_{r.label}": r.p90_ms for r in results}
         payload = {
             "model": args.model,
             "scale": args.scale,
@@ -81,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
             atomic.write_json(args.out, payload)
             stage.log_artifact(args.out)
     for r in results:
-        LOG.info("%s x%d %s: median %.2f ms, p90 %.2f ms", args.model, args.scale, r.runtime, r.median_ms, r.p90_ms)
+        LOG.info("%s x%d %s: median %.2f ms, p90 %.2f ms", args.model, args.scale, r.label, r.median_ms, r.p90_ms)
         if r.disturbed:
             LOG.warning("%s x%d %s: timed while other processes kept %.2f cores busy: flagged as disturbed (the report "
-                        "marks it); rerun profile-model on a quiet machine", args.model, args.scale, r.runtime, r.busy_cores)
+                        "marks it); rerun profile-model on a quiet machine", args.model, args.scale, r.label, r.busy_cores)
     if args.json:
         print_json(payload)
     return 0

@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(parameters, GMAC per 720p frame, latency per runtime, PSNR/SSIM per set), a PSNR-versus-latency Pareto "
         "plot, a visual comparison of crops, the supernet (train_supernet) and each target's latency table and "
         "measured pruning schemes (profile_device), the searches and every candidate they measured (predicted "
-        "against measured latency), and the final model, when present. Closes the pipeline's parent MLflow run.",
+        "against measured latency), and the final model, when present, with the baseline exported like it: PSNR/SSIM "
+        "and latency per runtime x precision (ONNX Runtime and ExecuTorch, fp32 and int8). Closes the pipeline's parent MLflow run.",
     )
     add_settings_arguments(parser)
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: %(default)s)")
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from srnas import atomic, tracking
     from srnas.report import (
         collect_results,
+        deployment_section,
         final_section,
         headline,
         headline_metrics,
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         sections += search_section(args.results / "search_arch", args.out.parent)
         sections += verification_section(args.results)
         sections += final_section(args.results, results)
+        sections += deployment_section(args.results, results)
         markdown = render_markdown(results, figures, sections)
         atomic.write_text(args.out, markdown)
         atomic.write_text(args.figures / "report.html", render_html(markdown, args.out.parent))

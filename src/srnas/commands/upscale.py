@@ -17,9 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "upscale",
         help="upscale images or folders with an exported model",
         description="Upscale every image given (files, or folders of images) with an exported model and write "
-        "OUT/<name>.png. MODEL is a .onnx file (run by ONNX Runtime), a .pte file (ExecuTorch with XNNPACK, as "
-        "`srnas export` writes it with export.executorch: true; LR images up to the size it was exported for, "
-        "720x1280) or a pipeline result name such as plain32_x2 (results/export/plain32_x2/model.onnx). An unreadable file is reported and skipped; the exit status is 1 "
+        "OUT/<name>.png. MODEL is a .onnx file (run by ONNX Runtime; model.int8.onnx, static QDQ, too), a .pte file "
+        "(ExecuTorch with XNNPACK, as `srnas export` writes it with export.executorch: true or --deploy; "
+        "model.int8.pte, PT2E int8, too; LR images up to the size it was exported for, 720x1280 or more) or a pipeline result name such as plain32_x2 (results/export/plain32_x2/model.onnx). An unreadable file is reported and skipped; the exit status is 1 "
         "when any file failed. --fail-fast stops at the first one. Before anything is written, the batch is refused "
         "(exit status 2) when OUT is an input folder, when two inputs would write the same OUT/<name>.png (a.png and "
         "a.jpg, or x/a.png and y/a.png), when an output would replace an input, or when an output already exists "

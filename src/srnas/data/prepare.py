@@ -41,7 +41,8 @@ from srnas.errors import DataError, ImageError
 from srnas.images import read_rgb, write_png
 from srnas.imresize import bicubic_downscale, modcrop
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "SkippedImageWarning", "image_pairs", "load_manifest", "prepare_data", "read_pairs"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "SkippedImageWarning", "calibration_patches", "image_pairs", "load_manifest",
+           "prepare_data", "read_pairs"]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -203,3 +204,35 @@ def read_pairs(out_dir: str | os.PathLike[str], set_name: str, scale: int) -> It
     """``(name, hr, lr)`` uint8 arrays for every image of a prepared set, read lazily in name order."""
     for name, hr_path, lr_path in image_pairs(out_dir, set_name, scale):
         yield name, read_rgb(hr_path), read_rgb(lr_path)
+
+
+def calibration_patches(out_dir: str | os.PathLike[str], scale: int, *, count: int, size: int, seed: int,
+                        set_name: str = "train") -> list[np.ndarray]:
+    """``count`` LR patches (uint8 ``size x size x 3``) of a prepared set (the training set by default): what int8
+    quantization observes its activation ranges on.
+
+    Deterministic: the same prepared data, ``count``, ``size`` and ``seed`` give the same patches. A seeded shuffle
+    of the set's images is read in order (images smaller than ``size`` skipped) until ``count`` images are found or
+    the set runs out; patch ``k`` is cut at a seeded position of image ``k`` modulo their number. Only those images
+    are read. DataError naming the set when no LR image is at least ``size`` pixels on both sides."""
+    if count < 1 or size < 2:
+        raise ValueError(f"calibration patches: need count >= 1 and size >= 2, got count={count}, size={size}")
+    pairs = image_pairs(out_dir, set_name, scale)
+    rng = np.random.default_rng(seed)
+    images: list[np.ndarray] = []
+    for index in rng.permutation(len(pairs)):
+        lr = read_rgb(pairs[int(index)][2])
+        if lr.shape[0] >= size and lr.shape[1] >= size:
+            images.append(lr)
+        if len(images) == count:
+            break
+    if not images:
+        raise DataError(f"{Path(out_dir) / set_name / f'x{scale}' / 'lr'}: no LR image is at least {size}x{size} pixels "
+                        "to cut calibration patches from")
+    patches = []
+    for k in range(count):
+        lr = images[k % len(images)]
+        top = int(rng.integers(0, lr.shape[0] - size + 1))
+        left = int(rng.integers(0, lr.shape[1] - size + 1))
+        patches.append(np.ascontiguousarray(lr[top : top + size, left : left + size]))
+    return patches

@@ -24,7 +24,7 @@ from srnas.runtimes.executorch import executorch_available
 from srnas.runtimes.ort import onnxruntime_available
 
 __all__ = ["RUNTIMES", "RUNTIME_PRECISION", "RuntimeUnavailableError", "available_runtimes", "bf16_supported",
-           "runtime_available"]
+           "runtime_available", "runtime_label"]
 
 RUNTIMES: tuple[str, ...] = PROFILE_RUNTIMES
 RUNTIME_PRECISION = {
@@ -34,6 +34,17 @@ RUNTIME_PRECISION = {
     "executorch_xnnpack_fp32": "fp32",
     "torch_cuda": "fp32",
 }
+
+
+def runtime_label(runtime: str, precision: str) -> str:
+    """The name a measurement of ``runtime`` in ``precision`` goes by (results, metrics, report columns): the runtime
+    itself in its own precision (:data:`RUNTIME_PRECISION`), else the runtime with its precision in place of its own:
+    ``onnxruntime_fp32`` in int8 is ``onnxruntime_int8``, ``executorch_xnnpack_fp32`` in int8
+    ``executorch_xnnpack_int8``."""
+    own = RUNTIME_PRECISION.get(runtime)
+    if precision == own or own is None:
+        return runtime
+    return f"{runtime.removesuffix('_' + own)}_{precision}"
 
 
 class RuntimeUnavailableError(SrnasError):
