@@ -110,13 +110,6 @@ def deployed_files(folder):
     return {key: f"{folder}/{name}" for key, name in DEPLOYED_FILES.items()}
 
 
-def artifact_args(input):
-    """``--artifact FILE`` for each deployed form among a job's inputs, every path quoted."""
-    from shlex import quote
-
-    return " ".join(f"--artifact {quote(str(getattr(input, key)))}" for key in DEPLOYED_FILES)
-
-
 def raw_images():
     """Every file under ``data.root`` (the raw images): adding, removing or changing one reruns prepare_data. DVC's dep
     is the folder itself (dvc.yaml: ``${data.root}``); a missing folder gives no input (the stage then names it)."""

@@ -40,7 +40,6 @@ rule profile_deployed:
         config=config_json("profile"),
         model=DEPLOYED_BASELINE,
         scale=config["supernet"]["scale"],
-        artifacts=lambda wildcards, input: artifact_args(input),
     log:
         f"logs/deploy/profile_{deployed_baseline_name()}.log",
     benchmark:
@@ -49,7 +48,8 @@ rule profile_deployed:
         "../envs/srnas.yaml"
     shell:
         "srnas profile --model {params.model:q} --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
-        " {params.artifacts} --out {output.latency:q} --config-json {params.config:q} --log {log:q}"
+        " --artifact {input.onnx:q} --artifact {input.onnx_int8:q} --artifact {input.pte:q} --artifact {input.pte_int8:q}"
+        " --out {output.latency:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule evaluate_deployed:
@@ -64,7 +64,6 @@ rule evaluate_deployed:
         config=config_json("data"),
         model=DEPLOYED_BASELINE,
         scale=config["supernet"]["scale"],
-        artifacts=lambda wildcards, input: artifact_args(input),
     log:
         f"logs/deploy/evaluate_{deployed_baseline_name()}.log",
     benchmark:
@@ -73,4 +72,5 @@ rule evaluate_deployed:
         "../envs/srnas.yaml"
     shell:
         "srnas evaluate --model {params.model:q} --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
-        " --data-dir {input.data:q} {params.artifacts} --out {output.metrics:q} --config-json {params.config:q} --log {log:q}"
+        " --data-dir {input.data:q} --artifact {input.onnx:q} --artifact {input.onnx_int8:q} --artifact {input.pte:q} --artifact {input.pte_int8:q}"
+        " --out {output.metrics:q} --config-json {params.config:q} --log {log:q}"

@@ -96,7 +96,6 @@ rule profile_final:
     params:
         config=config_json("profile"),
         scale=config["supernet"]["scale"],
-        artifacts=lambda wildcards, input: artifact_args(input),
     log:
         "logs/profile_model/final.log",
     benchmark:
@@ -105,7 +104,8 @@ rule profile_final:
         "../envs/srnas.yaml"
     shell:
         "srnas profile --model final --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
-        " {params.artifacts} --out {output.latency:q} --config-json {params.config:q} --log {log:q}"
+        " --artifact {input.onnx:q} --artifact {input.onnx_int8:q} --artifact {input.pte:q} --artifact {input.pte_int8:q}"
+        " --out {output.latency:q} --config-json {params.config:q} --log {log:q}"
 
 
 rule evaluate_final:
@@ -120,7 +120,6 @@ rule evaluate_final:
     params:
         config=config_json("data", "budget.target", "latency.targets"),
         scale=config["supernet"]["scale"],
-        artifacts=lambda wildcards, input: artifact_args(input),
     log:
         "logs/evaluate/final.log",
     benchmark:
@@ -129,7 +128,8 @@ rule evaluate_final:
         "../envs/srnas.yaml"
     shell:
         "srnas evaluate --model final --scale {params.scale:q} --checkpoint {input.checkpoint:q}"
-        " --data-dir {input.data:q} --tables {input.tables:q} {params.artifacts} --out {output.metrics:q}"
+        " --data-dir {input.data:q} --tables {input.tables:q} --artifact {input.onnx:q} --artifact {input.onnx_int8:q} --artifact {input.pte:q} --artifact {input.pte_int8:q}"
+        " --out {output.metrics:q}"
         " --config-json {params.config:q} --log {log:q}"
 
 
