@@ -156,29 +156,33 @@ def layer_nodes(optimized_path: Path, *, keeps_output: bool) -> frozenset[str]:
     return frozenset(n.name for n in graph.node if n.name not in context and n.name not in converters)
 
 
-class _RandomFeeds:
-    """Calibration data for ``quantize_static``: a few random feeds of the model's inputs at 32x32."""
+def _random_feeds(model_path: Path, count: int = 4) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds for ``quantize_static``: a few random feeds of the model's inputs at 32x32."""
+    import onnx
 
-    def __init__(self, model_path: Path, count: int = 4) -> None:
-        import onnx
+    proto = onnx.load(str(model_path), load_external_data=False)
+    rng = np.random.default_rng(0)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for value in proto.graph.input:
+            dims = [d.dim_value if d.dim_value else 32 for d in value.type.tensor_type.shape.dim]
+            dims[0] = 1
+            feed[value.name] = rng.random(dims, dtype=np.float32)
+        feeds.append(feed)
+    return feeds
 
-        proto = onnx.load(str(model_path), load_external_data=False)
-        rng = np.random.default_rng(0)
-        self._feeds = []
-        for _ in range(count):
-            feed = {}
-            for value in proto.graph.input:
-                dims = [d.dim_value if d.dim_value else 32 for d in value.type.tensor_type.shape.dim]
-                dims[0] = 1
-                feed[value.name] = rng.random(dims, dtype=np.float32)
-            self._feeds.append(feed)
-        self._iter = iter(self._feeds)
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._iter, None)
+def _given_feeds(model_path: Path, arrays: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds for ``quantize_static``: the given arrays, one feed each, for the model's one input."""
+    import onnx
 
-    def rewind(self) -> None:
-        self._iter = iter(self._feeds)
+    inputs = [value.name for value in onnx.load(str(model_path), load_external_data=False).graph.input]
+    if len(inputs) != 1:
+        raise ValueError(f"{model_path}: calibration arrays feed a model of one input, this one has {inputs}")
+    if not arrays:
+        raise ValueError(f"{model_path}: int8 calibration needs at least one input")
+    return [{inputs[0]: np.ascontiguousarray(a, dtype=np.float32)} for a in arrays]
 
 
 class _DropMessages(logging.Filter):
@@ -192,21 +196,6 @@ class _DropMessages(logging.Filter):
         return self.text not in record.getMessage()
 
 
-class _GivenFeeds(_RandomFeeds):
-    """Calibration data for ``quantize_static``: the given arrays, one feed each, for the model's one input."""
-
-    def __init__(self, model_path: Path, arrays: Sequence[np.ndarray]) -> None:
-        import onnx
-
-        inputs = [value.name for value in onnx.load(str(model_path), load_external_data=False).graph.input]
-        if len(inputs) != 1:
-            raise ValueError(f"{model_path}: calibration arrays feed a model of one input, this one has {inputs}")
-        if not arrays:
-            raise ValueError(f"{model_path}: int8 calibration needs at least one input")
-        self._feeds = [{inputs[0]: np.ascontiguousarray(a, dtype=np.float32)} for a in arrays]
-        self._iter = iter(self._feeds)
-
-
 def quantize_int8(model_path: Path, out_path: Path, calibration: Sequence[np.ndarray] | None = None,
                   metadata: Mapping[str, str] | None = None) -> Path:
     """Static int8 QDQ quantization (uint8 activations, int8 per-channel weights) with ``onnxruntime.quantization``.
@@ -216,14 +205,17 @@ def quantize_int8(model_path: Path, out_path: Path, calibration: Sequence[np.nda
     source's metadata (``metadata_props``) is kept, ``metadata`` added on top."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    reader = _RandomFeeds(model_path) if calibration is None else _GivenFeeds(model_path, calibration)
+    feeds = _random_feeds(model_path) if calibration is None else _given_feeds(model_path, calibration)
 
     class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._iter = iter(feeds)
+
         def get_next(self) -> dict[str, np.ndarray] | None:
-            return reader.get_next()
+            return next(self._iter, None)
 
         def rewind(self) -> None:
-            reader.rewind()
+            self._iter = iter(feeds)
 
     root = logging.getLogger()
     quiet = _DropMessages("pre-process")
