@@ -306,7 +306,7 @@ def _parity_cell(report: dict[str, Any] | None) -> str:
 def deployment_table(results_dir: Path, name: str) -> list[str]:
     """Markdown lines for one model as deployed: one row per runtime x precision (PyTorch as scored by evaluate, then
     every exported form), PSNR / SSIM per set through it, its measured latency, its parity; then what int8 costs in
-    PSNR against fp32 on the same runtime. None when the model has no deployed scores."""
+    PSNR against fp32 on the same runtime. No lines when the model has no deployed scores."""
     parity_path, evaluation_path, latency_path = _deployment_files(results_dir, name)
     if not evaluation_path.is_file():
         return []
