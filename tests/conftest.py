@@ -140,16 +140,59 @@ def mlflow_server(postgres):
     yield from _running(server)
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """The folder ``name`` that ``build(folder)`` filled, built once for the whole test session whichever
+    pytest-xdist worker asks first: the others wait for it and get the same folder (a session fixture is otherwise
+    built once per worker). Under a file lock in the session's shared temporary root, as pytest-xdist documents; a
+    build that raised leaves no mark, so the next worker that asks builds it again (and fails the same way)."""
+    import os
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # every worker's basetemp lies in the one root of this session
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def smoke_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted Snakemake run of the smoke DAG on this machine (tests/test_pipeline.py's ``SMOKE`` command,
-    without native bf16), shared by the tests that read it or compare another run with it: test_pipeline.py and
-    test_slurm.py (each pytest-xdist worker that runs one of them builds it: tests/conftest.py's end)."""
+def smoke_latency_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke profile's measured latency cache (``.srnas/latency``: profile_device's layer timings), measured once
+    for the session by the smoke DAG up to profile_device without native bf16. Every Snakemake smoke run of the suite
+    (the uninterrupted one, the killed-and-resumed one, the SLURM one) starts from a copy of it: the measured layer
+    table is the one measured input that may change a search, so runs compared output for output share it."""
     from test_pipeline import BIN, HIDDEN_BF16, SMOKE, _copy_project, _run
 
-    project = _copy_project(tmp_path_factory.mktemp("smoke"))
-    _run([str(BIN / "snakemake"), *SMOKE], project, HIDDEN_BF16)
-    return project
+    def build(project: Path) -> None:
+        _copy_project(project)
+        _run([str(BIN / "snakemake"), "profile_device", *SMOKE], project, HIDDEN_BF16)  # before --configfile's list
+
+    return built_once(tmp_path_factory, "smoke_latency", build) / ".srnas" / "latency"
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory: pytest.TempPathFactory, smoke_latency_cache: Path) -> Path:
+    """One uninterrupted Snakemake run of the smoke DAG on this machine (tests/test_pipeline.py's ``SMOKE`` command,
+    without native bf16, from ``smoke_latency_cache``), built once for the session and shared by the tests that read it
+    or compare another run with it: test_pipeline.py and test_slurm.py, on whichever workers run them."""
+    import shutil
+
+    from test_pipeline import BIN, HIDDEN_BF16, SMOKE, _copy_project, _run
+
+    def build(project: Path) -> None:
+        _copy_project(project)
+        shutil.copytree(smoke_latency_cache, project / ".srnas" / "latency")
+        _run([str(BIN / "snakemake"), *SMOKE], project, HIDDEN_BF16)
+
+    return built_once(tmp_path_factory, "smoke", build)
 
 
 @pytest.fixture(scope="session")
@@ -171,12 +214,15 @@ def slurm_cluster():
 
 # ----------------------------------------------------------------------------------------- two workers
 # `make test` runs the suite on two pytest-xdist workers (`-n auto --maxprocesses 2 --dist loadfile`): a file is one
-# work unit, so its module-scoped fixtures are built once. The files that run the smoke DAG (PIPELINE_FILES) come
-# first, so the longest units start at once (`--no-loadscope-reorder` keeps this order). The session fixture
-# smoke_project is built on each worker that runs a file using it (test_pipeline.py, test_slurm.py): the two files
-# then run side by side instead of one after the other. (Not `--dist loadgroup`: pytest-xdist 3.8 cannot tag a test
-# with its group under pytest 9, whose node ids are no longer an attribute it can rewrite.)
-PIPELINE_FILES = ("test_slurm.py", "test_pipeline.py", "test_pipeline_dvc.py")
+# work unit, so its module-scoped fixtures are built once. The four files that run the smoke DAG (PIPELINE_FILES)
+# come first, in this order (`--no-loadscope-reorder` keeps it), because pytest-xdist hands each worker its first
+# file, then a second one at once to a worker with at most two tests pending: worker 1 gets test_pipeline.py, which
+# builds smoke_project (after smoke_latency_cache), then test_pipeline_dvc.py; worker 2 gets test_slurm.py, which
+# needs the cache first and the uninterrupted run only to compare with at its end, then test_pipeline_resume.py. Two
+# DAG runs a worker, none waiting on the other's; both fixtures are built once for the session (built_once). (Not
+# `--dist loadgroup`: pytest-xdist 3.8 cannot tag a test with its group under pytest 9, whose node ids are no longer
+# an attribute it can rewrite.)
+PIPELINE_FILES = ("test_pipeline.py", "test_slurm.py", "test_pipeline_dvc.py", "test_pipeline_resume.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

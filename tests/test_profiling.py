@@ -69,6 +69,14 @@ def test_profile_all_covers_every_available_runtime(net_and_onnx) -> None:
     assert torch.get_num_threads() == threads_before, "thread pinning is undone afterwards"
 
 
+def test_an_exported_file_is_timed_even_when_the_runtimes_asked_for_leave_its_runtime_out(net_and_onnx) -> None:
+    """``profile.runtimes: [torch_fp32]`` with ``--artifact model.onnx``: the file is timed too, on its runtime (the
+    smoke profile times its deployed files while profiling its models on two runtimes only)."""
+    model, onnx_path = net_and_onnx
+    results = profile_all(model, None, HW, 1, warmup=0, runs=3, runtimes=["torch_fp32"], artifacts=[onnx_path])
+    assert [(r.runtime, r.label) for r in results] == [("torch_fp32", "torch_fp32"), ("onnxruntime_fp32", "onnxruntime_fp32")]
+
+
 def test_onnxruntime_accepts_a_path_as_the_model(net_and_onnx) -> None:
     _, onnx_path = net_and_onnx
     result = profile_module(onnx_path, "onnxruntime_fp32", HW, threads=1, warmup=0, runs=3)

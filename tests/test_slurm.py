@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from services import service_missing
-from test_pipeline import BIN, HIDDEN_BF16, ROOT, SMOKE, _assert_same_results, _copy_project, _env
+from test_pipeline import BIN, HIDDEN_BF16, ROOT, SMOKE, _copy_project, _env
+from test_pipeline_resume import _assert_same_results
 
 DEFAULT_PROFILE = ROOT / "profiles" / "default" / "config.yaml"
 SLURM_PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
@@ -132,21 +133,23 @@ def _stage_runs(project: Path, tracking: dict[str, str]) -> list[dict]:
 
 @pytest.mark.slow
 def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the_local_run(
-        smoke_project: Path, slurm_cluster, mlflow_server, tmp_path: Path) -> None:
+        smoke_latency_cache: Path, slurm_cluster, mlflow_server, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """``snakemake --workflow-profile profiles/slurm`` on a one-node SLURM cluster of this machine: every job of the
     DAG is a SLURM job that ran its rule (its SLURM log shows the rule executed there), the training and timing jobs
     held the node alone (--exclusive, and no other job's run overlaps theirs), the stage runs, sent to an MLflow server
     on PostgreSQL (README "An MLflow tracking server"), join one pipeline run there with the search's trial runs under
     their stages, and every output equals the local run's (``smoke_project``) but for the fields that measure time, as for
-    the killed-and-resumed run (test_pipeline.py). Both runs share the latency cache, as there: the measured layer
-    table is the one measured input that may change a search."""
+    the killed-and-resumed run (test_pipeline_resume.py). Both runs start from the same latency cache, as there: the measured
+    layer table is the one measured input that may change a search. The local run is asked for only after the SLURM
+    run, so that another worker builds it meanwhile (tests/conftest.py)."""
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         service_missing("snakemake-executor-plugin-slurm", "`make setup` (the dev extras) or `pip install -e .[slurm]`")
     project = _copy_project(tmp_path)
-    shutil.copytree(smoke_project / ".srnas" / "latency", project / ".srnas" / "latency")
+    shutil.copytree(smoke_latency_cache, project / ".srnas" / "latency")
 
     server = mlflow_server.tracking(SERVER_EXPERIMENT)
     proc = run_on_slurm(project, slurm_cluster, overlay=server)
+    smoke_project: Path = request.getfixturevalue("smoke_project")
 
     submitted = dict(SUBMITTED.findall(proc.stdout + proc.stderr))  # SLURM job id -> its SLURM log
     jobs = {job["id"]: job for job in slurm_cluster.jobs() if job["id"] in submitted}

@@ -225,13 +225,15 @@ def profile_all(
     export stage checked); when None the model is exported to a temporary file first. ``artifacts``: exported files
     (:func:`srnas.export.artifact_form` tells their runtime and precision from the name: ``model.int8.pte`` is
     ExecuTorch in int8): a runtime that runs files times every one of them for it, each result labelled with its
-    precision, instead of ``onnx_path`` / ``pte_path`` or a temporary export. Without ``runtimes``, a
+    precision, instead of ``onnx_path`` / ``pte_path`` or a temporary export; every file is timed, its runtime added
+    to ``runtimes`` when they leave it out. Without ``runtimes``, a
     runtime the model cannot be exported to is left out with a warning (the bicubic baseline has no ``.pte``:
     :mod:`srnas.export`); a runtime asked for by name fails instead.
     """
     threads = resolve_threads(threads)
-    chosen = list(runtimes) if runtimes else available_runtimes()
     forms = [(Path(a), artifact_form(a)) for a in artifacts]
+    chosen = list(runtimes) if runtimes else available_runtimes()
+    chosen += [r for r in dict.fromkeys(form.runtime for _, form in forms) if r not in chosen]  # a file is always timed
     results = []
     for runtime in chosen:
         files = [(path, form.precision) for path, form in forms if form.runtime == runtime]

@@ -341,9 +341,12 @@ def deployment_table(results_dir: Path, name: str) -> list[str]:
     if busy:
         lines += [BUSY_NOTE, ""]
     costs = []
-    for fp32, int8, runtime in (("onnxruntime_fp32", "onnxruntime_int8", "ONNX Runtime"),
-                                ("executorch_xnnpack_fp32", "executorch_xnnpack_int8", "ExecuTorch/XNNPACK")):
-        if fp32 in deployed and int8 in deployed:
+    by_runtime: dict[str, dict[str, str]] = {}  # runtime -> precision -> label, in the table's order
+    for label, *_ in rows[1:]:
+        by_runtime.setdefault(deployed[label]["runtime"], {})[deployed[label]["precision"]] = label
+    for runtime_name, labels in by_runtime.items():
+        if "fp32" in labels and "int8" in labels:
+            fp32, int8, runtime = labels["fp32"], labels["int8"], _RUNTIME_NAMES.get(runtime_name, runtime_name)
             per_set = ", ".join(f"{n} {deployed[int8]['sets'][n]['psnr'] - deployed[fp32]['sets'][n]['psnr']:+.2f} dB"
                                 for n in sets if n in deployed[int8]["sets"] and n in deployed[fp32]["sets"])
             speed = ""
