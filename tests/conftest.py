@@ -182,7 +182,8 @@ def smoke_latency_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smoke_project(tmp_path_factory: pytest.TempPathFactory, smoke_latency_cache: Path) -> Path:
     """One uninterrupted Snakemake run of the smoke DAG on this machine (tests/test_pipeline.py's ``SMOKE`` command,
     without native bf16, from ``smoke_latency_cache``), built once for the session and shared by the tests that read it
-    or compare another run with it: test_pipeline.py and test_slurm.py, on whichever workers run them."""
+    or compare another run with it: test_pipeline.py, test_pipeline_resume.py and test_slurm.py, on whichever workers
+    run them."""
     import shutil
 
     from test_pipeline import BIN, HIDDEN_BF16, SMOKE, _copy_project, _run
