@@ -184,13 +184,10 @@ def smoke_project(tmp_path_factory: pytest.TempPathFactory, smoke_latency_cache:
     without native bf16, from ``smoke_latency_cache``), built once for the session and shared by the tests that read it
     or compare another run with it: test_pipeline.py, test_pipeline_resume.py and test_slurm.py, on whichever workers
     run them."""
-    import shutil
-
     from test_pipeline import BIN, HIDDEN_BF16, SMOKE, _copy_project, _run
 
     def build(project: Path) -> None:
-        _copy_project(project)
-        shutil.copytree(smoke_latency_cache, project / ".srnas" / "latency")
+        _copy_project(project, smoke_latency_cache)
         _run([str(BIN / "snakemake"), *SMOKE], project, HIDDEN_BF16)
 
     return built_once(tmp_path_factory, "smoke", build)

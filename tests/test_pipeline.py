@@ -1,5 +1,5 @@
-"""The whole DAG on the smoke profile, through both front doors (Snakemake and DVC), with MLflow runs, and killed
-and resumed at seeded moments."""
+"""The whole DAG on the smoke profile through Snakemake, with its MLflow runs (DVC's front door: test_pipeline_dvc.py;
+killed and resumed at seeded moments: test_pipeline_resume.py)."""
 
 from __future__ import annotations
 
@@ -37,13 +37,17 @@ def _run(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> 
     return proc
 
 
-def _copy_project(dest: Path) -> Path:
+def _copy_project(dest: Path, latency_cache: Path | None = None) -> Path:
+    """The project's files in ``dest``; with ``latency_cache`` (conftest's smoke_latency_cache), a copy of that measured
+    cache as the project's ``.srnas/latency``, so that the smoke DAG there reads those layer timings."""
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif src.exists():
             shutil.copy2(src, dest / name)
+    if latency_cache is not None:
+        shutil.copytree(latency_cache, dest / ".srnas" / "latency")
     return dest
 
 

@@ -10,7 +10,6 @@ import math
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -347,8 +346,7 @@ def test_smoke_pipeline_killed_and_resumed_ends_like_an_uninterrupted_run(
     rng = random.Random(FAULT_SEED)
     points = rng.sample(_kill_points(rng), KILLS)
     print(f"fault seed {FAULT_SEED}: killing at {', '.join(map(str, points))}")
-    project = _copy_project(tmp_path)
-    shutil.copytree(smoke_latency_cache, project / ".srnas" / "latency")
+    project = _copy_project(tmp_path, smoke_latency_cache)
 
     happened = _run_killed(project, points, HIDDEN_BF16)
     assert len(happened) == KILLS

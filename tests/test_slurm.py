@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -144,8 +143,7 @@ def test_smoke_dag_through_the_slurm_profile_on_a_one_node_cluster_ends_like_the
     run, so that another worker builds it meanwhile (tests/conftest.py)."""
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         service_missing("snakemake-executor-plugin-slurm", "`make setup` (the dev extras) or `pip install -e .[slurm]`")
-    project = _copy_project(tmp_path)
-    shutil.copytree(smoke_latency_cache, project / ".srnas" / "latency")
+    project = _copy_project(tmp_path, smoke_latency_cache)
 
     server = mlflow_server.tracking(SERVER_EXPERIMENT)
     proc = run_on_slurm(project, slurm_cluster, overlay=server)
